@@ -1,0 +1,1 @@
+"""Vector stores: one :class:`~indexer.stores.base.VectorStore` protocol, FAISS and Redis implementations."""

@@ -1,0 +1,188 @@
+"""The VectorStore protocol, the records it holds and the typed metadata filter.
+
+Both stores (FAISS and Redis) implement all of :class:`VectorStore`; the retriever, eval and the CLIs
+see only this protocol. Vectors are float32, L2-normalised, so inner product = cosine similarity, and
+every store reports ``score`` as cosine similarity (1.0 = identical) whatever it uses inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from indexer.bbbc006 import normalise_channel, normalise_well
+
+#: Metadata fields every store keeps beside a vector, in this order.
+RECORD_FIELDS = ("path", "plate", "well", "row", "column", "site", "channel", "z")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One indexed image: its stable id and metadata (``None`` where the file name says nothing)."""
+
+    id: int
+    path: str
+    plate: str | None = None
+    well: str | None = None
+    row: str | None = None
+    column: int | None = None
+    site: int | None = None
+    channel: str | None = None
+    z: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as a plain dict (JSON-ready)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: rank (1-based), cosine similarity and the record it points to."""
+
+    rank: int
+    score: float
+    record: ImageRecord
+
+    @property
+    def id(self) -> int:
+        """The id of the image found."""
+        return self.record.id
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return ``{rank, id, score, path, plate, well, row, column, site, channel, z}``."""
+        return {"rank": self.rank, "score": self.score, **self.record.to_dict()}
+
+
+def _tuple(values: Any, convert) -> tuple:
+    if values is None:
+        return ()
+    if isinstance(values, (str, int)):
+        values = (values,)
+    return tuple(sorted({convert(v) for v in values}))
+
+
+@dataclass(frozen=True)
+class MetadataFilter:
+    """A conjunction of per-field allow-lists: a record matches when, for every non-empty field, its
+    value is one of the listed values (OR within a field, AND across fields). ``z_min``/``z_max``
+    bound the z-slice inclusively. An empty filter matches everything.
+
+    Values are normalised on construction (``a1`` -> ``A01``, ``1`` -> ``w1``), so a filter means the
+    same thing in every store. Stores render it themselves (FAISS: a boolean mask; Redis: an escaped
+    query); user text is never pasted into a query string.
+    """
+
+    plate: tuple[str, ...] = ()
+    well: tuple[str, ...] = ()
+    row: tuple[str, ...] = ()
+    column: tuple[int, ...] = ()
+    site: tuple[int, ...] = ()
+    channel: tuple[str, ...] = ()
+    z: tuple[int, ...] = ()
+    z_min: int | None = None
+    z_max: int | None = None
+    path: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        conv = {
+            "plate": str,
+            "well": normalise_well,
+            "row": lambda r: str(r).strip().upper(),
+            "column": int,
+            "site": int,
+            "channel": normalise_channel,
+            "z": int,
+            "path": str,
+        }
+        for name, fn in conv.items():
+            object.__setattr__(self, name, _tuple(getattr(self, name), fn))
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the filter matches every record."""
+        return not any(getattr(self, f.name) not in ((), None) for f in fields(self))
+
+    def matches(self, record: ImageRecord) -> bool:
+        """The reference semantics of the filter, for one record."""
+        for name in ("plate", "well", "row", "column", "site", "channel", "z", "path"):
+            allowed = getattr(self, name)
+            if allowed and getattr(record, name) not in allowed:
+                return False
+        if self.z_min is not None and (record.z is None or record.z < self.z_min):
+            return False
+        if self.z_max is not None and (record.z is None or record.z > self.z_max):
+            return False
+        return True
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """What every vector store offers. Ids are non-negative int64, stable across runs (derived from
+    image content), so re-adding an id replaces it (upsert)."""
+
+    def add(self, vectors: np.ndarray, records: Sequence[ImageRecord]) -> None:
+        """Upsert ``vectors`` (n, dim float32, L2-normalised) with their ``records`` (ids inside)."""
+        ...
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        where: MetadataFilter | None = None,
+        max_distance: float | None = None,
+    ) -> list[list[Hit]]:
+        """Return, for each query row, up to ``k`` hits by descending cosine similarity (ties by id).
+
+        ``max_distance`` keeps only hits with cosine distance ``1 - score <= max_distance`` (range query).
+        """
+        ...
+
+    def get(self, ids: Sequence[int]) -> list[ImageRecord | None]:
+        """Return the records of ``ids`` (``None`` for an id not in the store)."""
+        ...
+
+    def get_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """Return the stored vectors of ``ids`` as (n, dim) float32; raises KeyError for a missing id."""
+        ...
+
+    def ids(self) -> np.ndarray:
+        """Return every id in the store, sorted, as int64."""
+        ...
+
+    def count(self) -> int:
+        """Return the number of vectors stored."""
+        ...
+
+    def delete(self, ids: Sequence[int]) -> int:
+        """Delete ``ids``; return how many were present."""
+        ...
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """Return the stored index manifest, or ``None`` for a new, empty store."""
+        ...
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Store the index manifest (what the index was built with)."""
+        ...
+
+    def flush(self) -> None:
+        """Make every write so far durable (FAISS: atomic file write; Redis: no-op)."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release resources."""
+        ...
+
+
+def rank_hits(ids: np.ndarray, scores: np.ndarray, records: dict[int, ImageRecord], k: int) -> list[Hit]:
+    """Sort candidate ``(id, score)`` pairs by descending score, ties by ascending id, keep ``k``.
+
+    Stores share this so that FAISS and Redis order equal scores the same way.
+    """
+    order = np.lexsort((ids, -scores))[:k]
+    return [
+        Hit(rank=r + 1, score=float(scores[i]), record=records[int(ids[i])]) for r, i in enumerate(order)
+    ]
