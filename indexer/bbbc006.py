@@ -105,7 +105,9 @@ def parse_path(path: str) -> ImageMeta:
     )
 
 
-def bbbc006_file_name(well: str, site: int, channel: int, uuid: str, plate: str = "mcf-z-stacks-03212011") -> str:
+def bbbc006_file_name(
+    well: str, site: int, channel: int, uuid: str, plate: str = "mcf-z-stacks-03212011"
+) -> str:
     """Return the real BBBC006 file name for a field of view (wells in lower case, as published)."""
     w = normalise_well(well).lower()
     return f"{plate}_{w}_s{site}_w{channel}{uuid}.tif"

@@ -73,7 +73,9 @@ class PreprocessConfig:
             raise ConfigError(f"unknown resize mode {self.resize!r}: use square or keep-aspect")
         h, w = self.image_size
         if h % self.patch_size or w % self.patch_size:
-            raise ConfigError(f"image size {self.image_size} is not a multiple of patch size {self.patch_size}")
+            raise ConfigError(
+                f"image size {self.image_size} is not a multiple of patch size {self.patch_size}"
+            )
         object.__setattr__(self, "image_size", (int(h), int(w)))
         object.__setattr__(self, "image_mean", tuple(float(v) for v in self.image_mean))
         object.__setattr__(self, "image_std", tuple(float(v) for v in self.image_std))

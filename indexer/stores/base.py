@@ -183,6 +183,4 @@ def rank_hits(ids: np.ndarray, scores: np.ndarray, records: dict[int, ImageRecor
     Stores share this so that FAISS and Redis order equal scores the same way.
     """
     order = np.lexsort((ids, -scores))[:k]
-    return [
-        Hit(rank=r + 1, score=float(scores[i]), record=records[int(ids[i])]) for r, i in enumerate(order)
-    ]
+    return [Hit(rank=r + 1, score=float(scores[i]), record=records[int(ids[i])]) for r, i in enumerate(order)]

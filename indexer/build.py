@@ -1,0 +1,72 @@
+"""The ``build`` and ``info`` jobs: open the stores, run the pipeline with a progress bar, close."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from indexer.config import BuildConfig, RedisConfig
+from indexer.errors import StoreUnavailableError
+from indexer.pipeline import REJECTED_CSV, BuildSummary, build_index
+from indexer.sources import iter_sources
+
+
+def open_stores(index_dir: Path, redis: RedisConfig | None, dim: int | None = None, read_only: bool = False):
+    """Open the FAISS store, and the Redis store when ``redis`` is given; FAISS comes first."""
+    from indexer.stores.faiss_store import FaissStore
+
+    stores = [FaissStore(index_dir, dim=dim, read_only=read_only)]
+    if redis is not None:
+        from indexer.stores.redis_store import RedisStore
+
+        stores.append(RedisStore(redis, dim=dim))
+    return stores
+
+
+def run_build(config: BuildConfig, progress: bool = True) -> BuildSummary:
+    """Run one build with a tqdm progress bar on stderr; stores are flushed and closed at the end."""
+    from tqdm.auto import tqdm
+
+    from indexer.encoder import load_encoder
+
+    encoder = load_encoder(config.model)
+    stores = open_stores(config.index_dir, config.redis, dim=encoder.dim)
+    total = sum(1 for _ in iter_sources(config.sources))
+    bar = tqdm(total=total, unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
+    last = [0]
+
+    def tick(done: int) -> None:
+        bar.update(done - last[0])
+        last[0] = done
+
+    try:
+        return build_index(config, stores, encoder=encoder, progress=tick)
+    finally:
+        bar.close()
+        for store in stores:
+            store.close()
+
+
+def index_info(index_dir: Path) -> dict[str, Any]:
+    """Summarise an index folder: manifest, count, rejected count, distinct metadata values."""
+    from indexer.stores.faiss_store import FaissStore
+
+    store = FaissStore(index_dir, read_only=True)
+    manifest = store.read_manifest()
+    if manifest is None:
+        raise StoreUnavailableError(f"{index_dir} has no manifest.json: not an index folder")
+    rejected_path = Path(index_dir) / REJECTED_CSV
+    rejected = 0
+    if rejected_path.exists():
+        with open(rejected_path, newline="", encoding="utf-8") as f:
+            rejected = sum(1 for _ in csv.reader(f)) - 1
+    records = [r for r in store.get(store.ids()) if r is not None]
+    values = {}
+    for field in ("plate", "channel", "site", "z"):
+        values[field] = sorted({getattr(r, field) for r in records if getattr(r, field) is not None})
+    values["wells"] = [len({r.well for r in records if r.well})]
+    return {"count": store.count(), "manifest": manifest, "rejected": rejected, "values": values}
+
+
+__all__ = ["open_stores", "run_build", "index_info", "iter_sources"]

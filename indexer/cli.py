@@ -1,0 +1,215 @@
+"""``mae-index``: build, inspect and maintain an index. Each command parses options, builds the config
+and calls one function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from indexer.cli_common import handle_errors, redis_url_option, setup_logging, verbose_option
+from indexer.config import (
+    DEFAULT_MODEL,
+    BuildConfig,
+    IntensityConfig,
+    ModelConfig,
+    PreprocessConfig,
+    RedisConfig,
+    SourceConfig,
+)
+from indexer.errors import ConfigError
+
+
+def _channels(value: str) -> tuple[str, ...]:
+    return {"w1": ("w1",), "w2": ("w2",), "both": ()}[value]
+
+
+def _parse_window(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError as e:
+        raise ConfigError(f"--window takes LOW,HIGH (e.g. 0,4095), got {value!r}") from e
+    return lo, hi
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mae-microscopy")
+def main() -> None:
+    """Index microscopy images (BBBC006 and alike) by Masked Autoencoder embeddings.
+
+    \b
+    Examples:
+      mae-index build examples/bbbc006 --index runs/idx --model examples/models/mae-tiny-random
+      mae-index info --index runs/idx
+    """
+
+
+@main.command()
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="ViT-MAE hub id or local folder.")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
+@click.option("--pooling", type=click.Choice(["mean", "cls", "iqm"]), default="mean", show_default=True)
+@click.option("--batch-size", default=16, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="Decode/preprocess threads.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--channels", type=click.Choice(["w1", "w2", "both"]), default="both", show_default=True)
+@click.option("--z", "z_slices", multiple=True, type=int, help="Only these z-slices (repeatable).")
+@click.option(
+    "--intensity",
+    type=click.Choice(["percentile", "fixed", "dataset"]),
+    default="percentile",
+    show_default=True,
+    help="Per-image percentiles, a fixed window, or one window from the whole data set.",
+)
+@click.option("--low", default=1.0, show_default=True, help="Low percentile (percentile/dataset).")
+@click.option("--high", default=99.8, show_default=True, help="High percentile (percentile/dataset).")
+@click.option("--window", default=None, help="Fixed window LOW,HIGH in counts (default 0,4095).")
+@click.option("--resize", type=click.Choice(["square", "keep-aspect"]), default="square", show_default=True)
+@redis_url_option
+@click.option("--redis-index", default="mae", show_default=True, help="Redis index name (key prefix).")
+@click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
+@click.option("--force", is_flag=True, help="Re-embed images already in the index.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@verbose_option
+@handle_errors
+def build(data, index_dir, model, revision, pooling, batch_size, workers, device, channels, z_slices,
+          intensity, low, high, window, resize, redis_url, redis_index, strict, force, fmt, no_progress,
+          verbose):  # fmt: skip
+    """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
+
+    Images already in the index (same content) are skipped, so a re-run resumes. Unusable images are
+    skipped and listed in INDEX/rejected.csv.
+
+    \b
+    Example (offline, shipped data and model):
+      mae-index build examples/bbbc006 --index runs/idx --model examples/models/mae-tiny-random
+    """
+    setup_logging(verbose)
+    config = BuildConfig(
+        sources=SourceConfig(paths=tuple(data), channels=_channels(channels), z=tuple(z_slices)),
+        index_dir=index_dir,
+        model=ModelConfig(name=model, revision=revision, pooling=pooling, device=device),
+        preprocess=PreprocessConfig(
+            intensity=IntensityConfig(mode=intensity, low=low, high=high, window=_parse_window(window)),
+            resize=resize,
+        ),
+        redis=RedisConfig(url=redis_url, index_name=redis_index) if redis_url else None,
+        batch_size=batch_size,
+        workers=workers,
+        strict=strict,
+        force=force,
+    )
+    from indexer.build import run_build
+
+    summary = run_build(config, progress=not no_progress)
+    if fmt == "json":
+        click.echo(json.dumps(summary.to_dict()))
+    else:
+        s = summary
+        click.echo(
+            f"Indexed {s.indexed} images in {s.seconds:.1f} s ({s.images_per_second:.1f} img/s); "
+            f"skipped {s.skipped_existing} already indexed; rejected {len(s.rejected)}; "
+            f"index now holds {s.index_count}.",
+            err=True,
+        )
+        if s.rejected:
+            click.echo(f"Rejected images are listed in {index_dir / 'rejected.csv'}.", err=True)
+    sys.exit(0)
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@handle_errors
+def info(index_dir, fmt):
+    """Show what an index holds and what it was built with."""
+    from indexer.build import index_info
+
+    d = index_info(index_dir)
+    if fmt == "json":
+        click.echo(json.dumps(d, indent=2))
+        return
+    m = d["manifest"]
+    click.echo(f"index:      {index_dir}")
+    click.echo(f"images:     {d['count']}")
+    click.echo(f"model:      {m['model']['name']} (fingerprint {str(m['model'].get('fingerprint'))[:12]})")
+    click.echo(f"dim:        {m['dim']}   pooling: {m['pooling']}")
+    pre = m["preprocess"]
+    click.echo(f"preprocess: intensity {pre['intensity']}, resize {pre['resize']} to {pre['image_size']}")
+    click.echo(f"rejected:   {d['rejected']}")
+    for field, values in d["values"].items():
+        click.echo(f"{field + ':':<11} {', '.join(map(str, values))}")
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--wells", default="A01:B04", show_default=True, help="Wells: A01,B02 or a rectangle A01:B04.")
+@click.option("--sites", default="1,2", show_default=True)
+@click.option("--channels", default="1,2", show_default=True)
+@click.option("--z", "z_spec", default="16", show_default=True, help="z-slices: 16 or 10,16,22 or 0-33.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@handle_errors
+def synth(out, wells, sites, channels, z_spec, seed):
+    """Write a synthetic BBBC006 look-alike (real naming, 696x520 16-bit LZW TIFF, ground-truth CSV)."""
+    from indexer.synthetic import SyntheticConfig, generate, well_range
+
+    config = SyntheticConfig(
+        out_dir=out,
+        wells=well_range(wells),
+        sites=_int_list(sites),
+        channels=_int_list(channels),
+        z_slices=_int_list(z_spec),
+        seed=seed,
+    )
+    s = generate(config, progress=True)
+    click.echo(f"Wrote {s.n_images} images in {s.seconds:.1f} s; ground truth: {s.ground_truth}", err=True)
+
+
+def _int_list(spec: str) -> tuple[int, ...]:
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            if "-" in part.strip()[1:]:
+                a, b = part.split("-")
+                out.extend(range(int(a), int(b) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError as e:
+        raise ConfigError(f"expected numbers like 1,2 or 0-33, got {spec!r}") from e
+    return tuple(out)
+
+
+@main.command("init-model")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--size", type=click.Choice(["test", "tiny", "small"]), default="tiny", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@handle_errors
+def init_model(out, size, seed):
+    """Create a randomly initialised ViT-MAE (for tests, or to pretrain from) as a Hugging Face folder."""
+    from indexer.model_presets import create_model
+
+    create_model(out, size, seed)
+    click.echo(f"Wrote a random-weight ViT-MAE ({size}) to {out}", err=True)
+
+
+@main.command()
+@click.argument("dataset", type=click.Choice(["bbbc006"]))
+@click.option("--z", "z_slices", multiple=True, type=int, default=(16,), show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@handle_errors
+def fetch(dataset, z_slices, out):
+    """Download BBBC006 z-slice zips from the Broad Bioimage Benchmark Collection (needs internet)."""
+    from indexer.download import download_bbbc006
+
+    for path in download_bbbc006(out, tuple(z_slices)):
+        click.echo(str(path))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

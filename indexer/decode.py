@@ -1,0 +1,66 @@
+"""Decode TIFF bytes with tifffile and check that the result is a usable microscopy image.
+
+A bad file raises :class:`~indexer.errors.DecodeError` with a one-line reason; the pipeline records it
+as a rejected image and goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+
+from indexer.errors import DecodeError
+
+#: Smallest side accepted: one ViT patch. Smaller images carry too little to embed.
+MIN_SIDE = 16
+#: Largest number of pixels accepted (a 16k x 16k mosaic); larger files are not single fields of view.
+MAX_PIXELS = 16384 * 16384
+
+
+def content_id(data: bytes) -> int:
+    """Return a stable, non-negative int64 id derived from a file's bytes (BLAKE2b, 63 bits).
+
+    Content-derived ids make a renamed copy the same image, so a re-run skips it.
+    """
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") & ((1 << 63) - 1)
+
+
+def decode_tiff(data: bytes) -> np.ndarray:
+    """Decode one single-page grayscale 16-bit TIFF to a 2-D uint16 array.
+
+    Raises
+    ------
+    DecodeError
+        If the bytes are not a readable TIFF, have several pages or samples, are not unsigned 16-bit
+        integers, or are smaller than one patch or larger than :data:`MAX_PIXELS`.
+    """
+    import tifffile
+
+    if not data:
+        raise DecodeError("empty file")
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            n_pages = len(tif.pages)
+            if n_pages != 1:
+                raise DecodeError(f"multi-page TIFF ({n_pages} pages); expected one plane per file")
+            page = tif.pages[0]
+            shape = tuple(page.shape)
+            if len(shape) != 2:
+                raise DecodeError(f"not a single-channel image (shape {shape}); expected height x width")
+            if shape[0] * shape[1] > MAX_PIXELS:
+                raise DecodeError(f"image too large ({shape[1]}x{shape[0]} pixels)")
+            image = page.asarray()
+    except DecodeError:
+        raise
+    except Exception as e:  # tifffile raises many types for damaged files
+        raise DecodeError(f"not a readable TIFF: {type(e).__name__}: {e}".splitlines()[0][:300]) from e
+    if image.dtype != np.uint16:
+        # 8-bit, signed or float data would be scaled unlike the 16-bit camera images of the index.
+        raise DecodeError(f"unsupported pixel type {image.dtype}; expected unsigned 16-bit camera images")
+    if min(image.shape) < MIN_SIDE:
+        raise DecodeError(
+            f"image too small ({image.shape[1]}x{image.shape[0]}); at least {MIN_SIDE} px a side"
+        )
+    return image

@@ -1,0 +1,271 @@
+"""Load a model and turn preprocessed batches into L2-normalised float32 vectors, deterministically.
+
+:class:`Encoder` fixes the invariant steps (eval mode, inference mode, bf16 autocast on CUDA only,
+pooling, L2 normalisation, float32 output, dimension and finiteness checks); a subclass only loads its
+model and returns token states. :class:`ViTMAEEncoder` is the ViT-MAE family: a new family is one
+subclass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from indexer.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PreprocessConfig
+from indexer.errors import ModelLoadError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+def pool_tokens(tokens: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool token states (B, 1 + N, D), CLS first, into (B, D).
+
+    ``mean``: mean of the N patch tokens. ``cls``: the CLS token. ``iqm``: per feature, the mean of the
+    patch tokens whose value lies between that feature's 25th and 75th percentile over the patches
+    (inclusive), i.e. the interquartile mean; robust to a few saturated or empty patches.
+    """
+    if pooling == "cls":
+        return tokens[:, 0]
+    patches = tokens[:, 1:]
+    if pooling == "mean":
+        return patches.mean(dim=1)
+    if pooling == "iqm":
+        q = torch.tensor([0.25, 0.75], dtype=patches.dtype, device=patches.device)
+        q1, q3 = torch.quantile(patches, q, dim=1, keepdim=True)  # each (B, 1, D)
+        keep = (patches >= q1) & (patches <= q3)
+        return (patches * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1)
+    raise ValueError(f"unknown pooling {pooling!r}")
+
+
+class Encoder(ABC):
+    """Base class: a loaded model that maps model input (B, 3, h, w) to unit vectors (B, dim)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Output dimension."""
+
+    @property
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """Identity of the loaded weights for the manifest: name, revision, fingerprint, family."""
+
+    @abstractmethod
+    def default_preprocess(self) -> PreprocessConfig:
+        """The preprocessing this model expects (input size, patch size, mean/std)."""
+
+    @abstractmethod
+    def _tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Run the model; return token states (B, 1 + N, D) with the CLS token first."""
+
+    def _autocast(self):
+        # bf16 autocast only on CUDA: on CPU it is several times slower than fp32.
+        if self.device.type == "cuda" and self.config.autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def embed(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """Embed a preprocessed batch; return (B, dim) float32 L2-normalised vectors.
+
+        Raises
+        ------
+        ValueError
+            If the output has the wrong dimension or is not finite.
+        """
+        with torch.inference_mode(), self._autocast():
+            x = pixel_values.to(self.device, non_blocking=True)
+            tokens = self._tokens(x)
+            pooled = pool_tokens(tokens.float(), self.config.pooling)
+            vectors = F.normalize(pooled, dim=-1)
+        out = vectors.float().cpu().numpy()
+        if out.shape != (pixel_values.shape[0], self.dim):
+            raise ValueError(
+                f"encoder returned shape {out.shape}, expected ({pixel_values.shape[0]}, {self.dim})"
+            )
+        if not np.isfinite(out).all():
+            raise ValueError("encoder produced non-finite values")
+        return out
+
+
+def _offline_hint(name: str) -> str:
+    return (
+        f"cannot load model {name!r}: it is not a local folder and could not be fetched from the Hugging Face "
+        "hub (offline, or not in the local cache). Pass --model PATH to a local ViT-MAE folder "
+        "(e.g. --model examples/models/mae-tiny-bbbc006), or connect once to download it."
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face endpoint accepts a TCP connection within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cached(name: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(name, "config.json", revision=revision)
+    return isinstance(hit, str)
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """SHA-256 over a model folder's ``config.json`` and ``*.safetensors`` files (sorted by name)."""
+    h = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors"))
+    for p in [folder / "config.json", *files]:
+        if p.exists():
+            h.update(p.name.encode())
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+class ViTMAEEncoder(Encoder):
+    """Any ViT-MAE checkpoint (hub id or local folder), run without masking and without shuffling.
+
+    The stock model masks 75 % of patches at random and shuffles the rest. Here ``mask_ratio`` is 0 and
+    ``noise`` is the identity ramp, so every patch is kept in order and the output is deterministic.
+    Only safetensors weights are loaded (no pickle).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        from transformers import ViTMAEModel
+
+        local_only = config.local_files_only
+        if not Path(config.name).exists() and not local_only:
+            # Without this, an offline machine spends ~20 s in the hub client's retries before failing.
+            if _hub_cached(config.name, config.revision):
+                local_only = not _hub_reachable()
+            elif not _hub_reachable():
+                raise ModelLoadError(_offline_hint(config.name))
+        try:
+            model = ViTMAEModel.from_pretrained(
+                config.name,
+                revision=config.revision,
+                mask_ratio=0.0,
+                use_safetensors=True,
+                local_files_only=local_only,
+            )
+        except OSError as e:
+            text = str(e)
+            if Path(config.name).exists():
+                raise ModelLoadError(
+                    f"cannot load model from folder {config.name!r}: {text.splitlines()[0]} "
+                    "(a ViT-MAE folder needs config.json and model.safetensors)"
+                ) from e
+            raise ModelLoadError(_offline_hint(config.name)) from e
+        except ValueError as e:
+            raise ModelLoadError(f"cannot load model {config.name!r}: {str(e).splitlines()[0]}") from e
+        if getattr(model.config, "model_type", None) != "vit_mae":
+            raise ModelLoadError(f"{config.name!r} is a {model.config.model_type!r} model, not a ViT-MAE")
+        self.model = model.to(self.device).eval()
+        self._cfg = model.config
+        self._preprocessor = self._read_preprocessor_config()
+
+    def _read_preprocessor_config(self) -> dict[str, Any]:
+        from transformers.utils import cached_file
+
+        try:
+            path = cached_file(
+                self.config.name,
+                "preprocessor_config.json",
+                revision=self.config.revision,
+                local_files_only=True,
+                _raise_exceptions_for_missing_entries=False,
+            )
+        except OSError:
+            path = None
+        if not path:
+            return {}
+        return json.loads(Path(path).read_text())
+
+    @property
+    def dim(self) -> int:
+        """Hidden size of the encoder."""
+        return int(self._cfg.hidden_size)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Name, revision, weights fingerprint and family, for the manifest."""
+        local = Path(self.config.name)
+        if local.is_dir():
+            fingerprint = weights_fingerprint(local)
+        else:
+            fingerprint = getattr(self._cfg, "_commit_hash", None)
+        return {
+            "name": self.config.name,
+            "revision": self.config.revision,
+            "fingerprint": fingerprint,
+            "family": "vit_mae",
+        }
+
+    def default_preprocess(self) -> PreprocessConfig:
+        """Input size and patch size from the model config; mean/std from its preprocessor config."""
+        size = self._cfg.image_size
+        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        patch = self._cfg.patch_size
+        patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+        return PreprocessConfig(
+            image_size=size,
+            patch_size=int(patch),
+            image_mean=tuple(self._preprocessor.get("image_mean", IMAGENET_MEAN)),
+            image_std=tuple(self._preprocessor.get("image_std", IMAGENET_STD)),
+        )
+
+    def _tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = pixel_values.shape
+        n = (h // self.model.config.patch_size) * (w // self.model.config.patch_size)
+        # Identity noise: argsort keeps patch order, so no shuffling and no randomness.
+        noise = torch.arange(n, device=pixel_values.device, dtype=torch.float32).expand(b, n)
+        interpolate = (h, w) != tuple(self.default_preprocess().image_size)
+        out = self.model(pixel_values=pixel_values, noise=noise, interpolate_pos_encoding=interpolate)
+        return out.last_hidden_state
+
+
+def load_encoder(config: ModelConfig) -> Encoder:
+    """Load the encoder named by ``config`` (ViT-MAE is the one family so far)."""
+    return ViTMAEEncoder(config)
+
+
+def resolve_preprocess(encoder: Encoder, requested: PreprocessConfig) -> PreprocessConfig:
+    """Fill the model-given fields (size, patch, mean/std) of ``requested`` from the encoder."""
+    d = encoder.default_preprocess()
+    return replace(
+        requested,
+        image_size=d.image_size,
+        patch_size=d.patch_size,
+        image_mean=d.image_mean,
+        image_std=d.image_std,
+    )

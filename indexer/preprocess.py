@@ -1,0 +1,105 @@
+"""Preprocessing maths in pure torch: 16-bit counts -> normalised model input. No I/O.
+
+Steps, per image: counts -> [0, 1] by an intensity window (per-image percentiles, a fixed window, or
+a data-set window), gray -> 3 channels, resize to the model's input, then the model's mean/std. Works
+on any device; the pipeline runs it in CPU workers or, on CUDA, batched on the GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from indexer.config import IntensityConfig, PreprocessConfig
+
+#: Pixels sampled per image when pooling a data-set intensity window (evenly strided, deterministic).
+DATASET_SAMPLE_PIXELS = 65536
+
+
+def intensity_window(image: torch.Tensor, config: IntensityConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the (low, high) intensity window of a batch ``image`` (B, H, W), each of shape (B, 1, 1)."""
+    b = image.shape[0]
+    if config.mode == "percentile":
+        q = torch.tensor([config.low / 100.0, config.high / 100.0], dtype=image.dtype, device=image.device)
+        lo_hi = torch.quantile(image.reshape(b, -1), q, dim=1)  # (2, B)
+        return lo_hi[0].view(b, 1, 1), lo_hi[1].view(b, 1, 1)
+    if config.window is None:
+        raise ValueError("intensity mode 'dataset' needs a window: compute it with dataset_window() first")
+    lo = torch.full((b, 1, 1), config.window[0], dtype=image.dtype, device=image.device)
+    hi = torch.full((b, 1, 1), config.window[1], dtype=image.dtype, device=image.device)
+    return lo, hi
+
+
+def normalise_intensity(image: torch.Tensor, config: IntensityConfig) -> torch.Tensor:
+    """Map counts of a batch (B, H, W) to [0, 1] by the configured window, clipping outside it.
+
+    A constant image has an empty window; it maps to 0 rather than to NaN.
+    """
+    image = image.float()
+    lo, hi = intensity_window(image, config)
+    span = (hi - lo).clamp_min(1e-6)
+    return ((image - lo) / span).clamp_(0.0, 1.0)
+
+
+def target_size(height: int, width: int, config: PreprocessConfig) -> tuple[int, int]:
+    """Return the (height, width) the model sees for an input of ``height`` x ``width``.
+
+    ``square``: the model's own size. ``keep-aspect``: the short side becomes the model's size and the
+    long side keeps the aspect ratio, rounded to whole patches.
+    """
+    if config.resize == "square":
+        return config.image_size
+    p = config.patch_size
+    base = min(config.image_size)
+    scale = base / min(height, width)
+    h = max(p, int(round(height * scale / p)) * p)
+    w = max(p, int(round(width * scale / p)) * p)
+    return h, w
+
+
+def to_model_input(unit: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """Turn a [0, 1] batch (B, H, W) into model input (B, 3, h, w): resize, 3 channels, mean/std."""
+    h, w = target_size(unit.shape[-2], unit.shape[-1], config)
+    x = unit.unsqueeze(1)
+    if (h, w) != tuple(unit.shape[-2:]):
+        # Antialiased bilinear, as PIL's resize does for downscaling, so fine texture does not alias.
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    x = x.expand(-1, 3, -1, -1)
+    mean = torch.tensor(config.image_mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(config.image_std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def preprocess(images: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """Full preprocessing of a same-sized batch of raw counts (B, H, W) -> model input (B, 3, h, w)."""
+    return to_model_input(normalise_intensity(images, config.intensity), config)
+
+
+def preprocess_image(image: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
+    """Preprocess one 2-D uint16 array -> (3, h, w) float32 tensor on the CPU."""
+    t = torch.from_numpy(image.astype(np.float32, copy=False)).unsqueeze(0)
+    return preprocess(t, config)[0]
+
+
+def sample_pixels(image: np.ndarray, n: int = DATASET_SAMPLE_PIXELS) -> np.ndarray:
+    """Return about ``n`` pixels of ``image`` on a regular stride (deterministic, no RNG)."""
+    flat = image.reshape(-1)
+    step = max(1, math.ceil(flat.size / n))
+    return flat[::step]
+
+
+def dataset_window(samples: list[np.ndarray], low: float, high: float) -> tuple[float, float]:
+    """Return the (low, high) percentiles of pixel samples pooled over many images.
+
+    One window for the whole data set keeps defocused slices dim instead of re-stretching them.
+    """
+    if not samples:
+        raise ValueError("no images to compute a data-set intensity window from")
+    pooled = np.concatenate([s.reshape(-1) for s in samples]).astype(np.float64)
+    lo, hi = np.percentile(pooled, [low, high])
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
