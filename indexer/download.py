@@ -59,7 +59,7 @@ def download_bbbc006(out: Path, z_slices: tuple[int, ...], chunk: int = 1 << 20)
             continue
         digest = hashlib.sha256()
 
-        def fetch(tmp: Path, url: str = zip_url(z)) -> None:
+        def fetch(tmp: Path, url: str = zip_url(z), target: Path = target, digest=digest) -> None:
             with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
                 total = int(r.headers.get("Content-Length") or 0) or None
                 with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
