@@ -14,7 +14,7 @@ from dataclasses import dataclass
 _FILE_RE = re.compile(
     r"^(?P<plate>.+?)_(?P<well>[a-pA-P](?:0[1-9]|1[0-9]|2[0-4]))_s(?P<site>[1-9])"
     r"_w(?P<channel>[1-9])(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
-    r"\.tiff?$"
+    r"\.[tT][iI][fF][fF]?$"
 )
 # The z-slice lives in the folder or zip name: BBBC006_v1_images_z_16(.zip). Older links say
 # BBBC006_v1_z16_images; accept both spellings.

@@ -43,7 +43,7 @@ def main() -> None:
 
     \b
     Examples:
-      mae-index build examples/bbbc006 --index runs/idx --model examples/models/mae-tiny-random
+      mae-index build examples/bbbc006 --index runs/idx --model runs/mae-tiny-random
       mae-index info --index runs/idx
     """
 
@@ -88,7 +88,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
 
     \b
     Example (offline, shipped data and model):
-      mae-index build examples/bbbc006 --index runs/idx --model examples/models/mae-tiny-random
+      mae-index build examples/bbbc006 --index runs/idx --model runs/mae-tiny-random
     """
     setup_logging(verbose)
     config = BuildConfig(
@@ -99,7 +99,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
             intensity=IntensityConfig(mode=intensity, low=low, high=high, window=_parse_window(window)),
             resize=resize,
         ),
-        redis=RedisConfig(url=redis_url, index_name=redis_index) if redis_url else None,
+        redis=_redis_config(redis_url, redis_index, required=False),
         batch_size=batch_size,
         workers=workers,
         strict=strict,
@@ -145,6 +145,82 @@ def info(index_dir, fmt):
     click.echo(f"rejected:   {d['rejected']}")
     for field, values in d["values"].items():
         click.echo(f"{field + ':':<11} {', '.join(map(str, values))}")
+
+
+def _redis_config(redis_url: str | None, redis_index: str, required: bool = True) -> RedisConfig | None:
+    if not redis_url:
+        if required:
+            raise ConfigError("this command needs --redis-url (or MAE_REDIS_URL)")
+        return None
+    return RedisConfig(url=redis_url, index_name=redis_index)
+
+
+@main.command()
+@click.option(
+    "--index", "index_dir", required=True, type=click.Path(path_type=Path), help="FAISS mirror folder."
+)
+@redis_url_option
+@click.option("--redis-index", default="mae", show_default=True)
+@click.option("--sample", default=200, show_default=True, help="Vectors compared and used as queries.")
+@click.option("-k", "k", default=10, show_default=True, help="k of the recall@k check.")
+@click.option("--min-recall", default=0.99, show_default=True, help="Lowest recall@k that passes.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@handle_errors
+def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
+    """Check that Redis and the FAISS mirror agree; exit 1 on any divergence.
+
+    Compares counts, id sets, manifests, sampled vectors, and recall@k of Redis search against exact
+    FAISS search on sampled queries.
+    """
+    from indexer.build import open_stores
+    from indexer.mirror import verify_stores
+
+    faiss_store, redis_store = open_stores(index_dir, _redis_config(redis_url, redis_index), read_only=True)
+    tol = 1e-3 if redis_store.config.dtype == "FLOAT16" else 1e-6
+    report = verify_stores(redis_store, faiss_store, sample=sample, k=k, seed=seed,
+                           vector_tolerance=tol, min_recall=min_recall)  # fmt: skip
+    d = report.to_dict()
+    if fmt == "json":
+        click.echo(json.dumps(d))
+    else:
+        click.echo(f"counts: redis {d['count_primary']}, faiss {d['count_mirror']}")
+        click.echo(
+            f"ids missing: in redis {d['missing_in_primary_count']}, in faiss {d['missing_in_mirror_count']}"
+        )
+        click.echo(f"manifests equal: {d['manifest_equal']}")
+        click.echo(
+            f"sampled vectors: {d['sampled']}, max |diff| {d['max_vector_diff']:.3g} (tolerance {tol:g})"
+        )
+        click.echo(f"recall@{k} of redis vs exact faiss: {d['recall_at_k']:.4f} (min {min_recall})")
+        click.echo("OK" if report.ok else "DIVERGED")
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.option(
+    "--index", "index_dir", required=True, type=click.Path(path_type=Path), help="FAISS mirror folder."
+)
+@redis_url_option
+@click.option("--redis-index", default="mae", show_default=True)
+@handle_errors
+def sync(index_dir, redis_url, redis_index):
+    """Rebuild the FAISS mirror at --index from Redis (e.g. on a second machine)."""
+    from tqdm.auto import tqdm
+
+    from indexer.mirror import sync_mirror
+    from indexer.stores.faiss_store import FaissStore
+    from indexer.stores.redis_store import RedisStore
+
+    source = RedisStore(_redis_config(redis_url, redis_index))
+    manifest = source.read_manifest()
+    if manifest is None:
+        raise ConfigError(f"Redis index {redis_index!r} has no manifest: nothing was built into it")
+    target = FaissStore(index_dir, dim=manifest["dim"])
+    with tqdm(total=source.count(), unit="vec", desc="sync") as bar:
+        n = sync_mirror(source, target, progress=lambda done: bar.update(done - bar.n))
+    target.compact()
+    click.echo(f"Mirrored {n} vectors from Redis into {index_dir}.", err=True)
 
 
 @main.command()

@@ -43,6 +43,8 @@ def decode_tiff(data: bytes) -> np.ndarray:
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             n_pages = len(tif.pages)
+            if n_pages == 0:
+                raise DecodeError("not a readable TIFF: no image found (truncated or damaged file?)")
             if n_pages != 1:
                 raise DecodeError(f"multi-page TIFF ({n_pages} pages); expected one plane per file")
             page = tif.pages[0]

@@ -112,12 +112,15 @@ def main() -> None:
 @click.option("--model", default=None, help="Another path to the index's model weights (checked).")
 @click.option("--device", default="auto", show_default=True)
 @click.option(
+    "--server", default=None, metavar="URL", help="Ask a warm `mae-search serve` instead (images only)."
+)
+@click.option(
     "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
 )
 @verbose_option
 @handle_errors
 def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_distance, backend, redis_url,
-          redis_index, model, device, fmt, verbose):  # fmt: skip
+          redis_index, model, device, server, fmt, verbose):  # fmt: skip
     """Find the indexed images nearest to IMAGES (TIFF files) or to indexed images given by --id.
 
     Scores are cosine similarity (1.0 = identical).
@@ -129,6 +132,16 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
 
     where = MetadataFilter(well=well, site=site, channel=channel, z=z_slices, plate=plate)
     options = QueryOptions(k=k, where=where, max_distance=max_distance)
+    if server:
+        from retriever.server import query_server
+
+        if ids:
+            raise ConfigError("--server takes query images; query by --id against the index directly")
+        rows = []
+        for name, hits in zip(images, query_server(server, list(images), options)):
+            rows.extend({"query": str(name), **h} for h in hits)
+        click.echo(format_rows(rows, fmt))
+        return
     redis = RedisConfig(url=redis_url, index_name=redis_index) if redis_url else None
     store = open_store(index_dir, redis, backend)
     try:
@@ -143,6 +156,43 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
     finally:
         store.close()
     click.echo(format_rows(hits_to_rows(names, results), fmt))
+
+
+@main.command()
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index folder (FAISS).")
+@click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None)
+@redis_url_option
+@click.option("--redis-index", default="mae", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--max-upload-mb", default=64, show_default=True, type=int, help="Largest request body.")
+@click.option("--model", default=None, help="Another path to the index's model weights (checked).")
+@click.option("--device", default="auto", show_default=True)
+@verbose_option
+@handle_errors
+def serve(index_dir, backend, redis_url, redis_index, host, port, max_upload_mb, model, device, verbose):
+    """Serve queries over HTTP with the model and index kept loaded (JSON API).
+
+    \b
+    Example:
+      mae-search serve --index runs/idx --port 8000 &
+      mae-search query image.tif --server http://127.0.0.1:8000
+      curl -s --data-binary @image.tif 'http://127.0.0.1:8000/query?k=5&well=A01'
+    """
+    setup_logging(max(verbose, 1))
+    from retriever.search import Retriever
+    from retriever.server import QueryService, make_server
+
+    redis = RedisConfig(url=redis_url, index_name=redis_index) if redis_url else None
+    store = open_store(index_dir, redis, backend)
+    service = QueryService(Retriever.open(store, model_override=model, device=device))
+    server = make_server(service, host, port, max_upload_mb * 1024 * 1024)
+    click.echo(f"Serving {service.health()['count']} images on http://{host}:{server.server_port}", err=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        store.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: a virtualenv in .venv with the project, its test tools and a local
+# Redis Stack server (vector search) for the tests. Safe to run again.
+#   TORCH_SPEC   the torch requirement (default torch==2.13.0, the CPU build; on a GPU machine
+#                install your CUDA torch into .venv first, or set TORCH_SPEC=torch)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first and pinned: a loose requirement can pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q "$TORCH_SPEC"
+.venv/bin/python -m pip install -q -e '.[dev]'
+PATH="$PWD/.venv/bin:$PATH" bash scripts/redis-stack.sh install
+echo "Installed. Activate with: . .venv/bin/activate"

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+import tifffile
+
+from indexer.decode import content_id, decode_tiff
+from indexer.errors import DecodeError
+
+
+def _tiff_bytes(tmp_path, image, **kw):
+    p = tmp_path / "x.tif"
+    tifffile.imwrite(p, image, **kw)
+    return p.read_bytes()
+
+
+def _two_pages(tmp_path):
+    p = tmp_path / "stack.tif"
+    with tifffile.TiffWriter(p) as w:
+        w.write(np.zeros((64, 64), np.uint16))
+        w.write(np.ones((64, 64), np.uint16))
+    return p.read_bytes()
+
+
+def test_real_image_decodes_as_bbbc006(real_images):
+    data = real_images[0].read_bytes()
+    image = decode_tiff(data)
+    assert image.shape == (520, 696) and image.dtype == np.uint16
+    assert image.max() <= 4095
+    assert content_id(data) == content_id(bytes(data))
+    assert 0 <= content_id(data) < 2**63
+
+
+def test_content_id_differs_for_different_files(real_images):
+    ids = {content_id(p.read_bytes()) for p in real_images}
+    assert len(ids) == len(real_images)
+
+
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda t, b: b[: len(b) // 3], "not a readable TIFF"),
+        (lambda t, b: b"this is not a tiff at all", "not a readable TIFF"),
+        (lambda t, b: b"", "empty file"),
+        (lambda t, b: _tiff_bytes(t, np.zeros((64, 64, 3), np.uint8), photometric="rgb"), "single-channel"),
+        (lambda t, b: _tiff_bytes(t, np.zeros((64, 64), np.float32)), "pixel type float32"),
+        (lambda t, b: _tiff_bytes(t, np.zeros((64, 64), np.int16)), "pixel type int16"),
+        (lambda t, b: _tiff_bytes(t, np.zeros((64, 64), np.uint8)), "pixel type uint8"),
+        (lambda t, b: _two_pages(t), "multi-page"),
+        (lambda t, b: _tiff_bytes(t, np.zeros((8, 64), np.uint16)), "too small"),
+    ],
+)
+def test_bad_inputs_raise_one_line_reasons(tmp_path, real_images, make, reason):
+    data = make(tmp_path, real_images[0].read_bytes())
+    with pytest.raises(DecodeError, match=reason) as e:
+        decode_tiff(data)
+    assert "\n" not in str(e.value)

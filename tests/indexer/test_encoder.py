@@ -1,0 +1,124 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from indexer.config import ModelConfig, PreprocessConfig
+from indexer.decode import decode_tiff
+from indexer.encoder import ViTMAEEncoder, pool_tokens, resolve_preprocess
+from indexer.errors import ModelLoadError
+from indexer.preprocess import preprocess_image
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir):
+    return ViTMAEEncoder(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+
+
+def _inputs(encoder, real_images, n):
+    pre = resolve_preprocess(encoder, PreprocessConfig())
+    return torch.stack([preprocess_image(decode_tiff(p.read_bytes()), pre) for p in real_images[:n]])
+
+
+def test_matches_hugging_face_reference(encoder, tiny_model_dir, real_images):
+    """Reference: ViTImageProcessor normalisation + stock ViTMAEModel (mask_ratio 0, its own random
+    noise, i.e. shuffled patches) + mean pool. Mean pooling does not depend on patch order."""
+    from transformers import ViTImageProcessorPil, ViTMAEModel
+
+    from indexer.preprocess import normalise_intensity
+
+    pre = resolve_preprocess(encoder, PreprocessConfig())
+    image = decode_tiff(real_images[0].read_bytes())
+    unit = normalise_intensity(torch.from_numpy(image.astype(np.float32))[None], pre.intensity)
+    small = torch.nn.functional.interpolate(unit[None], size=pre.image_size, mode="bilinear", antialias=True)[
+        0
+    ]
+    rgb = small.expand(3, -1, -1).numpy()
+    proc = ViTImageProcessorPil.from_pretrained(str(tiny_model_dir), do_resize=False, do_rescale=False)
+    pixel_values = proc(images=rgb, return_tensors="pt", input_data_format="channels_first")["pixel_values"]
+    ref_model = ViTMAEModel.from_pretrained(str(tiny_model_dir), mask_ratio=0.0).eval()
+    with torch.no_grad():
+        tokens = ref_model(pixel_values=pixel_values).last_hidden_state
+    ref = tokens[:, 1:].mean(1)
+    ref = (ref / ref.norm(dim=-1, keepdim=True)).numpy()[0]
+    ours = encoder.embed(pixel_values)[0]
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
+    # and our own preprocessing produces the same input
+    ours_full = encoder.embed(preprocess_image(image, pre)[None])[0]
+    assert np.abs(ours_full - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_deterministic_across_calls_and_batch_sizes(encoder, real_images):
+    x = _inputs(encoder, real_images * 2, 32)
+    full = encoder.embed(x)
+    assert np.array_equal(full, encoder.embed(x))
+    for bs in (1, 7):
+        parts = np.concatenate([encoder.embed(x[i : i + bs]) for i in range(0, len(x), bs)])
+        np.testing.assert_allclose(parts, full, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, atol=1e-6)
+    assert full.dtype == np.float32 and full.shape == (32, encoder.dim)
+
+
+def test_patch_order_is_kept(encoder, real_images):
+    """With identity noise, patch token i comes from patch i: CLS pooling differs from mean pooling and
+    the token count equals the patch count (no masking)."""
+    x = _inputs(encoder, real_images, 1)
+    n = (64 // 16) ** 2
+    noise = torch.arange(n, dtype=torch.float32)[None]
+    out = encoder.model(pixel_values=x, noise=noise)
+    assert out.last_hidden_state.shape[1] == n + 1
+    assert torch.equal(out.ids_restore[0], torch.arange(n))
+
+
+def test_pooling_variants():
+    tokens = torch.tensor([[[9.0, 9.0], [1.0, 4.0], [2.0, 3.0], [3.0, 2.0], [100.0, 1.0]]])
+    assert pool_tokens(tokens, "cls").tolist() == [[9.0, 9.0]]
+    assert pool_tokens(tokens, "mean").tolist() == [[26.5, 2.5]]
+    # Feature 0 over patches: 1, 2, 3, 100 -> Q1 = 1.75, Q3 = 27.25 -> keeps 2, 3 -> IQM 2.5.
+    # Feature 1: 4, 3, 2, 1 -> Q1 = 1.75, Q3 = 3.25 -> keeps 3, 2 -> IQM 2.5.
+    assert pool_tokens(tokens, "iqm").tolist() == [[2.5, 2.5]]
+
+
+def test_constant_image_embeds_finite(encoder):
+    pre = resolve_preprocess(encoder, PreprocessConfig())
+    v = encoder.embed(preprocess_image(np.full((520, 696), 700, np.uint16), pre)[None])
+    assert np.isfinite(v).all()
+
+
+def test_keep_aspect_uses_interpolated_positions(encoder, real_images):
+    pre = resolve_preprocess(encoder, PreprocessConfig(resize="keep-aspect"))
+    x = preprocess_image(decode_tiff(real_images[0].read_bytes()), pre)
+    assert x.shape[-2] == 64 and x.shape[-1] == 80
+    assert encoder.embed(x[None]).shape == (1, encoder.dim)
+
+
+def test_offline_hub_id_fails_fast_with_a_hint():
+    t0 = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="--model PATH") as e:
+        ViTMAEEncoder(ModelConfig(name="facebook/vit-mae-base", device="cpu"))
+    assert time.perf_counter() - t0 < 10
+    assert "\n" not in str(e.value)
+
+
+def test_folder_without_weights_and_wrong_family(tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="folder"):
+        ViTMAEEncoder(ModelConfig(name=str(tmp_path / "empty"), device="cpu"))
+    ViTModel(
+        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ModelLoadError):
+        ViTMAEEncoder(ModelConfig(name=str(tmp_path / "vit"), device="cpu"))
+
+
+def test_info_fingerprint_is_content_based(encoder, tiny_model_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    other = ViTMAEEncoder(ModelConfig(name=str(copy), device="cpu"))
+    assert other.info["fingerprint"] == encoder.info["fingerprint"]
+    assert encoder.info["family"] == "vit_mae"
