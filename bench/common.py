@@ -1,0 +1,85 @@
+"""Shared helpers of the benchmarks: distinct in-memory BBBC006-like images and small timers."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from indexer.bbbc006 import parse_path
+from indexer.decode import decode_tiff
+from indexer.sources import SourceItem
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DIR = REPO / "examples" / "bbbc006" / "BBBC006_v1_images_z_16"
+if not REAL_DIR.is_dir():
+    REAL_DIR = REPO.parent / "shared" / "bbbc006" / "BBBC006_v1_images_z_16"
+
+
+def real_images() -> list[np.ndarray]:
+    """The shipped real BBBC006 images, decoded."""
+    return [decode_tiff(p.read_bytes()) for p in sorted(REAL_DIR.glob("*.tif"))]
+
+
+def variant(base: np.ndarray, i: int) -> np.ndarray:
+    """A distinct image: a real one rolled by a few pixels, with one pixel set to ``i`` (unique bytes)."""
+    out = np.roll(base, shift=(i % 7, (i // 7) % 11), axis=(0, 1)).copy()
+    out[0, 0] = i % 4096
+    out[0, 1] = (i // 4096) % 4096
+    return out
+
+
+def encode(image: np.ndarray, lzw: bool = True) -> bytes:
+    """TIFF bytes like BBBC006's (LZW, 11 rows per strip), or uncompressed (fast to make)."""
+    buf = io.BytesIO()
+    kw = {"compression": "lzw", "rowsperstrip": 11} if lzw else {}
+    tifffile.imwrite(buf, image, photometric="minisblack", **kw)
+    return buf.getvalue()
+
+
+def encoded_items(n: int, lzw: bool = True) -> list[SourceItem]:
+    """``n`` distinct LZW TIFFs held in memory as source items (real decode cost, no disk)."""
+    bases = real_images()
+    items = []
+    for i in range(n):
+        data = encode(variant(bases[i % len(bases)], i), lzw)
+        path = f"mem/BBBC006_v1_images_z_16/mcf-z-stacks-03212011_a{1 + i % 24:02d}_s1_w2{i:08x}-0000-0000-0000-000000000000.tif"
+        items.append(SourceItem(path, (lambda d=data: d), parse_path(path)))
+    return items
+
+
+def lazy_items(n: int) -> list[SourceItem]:
+    """``n`` distinct items whose bytes are made on read (nothing held in memory but the bases)."""
+    bases = real_images()
+    items = []
+    for i in range(n):
+        path = f"mem/BBBC006_v1_images_z_16/img{i:06d}.tif"
+        items.append(
+            SourceItem(path, (lambda i=i: encode(variant(bases[i % len(bases)], i), False)), parse_path(path))
+        )
+    return items
+
+
+def best_of(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Fastest wall time of ``repeat`` calls, in seconds."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def print_table(title: str, rows: list[tuple], headers: tuple) -> None:
+    """Print an aligned plain-text table."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
