@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tifffile
 
-
 REPO = Path(__file__).resolve().parents[1]
 REAL_DIR = REPO / "examples" / "bbbc006" / "BBBC006_v1_images_z_16"
 if not REAL_DIR.is_dir():  # a checkout without examples/ still has the shared copy beside it
