@@ -7,7 +7,88 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import handle_errors, setup_logging, verbose_option
+from indexer.cli_common import handle_errors, redis_url_option, setup_logging, verbose_option
+from indexer.errors import ConfigError
+
+
+def _severities(spec: str) -> tuple[int, ...]:
+    try:
+        if "-" in spec:
+            a, b = spec.split("-")
+            return tuple(range(int(a), int(b) + 1))
+        return tuple(int(s) for s in spec.split(","))
+    except ValueError as e:
+        raise ConfigError(f"--severities takes 0-5 or 0,2,5, got {spec!r}") from e
+
+
+def _query_ids(path: Path | None) -> tuple[int, ...]:
+    if path is None:
+        return ()
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    if "id" not in df.columns:
+        raise ConfigError(f"{path} needs an 'id' column (ids as printed by mae-search --format csv)")
+    return tuple(int(i) for i in df["id"])
+
+
+def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
+              device, out):  # fmt: skip
+    from tqdm.auto import tqdm
+
+    from eval import perturb as perturbations
+    from eval.report import format_table, headline_rows, write_report
+    from eval.robustness import NATURAL, RobustnessConfig, run_robustness
+    from indexer.config import RedisConfig
+    from indexer.stores.faiss_store import FaissStore
+    from retriever.search import Retriever
+
+    names = tuple(perturb.split(",")) if perturb else (*perturbations.PERTURBATIONS, NATURAL)
+    config = RobustnessConfig(perturbations=names, severities=_severities(severities), k=k, n_queries=queries,
+                              query_ids=_query_ids(query_list), seed=seed, rbo_p=rbo_p)  # fmt: skip
+    exact = FaissStore(index_dir, read_only=True)
+    store = exact
+    if redis_url:
+        from indexer.stores.redis_store import RedisStore
+
+        store = RedisStore(RedisConfig(url=redis_url, index_name=redis_index))
+    retriever = Retriever.open(store, device=device)
+    bar = tqdm(total=1, desc="robustness", unit="step")
+
+    def tick(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    result = run_robustness(retriever, config, progress=tick, exact=exact if store is not exact else None)
+    bar.close()
+    manifest = store.read_manifest() or {}
+    meta = {"location": str(index_dir), "count": store.count(), "model": manifest.get("model", {}).get("name"),
+            "backend": "redis" if redis_url else "faiss"}  # fmt: skip
+    rep = write_report(result, out, meta)
+    click.echo(format_table(headline_rows(rep["summary"]),
+                            ("perturbation", "severity", "n", "self_at_1", "overlap_at_k", "rbo", "drift_normalised")))  # fmt: skip
+    click.echo(f"Report: {Path(out) / 'report.html'}", err=True)
+    return rep
+
+
+_common = [
+    click.option("--queries", default=50, show_default=True, help="Query images sampled from the index."),
+    click.option(
+        "--query-list", type=click.Path(exists=True, path_type=Path), help="CSV with an 'id' column."
+    ),
+    click.option("--perturb", default=None, help="Comma list (default all, with defocus_z)."),
+    click.option("--severities", default="0-5", show_default=True),
+    click.option("-k", "k", default=10, show_default=True),
+    click.option("--seed", default=0, show_default=True),
+    click.option("--rbo-p", default=0.9, show_default=True),
+    click.option("--device", default="auto", show_default=True),
+]
+
+
+def _with_common(fn):
+    for opt in reversed(_common):
+        fn = opt(fn)
+    return fn
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,6 +112,59 @@ def reconstruct(image, model, out, mask_ratio, seed, verbose):
 
     loss = run(model, image, out, mask_ratio=mask_ratio, seed=seed)
     click.echo(f"Wrote {out} (masked-patch loss {loss:.4f})", err=True)
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder.")
+@redis_url_option
+@click.option("--redis-index", default="mae", show_default=True)
+@_with_common
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder.")
+@verbose_option
+@handle_errors
+def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
+               device, out, verbose):  # fmt: skip
+    """Top-k consistency and drift of clean vs perturbed queries; writes report.json/CSV/HTML.
+
+    With --redis-url the queries go to Redis and its ANN recall@k against the exact FAISS index is
+    reported too.
+
+    \b
+    Example:
+      mae-eval robustness --index runs/idx --queries 20 --out runs/report
+    """
+    setup_logging(verbose)
+    _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
+              device, out)  # fmt: skip
+
+
+@main.command()
+@click.option("--index", "indexes", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Index folder, one per model (repeatable).")  # fmt: skip
+@_with_common
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for all reports.")
+@verbose_option
+@handle_errors
+def compare(indexes, queries, query_list, perturb, severities, k, seed, rbo_p, device, out, verbose):
+    """Run the same evaluation on several indexes (e.g. one per model) and put them side by side."""
+    setup_logging(verbose)
+    import json
+
+    from eval.report import format_table, headline_rows
+
+    combined = []
+    for i, idx in enumerate(indexes):
+        sub = Path(out) / f"{i:02d}-{Path(idx).name}"
+        rep = _evaluate(
+            idx, None, "mae", queries, query_list, perturb, severities, k, seed, rbo_p, device, sub
+        )
+        for row in headline_rows(rep["summary"]):
+            combined.append({"index": str(idx), "model": rep["index"]["model"], **row})
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "compare.json").write_text(json.dumps(combined, indent=2) + "\n")
+    table = format_table(combined, ("index", "perturbation", "severity", "self_at_1", "overlap_at_k", "rbo"))
+    (Path(out) / "compare.txt").write_text(table + "\n")
+    click.echo(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -128,3 +128,23 @@ def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = No
                 item = _file_item(p)
                 if _wanted(item.meta, config):
                     yield item
+
+
+def read_path(path: str) -> bytes:
+    """Read the bytes of an indexed image from its recorded path (a file, or ``archive.zip/member``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If neither a file nor a zip member exists at ``path``.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p.read_bytes()
+    lowered = path.lower()
+    cut = lowered.find(".zip/")
+    if cut >= 0:
+        archive, member = path[: cut + 4], path[cut + 5 :]
+        with zipfile.ZipFile(archive) as zf:
+            return zf.read(member)
+    raise FileNotFoundError(f"indexed image not found: {path} (moved since the build?)")

@@ -1,0 +1,321 @@
+"""Write a retrieval-robustness report: report.json, CSV tables and a self-contained report.html.
+
+``report.json`` holds every number and the full configuration and nothing time-dependent, so the same
+index, seed and options give a byte-identical file. Plots are matplotlib PNGs embedded in the HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eval import perturb
+from eval.robustness import NATURAL, RobustnessResult
+from indexer.atomic import atomic_write_json, atomic_write_text
+
+CURVE_METRICS = (("self_at_1", "self-retrieval@1"), ("overlap_at_k", "overlap@k"), ("rbo", "RBO"),
+                 ("drift_normalised", "drift / median NN distance"))  # fmt: skip
+HEADLINE = (
+    "self_at_1",
+    "overlap_at_k",
+    "jaccard_at_k",
+    "rbo",
+    "kendall_tau",
+    "drift_cosine",
+    "drift_normalised",
+)
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return None if not np.isfinite(v) else round(v, 6)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def report_dict(result: RobustnessResult, index_meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything report.json holds (deterministic for a seed)."""
+    cfg = result.config
+    return _clean(
+        {
+            "index": index_meta,
+            "config": {
+                "perturbations": list(cfg.perturbations),
+                "severities": list(cfg.severities),
+                "k": cfg.k,
+                "n_queries": len(result.query_ids),
+                "seed": cfg.seed,
+                "rbo_p": cfg.rbo_p,
+                "reference_z": cfg.reference_z,
+                "ladders": {
+                    n: {"unit": p.unit, "levels": list(p.levels)} for n, p in perturb.PERTURBATIONS.items()
+                },
+            },
+            "query_ids": result.query_ids,
+            "median_nn_distance": result.median_nn_distance,
+            "ann_recall_at_k": result.ann_recall,
+            "summary": result.summary(),
+        }
+    )
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _curves(summary: list[dict], perturbations: list[str]):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4.2 * len(CURVE_METRICS), 3.4))
+    for ax, (metric, label) in zip(axes, CURVE_METRICS):
+        for name in perturbations:
+            pts = [e for e in summary if e["perturbation"] == name]
+            if not pts:
+                continue
+            x = [e["severity"] for e in pts]
+            y = np.array([e[metric] if e[metric] is not None else np.nan for e in pts], dtype=float)
+            lo = np.array(
+                [e[f"{metric}_low"] if e[f"{metric}_low"] is not None else np.nan for e in pts], float
+            )
+            hi = np.array(
+                [e[f"{metric}_high"] if e[f"{metric}_high"] is not None else np.nan for e in pts], float
+            )
+            ax.plot(x, y, marker="o", label=name)
+            ax.fill_between(x, lo, hi, alpha=0.2)
+        ax.set_title(label)
+        ax.set_xlabel("severity (defocus_z: |z-16| slices)")
+        ax.grid(alpha=0.3)
+        if metric != "drift_normalised":
+            ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _defocus_curve(summary: list[dict]):
+    import matplotlib.pyplot as plt
+
+    pts = [e for e in summary if e["perturbation"] == NATURAL]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    um = [2.0 * e["severity"] for e in pts]
+    for metric, label in CURVE_METRICS[:3]:
+        ax.errorbar(um, [e[metric] for e in pts],
+                    yerr=[[e[metric] - e[f"{metric}_low"] for e in pts], [e[f"{metric}_high"] - e[metric] for e in pts]],
+                    marker="o", capsize=3, label=label)  # fmt: skip
+    ax.set_xlabel("distance from focal plane |z - 16| x 2 um")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Real defocus (same site, other z-slice)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _drift_hist(rows: list[dict], perturbations: list[str]):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name in perturbations:
+        sub = [r for r in rows if r["perturbation"] == name]
+        if not sub:
+            continue
+        top = max(r["severity"] for r in sub)
+        vals = [r["drift_cosine"] for r in sub if r["severity"] == top]
+        ax.hist(vals, bins=20, alpha=0.5, label=f"{name} (sev {top})")
+    ax.set_xlabel("cosine drift, clean vs perturbed embedding")
+    ax.set_ylabel("queries")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _heatmap(result: RobustnessResult):
+    import matplotlib.pyplot as plt
+
+    keys = sorted(result.perturbed_vectors)
+    key = next((k for k in keys if k == ("gaussian_noise", 3)), keys[len(keys) // 2] if keys else None)
+    if key is None:
+        return None, None
+    n = min(30, len(result.clean_vectors))
+    sims = result.clean_vectors[:n] @ result.perturbed_vectors[key][:n].T
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    im = ax.imshow(sims, cmap="viridis")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xlabel(f"perturbed query ({key[0]}, severity {key[1]})")
+    ax.set_ylabel("clean query")
+    ax.set_title("cosine similarity")
+    return fig, key
+
+
+def _tsne(result: RobustnessResult, seed: int):
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    name = "gaussian_noise" if any(k[0] == "gaussian_noise" for k in result.perturbed_vectors) else None
+    name = name or (sorted(result.perturbed_vectors)[0][0] if result.perturbed_vectors else None)
+    if name is None:
+        return None
+    sevs = sorted(s for (n, s) in result.perturbed_vectors if n == name)
+    blocks = [result.perturbed_vectors[(name, s)] for s in sevs]
+    x = np.concatenate([result.clean_vectors, *blocks])
+    if len(x) < 5:
+        return None
+    emb = TSNE(
+        n_components=2, perplexity=min(30, len(x) - 1) / 2, random_state=seed, init="pca"
+    ).fit_transform(x)
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    n = len(result.clean_vectors)
+    for i, s in enumerate(sevs):
+        pts = emb[n * (i + 1) : n * (i + 2)]
+        ax.scatter(pts[:, 0], pts[:, 1], s=10, alpha=0.6, label=f"{name} sev {s}")
+    ax.scatter(emb[:n, 0], emb[:n, 1], s=18, c="k", marker="x", label="clean")
+    ax.set_title("t-SNE of clean and perturbed query embeddings")
+    ax.legend(fontsize=6, markerscale=1.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return fig
+
+
+def _examples(result: RobustnessResult):
+    import matplotlib.pyplot as plt
+
+    names = sorted({n for n, _ in result.examples})
+    if not names:
+        return None
+    sevs = sorted({s for _, s in result.examples})
+    fig, axes = plt.subplots(
+        len(names), len(sevs), figsize=(1.7 * len(sevs), 1.5 * len(names)), squeeze=False
+    )
+    ref = result.examples.get((names[0], 0))
+    lo, hi = np.percentile(ref, [1, 99.8]) if ref is not None else (0, 4095)
+    for i, n in enumerate(names):
+        for j, s in enumerate(sevs):
+            ax = axes[i][j]
+            img = result.examples.get((n, s))
+            if img is not None:
+                ax.imshow(
+                    np.clip((img.astype(float) - lo) / max(hi - lo, 1), 0, 1), cmap="gray", vmin=0, vmax=1
+                )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"severity {s}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(n, fontsize=7)
+    fig.suptitle("One query under each perturbation (fixed display window)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def headline_rows(summary: list[dict]) -> list[dict]:
+    """Per perturbation, its worst severity (the largest evaluated), for the terminal and README table."""
+    out = []
+    for name in sorted({e["perturbation"] for e in summary}):
+        pts = [e for e in summary if e["perturbation"] == name]
+        worst = max(pts, key=lambda e: e["severity"])
+        out.append({"perturbation": name, "severity": worst["severity"], "value": worst["value"], "n": worst["n"],
+                    **{m: worst[m] for m in HEADLINE}})  # fmt: skip
+    return out
+
+
+def format_table(rows: list[dict], columns: tuple[str, ...]) -> str:
+    """A plain-text table of rows (floats to 3 decimals)."""
+
+    def fmt(v):
+        if v is None:
+            return "-"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    if rows:
+        cols = list(rows[0].keys())
+        for r in rows:
+            cols += [c for c in r if c not in cols]
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        w.writerows(_clean(rows))
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_report(result: RobustnessResult, out_dir: Path, index_meta: dict[str, Any]) -> dict[str, Any]:
+    """Write report.json, rows.csv, summary.csv and report.html into ``out_dir``; return report.json's dict."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rep = report_dict(result, index_meta)
+    atomic_write_json(out_dir / "report.json", rep)
+    _write_csv(out_dir / "rows.csv", result.rows)
+    _write_csv(out_dir / "summary.csv", rep["summary"])
+    perturbations = list(result.config.perturbations)
+    figures: list[tuple[str, Any]] = [
+        ("Metric vs severity (mean, 95 % bootstrap CI)", _curves(rep["summary"], perturbations))
+    ]
+    figures.append(("Real defocus curve", _defocus_curve(rep["summary"])))
+    figures.append(("Drift at the highest severity", _drift_hist(result.rows, perturbations)))
+    heat, key = _heatmap(result)
+    figures.append(("Clean vs perturbed embeddings", heat))
+    figures.append(("t-SNE", _tsne(result, result.config.seed)))
+    figures.append(("Example images", _examples(result)))
+    head = headline_rows(rep["summary"])
+    table = html.escape(format_table(head, ("perturbation", "severity", "value", "n", *HEADLINE)))
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Retrieval robustness report</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em}"
+        "img{max-width:100%;border:1px solid #ddd;margin:.3em 0}pre{background:#f6f6f6;padding:.6em;overflow:auto}"
+        "h2{margin-top:1.4em}</style></head><body>",
+        "<h1>Retrieval robustness report</h1>",
+        f"<p>Index: <code>{html.escape(str(index_meta.get('location')))}</code>, "
+        f"{index_meta.get('count')} images, model <code>{html.escape(str(index_meta.get('model')))}</code>. "
+        f"{len(result.query_ids)} queries, k = {result.config.k}, seed {result.config.seed}, "
+        f"RBO p = {result.config.rbo_p}. Median nearest-neighbour cosine distance in the index: "
+        f"{result.median_nn_distance:.4g}."
+        + (
+            f" ANN recall@{result.config.k} of the store vs exact FAISS: {result.ann_recall:.4f}."
+            if result.ann_recall is not None
+            else ""
+        )
+        + "</p>",
+        "<h2>Headline: each perturbation at its highest severity</h2>",
+        f"<pre>{table}</pre>",
+        "<p>self_at_1: the clean source image is the first result of the perturbed query. overlap/jaccard/RBO/"
+        "kendall_tau: agreement of the perturbed query's top-k with the clean query's top-k. drift: cosine "
+        "distance between clean and perturbed embeddings; normalised by the median nearest-neighbour distance.</p>",
+    ]
+    for title, fig in figures:
+        if fig is None:
+            continue
+        parts.append(
+            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{_png(fig)}'>"
+        )
+    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(rep["config"], indent=1)) + "</pre>")
+    parts.append("<p>Files: report.json (all numbers), summary.csv, rows.csv (per query).</p></body></html>")
+    atomic_write_text(out_dir / "report.html", "\n".join(parts))
+    return rep
