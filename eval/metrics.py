@@ -80,6 +80,8 @@ def kendall_tau_intersection(a: Sequence[int], b: Sequence[int]) -> float:
     if len(common) < 2:
         return float("nan")
     rank_b = {x: i for i, x in enumerate(b)}
+    if sorted(common, key=rank_b.__getitem__) == common:
+        return 1.0  # same order: exact, where scipy may return 0.9999999999999999
     tau = kendalltau(list(range(len(common))), [rank_b[x] for x in common]).statistic
     return float(tau)
 
