@@ -138,8 +138,17 @@ class FaissStore:
         faiss = _faiss()
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
+    def _remove_stale_temp_files(self) -> None:
+        # A process killed inside atomic_write leaves its temp file behind; it is never part of the index.
+        for folder in (self.directory, self.directory / SHARDS):
+            if folder.is_dir():
+                for p in folder.glob(".*.tmp"):
+                    p.unlink(missing_ok=True)
+
     def _load(self) -> None:
         faiss = _faiss()
+        if not self.read_only:
+            self._remove_stale_temp_files()
         shards = [p.name for p in self._shard_paths()]
         latest: dict[int, tuple[ImageRecord, np.ndarray | None]] = {}
         for ids, vectors, records, deleted in self._iter_shards():

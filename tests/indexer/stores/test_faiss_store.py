@@ -92,3 +92,14 @@ def test_read_only_and_missing_index(tmp_path):
     ro = FaissStore(tmp_path, read_only=True)
     with pytest.raises(StoreUnavailableError, match="read-only"):
         ro.add(v, r)
+
+
+def test_temp_files_of_a_killed_writer_are_removed_on_open(tmp_path):
+    s = FaissStore(tmp_path, dim=16)
+    v, r = _data(3)
+    s.add(v, r)
+    s.flush()
+    (tmp_path / SHARDS / ".part-000001.parquet.abc.tmp").write_bytes(b"half a shard")
+    (tmp_path / ".index.faiss.xyz.tmp").write_bytes(b"half an index")
+    assert FaissStore(tmp_path).count() == 3
+    assert not list(tmp_path.rglob("*.tmp"))
