@@ -121,6 +121,8 @@ def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = No
             continue
         for p in sorted(root.rglob("*")):
             if not p.is_file():
+                if p.is_symlink() and p.suffix.lower() in IMAGE_SUFFIXES + (".zip",):
+                    problems.append(SourceProblem(str(p), "unreadable: broken link"))
                 continue
             if p.suffix.lower() == ".zip":
                 yield from _iter_zip(p, config, problems)

@@ -122,3 +122,24 @@ def test_info_fingerprint_is_content_based(encoder, tiny_model_dir, tmp_path):
     other = ViTMAEEncoder(ModelConfig(name=str(copy), device="cpu"))
     assert other.info["fingerprint"] == encoder.info["fingerprint"]
     assert encoder.info["family"] == "vit_mae"
+
+
+def test_pickle_only_checkpoint_is_refused(tiny_model_dir, tmp_path):
+    """Weights load from safetensors only: a folder with just pytorch_model.bin (pickle) is refused."""
+    import shutil
+
+    from transformers import ViTMAEModel
+
+    folder = tmp_path / "pickled"
+    ViTMAEModel.from_pretrained(str(tiny_model_dir)).save_pretrained(folder, safe_serialization=False)
+    for p in folder.glob("*.safetensors"):
+        p.unlink()
+    if not list(folder.glob("*.bin")):
+        shutil.copy(tiny_model_dir / "config.json", folder / "config.json")
+        import torch
+
+        torch.save(
+            ViTMAEModel.from_pretrained(str(tiny_model_dir)).state_dict(), folder / "pytorch_model.bin"
+        )
+    with pytest.raises(ModelLoadError):
+        ViTMAEEncoder(ModelConfig(name=str(folder), device="cpu"))

@@ -116,3 +116,45 @@ def test_dataset_window_is_computed_once_and_reused(encoder, real_subset, tmp_pa
     write_tiff(real_subset / "BBBC006_v1_images_z_16" / "bright.tif", np.full((520, 696), 4000, np.uint16))
     s, store = _build(encoder, [real_subset], tmp_path / "idx", preprocess=pre)
     assert s.indexed == 1 and store.read_manifest()["preprocess"]["intensity"]["window"] == [lo, hi]
+
+
+def test_bad_input_matrix_is_skipped_with_reasons(encoder, tmp_path, monkeypatch, real_images):
+    import zipfile
+
+    import tifffile
+
+    from indexer import decode
+
+    d = tmp_path / "data"
+    d.mkdir()
+    good = real_images[0].read_bytes()
+    (d / "good.tif").write_bytes(good)
+    (d / "truncated.tif").write_bytes(good[: len(good) // 2])
+    (d / "notes.tif").write_bytes(b"lab notes, not an image")
+    write_tiff(d / "eight_bit.tif", np.zeros((64, 64), np.uint8))
+    write_tiff(d / "rgb.tif", np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+    write_tiff(d / "signed.tif", np.zeros((64, 64), np.int16))
+    write_tiff(d / "tiny.tif", np.zeros((8, 8), np.uint16))
+    write_tiff(d / "zeros.tif", np.zeros((64, 64), np.uint16))
+    write_tiff(d / "constant.tif", np.full((64, 64), 1000, np.uint16))
+    write_tiff(d / "big.tif", np.ones((800, 800), np.uint16))
+    with tifffile.TiffWriter(d / "pages.tif") as w:
+        w.write(np.zeros((64, 64), np.uint16))
+        w.write(np.zeros((64, 64), np.uint16))
+    (d / "broken.zip").write_bytes(b"PK\x05\x06" + b"\x00" * 10)
+    (d / "dangling.tif").symlink_to(d / "missing.tif")
+    with zipfile.ZipFile(d / "evil.zip", "w") as zf:
+        zf.writestr(zipfile.ZipInfo("../../etc/passwd.tif"), good)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 700 * 700)  # "huge" without writing gigabytes
+    s, store = _build(encoder, [d], tmp_path / "idx")
+    kept = sorted(r.path.rsplit("/", 1)[-1] for r in store.get(store.ids()))
+    assert kept == ["constant.tif", "good.tif", "zeros.tif"]
+    assert np.isfinite(store.get_vectors(store.ids())).all()
+    with open(tmp_path / "idx" / "rejected.csv", newline="") as f:
+        reasons = {r["path"].rsplit("/", 1)[-1]: r["reason"] for r in csv.DictReader(f)}
+    assert set(reasons) == {"truncated.tif", "notes.tif", "eight_bit.tif", "rgb.tif", "signed.tif", "tiny.tif",
+                            "big.tif", "pages.tif", "broken.zip", "dangling.tif", "passwd.tif"}  # fmt: skip
+    assert "too large" in reasons["big.tif"] and "'..'" in reasons["passwd.tif"]
+    assert "broken link" in reasons["dangling.tif"] and "uint8" in reasons["eight_bit.tif"]
+    assert all("\n" not in r for r in reasons.values())
+    assert s.found == 14 and len(s.rejected) == 11 and s.indexed == 3
