@@ -1,10 +1,24 @@
 """Retrieval-robustness metrics. Pure: arrays and id lists in, numbers out; no I/O.
 
-Top-k consistency compares the result ids of a clean query with those of its perturbed version.
+Three families:
+
+- **Self-retrieval**: where the clean source image ranks among a perturbed query's results
+  (:func:`self_rank`, :func:`self_at_1`).
+- **Top-k consistency** between the result ids of a clean query and of its perturbed version
+  (:func:`overlap_at_k`, :func:`jaccard_at_k`, :func:`rank_biased_overlap`,
+  :func:`kendall_tau_intersection`). Result lists hold unique ids, best first. Identical lists give
+  exactly 1 for every one of them, so severity 0 reads 1.0, not 0.9999999999999999.
+- **Embedding drift** between clean and perturbed vectors (:func:`cosine_distance`,
+  :func:`l2_distance`), put on the scale of the index by :func:`median_nn_distance` and
+  :func:`normalised_drift`.
+
+Plus ANN recall of a store against exact search (:func:`recall_at_k`), bootstrap confidence intervals
+(:func:`bootstrap_ci`) and the per-(perturbation, severity) summary (:func:`summarise`).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Sequence
@@ -12,169 +26,466 @@ from typing import Any
 
 import numpy as np
 
+#: Per-query metrics that :func:`summarise` aggregates by default (the keys of a robustness row).
 METRICS = ("self_at_1", "self_rank", "overlap_at_k", "jaccard_at_k", "rbo", "kendall_tau",
            "drift_cosine", "drift_l2", "drift_normalised")  # fmt: skip
 
+#: Rows per block in :func:`median_nn_distance`, bounding memory at ``block x n`` similarities.
+_NN_BLOCK = 1024
 
-def self_rank(result_ids: Sequence[int], source_id: int) -> int | None:
-    """1-based rank of ``source_id`` in ``result_ids``; ``None`` when absent."""
-    for i, r in enumerate(result_ids):
-        if r == source_id:
-            return i + 1
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def _ids(ids: Sequence[int] | np.ndarray) -> list[Any]:
+    # A list of plain Python values: set() and == then behave the same for lists and numpy arrays.
+    return ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+
+
+# --- self-retrieval ---------------------------------------------------------------------------------
+
+
+def self_rank(result_ids: Sequence[int] | np.ndarray, source_id: int) -> int | None:
+    """1-based rank of the clean source image in a perturbed query's results.
+
+    Parameters
+    ----------
+    result_ids : sequence of int
+        The perturbed query's result ids, best first.
+    source_id : int
+        The id of the unperturbed image the query was made from.
+
+    Returns
+    -------
+    int or None
+        The rank (1 = first), or ``None`` when the source is not among the results.
+    """
+    for rank, rid in enumerate(_ids(result_ids), start=1):
+        if rid == source_id:
+            return rank
     return None
 
 
-def self_at_1(result_ids: Sequence[int], source_id: int) -> float:
-    """1.0 when the source is the first result, else 0.0."""
-    return float(bool(result_ids) and result_ids[0] == source_id)
+def self_at_1(result_ids: Sequence[int] | np.ndarray, source_id: int) -> float:
+    """Whether the clean source is the first result of its perturbed query.
+
+    Parameters
+    ----------
+    result_ids : sequence of int
+        The perturbed query's result ids, best first.
+    source_id : int
+        The id of the unperturbed image.
+
+    Returns
+    -------
+    float
+        1.0 when ``result_ids[0] == source_id``, else 0.0 (also for an empty list).
+    """
+    return 1.0 if self_rank(result_ids, source_id) == 1 else 0.0
 
 
-def overlap_at_k(a: Sequence[int], b: Sequence[int], k: int) -> float:
-    """|a[:k] ∩ b[:k]| / k."""
-    return len(set(a[:k]) & set(b[:k])) / k
+# --- top-k consistency ------------------------------------------------------------------------------
 
 
-def jaccard_at_k(a: Sequence[int], b: Sequence[int], k: int) -> float:
-    """|a[:k] ∩ b[:k]| / |a[:k] ∪ b[:k]| (1.0 for two empty lists)."""
-    sa, sb = set(a[:k]), set(b[:k])
+def overlap_at_k(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray, k: int) -> float:
+    """Share of the top-k that two result lists have in common, ``|a[:k] ∩ b[:k]| / k``.
+
+    Parameters
+    ----------
+    a, b : sequence of int
+        Result ids, best first (e.g. clean and perturbed query).
+    k : int
+        Depth (>= 1).
+
+    Returns
+    -------
+    float
+        In [0, 1]. When the lists are shorter than ``k`` (an index smaller than ``k``, or a filter),
+        the denominator is the longer of the two cut lists, so identical lists still give 1.0; two
+        empty lists give 1.0.
+    """
+    k = _check_k(k)
+    sa, sb = set(_ids(a)[:k]), set(_ids(b)[:k])
+    denom = max(len(_ids(a)[:k]), len(_ids(b)[:k]))
+    return len(sa & sb) / denom if denom else 1.0
+
+
+def jaccard_at_k(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray, k: int) -> float:
+    """Jaccard index of the top-k sets, ``|a[:k] ∩ b[:k]| / |a[:k] ∪ b[:k]|``.
+
+    Parameters
+    ----------
+    a, b : sequence of int
+        Result ids, best first.
+    k : int
+        Depth (>= 1).
+
+    Returns
+    -------
+    float
+        In [0, 1]; two empty lists give 1.0.
+    """
+    k = _check_k(k)
+    sa, sb = set(_ids(a)[:k]), set(_ids(b)[:k])
     union = sa | sb
     return len(sa & sb) / len(union) if union else 1.0
 
 
-def rank_biased_overlap(a: Sequence[int], b: Sequence[int], p: float = 0.9, k: int | None = None) -> float:
-    """Extrapolated rank-biased overlap RBO_ext (Webber, Moffat and Zobel 2010, eq. 32) of two rankings.
+def rank_biased_overlap(
+    a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray, p: float = 0.9, k: int | None = None
+) -> float:
+    """Extrapolated rank-biased overlap, RBO_ext (Webber, Moffat and Zobel 2010, eq. 32).
 
-    For lists of equal length ``k``: ``RBO_ext = (X_k / k) p^k + (1 - p) / p * sum_{d=1..k} (X_d / d) p^d``
-    where ``X_d`` is the overlap of the top-``d`` prefixes. Identical lists give exactly 1, disjoint 0.
-    Lists of unequal length are cut to the shorter.
+    For two rankings seen to the same depth ``k``, with ``X_d = |a[:d] ∩ b[:d]|``::
+
+        RBO_ext = X_k / k * p**k + (1 - p) / p * sum_{d=1..k} X_d / d * p**d
+
+    It assumes the agreement seen at depth ``k`` continues below it, so it is a point estimate of the
+    full RBO (unlike RBO_min or RBO_res, which bound it). Identical lists give exactly 1.0 and
+    disjoint lists exactly 0.0.
+
+    Parameters
+    ----------
+    a, b : sequence of int
+        Rankings of unique ids, best first.
+    p : float
+        Persistence in (0, 1): the weight of depth ``d`` falls as ``p**d``; with 0.9 the top 10 carry
+        about 86 % of the weight.
+    k : int, optional
+        Depth; default (and at most) the length of the shorter list. Lists of unequal length are cut to
+        the shorter one, which makes them the equal-length case the formula above covers.
+
+    Returns
+    -------
+    float
+        In [0, 1]; 1.0 for two empty lists, 0.0 when only one is empty.
+
+    Raises
+    ------
+    ValueError
+        If ``p`` is outside (0, 1), ``k`` < 1, or a list repeats an id within the depth.
     """
-    k = min(len(a), len(b)) if k is None else min(k, len(a), len(b))
-    if k == 0:
-        return 1.0 if not a and not b else 0.0
-    if list(a[:k]) == list(b[:k]):
-        return 1.0  # exact, avoiding rounding in the sum
-    seen_a: set[int] = set()
-    seen_b: set[int] = set()
-    overlap = 0
+    if not 0 < p < 1:
+        raise ValueError(f"RBO persistence p must be in (0, 1), got {p}")
+    la, lb = _ids(a), _ids(b)
+    depth = min(len(la), len(lb)) if k is None else min(_check_k(k), len(la), len(lb))
+    la, lb = la[:depth], lb[:depth]
+    if len(set(la)) != depth or len(set(lb)) != depth:
+        raise ValueError("RBO needs rankings without repeated ids")
+    if depth == 0:
+        return 1.0 if not _ids(a) and not _ids(b) else 0.0
+    if la == lb:
+        return 1.0  # exactly: the sum below gives 1 only up to rounding
+    seen_a: set[Any] = set()
+    seen_b: set[Any] = set()
+    overlap = 0  # X_d, updated incrementally
     total = 0.0
-    for d in range(1, k + 1):
-        x, y = a[d - 1], b[d - 1]
+    for d in range(1, depth + 1):
+        x, y = la[d - 1], lb[d - 1]
         if x == y:
             overlap += 1
         else:
             overlap += (x in seen_b) + (y in seen_a)
         seen_a.add(x)
         seen_b.add(y)
-        total += (overlap / d) * p**d
-    return float((overlap / k) * p**k + (1 - p) / p * total)
+        total += overlap / d * p**d
+    return float(overlap / depth * p**depth + (1 - p) / p * total)
 
 
-def kendall_tau_intersection(a: Sequence[int], b: Sequence[int]) -> float:
-    """Kendall tau-b between the ranks, in ``a`` and in ``b``, of the items present in both.
+def kendall_tau_intersection(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> float:
+    """Kendall tau-b between the positions, in ``a`` and in ``b``, of the ids present in both.
 
-    NaN when fewer than 2 items are shared (no pair to compare).
+    Items in only one list are ignored, so this measures whether the shared results keep their order;
+    :func:`overlap_at_k` measures how many are shared. Computed with ``scipy.stats.kendalltau``
+    (tau-b; positions have no ties, so it equals tau-a).
+
+    Parameters
+    ----------
+    a, b : sequence of int
+        Rankings of unique ids, best first (pass the top-k of each).
+
+    Returns
+    -------
+    float
+        In [-1, 1]; exactly 1.0 when the shared ids are in the same order. NaN when fewer than 2 ids
+        are shared: with no pair to compare the order is undefined (not perfect, not random), and a NaN
+        is dropped by :func:`bootstrap_ci` rather than pulling a mean either way.
     """
     from scipy.stats import kendalltau
 
-    common = [x for x in a if x in set(b)]
+    la, lb = _ids(a), _ids(b)
+    pos_b = {x: i for i, x in enumerate(lb)}
+    common = [x for x in la if x in pos_b]
     if len(common) < 2:
-        return float("nan")
-    rank_b = {x: i for i, x in enumerate(b)}
-    if sorted(common, key=rank_b.__getitem__) == common:
-        return 1.0  # same order: exact, where scipy may return 0.9999999999999999
-    tau = kendalltau(list(range(len(common))), [rank_b[x] for x in common]).statistic
-    return float(tau)
+        return math.nan
+    ranks_b = [pos_b[x] for x in common]  # in a's order
+    if ranks_b == sorted(ranks_b):
+        return 1.0  # same order: exactly, where scipy may give 0.9999999999999999
+    return float(kendalltau(np.arange(len(common)), ranks_b).statistic)
+
+
+# --- embedding drift --------------------------------------------------------------------------------
+
+
+def _pair(clean: np.ndarray, perturbed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c = np.atleast_2d(np.asarray(clean, dtype=np.float64))
+    q = np.atleast_2d(np.asarray(perturbed, dtype=np.float64))
+    if c.shape != q.shape or c.ndim != 2:
+        raise ValueError(f"clean and perturbed must be matching (n, d) arrays, got {c.shape} and {q.shape}")
+    return c, q
 
 
 def cosine_distance(clean: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
-    """Row-wise ``1 - cos(clean_i, perturbed_i)``."""
-    c = np.atleast_2d(clean).astype(np.float64)
-    q = np.atleast_2d(perturbed).astype(np.float64)
-    num = (c * q).sum(1)
+    """Row-wise cosine distance ``1 - cos(clean_i, perturbed_i)``.
+
+    Parameters
+    ----------
+    clean, perturbed : np.ndarray
+        ``(n, d)`` arrays (or single ``(d,)`` vectors) of matching shape.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n,)`` float64 in [0, 2]. Identical rows give exactly 0; a zero vector has cosine 0 with
+        anything, so distance 1 (as in ``sklearn.metrics.pairwise.cosine_distances``).
+    """
+    c, q = _pair(clean, perturbed)
     den = np.linalg.norm(c, axis=1) * np.linalg.norm(q, axis=1)
-    return 1.0 - num / np.where(den > 0, den, 1.0)
+    cos = np.einsum("ij,ij->i", c, q) / np.where(den > 0, den, 1.0)
+    dist = np.clip(1.0 - cos, 0.0, 2.0)
+    # An unperturbed (severity 0) embedding must read zero drift, not a rounding residue of 1e-16.
+    dist[np.all(c == q, axis=1)] = 0.0
+    return dist
 
 
 def l2_distance(clean: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
-    """Row-wise Euclidean distance."""
-    return np.linalg.norm(np.atleast_2d(clean).astype(np.float64) - np.atleast_2d(perturbed), axis=1)
+    """Row-wise Euclidean distance ``||clean_i - perturbed_i||``.
+
+    Parameters
+    ----------
+    clean, perturbed : np.ndarray
+        ``(n, d)`` arrays (or single ``(d,)`` vectors) of matching shape.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n,)`` float64, >= 0; exactly 0 for identical rows.
+    """
+    c, q = _pair(clean, perturbed)
+    return np.linalg.norm(c - q, axis=1)
 
 
 def median_nn_distance(vectors: np.ndarray) -> float:
-    """Median over points of the cosine distance to their nearest other point (exact)."""
+    """Median over points of the cosine distance to their nearest other point (exact, brute force).
+
+    The typical gap between neighbouring images in the index: a drift of this size is enough to swap
+    an image with its neighbour, so it is the natural unit for :func:`normalised_drift`.
+
+    Parameters
+    ----------
+    vectors : np.ndarray
+        ``(n, d)`` embeddings, n >= 2 (pass a seeded sample for a large index: this is O(n^2 d)).
+
+    Returns
+    -------
+    float
+        The median nearest-neighbour cosine distance (0 when most points have an exact duplicate).
+
+    Raises
+    ------
+    ValueError
+        If ``vectors`` is not 2-D or has fewer than 2 rows.
+    """
     v = np.asarray(vectors, dtype=np.float64)
-    v = v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-12)
-    sims = v @ v.T
-    np.fill_diagonal(sims, -np.inf)
-    return float(np.median(1.0 - sims.max(axis=1)))
+    if v.ndim != 2 or len(v) < 2:
+        raise ValueError(f"need an (n, d) array with n >= 2, got shape {v.shape}")
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    v = v / np.where(norms > 0, norms, 1.0)
+    best = np.empty(len(v))
+    for start in range(0, len(v), _NN_BLOCK):
+        sims = v[start : start + _NN_BLOCK] @ v.T
+        rows = np.arange(sims.shape[0])
+        sims[rows, rows + start] = -np.inf  # a point is not its own neighbour
+        best[start : start + _NN_BLOCK] = sims.max(axis=1)
+    return float(np.median(np.clip(1.0 - best, 0.0, 2.0)))
 
 
 def normalised_drift(drift: float | np.ndarray, scale: float) -> float | np.ndarray:
-    """Drift in units of the index's median nearest-neighbour distance (NaN when the scale is 0)."""
-    if not scale or not np.isfinite(scale):
-        return np.full_like(np.asarray(drift, dtype=float), np.nan) if np.ndim(drift) else float("nan")
-    return drift / scale
+    """Drift in units of ``scale`` (the index's median nearest-neighbour distance).
+
+    Parameters
+    ----------
+    drift : float or np.ndarray
+        Cosine drift(s), e.g. from :func:`cosine_distance`.
+    scale : float
+        The unit, e.g. from :func:`median_nn_distance`.
+
+    Returns
+    -------
+    float or np.ndarray
+        ``drift / scale``, same shape as ``drift``; NaN where ``scale`` is 0 or not finite (no unit).
+    """
+    if not (np.isfinite(scale) and scale > 0):
+        return np.full(np.shape(drift), np.nan) if np.ndim(drift) else math.nan
+    out = np.asarray(drift, dtype=np.float64) / scale
+    return out if np.ndim(drift) else float(out)
 
 
-def recall_at_k(approx_ids: Sequence[Sequence[int]], exact_ids: Sequence[Sequence[int]], k: int) -> float:
-    """Mean over queries of |approx[:k] ∩ exact[:k]| / min(k, |exact|) (ANN recall against exact search)."""
+# --- ANN recall -------------------------------------------------------------------------------------
+
+
+def recall_at_k(
+    approx_ids: Sequence[Sequence[int]] | np.ndarray, exact_ids: Sequence[Sequence[int]] | np.ndarray, k: int
+) -> float:
+    """ANN recall of a store against exact search: mean over queries of ``|approx[:k] ∩ exact[:k]| / k``.
+
+    Parameters
+    ----------
+    approx_ids : sequence of sequences of int, or (nq, >=k) array
+        Per query, the ids the approximate store returned, best first.
+    exact_ids : sequence of sequences of int, or (nq, >=k) array
+        Per query, the ids of exact (brute-force) search, best first.
+    k : int
+        Depth (>= 1).
+
+    Returns
+    -------
+    float
+        In [0, 1]. Negative ids (FAISS's padding for missing results) are ignored. When exact search
+        finds fewer than ``k`` results (an index smaller than ``k``), the denominator is that number,
+        so a store that returns all of them scores 1. Queries with no exact result are skipped; NaN
+        when none is left.
+
+    Raises
+    ------
+    ValueError
+        If the two have different numbers of queries, or ``k`` < 1.
+    """
+    k = _check_k(k)
+    approx, exact = _ids(approx_ids), _ids(exact_ids)
+    if len(approx) != len(exact):
+        raise ValueError(f"approx and exact have {len(approx)} and {len(exact)} queries")
     vals = []
-    for a, e in zip(approx_ids, exact_ids):
-        denom = min(k, len(e))
-        if denom:
-            vals.append(len(set(a[:k]) & set(e[:k])) / denom)
-    return float(np.mean(vals)) if vals else float("nan")
+    for a, e in zip(approx, exact):
+        truth = {x for x in _ids(e)[:k] if x >= 0}
+        if truth:
+            found = {x for x in _ids(a)[:k] if x >= 0}
+            vals.append(len(found & truth) / len(truth))
+    return float(np.mean(vals)) if vals else math.nan
+
+
+# --- confidence intervals and summary ---------------------------------------------------------------
+
+
+def _rng_kwarg(fn: Any, seed: int) -> dict[str, np.random.Generator]:
+    # scipy >= 1.15 names the generator ``rng``; older releases (pyproject allows 1.11) ``random_state``.
+    name = "rng" if "rng" in inspect.signature(fn).parameters else "random_state"
+    return {name: np.random.default_rng(seed)}
 
 
 def bootstrap_ci(
-    values: Sequence[float], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+    values: Sequence[float | None] | np.ndarray,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
 ) -> tuple[float, float, float]:
-    """Mean and percentile-bootstrap confidence interval (scipy), ignoring NaNs.
+    """Mean and percentile-bootstrap confidence interval of the mean (``scipy.stats.bootstrap``).
 
-    Constant input gives ``(v, v, v)``; no finite value gives NaNs.
+    Percentile rather than BCa: the metrics are bounded and often take few distinct values (self@1 is
+    0 or 1), where BCa's acceleration estimate degenerates and scipy returns NaN with a warning.
+
+    Parameters
+    ----------
+    values : sequence of float or None
+        Per-query values; ``None`` and NaN (e.g. an undefined Kendall tau) are dropped.
+    confidence : float
+        Confidence level in (0, 1).
+    n_resamples : int
+        Bootstrap resamples.
+    seed : int
+        Seed of the resampling, so a report can be repeated.
+
+    Returns
+    -------
+    tuple of float
+        ``(mean, low, high)``. All equal when the finite values are all equal (or only one is left): the
+        bootstrap distribution is then a single point. ``(nan, nan, nan)`` when no finite value is left.
     """
     from scipy.stats import bootstrap
 
-    x = np.asarray([v for v in values if v is not None], dtype=float)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    x = np.asarray([v for v in _ids(values) if v is not None], dtype=np.float64)
     x = x[np.isfinite(x)]
     if not len(x):
         return (math.nan, math.nan, math.nan)
     mean = float(x.mean())
-    if len(x) == 1 or np.all(x == x[0]):
+    if np.all(x == x[0]):
         return (mean, mean, mean)
     with warnings.catch_warnings():
+        # scipy warns when the resampled means take few distinct values (e.g. two 0/1 values); the
+        # percentile interval is still well defined there.
         warnings.simplefilter("ignore")
-        res = bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-                        method="percentile", random_state=np.random.default_rng(seed))  # fmt: skip
+        res = bootstrap(
+            (x,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=n_resamples,
+            method="percentile",
+            **_rng_kwarg(bootstrap, seed),
+        )
     return (mean, float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
 def summarise(
     rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS, seed: int = 0
 ) -> list[dict[str, Any]]:
-    """Group rows by (perturbation, severity) and give each metric's mean and 95 % CI.
+    """Group per-query rows by (perturbation, severity): each metric's mean and 95 % bootstrap CI.
 
-    Returns a list of ``{"perturbation", "severity", "value", "n", "<metric>": mean,
-    "<metric>_low": ..., "<metric>_high": ...}`` sorted by perturbation then severity.
+    Parameters
+    ----------
+    rows : sequence of dict
+        One per (query, perturbation, severity), with keys ``perturbation``, ``severity``, optionally
+        ``value`` (the severity's parameter), and one key per metric (missing, ``None`` or NaN = no
+        value; ``self_rank`` is ``None`` when the source was not retrieved).
+    metrics : sequence of str
+        The metric keys to aggregate.
+    seed : int
+        Bootstrap seed (see :func:`bootstrap_ci`).
+
+    Returns
+    -------
+    list of dict
+        One dict per group, sorted by perturbation then severity::
+
+            {"perturbation": str, "severity": int, "value": float | None, "n": int,
+             "<metric>": mean, "<metric>_low": float, "<metric>_high": float, "<metric>_n": int, ...}
+
+        ``n`` counts the group's rows and ``<metric>_n`` the finite values behind the metric's mean
+        (fewer than ``n`` for Kendall tau, and for ``self_rank``, whose mean covers only the queries that
+        retrieved their source: the misses are what ``self_at_1`` counts). ``value`` is the rows' common
+        ``value``, or ``None`` when they differ (``defocus_z`` groups ``|dz|``, mixing slices above and
+        below focus).
     """
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["perturbation"], r["severity"]), []).append(r)
     out = []
     for (name, sev), members in sorted(groups.items()):
+        values = {r.get("value") for r in members}
         entry: dict[str, Any] = {
             "perturbation": name,
             "severity": sev,
-            "value": members[0].get("value"),
+            "value": values.pop() if len(values) == 1 else None,
             "n": len(members),
         }
         for m in metrics:
-            vals = [r.get(m) for r in members]
-            if m == "self_rank":
-                # a source absent from the top-k has no rank: it is left out here and counted as a
-                # miss by self_at_1
-                vals = [v if v is not None else np.nan for v in vals]
-            mean, lo, hi = bootstrap_ci(vals, seed=seed)
-            entry[m], entry[f"{m}_low"], entry[f"{m}_high"] = mean, lo, hi
+            vals = np.asarray([r.get(m) for r in members if r.get(m) is not None], dtype=np.float64)
+            vals = vals[np.isfinite(vals)]
+            mean, low, high = bootstrap_ci(vals, seed=seed)
+            entry[m], entry[f"{m}_low"], entry[f"{m}_high"], entry[f"{m}_n"] = mean, low, high, len(vals)
         out.append(entry)
     return out

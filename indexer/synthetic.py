@@ -14,10 +14,10 @@ How an image is made:
    field), nuclei placed inside them, each cell's territory (a weighted Voronoi tessellation cut by
    the colony), actin fibres, rounded bright mitotic cells. This gives a noise-free in-focus image
    per channel; both channels show the same cells.
-3. Each z-slice blurs that image with a Gaussian whose sigma grows with ``|z - 16|`` (defocus), loses
-   some contrast, then gets Poisson (shot) and Gaussian (read) camera noise on a camera offset and is
-   clipped to 12 bits, saturating at 4095. The noise of each image comes from
-   ``(seed, well, site, channel, z)``.
+3. Each z-slice blurs that image with a Gaussian whose sigma grows in proportion to ``|z - 16|``
+   (defocus; a little faster above focus than below, see :func:`defocus_sigma`), loses some contrast,
+   then gets Poisson (shot) and Gaussian (read) camera noise on a camera offset and is clipped to
+   12 bits, saturating at 4095. The noise of each image comes from ``(seed, well, site, channel, z)``.
 
 Every random draw is keyed by what it belongs to, never by what else was asked for: a well written
 alone is byte-identical to the same well written in a full plate, and the same seed gives the same
@@ -58,11 +58,14 @@ _GAIN = 0.65  # ADU per photo-electron
 _READ_NOISE = 4.0  # ADU
 
 # Optics: 20x NA 0.45 with 2x binning is 0.645 µm per pixel; a 2 µm step of defocus widens the blur
-# by roughly one pixel. Sigmas are in pixels.
+# by roughly one pixel. Sigmas are in pixels. Real defocus is not symmetric (the cells sit on the glass,
+# the objective has some spherical aberration), so slices above focus blur a little faster than the
+# same distance below, and z = 16 - k and 16 + k are different images.
 _PSF_SIGMA = 0.6
-_DEFOCUS_SIGMA_PER_SLICE = 0.9
+_DEFOCUS_SIGMA_BELOW = 0.85  # px per slice, z < 16
+_DEFOCUS_SIGMA_ABOVE = 1.0  # px per slice, z > 16
 _CONTRAST_LOSS_PER_SLICE = 0.03  # out-of-focus haze flattens the image beyond what blur alone does
-_PAD = 64  # reflect padding before the FFT blur: 4 sigma of the farthest slice (|z - 16| = 17)
+_PAD = 68  # reflect padding before the FFT blur: 4 sigma of the blurriest slice (z33)
 
 # Independent random streams, so that adding a draw to one never shifts another.
 _STREAM_WELL, _STREAM_SITE, _STREAM_NOISE, _STREAM_UUID = 1, 2, 3, 4
@@ -83,7 +86,8 @@ class Phenotype:
     intensity_scale : float
         Stain brightness relative to the control class (both channels).
     confluence : float
-        Fraction of the field covered by cells; the rest are empty gaps between colonies.
+        Fraction of the field the colonies cover (each site varies around it; from 0.99 up there are
+        no gaps); the rest are empty gaps between colonies.
     mitotic_fraction : float
         Fraction of cells that are rounded, bright and mitotic.
     """
@@ -99,14 +103,14 @@ class Phenotype:
 # A few discrete classes with clear differences, so that "find wells like this one" has a right answer;
 # each well jitters around its class (see _WELL_JITTER).
 _CLASSES: tuple[Phenotype, ...] = (
-    Phenotype("control", cell_count=150, nuclear_radius_px=10.5, intensity_scale=1.0, confluence=0.86,
+    Phenotype("control", cell_count=150, nuclear_radius_px=10.5, intensity_scale=1.0, confluence=0.92,
               mitotic_fraction=0.04),
-    Phenotype("sparse", cell_count=70, nuclear_radius_px=12.5, intensity_scale=1.05, confluence=0.70,
+    Phenotype("sparse", cell_count=70, nuclear_radius_px=12.5, intensity_scale=1.25, confluence=0.70,
               mitotic_fraction=0.02),
-    Phenotype("dense", cell_count=270, nuclear_radius_px=8.0, intensity_scale=0.95, confluence=0.97,
+    Phenotype("dense", cell_count=270, nuclear_radius_px=8.0, intensity_scale=0.95, confluence=1.0,
               mitotic_fraction=0.03),
-    Phenotype("mitotic", cell_count=120, nuclear_radius_px=10.0, intensity_scale=1.15, confluence=0.80,
-              mitotic_fraction=0.15),
+    Phenotype("mitotic", cell_count=120, nuclear_radius_px=10.0, intensity_scale=1.05, confluence=0.80,
+              mitotic_fraction=0.11),
 )  # fmt: skip
 PHENOTYPE_CLASSES: tuple[str, ...] = tuple(p.phenotype_class for p in _CLASSES)
 # Log-normal sigmas of the per-well jitter: small enough that the classes stay apart.
@@ -355,7 +359,7 @@ def well_phenotype(well: str, seed: int = 0) -> Phenotype:
         cell_count=base.cell_count * jitter["cell_count"],
         nuclear_radius_px=base.nuclear_radius_px * jitter["nuclear_radius_px"],
         intensity_scale=base.intensity_scale * jitter["intensity_scale"],
-        confluence=float(np.clip(base.confluence + rng.normal(0.0, 0.03), 0.3, 0.99)),
+        confluence=float(np.clip(base.confluence + rng.normal(0.0, 0.03), 0.3, 1.0)),
         mitotic_fraction=float(min(base.mitotic_fraction * jitter["mitotic_fraction"], 0.5)),
     )
 
@@ -400,13 +404,34 @@ def _gaussian_transfer(shape: tuple[int, int], sigma: float) -> np.ndarray:
     return np.exp(-2.0 * np.pi**2 * sigma**2 * (fy**2 + fx**2))
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+def _upsample(small: np.ndarray, factor: int) -> np.ndarray:
+    """Bilinear upsampling by an integer ``factor`` (pixel centres aligned, edges clamped)."""
+    out = small
+    for axis in (0, 1):
+        n = out.shape[axis]
+        pos = np.clip((np.arange(n * factor) + 0.5) / factor - 0.5, 0.0, n - 1.0)
+        i0 = np.floor(pos).astype(np.int64)
+        i1 = np.minimum(i0 + 1, n - 1)
+        t = pos - i0
+        a, b = np.take(out, i0, axis=axis), np.take(out, i1, axis=axis)
+        t = t[:, None] if axis == 0 else t[None, :]
+        out = a * (1.0 - t) + b * t
+    return out
+
+
+def _smooth_noise(
+    rng: np.random.Generator, shape: tuple[int, int], sigma: float, factor: int = 1
+) -> np.ndarray:
     """White noise low-passed by a Gaussian of ``sigma`` px, scaled to zero mean and unit std.
 
-    Periodic at the borders, which is harmless for a random texture.
+    Periodic at the borders, which is harmless for a random texture. ``factor`` > 1 draws it on a grid
+    that much coarser and upsamples: the same look for wide sigmas at a fraction of the FFT cost.
     """
-    spectrum = np.fft.rfft2(rng.standard_normal(shape)) * _gaussian_transfer(shape, sigma)
-    out = np.fft.irfft2(spectrum, s=shape)
+    small = (shape[0] // factor, shape[1] // factor)
+    spectrum = np.fft.rfft2(rng.standard_normal(small)) * _gaussian_transfer(small, sigma / factor)
+    out = np.fft.irfft2(spectrum, s=small)
+    if factor > 1:
+        out = _upsample(out, factor)
     out -= out.mean()
     return out / (out.std() + 1e-12)
 
@@ -436,6 +461,13 @@ class _Blurrer:
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of ``sigma`` pixels with reflected borders."""
     return _Blurrer(image).blur(sigma)
+
+
+def _blur_wide(image: np.ndarray, sigma: float, factor: int = 4) -> np.ndarray:
+    """Gaussian blur for wide sigmas (haze): on ``factor``-binned pixels, then upsampled."""
+    h, w = image.shape
+    binned = image.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+    return _upsample(_blur(binned, sigma / factor), factor)
 
 
 def _box(cy: float, cx: float, reach: float) -> tuple[slice, slice, np.ndarray, np.ndarray]:
@@ -546,11 +578,14 @@ def _draw_cells(rng: np.random.Generator, ph: Phenotype, colony: np.ndarray) -> 
         b=b,
         angle=rng.uniform(0.0, np.pi, n),
         elongation=np.where(mitotic, 1.0, rng.uniform(1.0, 1.8, n)),
-        reach=np.where(mitotic, 1.35 * r, body * np.exp(rng.normal(0.0, 0.2, n))),
+        reach=np.where(mitotic, 1.2 * r, body * np.exp(rng.normal(0.0, 0.2, n))),
         mitotic=mitotic,
         dna=np.exp(rng.normal(0.0, 0.15, n)) * np.where(mitotic, 2.2, 1.0),
         actin=np.exp(rng.normal(0.0, 0.25, n)),
     )
+
+
+_MAX_REACH = 2.2  # how far a cell spreads where no neighbour stops it, in units of its radius scale
 
 
 def _territories(cells: _Cells, colony: np.ndarray, warp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -564,7 +599,7 @@ def _territories(cells: _Cells, colony: np.ndarray, warp: np.ndarray) -> tuple[n
     labels = np.full((HEIGHT, WIDTH), -1, dtype=np.int32)
     for i in range(len(cells.y)):
         e, reach = cells.elongation[i], cells.reach[i]
-        sy, sx, dy, dx = _box(cells.y[i], cells.x[i], 1.6 * reach * e)
+        sy, sx, dy, dx = _box(cells.y[i], cells.x[i], _MAX_REACH * reach * e + 1.0)
         u, v = _rotate(dy, dx, cells.angle[i])
         d = np.sqrt((u / e) ** 2 + (v * e) ** 2) / reach + warp[sy, sx]
         b1, b2, lab = best1[sy, sx], best2[sy, sx], labels[sy, sx]
@@ -572,11 +607,12 @@ def _territories(cells: _Cells, colony: np.ndarray, warp: np.ndarray) -> tuple[n
         b2[...] = np.where(closer, b1, np.minimum(b2, d))
         b1[...] = np.where(closer, d, b1)
         lab[closer] = i
-    # Cells stop at the colony edge, and a lone cell at 1.5x its radius scale.
-    off = ~colony | (best1 > 1.5)
+    # Cells stop at the colony edge, and a lone cell at _MAX_REACH times its radius scale.
+    off = ~colony | (best1 > _MAX_REACH)
     labels[off] = -1
-    gap = best2 - best1
-    gap[off] = np.inf
+    gap = np.full((HEIGHT, WIDTH), np.inf)
+    both = ~off & np.isfinite(best2)
+    gap[both] = best2[both] - best1[both]
     return labels, gap
 
 
@@ -607,35 +643,44 @@ def _nuclei_images(cells: _Cells, rng: np.random.Generator) -> tuple[np.ndarray,
 
 
 def _fibres(cells: _Cells, rng: np.random.Generator) -> np.ndarray:
-    """Stress fibres: thin straight lines through each interphase cell, roughly along its long axis."""
-    ys, xs, ws = [], [], []
-    for i in np.flatnonzero(~cells.mitotic):
-        reach, angle = cells.reach[i], cells.angle[i]
-        for _ in range(int(rng.poisson(7))):
-            theta = angle + rng.normal(0.0, 0.35)
-            along, across = rng.uniform(-0.5, 0.5) * reach, rng.uniform(-0.7, 0.7) * reach
-            cy = cells.y[i] + along * np.sin(angle) + across * np.cos(angle)
-            cx = cells.x[i] + along * np.cos(angle) - across * np.sin(angle)
-            half = 0.5 * reach * rng.uniform(1.0, 2.4)
-            t = np.arange(-half, half, 0.5)
-            ys.append(cy + t * np.sin(theta))
-            xs.append(cx + t * np.cos(theta))
-            ws.append(np.full(t.size, 0.5 * cells.actin[i] * np.exp(rng.normal(0.0, 0.5))))
+    """Stress fibres: thin straight lines through each interphase cell, roughly along its long axis.
+
+    They may run past the cell's border into its neighbours, as bundles in a monolayer do; the caller
+    keeps them off the gaps.
+    """
+    owner = np.repeat(np.flatnonzero(~cells.mitotic), rng.poisson(9, int((~cells.mitotic).sum())))
+    m = owner.size
     out = np.zeros((HEIGHT, WIDTH))
-    if ys:
-        _splat(out, np.concatenate(ys), np.concatenate(xs), np.concatenate(ws))
+    if m == 0:
+        return out
+    reach, angle = cells.reach[owner], cells.angle[owner]
+    theta = angle + rng.normal(0.0, 0.35, m)
+    along, across = rng.uniform(-0.5, 0.5, m) * reach, rng.uniform(-0.8, 0.8, m) * reach
+    cy = cells.y[owner] + along * np.sin(angle) + across * np.cos(angle)
+    cx = cells.x[owner] + along * np.cos(angle) - across * np.sin(angle)
+    half = 0.5 * reach * rng.uniform(1.2, 3.0, m)
+    amp = 0.5 * cells.actin[owner] * np.exp(rng.normal(0.0, 0.5, m))  # 0.5: points are 0.5 px apart
+    period, phase = rng.uniform(3.0, 9.0, m), rng.uniform(0.0, 2 * np.pi, m)
+    # All points of all fibres at once: fibre f has n[f] points at t = -half, -half + 0.5, ...
+    n = np.ceil(4.0 * half).astype(np.int64)
+    f = np.repeat(np.arange(m), n)
+    t = 0.5 * (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) - half[f]
+    ripple = 1.0 + 0.4 * np.sin(t / period[f] + phase[f])  # brightness varies along a fibre
+    _splat(out, cy[f] + t * np.sin(theta[f]), cx[f] + t * np.cos(theta[f]), amp[f] * ripple)
     return out
 
 
-def _mitotic_bodies(cells: _Cells) -> np.ndarray:
-    """Rounded mitotic cells: bright, nearly uniform discs with a soft edge."""
+def _mitotic_bodies(cells: _Cells, texture: np.ndarray) -> np.ndarray:
+    """Rounded mitotic cells: bright, slightly oval, mottled blobs with a soft edge."""
     out = np.zeros((HEIGHT, WIDTH))
     for i in np.flatnonzero(cells.mitotic):
         radius = cells.reach[i]
-        sy, sx, dy, dx = _box(cells.y[i], cells.x[i], radius + 4.0)
-        rr = np.sqrt(dy**2 + dx**2) / radius
+        sy, sx, dy, dx = _box(cells.y[i], cells.x[i], 1.2 * radius + 4.0)
+        u, v = _rotate(dy, dx, cells.angle[i])
+        rr = np.sqrt((u / 1.15) ** 2 + (v * 1.15) ** 2) / radius
         disc = 1.0 / (1.0 + np.exp(np.clip((rr - 1.0) * radius / 1.5, -50, 50)))
-        np.maximum(out[sy, sx], cells.actin[i] * disc * (1.1 - 0.2 * rr**2), out=out[sy, sx])
+        value = cells.actin[i] * disc * (1.1 - 0.3 * rr**2) * (1.0 + 0.15 * texture[sy, sx])
+        np.maximum(out[sy, sx], value, out=out[sy, sx])
     return out
 
 
@@ -645,7 +690,7 @@ def _puncta(rng: np.random.Generator, territory: np.ndarray, n: int) -> np.ndarr
     ys, xs = np.nonzero(territory)
     if ys.size and n > 0:
         pick = rng.integers(0, ys.size, size=n)
-        _splat(out, ys[pick] + rng.random(n), xs[pick] + rng.random(n), rng.uniform(2.0, 8.0, n))
+        _splat(out, ys[pick] + rng.random(n), xs[pick] + rng.random(n), rng.uniform(2.0, 10.0, n))
     return out
 
 
@@ -654,33 +699,51 @@ def _clean_site(ph: Phenotype, rng: np.random.Generator) -> tuple[dict[int, np.n
 
     Also returns the cells drawn and the confluence measured.
     """
-    colony_field = _smooth_noise(rng, (HEIGHT, WIDTH), 45.0)
-    colony = colony_field > np.quantile(colony_field, 1.0 - ph.confluence)
+    shape = (HEIGHT, WIDTH)
+    colony_field = _smooth_noise(rng, shape, 45.0, factor=4)
+    # Sites of one well differ in how much of the field the colonies cover; near 1 there are no gaps
+    # at all, like most dense real fields.
+    confluence = min(1.0, ph.confluence + rng.normal(0.0, 0.04))
+    if confluence >= 0.99:
+        colony = np.ones(shape, dtype=bool)
+    else:
+        colony = colony_field > np.quantile(colony_field, 1.0 - confluence)
     cells = _draw_cells(rng, ph, colony)
-    warp = 0.12 * _smooth_noise(rng, (HEIGHT, WIDTH), 6.0)
+    warp = 0.12 * _smooth_noise(rng, shape, 6.0, factor=2)
     labels, gap = _territories(cells, colony, warp)
     territory = labels >= 0
     dna, nucleus = _nuclei_images(cells, rng)
 
-    # Phalloidin: cytoplasm at each cell's own brightness, dimmer over the nucleus, bright cortex on
-    # cell borders and at colony edges, stress fibres, fine speckle, bright rounded mitotic cells.
-    cell_actin = np.where(territory, cells.actin[np.maximum(labels, 0)] if len(cells.y) else 0.0, 0.0)
-    speckle = 1.0 + 0.18 * _smooth_noise(rng, (HEIGHT, WIDTH), 1.5)
-    interphase_nucleus = nucleus * (labels >= 0)
-    cyto = 950.0 * cell_actin * speckle * (1.0 - 0.4 * interphase_nucleus)
-    cortex = (
-        900.0 * cell_actin * np.exp(-0.5 * (gap * cells.reach.mean() / 1.4) ** 2) if len(cells.y) else 0.0
+    # Phalloidin: cytoplasm at each cell's own brightness, dimmer over the nucleus with a brighter
+    # perinuclear ring, bright ragged cortex on cell borders and colony edges, stress fibres, speckle,
+    # bright rounded mitotic cells on top.
+    if len(cells.y):
+        own = np.maximum(labels, 0)
+        cell_actin = np.where(territory, cells.actin[own], 0.0)
+        # gap * reach / 2 is roughly the distance in pixels to the border with the next cell.
+        border_px = gap * cells.reach[own] / 2.0
+    else:
+        cell_actin = border_px = np.zeros(shape)
+    texture = _smooth_noise(rng, shape, 1.5)
+    ragged = np.clip(1.0 + 0.6 * _smooth_noise(rng, shape, 5.0, factor=2), 0.2, None)
+    nucleus = nucleus * territory
+    cyto = (
+        1000.0 * cell_actin * (1.0 + 0.2 * texture) * (1.0 - 0.5 * nucleus + 0.8 * nucleus * (1.0 - nucleus))
     )
-    rim = 600.0 * np.clip(1.0 - _blur(territory.astype(np.float64), 2.0), 0.0, 1.0) * territory
+    cortex = 900.0 * cell_actin * ragged * np.exp(-0.5 * (border_px / 1.3) ** 2)
+    rim = 600.0 * ragged * np.clip(1.0 - _blur(territory.astype(np.float64), 2.0), 0.0, 1.0) * territory
     fibres = 550.0 * _fibres(cells, rng) * territory
-    mito = 4600.0 * _mitotic_bodies(cells)
-    dots = 1200.0 * _puncta(rng, territory, int(rng.poisson(0.4 * len(cells.y))))
+    dots = 1500.0 * _puncta(rng, territory, int(rng.poisson(0.5 * len(cells.y))))
+    mito = 4800.0 * _mitotic_bodies(cells, texture)
     actin = np.maximum(cyto + cortex + rim + fibres + dots, mito) * ph.intensity_scale
-    # Light from out-of-focus planes and autofluorescence lift the gaps a little, more near cells.
-    actin += 60.0 + 0.12 * _blur(actin, 25.0)
+    # Cells are several µm thick, so even the best plane holds out-of-focus light: mix in a slightly
+    # blurred copy. Out-of-focus glow of the neighbours fills small holes in a cell sheet (real dense
+    # fields have no dark pixels), stray light and autofluorescence lift wide gaps a little.
+    actin = 0.6 * actin + 0.4 * _blur(actin, 2.5)
+    actin += 60.0 + 0.25 * _blur_wide(actin, 6.0, factor=2) + 0.12 * _blur_wide(actin, 25.0)
 
     hoechst = 1500.0 * dna * ph.intensity_scale
-    hoechst += 25.0 + 0.06 * _blur(hoechst, 20.0)
+    hoechst += 25.0 + 0.06 * _blur_wide(hoechst, 20.0)
     return {1: hoechst, 2: actin}, cells, float(territory.mean())
 
 
@@ -696,8 +759,13 @@ def _camera(expected: np.ndarray, rng: np.random.Generator | None) -> np.ndarray
 
 
 def defocus_sigma(z: int) -> float:
-    """Gaussian blur (pixels) of slice ``z``: the in-focus PSF widened by 0.9 px per slice off focus."""
-    return float(np.hypot(_PSF_SIGMA, _DEFOCUS_SIGMA_PER_SLICE * abs(z - FOCUS_Z)))
+    """Gaussian blur in pixels of slice ``z``: the in-focus PSF widened in proportion to ``|z - 16|``.
+
+    0.6 px at z16; 0.85 px more per slice below focus and 1.0 px per slice above (about 13.6 px at
+    z0 and 17.0 px at z33).
+    """
+    per_slice = _DEFOCUS_SIGMA_ABOVE if z > FOCUS_Z else _DEFOCUS_SIGMA_BELOW
+    return float(np.hypot(_PSF_SIGMA, per_slice * abs(z - FOCUS_Z)))
 
 
 def render_site(well: str, site: int, *, seed: int = 0, channels: Sequence[int] = (1, 2),

@@ -1,99 +1,358 @@
+"""Metrics against hand-worked cases and independent implementations (scikit-learn, brute force, the
+formulas of the papers written out directly)."""
+
+import itertools
 import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eval import metrics as m
 
+rankings = st.lists(st.integers(0, 30), min_size=0, max_size=12, unique=True)
+
+
+# --- self-retrieval ------------------------------------------------------------------------------------
+
 
 def test_self_rank_and_self_at_1():
-    assert m.self_rank([5, 7, 9], 7) == 2 and m.self_rank([5], 7) is None
+    assert m.self_rank([5, 7, 9], 7) == 2 and m.self_rank([5, 7, 9], 5) == 1 and m.self_rank([5], 7) is None
+    assert m.self_rank([], 7) is None and m.self_rank(np.array([3, 4, 7]), 7) == 3
     assert m.self_at_1([7, 5], 7) == 1.0 and m.self_at_1([5, 7], 7) == 0.0 and m.self_at_1([], 7) == 0.0
+    assert m.self_at_1(np.array([7, 5]), 7) == 1.0  # an array of ids, not only lists
+
+
+# --- overlap and Jaccard -------------------------------------------------------------------------------
 
 
 def test_overlap_and_jaccard_by_hand():
     a, b = [1, 2, 3, 4], [2, 1, 5, 6]
     assert m.overlap_at_k(a, b, 4) == 0.5  # {1, 2} shared of 4
-    assert m.jaccard_at_k(a, b, 4) == 2 / 6  # union {1..6}
-    assert m.overlap_at_k(a, b, 1) == 0.0 and m.overlap_at_k(a, b, 2) == 1.0
+    assert m.jaccard_at_k(a, b, 4) == 2 / 6  # union {1, 2, 3, 4, 5, 6}
+    assert m.overlap_at_k(a, b, 1) == 0.0 and m.overlap_at_k(a, b, 2) == 1.0  # {1} vs {2}; {1,2} vs {2,1}
+    assert m.jaccard_at_k(a, b, 3) == 2 / 4  # {1,2,3} vs {2,1,5}: 2 shared of {1,2,3,5}
+    assert m.overlap_at_k(np.array(a), np.array(b), 4) == 0.5
 
 
-def _rbo_reference(a, b, p):
-    # Direct transcription of eq. 32 of Webber et al. (2010), independent of the implementation.
+def test_short_lists():
+    # fewer results than k (small index, filter): divide by the longer cut list, so identical = 1
+    assert m.overlap_at_k([1, 2, 3], [1, 2, 3], 10) == 1.0
+    assert m.overlap_at_k([1, 2, 3], [1, 2], 10) == 2 / 3
+    assert m.overlap_at_k([], [], 5) == 1.0 and m.jaccard_at_k([], [], 5) == 1.0
+    assert m.overlap_at_k([1], [], 5) == 0.0
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="k must be"):
+            m.overlap_at_k([1], [1], bad)
+        with pytest.raises(ValueError, match="k must be"):
+            m.jaccard_at_k([1], [1], bad)
+
+
+@given(rankings, rankings, st.integers(1, 15))
+def test_overlap_jaccard_properties(a, b, k):
+    o, j = m.overlap_at_k(a, b, k), m.jaccard_at_k(a, b, k)
+    assert 0.0 <= j <= o <= 1.0  # |A ∩ B| / |A ∪ B| <= |A ∩ B| / max(|A|, |B|)
+    assert o == m.overlap_at_k(b, a, k) and j == m.jaccard_at_k(b, a, k)
+    assert m.overlap_at_k(a, a, k) == 1.0 and m.jaccard_at_k(a, a, k) == 1.0
+    if len(a) >= k and len(b) >= k:  # full lists: exactly the textbook |a[:k] ∩ b[:k]| / k
+        assert o == len(set(a[:k]) & set(b[:k])) / k
+
+
+# --- rank-biased overlap -------------------------------------------------------------------------------
+
+
+def _rbo_ext_reference(a, b, p):
+    # Webber, Moffat and Zobel (2010), eq. 32 with s = l = k (equal lengths), written out directly:
+    # RBO_ext = X_k / k * p^k + (1 - p) / p * sum_{d=1}^{k} X_d / d * p^d, X_d = |a[:d] ∩ b[:d]|.
     k = len(a)
     x = [len(set(a[:d]) & set(b[:d])) for d in range(1, k + 1)]
     return x[-1] / k * p**k + (1 - p) / p * sum(x[d - 1] / d * p**d for d in range(1, k + 1))
 
 
-def test_rbo_identical_disjoint_and_reference():
+def test_rbo_by_hand():
     assert m.rank_biased_overlap([1, 2, 3], [1, 2, 3]) == 1.0
     assert m.rank_biased_overlap([1, 2, 3], [4, 5, 6]) == 0.0
-    # Swapping the first two of three: X = 0, 2, 3 -> 3/3 * .9^3 + (.1/.9) * (0 + 2/2*.81 + 3/3*.729)
+    # Swap the first two of three, p = 0.9: X = 0, 2, 3
+    #   3/3 * 0.9^3 + (0.1 / 0.9) * (0/1 * 0.9 + 2/2 * 0.81 + 3/3 * 0.729) = 0.729 + 0.1710 = 0.9
     expected = 0.729 + (0.1 / 0.9) * (0.81 + 0.729)
+    assert expected == pytest.approx(0.9, abs=1e-12)
     assert m.rank_biased_overlap([1, 2, 3], [2, 1, 3], p=0.9) == pytest.approx(expected, abs=1e-12)
+    # Same sets, reversed, p = 0.5: {1} vs {3}, {1,2} vs {3,2}, all -> X = 0, 1, 3
+    #   3/3 * 0.125 + (0.5 / 0.5) * (0 + 1/2 * 0.25 + 3/3 * 0.125) = 0.125 + 0.125 + 0.125 = 0.375
+    assert m.rank_biased_overlap([1, 2, 3], [3, 2, 1], p=0.5) == pytest.approx(0.375, abs=1e-12)
+    # One shared item at the top, p = 0.5, k = 2: X = 1, 1 -> 1/2 * 0.25 + 1 * (0.5 + 0.125) = 0.75
+    assert m.rank_biased_overlap([1, 2], [1, 3], p=0.5) == pytest.approx(0.75, abs=1e-12)
+
+
+def test_rbo_against_reference_and_truncation():
     rng = np.random.default_rng(0)
-    for _ in range(50):
-        a = list(rng.permutation(20)[:10])
-        b = list(rng.permutation(20)[:10])
-        assert m.rank_biased_overlap(a, b, p=0.8) == pytest.approx(_rbo_reference(a, b, 0.8), abs=1e-12)
+    for p in (0.5, 0.8, 0.9, 0.98):
+        for _ in range(30):
+            a = rng.permutation(20)[:10].tolist()
+            b = rng.permutation(20)[:10].tolist()
+            assert m.rank_biased_overlap(a, b, p=p) == pytest.approx(_rbo_ext_reference(a, b, p), abs=1e-12)
+            # k cuts both lists; unequal lengths are cut to the shorter
+            assert m.rank_biased_overlap(a, b, p=p, k=4) == pytest.approx(
+                _rbo_ext_reference(a[:4], b[:4], p), abs=1e-12
+            )
+            assert m.rank_biased_overlap(a, b[:6], p=p) == pytest.approx(
+                _rbo_ext_reference(a[:6], b[:6], p), abs=1e-12
+            )
+    assert m.rank_biased_overlap(np.array([3, 1, 2]), np.array([3, 1, 2])) == 1.0
+    assert m.rank_biased_overlap([], []) == 1.0 and m.rank_biased_overlap([1], []) == 0.0
 
 
-@given(st.lists(st.integers(0, 30), min_size=1, max_size=12, unique=True),
-       st.lists(st.integers(0, 30), min_size=1, max_size=12, unique=True))  # fmt: skip
-def test_rbo_properties(a, b):
+def test_rbo_errors():
+    for p in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="p must be in"):
+            m.rank_biased_overlap([1], [1], p=p)
+    with pytest.raises(ValueError, match="repeated"):
+        m.rank_biased_overlap([1, 1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="k must be"):
+        m.rank_biased_overlap([1], [1], k=0)
+
+
+@settings(max_examples=200)
+@given(rankings, rankings, st.floats(0.05, 0.95))
+def test_rbo_properties(a, b, p):
     k = min(len(a), len(b))
-    r = m.rank_biased_overlap(a[:k], b[:k])
+    a, b = a[:k], b[:k]
+    r = m.rank_biased_overlap(a, b, p=p)
     assert 0.0 <= r <= 1.0 + 1e-12
-    assert r == pytest.approx(m.rank_biased_overlap(b[:k], a[:k]), abs=1e-12)
-    assert 0.0 <= m.overlap_at_k(a, b, k) <= 1.0
+    assert r == pytest.approx(m.rank_biased_overlap(b, a, p=p), abs=1e-12)  # symmetric
+    assert m.rank_biased_overlap(a, a, p=p) == 1.0  # exactly, for any p
+    if k and not set(a) & set(b):
+        assert r == 0.0
+    if k:
+        assert r == pytest.approx(_rbo_ext_reference(a, b, p), abs=1e-12)
 
 
-def test_kendall_tau_on_intersection():
+# --- Kendall tau on the intersection -------------------------------------------------------------------
+
+
+def _tau_brute(a, b):
+    # Kendall tau-a by counting pairs; positions have no ties, so tau-b = tau-a.
+    pos_b = {x: i for i, x in enumerate(b)}
+    common = [x for x in a if x in pos_b]
+    c = d = 0
+    for (i, x), (j, y) in itertools.combinations(enumerate(common), 2):
+        s = (j - i) * (pos_b[y] - pos_b[x])
+        c, d = c + (s > 0), d + (s < 0)
+    return (c - d) / (len(common) * (len(common) - 1) / 2)
+
+
+def test_kendall_tau_by_hand():
     assert m.kendall_tau_intersection([1, 2, 3], [1, 2, 3]) == 1.0
-    assert m.kendall_tau_intersection([1, 2, 3], [3, 2, 1]) == -1.0
-    # shared items 1, 2, 3 ordered (1,2,3) vs (2,1,3): 2 concordant, 1 discordant of 3 pairs -> 1/3
-    assert m.kendall_tau_intersection([1, 9, 2, 3], [2, 1, 8, 3]) == pytest.approx(1 / 3)
+    assert m.kendall_tau_intersection([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0, abs=1e-12)
+    # shared items 1, 2, 3 ordered (1, 2, 3) in a and (2, 1, 3) in b: pairs (1,2) discordant,
+    # (1,3) and (2,3) concordant -> (2 - 1) / 3
+    assert m.kendall_tau_intersection([1, 9, 2, 3], [2, 1, 8, 3]) == pytest.approx(1 / 3, abs=1e-12)
+    # the same order with other items in between is still exactly 1
+    assert m.kendall_tau_intersection([1, 7, 2, 8, 3], [9, 1, 2, 3]) == 1.0
+    # fewer than two shared items: no pair to compare -> NaN
     assert math.isnan(m.kendall_tau_intersection([1, 2], [2, 5]))
+    assert math.isnan(m.kendall_tau_intersection([], []))
 
 
-def test_drift_against_sklearn_and_brute_force():
-    from sklearn.metrics.pairwise import cosine_distances
+def test_kendall_tau_against_brute_force():
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        a = rng.permutation(15)[:10].tolist()
+        b = rng.permutation(15)[:10].tolist()
+        assert m.kendall_tau_intersection(a, b) == pytest.approx(_tau_brute(a, b), abs=1e-12)
+
+
+@given(rankings, rankings)
+def test_kendall_tau_properties(a, b):
+    t = m.kendall_tau_intersection(a, b)
+    if len(set(a) & set(b)) < 2:
+        assert math.isnan(t)
+    else:
+        assert -1.0 - 1e-12 <= t <= 1.0 + 1e-12
+        assert t == pytest.approx(m.kendall_tau_intersection(b, a), abs=1e-12)
+    if len(a) >= 2:
+        assert m.kendall_tau_intersection(a, a) == 1.0
+
+
+def test_severity_0_reads_exactly_one():
+    # identical result lists (an unperturbed query): every consistency metric is exactly 1
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        ids = rng.choice(10**12, 10, replace=False).tolist()
+        assert m.self_at_1(ids, ids[0]) == 1.0
+        assert m.overlap_at_k(ids, ids, 10) == 1.0 and m.jaccard_at_k(ids, ids, 10) == 1.0
+        assert m.rank_biased_overlap(ids, ids, p=0.9) == 1.0 and m.kendall_tau_intersection(ids, ids) == 1.0
+        v = rng.normal(size=(3, 64)).astype(np.float32)
+        assert np.array_equal(m.cosine_distance(v, v), np.zeros(3))
+        assert np.array_equal(m.l2_distance(v, v), np.zeros(3))
+
+
+# --- embedding drift -----------------------------------------------------------------------------------
+
+
+def test_drift_by_hand():
+    # (1, 0) vs (0, 2): orthogonal -> 1; (1, 1) vs (-1, -1): opposite -> 2; (3, 4) vs (6, 8): same -> 0
+    clean = np.array([[1.0, 0.0], [1.0, 1.0], [3.0, 4.0]])
+    pert = np.array([[0.0, 2.0], [-1.0, -1.0], [6.0, 8.0]])
+    np.testing.assert_allclose(m.cosine_distance(clean, pert), [1.0, 2.0, 0.0], atol=1e-15)
+    # L2: sqrt(1 + 4), sqrt(4 + 4), sqrt(9 + 16)
+    np.testing.assert_allclose(m.l2_distance(clean, pert), [math.sqrt(5), math.sqrt(8), 5.0])
+    assert m.cosine_distance([1.0, 0.0], [0.0, 1.0]).tolist() == [1.0]  # single vectors
+    # a zero vector has cosine 0 with anything: distance 1, as in scikit-learn
+    assert m.cosine_distance([[0.0, 0.0]], [[1.0, 2.0]]).tolist() == [1.0]
+    with pytest.raises(ValueError, match="matching"):
+        m.cosine_distance(np.zeros((2, 3)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="matching"):
+        m.l2_distance(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_drift_against_sklearn():
+    from sklearn.metrics.pairwise import cosine_distances, euclidean_distances
 
     rng = np.random.default_rng(1)
-    a, b = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+    a, b = rng.normal(size=(40, 16)), rng.normal(size=(40, 16))
+    b[:5] = a[:5] + 1e-3 * rng.normal(size=(5, 16))  # near-identical rows too
     np.testing.assert_allclose(m.cosine_distance(a, b), np.diag(cosine_distances(a, b)), atol=1e-12)
-    np.testing.assert_allclose(m.l2_distance(a, b), [np.linalg.norm(x - y) for x, y in zip(a, b)])
-    v = rng.normal(size=(30, 5))
-    d = cosine_distances(v)
+    np.testing.assert_allclose(m.l2_distance(a, b), np.diag(euclidean_distances(a, b)), atol=1e-12)
+    f32 = a.astype(np.float32)  # encoders emit float32: computed in float64
+    assert m.cosine_distance(f32, b).dtype == np.float64
+
+
+def test_median_nn_distance_against_brute_force_and_sklearn(monkeypatch):
+    from sklearn.metrics.pairwise import cosine_distances
+    from sklearn.neighbors import NearestNeighbors
+
+    # by hand: unit vectors at 0, 10 and 90 degrees -> NN distances 1 - cos 10, 1 - cos 10, 1 - cos 80
+    deg = np.deg2rad([0.0, 10.0, 90.0])
+    v = np.stack([np.cos(deg), np.sin(deg)], axis=1) * [[1.0], [3.0], [0.5]]  # lengths do not matter
+    assert m.median_nn_distance(v) == pytest.approx(1 - math.cos(math.radians(10)), abs=1e-12)
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(57, 6))
+    d = cosine_distances(x)
     np.fill_diagonal(d, np.inf)
-    assert m.median_nn_distance(v) == pytest.approx(float(np.median(d.min(1))), abs=1e-12)
+    brute = float(np.median(d.min(axis=1)))
+    nn = NearestNeighbors(n_neighbors=2, metric="cosine", algorithm="brute").fit(x)
+    sk = float(np.median(nn.kneighbors(x)[0][:, 1]))
+    assert m.median_nn_distance(x) == pytest.approx(brute, abs=1e-12) == pytest.approx(sk, abs=1e-12)
+    monkeypatch.setattr(m, "_NN_BLOCK", 7)  # the blocked path (57 = 8 blocks of 7 + 1) gives the same
+    assert m.median_nn_distance(x) == pytest.approx(brute, abs=1e-12)
+    # an exact duplicate is a neighbour at distance 0, but a point is never its own neighbour
+    assert m.median_nn_distance(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])) == 0.0
+    for bad in (np.zeros((1, 3)), np.zeros(3)):
+        with pytest.raises(ValueError, match="n >= 2"):
+            m.median_nn_distance(bad)
+
+
+def test_normalised_drift():
     assert m.normalised_drift(0.2, 0.1) == pytest.approx(2.0)
-    assert math.isnan(m.normalised_drift(0.2, 0.0))
+    np.testing.assert_allclose(m.normalised_drift(np.array([0.0, 0.05, 0.3]), 0.1), [0.0, 0.5, 3.0])
+    assert math.isnan(m.normalised_drift(0.2, 0.0)) and math.isnan(m.normalised_drift(0.2, float("nan")))
+    assert np.isnan(m.normalised_drift(np.array([0.1, 0.2]), 0.0)).all()
 
 
-def test_recall_at_k():
-    assert m.recall_at_k([[1, 2, 3], [4, 5, 6]], [[1, 2, 9], [4, 5, 6]], 3) == pytest.approx((2 / 3 + 1) / 2)
-    assert m.recall_at_k([[1]], [[1]], 10) == 1.0  # fewer exact results than k
+# --- ANN recall ----------------------------------------------------------------------------------------
 
 
-def test_bootstrap_ci():
+def test_recall_at_k_by_hand():
+    # query 1: {1, 2, 3} vs {1, 2, 9} -> 2/3; query 2: identical -> 1; mean 5/6
+    assert m.recall_at_k([[1, 2, 3], [4, 5, 6]], [[1, 2, 9], [4, 5, 6]], 3) == pytest.approx(5 / 6)
+    # order inside the top k does not matter; only the top k of each counts
+    assert m.recall_at_k([[3, 1, 2, 9]], [[1, 2, 3, 4]], 3) == 1.0
+    # an index with one vector: exact search finds 1 < k, the store finds it too -> 1
+    assert m.recall_at_k([[1]], [[1]], 10) == 1.0
+    # FAISS arrays padded with -1: the padding is not an id
+    approx = np.array([[1, 2, -1], [4, -1, -1]])
+    exact = np.array([[1, 3, -1], [4, 5, -1]])
+    assert m.recall_at_k(approx, exact, 3) == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert math.isnan(m.recall_at_k([[1]], [[]], 3)) and math.isnan(m.recall_at_k([], [], 3))
+    with pytest.raises(ValueError, match="queries"):
+        m.recall_at_k([[1]], [[1], [2]], 3)
+
+
+def test_recall_at_k_against_brute_force_search():
+    # exact top-k by sorting all distances; "approximate" = the same search on a slightly noisy copy
+    rng = np.random.default_rng(5)
+    base, queries = rng.normal(size=(200, 8)), rng.normal(size=(30, 8))
+    k = 10
+    exact = np.argsort(((queries[:, None] - base[None]) ** 2).sum(-1), axis=1, kind="stable")[:, :k]
+    noisy = base + 0.3 * rng.normal(size=base.shape)
+    approx = np.argsort(((queries[:, None] - noisy[None]) ** 2).sum(-1), axis=1, kind="stable")[:, :k]
+    by_loop = np.mean([len(set(approx[i]) & set(exact[i])) / k for i in range(30)])
+    r = m.recall_at_k(approx, exact, k)
+    assert r == pytest.approx(by_loop) and 0.0 < r < 1.0
+    assert m.recall_at_k(exact, exact, k) == 1.0
+
+
+# --- bootstrap and summary -----------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_basics():
     mean, lo, hi = m.bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0] * 4, seed=0)
-    assert mean == 3.0 and lo < 3.0 < hi and lo >= 1.0 and hi <= 5.0
-    assert m.bootstrap_ci([0.5] * 5) == (0.5, 0.5, 0.5)
+    assert mean == 3.0 and 1.0 <= lo < 3.0 < hi <= 5.0
+    assert m.bootstrap_ci([0.5] * 5) == (0.5, 0.5, 0.5)  # constant: scipy would warn and give NaN
+    assert m.bootstrap_ci([0.5, None, float("nan"), 0.5]) == (0.5, 0.5, 0.5)  # NaN and None dropped
+    assert m.bootstrap_ci([2.0]) == (2.0, 2.0, 2.0)
     assert all(math.isnan(x) for x in m.bootstrap_ci([float("nan"), None]))
+    assert all(math.isnan(x) for x in m.bootstrap_ci([]))
     assert m.bootstrap_ci([1.0, 2.0, 3.0], seed=3) == m.bootstrap_ci([1.0, 2.0, 3.0], seed=3)
+    assert m.bootstrap_ci(np.array([0.0, 1.0, 1.0, 1.0]))[0] == 0.75
+    with pytest.raises(ValueError, match="confidence"):
+        m.bootstrap_ci([1.0, 2.0], confidence=95)
 
 
-def test_summarise_groups_and_identity_level():
+def test_bootstrap_ci_matches_normal_theory():
+    # 400 draws of N(10, 2): the 95 % CI of the mean is about mean +- 1.96 * s / sqrt(n) = +- 0.196
+    x = np.random.default_rng(6).normal(10, 2, 400)
+    mean, lo, hi = m.bootstrap_ci(x, seed=1)
+    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))
+    assert mean == pytest.approx(x.mean())
+    assert lo == pytest.approx(mean - half, abs=0.03) and hi == pytest.approx(mean + half, abs=0.03)
+    _, lo80, hi80 = m.bootstrap_ci(x, confidence=0.8, seed=1)
+    assert lo < lo80 < mean < hi80 < hi  # a lower confidence gives a narrower interval
+    # binary values (self@1): a proportion of 0.7 over 100 queries, CI about +- 0.09
+    b = np.array([1.0] * 70 + [0.0] * 30)
+    mean, lo, hi = m.bootstrap_ci(b, seed=0)
+    assert mean == 0.7 and lo == pytest.approx(0.61, abs=0.02) and hi == pytest.approx(0.79, abs=0.02)
+
+
+def test_summarise_by_hand():
     rows = [
-        {"perturbation": "blur", "severity": 0, "value": 0.0, "self_at_1": 1.0, "rbo": 1.0},
-        {"perturbation": "blur", "severity": 0, "value": 0.0, "self_at_1": 1.0, "rbo": 1.0},
-        {"perturbation": "blur", "severity": 3, "value": 2.0, "self_at_1": 0.0, "rbo": 0.5},
-        {"perturbation": "blur", "severity": 3, "value": 2.0, "self_at_1": 1.0, "rbo": 0.7},
+        {
+            "perturbation": "blur",
+            "severity": 3,
+            "value": 2.0,
+            "self_at_1": 0.0,
+            "rbo": 0.5,
+            "self_rank": None,
+        },
+        {"perturbation": "blur", "severity": 0, "value": 0.0, "self_at_1": 1.0, "rbo": 1.0, "self_rank": 1},
+        {"perturbation": "blur", "severity": 0, "value": 0.0, "self_at_1": 1.0, "rbo": 1.0, "self_rank": 1},
+        {"perturbation": "blur", "severity": 3, "value": 2.0, "self_at_1": 1.0, "rbo": 0.7, "self_rank": 1},
+        {"perturbation": "blur", "severity": 3, "value": 2.0, "self_at_1": 1.0, "rbo": 0.9, "self_rank": 3},
+        {"perturbation": "defocus_z", "severity": 2, "value": -4.0, "self_at_1": 1.0, "rbo": float("nan")},
+        {"perturbation": "defocus_z", "severity": 2, "value": 4.0, "self_at_1": 0.0, "rbo": 0.2},
     ]
-    s = m.summarise(rows, metrics=("self_at_1", "rbo"))
-    assert [(e["severity"], e["n"]) for e in s] == [(0, 2), (3, 2)]
-    assert s[0]["self_at_1"] == 1.0 and s[0]["rbo_low"] == 1.0
-    assert s[1]["rbo"] == pytest.approx(0.6)
+    s = m.summarise(rows, metrics=("self_at_1", "rbo", "self_rank"))
+    assert [(e["perturbation"], e["severity"], e["n"]) for e in s] == [
+        ("blur", 0, 2),
+        ("blur", 3, 3),
+        ("defocus_z", 2, 2),
+    ]
+    zero, three, dz = s
+    assert (
+        zero["value"] == 0.0 and zero["self_at_1"] == zero["self_at_1_low"] == zero["self_at_1_high"] == 1.0
+    )
+    assert zero["rbo"] == 1.0 and zero["rbo_n"] == 2
+    # blur 3: self@1 (0 + 1 + 1) / 3; RBO (0.5 + 0.7 + 0.9) / 3 = 0.7; self_rank over the 2 found: (1 + 3) / 2
+    assert three["self_at_1"] == pytest.approx(2 / 3) and three["rbo"] == pytest.approx(0.7)
+    assert three["self_rank"] == 2.0 and three["self_rank_n"] == 2 and three["self_at_1_n"] == 3
+    assert three["rbo_low"] <= three["rbo"] <= three["rbo_high"] and three["rbo_low"] >= 0.5
+    # defocus_z: |dz| = 2 mixes -4 and +4 um, so no single value; the NaN RBO is dropped
+    assert dz["value"] is None and dz["rbo"] == 0.2 and dz["rbo_n"] == 1
+    # a metric no row has: NaN with n = 0
+    missing = m.summarise(rows[:1], metrics=("drift_l2",))[0]
+    assert math.isnan(missing["drift_l2"]) and missing["drift_l2_n"] == 0
+    assert m.summarise([]) == []
+    assert m.summarise(rows, metrics=("rbo",), seed=4) == m.summarise(rows, metrics=("rbo",), seed=4)
