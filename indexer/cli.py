@@ -74,13 +74,15 @@ def main() -> None:
 @click.option("--redis-index", default="mae", show_default=True, help="Redis index name (key prefix).")
 @click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
 @click.option("--force", is_flag=True, help="Re-embed images already in the index.")
+@click.option("--checkpoint-every", default=512, show_default=True, type=int,
+              help="Images between durable FAISS checkpoints (a crash loses at most this many).")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @verbose_option
 @handle_errors
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, channels, z_slices,
-          intensity, low, high, window, resize, redis_url, redis_index, strict, force, fmt, no_progress,
-          verbose):  # fmt: skip
+          intensity, low, high, window, resize, redis_url, redis_index, strict, force, checkpoint_every, fmt,
+          no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
 
     Images already in the index (same content) are skipped, so a re-run resumes. Unusable images are
@@ -104,6 +106,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         workers=workers,
         strict=strict,
         force=force,
+        flush_every=checkpoint_every,
     )
     from indexer.build import run_build
 

@@ -204,4 +204,6 @@ class BuildConfig:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.flush_every < 1:
+            raise ConfigError(f"checkpoint interval must be >= 1, got {self.flush_every}")
         object.__setattr__(self, "index_dir", Path(self.index_dir))

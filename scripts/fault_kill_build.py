@@ -59,7 +59,7 @@ def main() -> int:
     index = args.index or Path(tempfile.mkdtemp(prefix="mae-crash-")) / "idx"
     exe = Path(sys.executable).parent / "mae-index"
     cmd = [str(exe), "build", *map(str, args.data), "--index", str(index), "--model", args.model,
-           "--batch-size", "4", "--no-progress", "--format", "json"]  # fmt: skip
+           "--batch-size", "4", "--checkpoint-every", "16", "--no-progress", "--format", "json"]  # fmt: skip
     if args.redis_url:
         cmd += ["--redis-url", args.redis_url, "--redis-index", args.redis_index]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
