@@ -108,6 +108,11 @@ def _record(item: SourceItem, image_id: int) -> ImageRecord:
     )
 
 
+def store_location(store: VectorStore) -> str:
+    """Where a store lives, for messages (a folder, or a Redis index; never a password)."""
+    return str(getattr(store, "location", type(store).__name__))
+
+
 def prepare_item(
     item: SourceItem,
     preprocess_config: PreprocessConfig,
@@ -304,10 +309,7 @@ def build_index(
     pre = resolve_build_preprocess(config, encoder, items, stored)
     manifest = build_manifest(encoder.info, config.model.pooling, pre.to_dict(), encoder.dim)
     for store in stores:
-        where = (
-            getattr(store, "directory", None) or getattr(store, "config", None) and store.config.index_name
-        )
-        check_compatible(store.read_manifest(), manifest, str(where))
+        check_compatible(store.read_manifest(), manifest, store_location(store))
     for store in stores:
         if store.read_manifest() is None:
             store.write_manifest(manifest)

@@ -121,6 +121,11 @@ class FaissStore:
         if dim is not None and self.dim is not None and dim != self.dim:
             raise ConfigError(f"index at {self.directory} holds {self.dim}-d vectors, not {dim}-d")
 
+    @property
+    def location(self) -> str:
+        """The index folder, for messages."""
+        return str(self.directory)
+
     # ---------------------------------------------------------------- loading
     def _shard_paths(self) -> list[Path]:
         d = self.directory / SHARDS
