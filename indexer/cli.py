@@ -43,7 +43,7 @@ def main() -> None:
 
     \b
     Examples:
-      mae-index build examples/bbbc006 --index runs/idx --model runs/mae-tiny-random
+      mae-index build examples/bbbc006 --index runs/idx --model examples/models/mae-tiny-bbbc006
       mae-index info --index runs/idx
     """
 
@@ -90,7 +90,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
 
     \b
     Example (offline, shipped data and model):
-      mae-index build examples/bbbc006 --index runs/idx --model runs/mae-tiny-random
+      mae-index build examples/bbbc006 --index runs/idx --model examples/models/mae-tiny-bbbc006
     """
     setup_logging(verbose)
     config = BuildConfig(
