@@ -13,5 +13,5 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 # torch first and pinned: a loose requirement can pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
 .venv/bin/python -m pip install -q -e '.[dev]'
-if [ -f scripts/redis-stack.sh ]; then PATH="$PWD/.venv/bin:$PATH" bash scripts/redis-stack.sh install; fi
+bash scripts/redis-stack.sh install
 echo "Installed. Activate with: . .venv/bin/activate"

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
+pytest_plugins = ["tests.fixtures_redis"]
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_DIR = REPO / "examples" / "bbbc006" / "BBBC006_v1_images_z_16"
 if not REAL_DIR.is_dir():  # a checkout without examples/ still has the shared copy beside it

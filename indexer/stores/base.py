@@ -7,6 +7,7 @@ every store reports ``score`` as cosine similarity (1.0 = identical) whatever it
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
@@ -14,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from indexer.bbbc006 import normalise_channel, normalise_well
+from indexer.errors import ConfigError
 
 #: Metadata fields every store keeps beside a vector, in this order.
 RECORD_FIELDS = ("path", "plate", "well", "row", "column", "site", "channel", "z")
@@ -70,8 +72,9 @@ class MetadataFilter:
     value is one of the listed values (OR within a field, AND across fields). ``z_min``/``z_max``
     bound the z-slice inclusively. An empty filter matches everything.
 
-    Values are normalised on construction (``a1`` -> ``A01``, ``1`` -> ``w1``), so a filter means the
-    same thing in every store. Stores render it themselves (FAISS: a boolean mask; Redis: an escaped
+    Values are normalised on construction (``a1`` -> ``A01``, ``1`` -> ``w1``, surrounding whitespace
+    dropped, as Redis tags drop it), so a filter means the same thing in every store. Control
+    characters are refused. Stores render it themselves (FAISS: a boolean mask; Redis: an escaped
     query); user text is never pasted into a query string.
     """
 
@@ -88,17 +91,24 @@ class MetadataFilter:
 
     def __post_init__(self) -> None:
         conv = {
-            "plate": str,
+            "plate": lambda v: str(v).strip(),
             "well": normalise_well,
             "row": lambda r: str(r).strip().upper(),
             "column": int,
             "site": int,
             "channel": normalise_channel,
             "z": int,
-            "path": str,
+            "path": lambda v: str(v).strip(),
         }
         for name, fn in conv.items():
             object.__setattr__(self, name, _tuple(getattr(self, name), fn))
+        for name in ("plate", "row", "path"):
+            for value in getattr(self, name):
+                if not value:
+                    raise ConfigError(f"empty {name} filter value")
+                # Redis tag tokenising mangles control characters; refuse them rather than match wrongly.
+                if any(unicodedata.category(c) == "Cc" for c in value):
+                    raise ConfigError(f"{name} filter value {value!r} contains control characters")
 
     @property
     def is_empty(self) -> bool:

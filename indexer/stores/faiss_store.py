@@ -336,6 +336,8 @@ class FaissStore:
         if queries.shape[1] != self.dim:
             raise ConfigError(f"query vectors are {queries.shape[1]}-d, the index is {self.dim}-d")
         faiss = _faiss()
+        # Scores are cosine similarity whatever the caller passes (stored vectors are unit already).
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
         params = None
         n_allowed = len(self._records)
         if where is not None and not where.is_empty:
