@@ -75,3 +75,21 @@ def test_cli_report_is_reproducible_and_complete(index_dir, tmp_path):
 def test_unknown_perturbation_is_a_config_error():
     with pytest.raises(ConfigError, match="fog"):
         RobustnessConfig(perturbations=("fog",))
+
+
+def test_compare_puts_two_models_side_by_side(index_dir, tmp_path, real_images):
+    from indexer.model_presets import create_model
+
+    other_model = create_model(tmp_path / "m2", "test", seed=7)
+    other = tmp_path / "idx2"
+    r = CliRunner().invoke(index_main, ["build", str(real_images[0].parent), "--index", str(other), "--model",
+                                        str(other_model), "--device", "cpu", "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0
+    out = tmp_path / "cmp"
+    c = CliRunner().invoke(eval_main, ["compare", "--index", str(index_dir), "--index", str(other), "--queries", "4",
+                                       "--perturb", "gaussian_blur", "--severities", "0,5", "--device", "cpu",
+                                       "--out", str(out)])  # fmt: skip
+    assert c.exit_code == 0, c.output
+    rows = json.loads((out / "compare.json").read_text())
+    assert {r["index"] for r in rows} == {str(index_dir), str(other)}
+    assert len(list(out.glob("*/report.html"))) == 2

@@ -184,3 +184,33 @@ def test_build_writes_both_then_verify_and_sync(tmp_path, redis_config, tiny_mod
     runner.invoke(main, ["build", str(real_images[0].parent), "--index", str(tmp_path / "idx"), "--model",
                          str(tiny_model_dir), "--device", "cpu", "--no-progress", *base])  # fmt: skip
     assert runner.invoke(main, ["verify", "--index", str(tmp_path / "idx"), *base]).exit_code == 0
+
+
+def test_build_with_another_model_is_refused_by_the_redis_manifest(
+    tmp_path, redis_config, tiny_model_dir, real_images
+):
+    from indexer.cli import main
+    from indexer.model_presets import create_model
+
+    other = create_model(tmp_path / "other", "test", seed=1)
+    base = [
+        "--redis-url",
+        redis_config.url,
+        "--redis-index",
+        redis_config.index_name,
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    runner = CliRunner()
+    ok = runner.invoke(
+        main,
+        ["build", str(real_images[0]), "--index", str(tmp_path / "a"), "--model", str(tiny_model_dir), *base],
+    )
+    assert ok.exit_code == 0, ok.output
+    # A fresh FAISS folder, the same Redis index: the Redis manifest refuses the other weights.
+    bad = runner.invoke(
+        main, ["build", str(real_images[1]), "--index", str(tmp_path / "b"), "--model", str(other), *base]
+    )
+    assert bad.exit_code == 1 and "Redis index" in bad.output and "model" in bad.output
+    assert "redis://" not in bad.output or "***" in bad.output or "@" not in bad.output
