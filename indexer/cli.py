@@ -72,6 +72,13 @@ def main() -> None:
 @click.option("--resize", type=click.Choice(["square", "keep-aspect"]), default="square", show_default=True)
 @redis_url_option
 @click.option("--redis-index", default="mae", show_default=True, help="Redis index name (key prefix).")
+@click.option("--redis-algorithm", type=click.Choice(["FLAT", "HNSW"], case_sensitive=False), default="FLAT",
+              show_default=True, help="Redis vector index: exact FLAT or approximate HNSW.")  # fmt: skip
+@click.option("--redis-dtype", type=click.Choice(["FLOAT32", "FLOAT16"], case_sensitive=False), default="FLOAT32",
+              show_default=True, help="Type of the vectors stored in Redis.")  # fmt: skip
+@click.option("--hnsw-m", default=16, show_default=True, type=int)
+@click.option("--hnsw-ef-construction", default=200, show_default=True, type=int)
+@click.option("--hnsw-ef-runtime", default=800, show_default=True, type=int)
 @click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
 @click.option("--force", is_flag=True, help="Re-embed images already in the index.")
 @click.option("--checkpoint-every", default=512, show_default=True, type=int,
@@ -81,8 +88,9 @@ def main() -> None:
 @verbose_option
 @handle_errors
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, channels, z_slices,
-          intensity, low, high, window, resize, redis_url, redis_index, strict, force, checkpoint_every, fmt,
-          no_progress, verbose):  # fmt: skip
+          intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm, redis_dtype, hnsw_m,
+          hnsw_ef_construction, hnsw_ef_runtime, strict, force, checkpoint_every, fmt, no_progress,
+          verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
 
     Images already in the index (same content) are skipped, so a re-run resumes. Unusable images are
@@ -101,7 +109,16 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
             intensity=IntensityConfig(mode=intensity, low=low, high=high, window=_parse_window(window)),
             resize=resize,
         ),
-        redis=_redis_config(redis_url, redis_index, required=False),
+        redis=_redis_config(
+            redis_url,
+            redis_index,
+            required=False,
+            algorithm=redis_algorithm,
+            dtype=redis_dtype,
+            m=hnsw_m,
+            ef_construction=hnsw_ef_construction,
+            ef_runtime=hnsw_ef_runtime,
+        ),
         batch_size=batch_size,
         workers=workers,
         strict=strict,
@@ -150,12 +167,12 @@ def info(index_dir, fmt):
         click.echo(f"{field + ':':<11} {', '.join(map(str, values))}")
 
 
-def _redis_config(redis_url: str | None, redis_index: str, required: bool = True) -> RedisConfig | None:
+def _redis_config(redis_url: str | None, redis_index: str, required: bool = True, **kw) -> RedisConfig | None:
     if not redis_url:
         if required:
             raise ConfigError("this command needs --redis-url (or MAE_REDIS_URL)")
         return None
-    return RedisConfig(url=redis_url, index_name=redis_index)
+    return RedisConfig(url=redis_url, index_name=redis_index, **kw)
 
 
 @main.command()

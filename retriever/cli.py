@@ -109,6 +109,9 @@ def main() -> None:
               help="Store to search (default: redis when a Redis URL is given, else faiss).")  # fmt: skip
 @redis_url_option
 @click.option("--redis-index", default="mae", show_default=True)
+@click.option(
+    "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
+)
 @click.option("--model", default=None, help="Another path to the index's model weights (checked).")
 @click.option("--device", default="auto", show_default=True)
 @click.option(
@@ -120,7 +123,7 @@ def main() -> None:
 @verbose_option
 @handle_errors
 def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_distance, backend, redis_url,
-          redis_index, model, device, server, fmt, verbose):  # fmt: skip
+          redis_index, hnsw_ef_runtime, model, device, server, fmt, verbose):  # fmt: skip
     """Find the indexed images nearest to IMAGES (TIFF files) or to indexed images given by --id.
 
     Scores are cosine similarity (1.0 = identical).
@@ -142,7 +145,9 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
             rows.extend({"query": str(name), **h} for h in hits)
         click.echo(format_rows(rows, fmt))
         return
-    redis = RedisConfig(url=redis_url, index_name=redis_index) if redis_url else None
+    redis = (
+        RedisConfig(url=redis_url, index_name=redis_index, ef_runtime=hnsw_ef_runtime) if redis_url else None
+    )
     store = open_store(index_dir, redis, backend)
     try:
         retriever = Retriever.open(store, model_override=model, device=device)
@@ -163,6 +168,9 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
 @click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None)
 @redis_url_option
 @click.option("--redis-index", default="mae", show_default=True)
+@click.option(
+    "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--max-upload-mb", default=64, show_default=True, type=int, help="Largest request body.")
@@ -170,7 +178,19 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
 @click.option("--device", default="auto", show_default=True)
 @verbose_option
 @handle_errors
-def serve(index_dir, backend, redis_url, redis_index, host, port, max_upload_mb, model, device, verbose):
+def serve(
+    index_dir,
+    backend,
+    redis_url,
+    redis_index,
+    hnsw_ef_runtime,
+    host,
+    port,
+    max_upload_mb,
+    model,
+    device,
+    verbose,
+):
     """Serve queries over HTTP with the model and index kept loaded (JSON API).
 
     \b
@@ -183,7 +203,9 @@ def serve(index_dir, backend, redis_url, redis_index, host, port, max_upload_mb,
     from retriever.search import Retriever
     from retriever.server import QueryService, make_server
 
-    redis = RedisConfig(url=redis_url, index_name=redis_index) if redis_url else None
+    redis = (
+        RedisConfig(url=redis_url, index_name=redis_index, ef_runtime=hnsw_ef_runtime) if redis_url else None
+    )
     store = open_store(index_dir, redis, backend)
     service = QueryService(Retriever.open(store, model_override=model, device=device))
     server = make_server(service, host, port, max_upload_mb * 1024 * 1024)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -208,6 +209,16 @@ class RedisStore:
                 f"{self.location} exists but has no 'vector' field: not an index of this tool"
             )
         have_dim = int(vector.get("dim", 0))
+        if dim is None:
+            # Opening an existing index to read it (queries, verify, sync): take its own settings.
+            self.config = replace(
+                self.config,
+                algorithm=vector.get("algorithm", self.config.algorithm).upper(),
+                dtype=vector.get("data_type", self.config.dtype).upper(),
+            )
+            self._dtype = np.float16 if self.config.dtype == "FLOAT16" else np.float32
+            self.dim = have_dim
+            return
         problems = []
         if dim is not None and have_dim != dim:
             problems.append(f"DIM {have_dim} (this model gives {dim})")

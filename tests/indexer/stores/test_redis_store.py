@@ -214,3 +214,26 @@ def test_build_with_another_model_is_refused_by_the_redis_manifest(
     )
     assert bad.exit_code == 1 and "Redis index" in bad.output and "model" in bad.output
     assert "redis://" not in bad.output or "***" in bad.output or "@" not in bad.output
+
+
+def test_hnsw_float16_build_then_query_and_verify_with_defaults(
+    tmp_path, redis_config, tiny_model_dir, real_images
+):
+    from indexer.cli import main
+    from retriever.cli import main as search_main
+
+    runner = CliRunner()
+    base = ["--redis-url", redis_config.url, "--redis-index", redis_config.index_name]
+    r = runner.invoke(main, ["build", str(real_images[0].parent), "--index", str(tmp_path / "idx"), "--model",
+                             str(tiny_model_dir), "--device", "cpu", "--no-progress", "--redis-algorithm", "hnsw",
+                             "--redis-dtype", "float16", "--hnsw-m", "8", *base])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    # The query side does not repeat the index settings: it adopts the existing index's.
+    q = runner.invoke(
+        search_main, ["query", str(real_images[2]), "-k", "3", "--format", "json", "--device", "cpu", *base]
+    )
+    assert q.exit_code == 0, q.output
+    assert json.loads(q.stdout)[0]["path"] == str(real_images[2])
+    v = runner.invoke(main, ["verify", "--index", str(tmp_path / "idx"), *base, "--format", "json"])
+    rep = json.loads(v.stdout)
+    assert v.exit_code == 0 and rep["vector_tolerance"] == 1e-3 and rep["recall_at_k"] >= 0.99
