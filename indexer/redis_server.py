@@ -52,6 +52,7 @@ class RedisServer:
         appendonly: bool = False,
         maxmemory: str | None = None,
         modules: bool = True,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.data_dir = Path(data_dir or f"/tmp/mae-redis-{self.port}")
@@ -59,13 +60,16 @@ class RedisServer:
         self.appendonly = appendonly
         self.maxmemory = maxmemory
         self.modules = modules
+        self.tls = tls  # (certificate, key, CA certificate): serve TLS only
         self.process: subprocess.Popen | None = None
         self._paths: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
-        """``redis://`` URL of the server (with the password, for clients; never log it)."""
+        """URL of the server (with the password, for clients; never log it); ``rediss://`` under TLS."""
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[2]}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
@@ -79,7 +83,12 @@ class RedisServer:
 
         self._paths = self._paths or server_paths()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [self._paths["REDIS_SERVER"], "--port", str(self.port), "--bind", "127.0.0.1",
+        port_args = ["--port", str(self.port)]
+        if self.tls:
+            cert, key, ca = self.tls
+            port_args = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                         "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]  # fmt: skip
+        args = [self._paths["REDIS_SERVER"], *port_args, "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir), "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--logfile", str(self.data_dir / "redis.log")]  # fmt: skip
         if self.modules:
@@ -91,7 +100,7 @@ class RedisServer:
             args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
         env = {**os.environ, "LD_LIBRARY_PATH": self._paths["REDIS_LIBS"]}
         self.process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1)
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

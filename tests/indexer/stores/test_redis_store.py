@@ -237,3 +237,50 @@ def test_hnsw_float16_build_then_query_and_verify_with_defaults(
     v = runner.invoke(main, ["verify", "--index", str(tmp_path / "idx"), *base, "--format", "json"])
     rep = json.loads(v.stdout)
     assert v.exit_code == 0 and rep["vector_tolerance"] == 1e-3 and rep["recall_at_k"] >= 0.99
+
+
+def _openssl(*args, cwd):
+    import subprocess
+
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_tls_url_works_and_an_untrusted_certificate_is_refused(tmp_path):
+    import shutil
+
+    from indexer.redis_server import RedisServer
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    d = tmp_path
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+             "-subj", "/CN=test-ca", cwd=d)  # fmt: skip
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+        cwd=d,
+    )
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.crt",
+             "-days", "1", "-extfile", "ext.cnf", cwd=d)  # fmt: skip
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.crt", "-days", "1",
+             "-subj", "/CN=other-ca", cwd=d)  # fmt: skip
+    with RedisServer(
+        data_dir=d / "data", password="tls secret", tls=(d / "srv.crt", d / "srv.key", d / "ca.crt")
+    ) as srv:
+        assert srv.url.startswith("rediss://")
+        s = RedisStore(RedisConfig(url=srv.url, index_name="tls"), dim=4)
+        s.add(_unit(3, 4), [ImageRecord(id=i, path=str(i)) for i in range(3)])
+        assert s.count() == 3 and "tls secret" not in s.location
+        untrusted = srv.url.replace(str(d / "ca.crt"), str(d / "other.crt"))
+        with pytest.raises(StoreUnavailableError) as e:
+            RedisStore(RedisConfig(url=untrusted, retries=0, socket_timeout=2), dim=4)
+        assert "tls secret" not in str(e.value)
