@@ -65,8 +65,5 @@ def index_info(index_dir: Path) -> dict[str, Any]:
     values = {}
     for field in ("plate", "channel", "site", "z"):
         values[field] = sorted({getattr(r, field) for r in records if getattr(r, field) is not None})
-    values["wells"] = [len({r.well for r in records if r.well})]
+    values["distinct wells"] = [len({r.well for r in records if r.well})]
     return {"count": store.count(), "manifest": manifest, "rejected": rejected, "values": values}
-
-
-__all__ = ["open_stores", "run_build", "index_info", "iter_sources"]

@@ -7,7 +7,7 @@ and the same preprocessing, so a query vector is comparable with the indexed one
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -133,8 +133,3 @@ class Retriever:
         except KeyError as e:
             raise ConfigError(f"{e.args[0]}; list ids with `mae-search query ... --format json`") from e
         return self.search_vectors(vectors, options)
-
-
-def with_k(options: QueryOptions, k: int) -> QueryOptions:
-    """A copy of ``options`` with another ``k``."""
-    return replace(options, k=k)
