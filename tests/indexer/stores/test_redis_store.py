@@ -284,3 +284,19 @@ def test_tls_url_works_and_an_untrusted_certificate_is_refused(tmp_path):
         with pytest.raises(StoreUnavailableError) as e:
             RedisStore(RedisConfig(url=untrusted, retries=0, socket_timeout=2), dim=4)
         assert "tls secret" not in str(e.value)
+
+
+def test_robustness_through_redis_reports_ann_recall(tmp_path, redis_config, tiny_model_dir, real_images):
+    from eval.cli import main as eval_main
+    from indexer.cli import main
+
+    runner = CliRunner()
+    base = ["--redis-url", redis_config.url, "--redis-index", redis_config.index_name]
+    r = runner.invoke(main, ["build", str(real_images[0].parent), "--index", str(tmp_path / "idx"), "--model",
+                             str(tiny_model_dir), "--device", "cpu", "--no-progress", *base])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    e = runner.invoke(eval_main, ["robustness", "--index", str(tmp_path / "idx"), *base, "--queries", "4", "--perturb",
+                                  "gaussian_noise", "--severities", "0,3", "--device", "cpu", "--out", str(tmp_path / "rep")])  # fmt: skip
+    assert e.exit_code == 0, e.output
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["index"]["backend"] == "redis" and rep["ann_recall_at_k"] == 1.0
