@@ -24,14 +24,25 @@ def open_stores(index_dir: Path, redis: RedisConfig | None, dim: int | None = No
     return stores
 
 
-def run_build(config: BuildConfig, progress: bool = True) -> BuildSummary:
-    """Run one build with a tqdm progress bar on stderr; stores are flushed and closed at the end."""
+def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSummary:
+    """Run one build with a tqdm progress bar on stderr; stores are flushed and closed at the end.
+
+    With ``ray`` (a :class:`indexer.ray_build.RayConfig`) the build runs on Ray Data instead.
+    """
     from tqdm.auto import tqdm
 
     from indexer.encoder import load_encoder
 
     encoder = load_encoder(config.model)
     stores = open_stores(config.index_dir, config.redis, dim=encoder.dim)
+    if ray is not None:
+        from indexer.ray_build import run_ray_build
+
+        try:
+            return run_ray_build(config, ray, stores, encoder)
+        finally:
+            for store in stores:
+                store.close()
     total = sum(1 for _ in iter_sources(config.sources))
     bar = tqdm(total=total, unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
     last = [0]

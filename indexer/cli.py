@@ -81,6 +81,11 @@ def main() -> None:
 @click.option("--hnsw-ef-runtime", default=800, show_default=True, type=int)
 @click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
 @click.option("--force", is_flag=True, help="Re-embed images already in the index.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run here, or on Ray Data (pip install 'mae-microscopy[ray]').")  # fmt: skip
+@click.option("--ray-address", default=None, help="auto or ray://HOST:PORT; default: a local Ray runtime.")
+@click.option("--concurrency", default=1, show_default=True, type=int, help="Ray embedding actors.")
+@click.option("--num-gpus-per-worker", default=0.0, show_default=True, type=float)
 @click.option("--checkpoint-every", default=512, show_default=True, type=int,
               help="Images between durable FAISS checkpoints (a crash loses at most this many).")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -89,8 +94,8 @@ def main() -> None:
 @handle_errors
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, channels, z_slices,
           intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm, redis_dtype, hnsw_m,
-          hnsw_ef_construction, hnsw_ef_runtime, strict, force, checkpoint_every, fmt, no_progress,
-          verbose):  # fmt: skip
+          hnsw_ef_construction, hnsw_ef_runtime, strict, force, engine, ray_address, concurrency,
+          num_gpus_per_worker, checkpoint_every, fmt, no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
 
     Images already in the index (same content) are skipped, so a re-run resumes. Unusable images are
@@ -127,7 +132,12 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
     )
     from indexer.build import run_build
 
-    summary = run_build(config, progress=not no_progress)
+    ray = None
+    if engine == "ray":
+        from indexer.ray_build import RayConfig
+
+        ray = RayConfig(address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker)
+    summary = run_build(config, progress=not no_progress, ray=ray)
     if fmt == "json":
         click.echo(json.dumps(summary.to_dict()))
     else:
