@@ -96,7 +96,7 @@ def main() -> None:
                                 f"{np.percentile(lat_ms, 50):.2f}", f"{np.percentile(lat_ms, 99):.2f}"))  # fmt: skip
         for s in stores.values():
             s.drop()
-        print_table(f"Redis ingest, {args.vectors} x {args.dim} float32 (pipelined HSET in chunks of 1000)",
+        print_table(f"Redis ingest, {args.vectors} x {args.dim} float32 (pipelined HSET, transactions of 500)",
                     ingest_rows, ("algorithm", "vectors", "seconds", "vectors/s"))  # fmt: skip
         print_table(f"KNN k=10 vs exact FAISS ({args.queries} queries; FAISS flat {t_exact * 1000:.2f} ms/query)",
                     ef_rows, ("algorithm", "EF_RUNTIME", "recall@10", "p50 ms", "p99 ms"))  # fmt: skip

@@ -18,6 +18,9 @@ from indexer.bbbc006 import normalise_channel, normalise_well
 from indexer.errors import ConfigError
 
 #: Metadata fields every store keeps beside a vector, in this order.
+#: Whitespace Redis trims around tag values (ASCII only: Unicode spaces are kept, and so are they here).
+_TRIM = " \t\n\r\f\v"
+
 RECORD_FIELDS = ("path", "plate", "well", "row", "column", "site", "channel", "z")
 
 
@@ -91,14 +94,14 @@ class MetadataFilter:
 
     def __post_init__(self) -> None:
         conv = {
-            "plate": lambda v: str(v).strip(),
+            "plate": lambda v: str(v).strip(_TRIM),
             "well": normalise_well,
-            "row": lambda r: str(r).strip().upper(),
+            "row": lambda r: str(r).strip(_TRIM).upper(),
             "column": int,
             "site": int,
             "channel": normalise_channel,
             "z": int,
-            "path": lambda v: str(v).strip(),
+            "path": lambda v: str(v).strip(_TRIM),
         }
         for name, fn in conv.items():
             object.__setattr__(self, name, _tuple(getattr(self, name), fn))
@@ -119,7 +122,9 @@ class MetadataFilter:
         """The reference semantics of the filter, for one record."""
         for name in ("plate", "well", "row", "column", "site", "channel", "z", "path"):
             allowed = getattr(self, name)
-            if allowed and getattr(record, name) not in allowed:
+            value = getattr(record, name)
+            value = value.strip(_TRIM) if isinstance(value, str) else value
+            if allowed and value not in allowed:
                 return False
         if self.z_min is not None and (record.z is None or record.z < self.z_min):
             return False

@@ -36,6 +36,7 @@ INDEX = "index.faiss"
 INDEX_STATE = "index.state.json"
 _SHARD_RE = re.compile(r"^part-(\d{6})\.parquet$")
 _STR_FIELDS = ("path", "plate", "well", "row", "channel")
+_TRIM = " \t\n\r\f\v"
 _INT_FIELDS = ("column", "site", "z")
 
 
@@ -218,7 +219,7 @@ class FaissStore:
     def delete(self, ids: Sequence[int]) -> int:
         """Delete ids; return how many were present (durable at the next :meth:`flush`)."""
         self._check_writable()
-        present = [int(i) for i in ids if int(i) in self._records]
+        present = sorted({int(i) for i in ids} & self._records.keys())
         if not present:
             return 0
         self._index.remove_ids(_faiss().IDSelectorBatch(np.array(present, dtype=np.int64)))
@@ -313,7 +314,9 @@ class FaissStore:
         for name in ("plate", "well", "row", "column", "site", "channel", "z", "path"):
             allowed = getattr(where, name)
             if allowed:
-                mask &= df[name].isin(list(allowed)).to_numpy()
+                # Surrounding ASCII whitespace is not significant, as in Redis tags.
+                col = df[name].str.strip(_TRIM) if name in _STR_FIELDS else df[name]
+                mask &= col.isin(list(allowed)).to_numpy()
         if where.z_min is not None:
             mask &= (df["z"].astype("float") >= where.z_min).to_numpy()
         if where.z_max is not None:
@@ -337,7 +340,10 @@ class FaissStore:
             raise ConfigError(f"query vectors are {queries.shape[1]}-d, the index is {self.dim}-d")
         faiss = _faiss()
         # Scores are cosine similarity whatever the caller passes (stored vectors are unit already).
-        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
+        norms = np.linalg.norm(queries, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise ValueError("query vectors must be finite and non-zero (as in the Redis store)")
+        queries = queries / norms
         params = None
         n_allowed = len(self._records)
         if where is not None and not where.is_empty:
@@ -353,7 +359,7 @@ class FaissStore:
         for row_scores, row_ids in zip(scores, ids):
             keep = row_ids >= 0
             if max_distance is not None:
-                keep &= (1.0 - row_scores) <= max_distance + 1e-7
+                keep &= (1.0 - row_scores) <= max_distance + 1e-6
             out.append(rank_hits(row_ids[keep], row_scores[keep], self._records, k))
         return out
 

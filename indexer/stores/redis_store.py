@@ -1,20 +1,37 @@
-"""The Redis store: Redis Query Engine (Redis Stack 7.2+ / Redis 8) vector search over HASH keys.
+"""The Redis store: vector search with the Redis Query Engine (Redis Stack 7.2+ or Redis 8) over HASH keys.
 
-Schema (index ``<name>``, keys ``<name>:img:<id>``): TAG plate, well, row, channel, path (case-sensitive,
-with a separator no value contains, so a value is one tag whatever its punctuation); NUMERIC column,
-site, z; VECTOR ``vector`` FLAT or HNSW (M, EF_CONSTRUCTION, EF_RUNTIME), FLOAT32 or FLOAT16, COSINE,
-DIM from the model. The manifest is JSON at ``<name>:manifest``.
+Schema of index ``<name>`` (keys ``<name>:img:<id>``, the manifest as JSON at ``<name>:manifest``)::
 
-Queries are KNN with ``DIALECT 2`` and ``LIMIT 0 k``; the vector and the numbers are query parameters,
-and every tag value is escaped, so no user text changes a query's meaning. Redis returns a cosine
-*distance*; this store reports ``score = 1 - distance`` (cosine similarity), like the FAISS store.
+    plate, well, row, channel, path   TAG, CASESENSITIVE, SEPARATOR "\\x1f"
+    column, site, z                   NUMERIC
+    vector                            VECTOR FLAT | HNSW (M, EF_CONSTRUCTION, EF_RUNTIME),
+                                      TYPE FLOAT32 | FLOAT16, DIM from the model, DISTANCE_METRIC COSINE
+
+Choices, and why:
+
+* ``path`` is a TAG, not TEXT, so a path filter is an exact match (TEXT would tokenise and stem it).
+* Tags are case-sensitive (wells are stored normalised, ``A01``; plate names keep their case, as in
+  FAISS) and split on the ASCII unit separator, which no name contains, so a value with commas or
+  spaces stays one tag. Redis trims the spaces around a tag; :class:`MetadataFilter` trims its values too.
+* The id lives in the key only. Ids are 63-bit content hashes and a NUMERIC field is a double (53 bits),
+  so an indexed id would be wrong for most images.
+* A field that is ``None`` is not written, so it matches no filter (as in FAISS).
+* Every command goes out as a raw command over RESP2, parsed here: the same replies whatever the
+  redis-py version (its search helpers and reply shapes changed across 5.x to 8.x).
+
+Queries are ``KNN`` with ``DIALECT 2``; the query vector, ``K``, ``EF_RUNTIME`` and every number of a
+filter are query ``PARAMS``, and every tag value is escaped (:func:`escape_tag`), so no user text can
+change a query's meaning. Redis returns a cosine *distance* in [0, 2]; this store reports
+``score = 1 - distance``, cosine similarity, like the FAISS store, and breaks ties by id the same way
+(:func:`indexer.stores.base.rank_hits`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,34 +44,113 @@ from indexer.stores.base import RECORD_FIELDS, Hit, ImageRecord, MetadataFilter,
 
 TAG_FIELDS = ("plate", "well", "row", "channel", "path")
 NUMERIC_FIELDS = ("column", "site", "z")
+VECTOR_FIELD = "vector"
+DISTANCE_FIELD = "distance"
 #: Tag separator: the ASCII unit separator, which no path or plate name contains.
 TAG_SEPARATOR = "\x1f"
-_ESCAPE = re.compile(r"([^A-Za-z0-9_\u0080-\U0010ffff])")
-_CHUNK = 500
+#: Hashes per MULTI/EXEC in :meth:`RedisStore.add` (about 1.5 MB of 768-d float32 vectors).
+WRITE_CHUNK = 500
+#: Keys per pipeline round trip when reading, and queries per pipeline round trip when searching.
+READ_CHUNK = 1000
+QUERY_BATCH = 32
+#: Extra KNN candidates, so that ties at the k-th score are broken by id, as in the FAISS store.
+SPARE_CANDIDATES = 8
+#: Slack on ``max_distance``: Redis computes distances in float32 and prints 12 significant digits.
+DISTANCE_SLACK = 1e-6
+
+# Every ASCII character but letters, digits and "_" is query syntax somewhere (space, braces, "|", "-",
+# "@", ":", quotes, "*", "\\", "$", ...), so each gets a backslash, as redisvl's TokenEscaper does.
+# Non-ASCII characters are never syntax and pass through (escaping them would break the match).
+_TAG_ESCAPE = re.compile(r"([^A-Za-z0-9_\u0080-\U0010ffff])")
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+_NOPERM = re.compile(r"(User \S+ )?has no permissions to (run|access) the '[^']{1,64}' \w+")
+_SECRET_QUERY_KEYS = ("pass", "pwd", "secret", "token", "auth", "credential")
+_ENGINE_HINT = (
+    "it needs the Redis Query Engine with vector search: Redis Stack 7.2+ or Redis 8. Start one with "
+    "`scripts/redis-stack.sh install && scripts/redis-stack.sh start --port 6379 --dir DIR`, or "
+    "`docker compose up -d redis` (docker-compose.yml)"
+)
+
+
+def _redis():
+    try:
+        import redis
+    except ImportError as e:  # pragma: no cover - redis is a core dependency
+        raise StoreUnavailableError("the Redis client is not installed: pip install redis") from e
+    return redis
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to print)."""
+    """Return ``url`` with any password replaced by ``***``, safe to print and log.
+
+    Host, port, database and options stay, so a message still says which server was meant. A user
+    name without a password (``redis://secret@host``) is hidden too, since some clients take it as
+    the password; so are query options that look like credentials (``?password=...``).
+
+    Parameters
+    ----------
+    url
+        A Redis URL (``redis://``, ``rediss://`` or ``unix://``).
+
+    Returns
+    -------
+    str
+        The URL without secrets; ``"<unparseable Redis URL>"`` when it cannot be parsed.
+    """
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
-        return "<unparseable redis url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return "<unparseable Redis URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, hostport = netloc.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hostport}" if has_password else f"***@{hostport}"
+    query = parts.query
+    if query:
+        items = []
+        for item in query.split("&"):
+            key, eq, _ = item.partition("=")
+            secret = eq and any(word in key.lower() for word in _SECRET_QUERY_KEYS)
+            items.append(f"{key}=***" if secret else item)
+        query = "&".join(items)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def escape_tag(value: str) -> str:
-    """Escape a tag value for a query: every ASCII character but letters, digits and ``_`` gets a
-    backslash, so spaces, braces, ``|``, ``-``, ``@``, quotes and ``*`` are literal."""
-    return _ESCAPE.sub(r"\\\1", str(value))
+    """Escape one tag value for a query, so that it is matched literally.
+
+    Parameters
+    ----------
+    value
+        The value as stored (e.g. a plate name ``"pl ate{x}|y"``).
+
+    Returns
+    -------
+    str
+        The value with a backslash before every ASCII character other than letters, digits and ``_``.
+    """
+    return _TAG_ESCAPE.sub(r"\\\1", str(value))
 
 
 def render_filter(where: MetadataFilter | None) -> tuple[str, dict[str, Any]]:
-    """Render a filter as a query prefix and its numeric parameters (``*`` when empty)."""
+    """Render a filter as the pre-filter of a KNN query, and its parameters.
+
+    Tags become ``@field:{a | b}`` with escaped values; numbers become ranges over query parameters,
+    ``(@site:[$site_0 $site_0] | @site:[$site_1 $site_1])``; ``z_min``/``z_max`` become
+    ``@z:[$z_lo $z_hi]``. Fields are ANDed (juxtaposed).
+
+    Parameters
+    ----------
+    where
+        The filter; ``None`` or an empty filter matches everything.
+
+    Returns
+    -------
+    tuple of (str, dict)
+        The query prefix (``"*"`` when empty) and the parameters it uses.
+    """
     if where is None or where.is_empty:
         return "*", {}
     parts: list[str] = []
@@ -66,265 +162,432 @@ def render_filter(where: MetadataFilter | None) -> tuple[str, dict[str, Any]]:
     for name in NUMERIC_FIELDS:
         values = getattr(where, name)
         if values:
-            alts = []
+            alternatives = []
             for i, v in enumerate(values):
-                key = f"{name}_{i}"
-                params[key] = int(v)
-                alts.append(f"@{name}:[${key} ${key}]")
-            parts.append("(" + " | ".join(alts) + ")")
+                params[f"{name}_{i}"] = int(v)
+                alternatives.append(f"@{name}:[${name}_{i} ${name}_{i}]")
+            parts.append("(" + " | ".join(alternatives) + ")")
     if where.z_min is not None or where.z_max is not None:
-        params["z_lo"] = where.z_min if where.z_min is not None else "-inf"
-        params["z_hi"] = where.z_max if where.z_max is not None else "+inf"
+        params["z_lo"] = int(where.z_min) if where.z_min is not None else "-inf"
+        params["z_hi"] = int(where.z_max) if where.z_max is not None else "+inf"
         parts.append("@z:[$z_lo $z_hi]")
     return "(" + " ".join(parts) + ")", params
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(items: Iterable[Any]) -> dict[str, Any]:
+    """A flat RESP2 ``[key, value, key, value, ...]`` reply as a dict (a trailing flag is dropped)."""
+    items = list(items)
+    return {_s(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+
+
+def _params(params: dict[str, Any]) -> list[Any]:
+    if not params:
+        return []
+    flat: list[Any] = ["PARAMS", 2 * len(params)]
+    for key, value in params.items():
+        flat += [key, value]
+    return flat
 
 
 class RedisStore:
-    """A :class:`~indexer.stores.base.VectorStore` on Redis vector search.
+    """A :class:`~indexer.stores.base.VectorStore` on Redis vector search (see the module docstring).
 
     Parameters
     ----------
     config
         Connection and index settings.
     dim
-        Vector dimension; the index is created on first use when it does not exist.
+        Vector dimension. A writer passes it: the index is created when missing, and an existing
+        index with another DIM, algorithm or vector type is refused. A reader leaves it ``None``: an
+        existing index is opened with its own settings (algorithm, type, DIM).
+
+    Raises
+    ------
+    StoreUnavailableError
+        The server cannot be reached, refuses the credentials, or has no query engine.
+    IndexMismatchError
+        The index exists with other settings than ``config`` and ``dim``.
+    ConfigError
+        The URL is invalid.
     """
 
     def __init__(self, config: RedisConfig, dim: int | None = None) -> None:
-        import redis
+        redis = _redis()
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
         self.config = config
-        self._redis = redis
-        self._dtype = np.float16 if config.dtype == "FLOAT16" else np.float32
+        self._errors = redis.exceptions
+        self.dim: int | None = None
         try:
+            # RESP2 on purpose: its reply shapes are stable across redis-py versions, and parsed here.
             self.client = redis.Redis.from_url(
                 config.url,
+                protocol=2,
                 socket_timeout=config.socket_timeout,
                 socket_connect_timeout=config.socket_timeout,
                 retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), config.retries),
-                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
             )
         except ValueError as e:
-            raise ConfigError(f"invalid Redis URL {redact_url(config.url)}: {e}") from e
+            raise ConfigError(f"invalid Redis URL {redact_url(config.url)}: {e}") from None
+        self._check_credentials(redis)
         self._check_server()
-        self.dim = dim
         info = self._index_info()
         if info is None:
             if dim is None:
                 manifest = self.read_manifest()
-                self.dim = manifest["dim"] if manifest else None
-            if self.dim is not None:
-                self._create_index(self.dim)
+                dim = manifest["dim"] if manifest else None
+            if dim is not None:
+                self._create_index(int(dim))
         else:
             self._check_index(info, dim)
 
     # ---------------------------------------------------------------- plumbing
     @property
     def location(self) -> str:
-        """Index name and server, for messages (no password)."""
+        """The index and server, for messages (never the password)."""
         return f"Redis index {self.config.index_name!r} at {redact_url(self.config.url)}"
 
-    def _call(self, fn, *args, **kwargs):
-        """Run a Redis call, turning connection, auth and memory errors into project errors."""
-        r = self._redis
-        try:
-            return fn(*args, **kwargs)
-        except r.AuthenticationError as e:
-            raise StoreUnavailableError(
-                f"Redis at {redact_url(self.config.url)} refused the credentials"
-            ) from e
-        except (r.ConnectionError, r.TimeoutError) as e:
-            raise StoreUnavailableError(
-                f"cannot reach Redis at {redact_url(self.config.url)} after {self.config.retries} retries: "
-                f"{type(e).__name__}; start it (scripts/redis-stack.sh start, or docker compose up -d redis)"
-            ) from e
-        except r.ResponseError as e:
-            msg = str(e)
-            if msg.startswith("OOM") or "maxmemory" in msg:
-                raise StoreFullError(
-                    f"Redis at {redact_url(self.config.url)} is full (maxmemory reached): {msg}. Raise maxmemory, "
-                    "use --redis-dtype FLOAT16, or another Redis; nothing already written is lost"
-                ) from e
-            raise
+    @property
+    def _dtype(self) -> np.dtype:
+        # Little-endian whatever the machine: the byte layout Redis expects for vector blobs.
+        return np.dtype("<f2") if self.config.dtype == "FLOAT16" else np.dtype("<f4")
 
-    def _check_server(self) -> None:
-        modules = self._call(self.client.module_list)
-        names = {_s(m.get(b"name", m.get("name", ""))).lower() for m in modules}
-        if "search" not in names and "searchlight" not in names:
-            version = _s(self._call(self.client.info, "server").get("redis_version", "?"))
-            if not version.startswith(("8.", "9.")):
-                raise StoreUnavailableError(
-                    f"Redis at {redact_url(self.config.url)} (version {version}) has no vector search: it needs "
-                    "Redis Stack 7.2+ or Redis 8. Start one with scripts/redis-stack.sh or docker-compose.yml"
-                )
-
-    def _ft(self):
-        return self.client.ft(self.config.index_name)
+    @property
+    def _manifest_key(self) -> str:
+        return f"{self.config.index_name}:manifest"
 
     def _key(self, image_id: int) -> str:
         return f"{self.config.prefix}{int(image_id)}"
 
-    def _index_info(self) -> dict | None:
+    def _call(self, fn, *args, **kwargs):
+        """Run one Redis call, turning connection, credential and memory errors into project errors."""
+        errors = self._errors
         try:
-            return self._call(self._ft().info)
-        except self._redis.ResponseError as e:
-            if "unknown index" in str(e).lower() or "no such index" in str(e).lower():
-                return None
+            return fn(*args, **kwargs)
+        except errors.AuthenticationError as e:
+            raise StoreUnavailableError(
+                f"Redis at {redact_url(self.config.url)} refused the credentials: check the user and "
+                "password in the Redis URL"
+            ) from e
+        except (errors.ConnectionError, errors.TimeoutError) as e:
+            raise StoreUnavailableError(
+                f"cannot reach Redis at {redact_url(self.config.url)} after {self.config.retries} retries "
+                f"({type(e).__name__}); start it (scripts/redis-stack.sh start, or docker compose up -d "
+                "redis) or fix the URL"
+            ) from e
+        except errors.ResponseError as e:
+            msg = str(e)
+            # redis-py 4.6+ raises OutOfMemoryError and strips the "OOM" prefix; older ones keep it.
+            if isinstance(e, getattr(errors, "OutOfMemoryError", ())) or msg.startswith("OOM"):
+                # The message is not quoted: redis-py puts the failed command, vector bytes and all, in it.
+                raise StoreFullError(
+                    f"Redis at {redact_url(self.config.url)} is full: a write was refused because used "
+                    "memory exceeds its 'maxmemory'. "
+                    "Raise maxmemory (CONFIG SET maxmemory, or REDIS_ARGS in docker-compose.yml), store "
+                    "FLOAT16 vectors (--redis-dtype float16), or use another Redis. Writes acknowledged "
+                    "before this one are kept."
+                ) from e
+            if "unknown command" in msg.lower() and "FT." in msg.upper():
+                raise StoreUnavailableError(
+                    f"Redis at {redact_url(self.config.url)} has no query engine: {_ENGINE_HINT}"
+                ) from e
+            if isinstance(e, getattr(errors, "NoPermissionError", ())) or "NOPERM" in msg:
+                # Only Redis's own words: a pipeline's message also quotes the command (vector bytes).
+                found = _NOPERM.search(msg)
+                detail = found.group(0) if found else "no permission"
+                raise StoreUnavailableError(
+                    f"the Redis user of {redact_url(self.config.url)} may not run a command this store "
+                    f"needs ({detail}); grant it the FT.* commands (+@search on Redis 8) and +@read +@write "
+                    "+@keyspace +@transaction"
+                ) from e
             raise
 
-    def _create_index(self, dim: int) -> None:
-        from redis.commands.search.field import NumericField, TagField, VectorField
-        from redis.commands.search.index_definition import IndexDefinition, IndexType
+    def _check_credentials(self, redis) -> None:
+        """Refuse wrong credentials at once: the client's retries (meant for a restarting server)
+        would otherwise repeat a refused AUTH for seconds. Any other failure is left to those retries."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        c = self.config
-        attrs: dict[str, Any] = {"TYPE": c.dtype, "DIM": int(dim), "DISTANCE_METRIC": "COSINE"}
-        if c.algorithm == "HNSW":
-            attrs.update(M=c.m, EF_CONSTRUCTION=c.ef_construction, EF_RUNTIME=c.ef_runtime)
-        fields = [TagField(f, separator=TAG_SEPARATOR, case_sensitive=True) for f in TAG_FIELDS]
-        fields += [NumericField(f) for f in NUMERIC_FIELDS]
-        fields.append(VectorField("vector", c.algorithm, attrs))
-        definition = IndexDefinition(prefix=[c.prefix], index_type=IndexType.HASH)
+        # A short timeout: when the probe cannot connect, the retrying client decides anyway.
+        timeout = min(self.config.socket_timeout, 2.0)
+        probe = redis.Redis.from_url(
+            self.config.url,
+            protocol=2,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
         try:
-            self._call(self._ft().create_index, fields, definition=definition)
-        except self._redis.ResponseError as e:
+            self._call(probe.ping)
+        except StoreUnavailableError as e:
+            if isinstance(e.__cause__, self._errors.AuthenticationError):
+                raise
+        finally:
+            probe.close()
+
+    def _check_server(self) -> None:
+        """Refuse a server without the query engine, with a message that says what to run instead."""
+        try:
+            self._call(self.client.execute_command, "FT._LIST")
+        except StoreUnavailableError as e:
+            if "no query engine" not in str(e):
+                raise
+            version = "?"
+            try:
+                version = _s(self.client.info("server").get("redis_version", "?"))
+            except self._errors.RedisError:
+                pass  # the version only decorates the message
+            raise StoreUnavailableError(
+                f"Redis {version} at {redact_url(self.config.url)} has no vector search: {_ENGINE_HINT}"
+            ) from e.__cause__
+
+    def _index_info(self) -> dict[str, Any] | None:
+        try:
+            reply = self._call(self.client.execute_command, "FT.INFO", self.config.index_name)
+        except self._errors.ResponseError as e:
+            text = str(e).lower()
+            if "unknown index" in text or "no such index" in text or "not found" in text:
+                return None
+            raise
+        return _pairs(reply)
+
+    def _create_index(self, dim: int) -> None:
+        c = self.config
+        vector = ["TYPE", c.dtype, "DIM", int(dim), "DISTANCE_METRIC", "COSINE"]
+        if c.algorithm == "HNSW":
+            vector += ["M", c.m, "EF_CONSTRUCTION", c.ef_construction, "EF_RUNTIME", c.ef_runtime]
+        schema: list[Any] = []
+        for name in TAG_FIELDS:
+            schema += [name, "TAG", "SEPARATOR", TAG_SEPARATOR, "CASESENSITIVE"]
+        for name in NUMERIC_FIELDS:
+            schema += [name, "NUMERIC"]
+        schema += [VECTOR_FIELD, "VECTOR", c.algorithm, len(vector), *vector]
+        try:
+            self._call(self.client.execute_command, "FT.CREATE", c.index_name, "ON", "HASH",
+                       "PREFIX", 1, c.prefix, "SCHEMA", *schema)  # fmt: skip
+        except self._errors.ResponseError as e:
             if "already exists" not in str(e).lower():
                 raise
+            # Another writer created it between our FT.INFO and FT.CREATE: check it is the same.
+            info = self._index_info()
+            if info is not None:
+                self._check_index(info, dim)
+                return
         self.dim = int(dim)
+        self._wait_indexed()
 
-    def _check_index(self, info: dict, dim: int | None) -> None:
-        vector = None
+    def _wait_indexed(self, timeout: float = 600.0) -> None:
+        # A new index over existing hashes (after drop(delete_documents=False)) fills in the background;
+        # wait, so that count() and search() see every hash. A new, empty index is done at once.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self._index_info() or {}
+            if int(info.get("indexing", 0) or 0) == 0:
+                return
+            time.sleep(0.05)
+
+    def _check_index(self, info: dict[str, Any], dim: int | None) -> None:
+        definition = _pairs(info.get("index_definition", []))
+        prefixes = [_s(p) for p in definition.get("prefixes", [])]
+        vector: dict[str, str] | None = None
         for attr in info.get("attributes", []):
-            flat = [_s(a) for a in attr]
-            d = dict(zip(flat[::2], flat[1::2]))
-            if d.get("identifier") == "vector" or d.get("attribute") == "vector":
-                vector = {k.lower(): v for k, v in d.items()}
-        if vector is None:
+            fields = {k.lower(): _s(v) for k, v in _pairs(attr).items()}
+            if fields.get("identifier") == VECTOR_FIELD or fields.get("attribute") == VECTOR_FIELD:
+                vector = fields
+        if vector is None or vector.get("type", "VECTOR").upper() != "VECTOR":
             raise IndexMismatchError(
-                f"{self.location} exists but has no 'vector' field: not an index of this tool"
+                f"{self.location} exists but has no VECTOR field {VECTOR_FIELD!r}: it is not an index of "
+                "this tool. Use another --redis-index name."
             )
-        have_dim = int(vector.get("dim", 0))
-        if dim is None:
-            # Opening an existing index to read it (queries, verify, sync): take its own settings.
-            self.config = replace(
-                self.config,
-                algorithm=vector.get("algorithm", self.config.algorithm).upper(),
-                dtype=vector.get("data_type", self.config.dtype).upper(),
-            )
-            self._dtype = np.float16 if self.config.dtype == "FLOAT16" else np.float32
-            self.dim = have_dim
-            return
         problems = []
-        if dim is not None and have_dim != dim:
-            problems.append(f"DIM {have_dim} (this model gives {dim})")
-        if vector.get("algorithm", self.config.algorithm).upper() != self.config.algorithm:
-            problems.append(f"algorithm {vector.get('algorithm')} (asked for {self.config.algorithm})")
-        if vector.get("data_type", self.config.dtype).upper() != self.config.dtype:
-            problems.append(f"type {vector.get('data_type')} (asked for {self.config.dtype})")
+        if self.config.prefix not in prefixes or _s(definition.get("key_type", "HASH")).upper() != "HASH":
+            problems.append(f"keys {prefixes} of type {_s(definition.get('key_type'))} "
+                            f"(this tool uses HASH keys under {self.config.prefix!r})")  # fmt: skip
+        if vector.get("distance_metric", "COSINE").upper() != "COSINE":
+            problems.append(f"distance metric {vector.get('distance_metric')} (this tool uses COSINE)")
+        have_dim = int(vector.get("dim", 0))
+        have_algorithm = vector.get("algorithm", self.config.algorithm).upper()
+        have_dtype = vector.get("data_type", self.config.dtype).upper()
+        if dim is not None:
+            if have_dim != int(dim):
+                problems.append(f"DIM {have_dim} (this model gives {dim})")
+            if have_algorithm != self.config.algorithm:
+                problems.append(f"algorithm {have_algorithm} (asked for {self.config.algorithm})")
+            if have_dtype != self.config.dtype:
+                problems.append(f"type {have_dtype} (asked for {self.config.dtype})")
         if problems:
             raise IndexMismatchError(
                 f"{self.location} already exists with "
                 + ", ".join(problems)
-                + ". Use another --redis-index name, or drop that index first."
+                + ". Use another --redis-index name, or rebuild it (--force drops the old index)."
             )
+        # A reader (dim=None) adopts the index's own settings; a writer has just been checked against them.
+        adopt: dict[str, Any] = {"algorithm": have_algorithm, "dtype": have_dtype}
+        if have_algorithm == "HNSW":
+            for key, name in (("m", "m"), ("ef_construction", "ef_construction")):
+                if vector.get(name, "").isdigit():
+                    adopt[key] = int(vector[name])
+        self.config = replace(self.config, **adopt)
         self.dim = have_dim
 
     # ---------------------------------------------------------------- writes
     def add(self, vectors: np.ndarray, records: Sequence[ImageRecord]) -> None:
-        """Upsert vectors and records; each chunk is one MULTI/EXEC, so a hash is never half-written."""
+        """Upsert vectors and their records.
+
+        Each chunk of :data:`WRITE_CHUNK` hashes is one MULTI/EXEC of ``DEL`` + ``HSET`` per id, so a
+        hash is never half-written and a field that became ``None`` does not survive the upsert.
+
+        Parameters
+        ----------
+        vectors
+            (n, dim) float32, L2-normalised.
+        records
+            One record per row; ids unique within the call.
+
+        Raises
+        ------
+        ValueError
+            Shapes do not match, or an id repeats.
+        ConfigError
+            The vectors' dimension differs from the index's.
+        StoreFullError
+            Redis reached its maxmemory (earlier chunks are kept).
+        """
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(records):
             raise ValueError("vectors must be (n, dim) with one record per row")
         if not len(records):
             return
+        if len({r.id for r in records}) != len(records):
+            raise ValueError("duplicate ids in one add() call")
         if self.dim is None:
             self._create_index(vectors.shape[1])
         if vectors.shape[1] != self.dim:
             raise ConfigError(f"vectors are {vectors.shape[1]}-d but {self.location} is {self.dim}-d")
-        for start in range(0, len(records), _CHUNK):
+        blobs = vectors.astype(self._dtype)
+        for start in range(0, len(records), WRITE_CHUNK):
             pipe = self.client.pipeline(transaction=True)
-            for vec, rec in zip(vectors[start : start + _CHUNK], records[start : start + _CHUNK]):
-                mapping: dict[str, Any] = {"vector": vec.astype(self._dtype).tobytes()}
-                for f in RECORD_FIELDS:
-                    v = getattr(rec, f)
-                    if v is not None:
-                        mapping[f] = int(v) if f in NUMERIC_FIELDS else str(v)
+            for blob, rec in zip(blobs[start : start + WRITE_CHUNK], records[start : start + WRITE_CHUNK]):
+                mapping: dict[str, Any] = {VECTOR_FIELD: blob.tobytes(), "path": str(rec.path)}
+                for name in RECORD_FIELDS:
+                    value = getattr(rec, name)
+                    if value is not None and name != "path":
+                        mapping[name] = int(value) if name in NUMERIC_FIELDS else str(value)
                 key = self._key(rec.id)
-                pipe.delete(key)  # a field that became None must not survive the upsert
+                pipe.delete(key)
                 pipe.hset(key, mapping=mapping)
             self._call(pipe.execute)
 
     def delete(self, ids: Sequence[int]) -> int:
-        """Delete ids; return how many existed."""
-        if not len(ids):
-            return 0
-        return int(self._call(self.client.delete, *[self._key(i) for i in ids]))
+        """Delete ``ids``; return how many were present (an id given twice counts once).
+
+        A delete retried after a lost connection may count an id its first try already removed as
+        absent; the store's content is right either way.
+        """
+        keys = sorted({self._key(i) for i in ids})
+        removed = 0
+        for start in range(0, len(keys), READ_CHUNK):
+            removed += int(self._call(self.client.delete, *keys[start : start + READ_CHUNK]))
+        return removed
 
     def flush(self) -> None:
-        """Nothing to do: each write is durable as Redis is configured (AOF/RDB)."""
+        """Do nothing: a write is as durable as the server's persistence settings (AOF/RDB) make it."""
 
     def close(self) -> None:
         """Release the connection pool."""
         self.client.close()
 
     def drop(self, delete_documents: bool = True) -> None:
-        """Remove the index (and its hashes and manifest)."""
+        """Remove the index.
+
+        Parameters
+        ----------
+        delete_documents
+            Also delete every hash under the index's prefix and the manifest; ``False`` keeps them
+            (a new index over the same prefix indexes them again).
+        """
+        args = ["FT.DROPINDEX", self.config.index_name] + (["DD"] if delete_documents else [])
         try:
-            self._call(self._ft().dropindex, delete_documents=delete_documents)
-        except self._redis.ResponseError:
-            pass
-        self._call(self.client.delete, f"{self.config.index_name}:manifest")
+            self._call(self.client.execute_command, *args)
+        except self._errors.ResponseError:
+            pass  # no such index: nothing to drop
         if delete_documents:
-            keys = list(self.client.scan_iter(match=f"{self.config.prefix}*", count=1000))
-            for i in range(0, len(keys), 1000):
-                self._call(self.client.delete, *keys[i : i + 1000])
+            # DD removes indexed hashes; this catches any the index skipped, and the manifest.
+            keys = self._scan_keys()
+            for start in range(0, len(keys), READ_CHUNK):
+                self._call(self.client.delete, *keys[start : start + READ_CHUNK])
+            self._call(self.client.delete, self._manifest_key)
         self.dim = None
 
     # ---------------------------------------------------------------- reads
+    def _scan_keys(self) -> list[bytes]:
+        # Glob characters in an index name must not widen the match to other indexes' keys.
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", self.config.prefix) + "*"
+        return self._call(lambda: list(self.client.scan_iter(match=pattern, count=1000)))
+
     def ids(self) -> np.ndarray:
-        """All ids, sorted."""
+        """Return every id in the store, sorted, as int64 (a SCAN of the index's keys)."""
         n = len(self.config.prefix)
-        keys = self._call(lambda: list(self.client.scan_iter(match=f"{self.config.prefix}*", count=1000)))
-        return np.array(sorted(int(_s(k)[n:]) for k in keys), dtype=np.int64)
+        ids = [int(_s(k)[n:]) for k in self._scan_keys() if _s(k)[n:].isdigit()]
+        return np.array(sorted(ids), dtype=np.int64)
 
     def count(self) -> int:
-        """Number of images stored."""
-        return len(self.ids())
+        """Return the number of vectors stored (the index's own count: exact, also right after deletes)."""
+        if self.dim is None:
+            return 0
+        reply = self._call(self.client.execute_command, "FT.SEARCH", self.config.index_name, "*",
+                           "LIMIT", 0, 0, "DIALECT", 2)  # fmt: skip
+        return int(reply[0])
 
-    def _fetch(self, ids: Sequence[int]) -> list[dict | None]:
-        pipe = self.client.pipeline(transaction=False)
-        for i in ids:
-            pipe.hgetall(self._key(i))
-        return [h or None for h in self._call(pipe.execute)]
+    def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        out: list[Any] = []
+        for start in range(0, len(commands), READ_CHUNK):
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands[start : start + READ_CHUNK]:
+                pipe.execute_command(*command)
+            out += self._call(pipe.execute)
+        return out
 
     @staticmethod
-    def _record(image_id: int, fields: dict) -> ImageRecord:
-        d = {_s(k): v for k, v in fields.items() if _s(k) != "vector"}
+    def _record(image_id: int, fields: dict[str, Any]) -> ImageRecord:
         kw: dict[str, Any] = {}
-        for f in RECORD_FIELDS:
-            v = d.get(f)
-            if v is None:
-                continue
-            kw[f] = int(float(_s(v))) if f in NUMERIC_FIELDS else _s(v)
+        for name in RECORD_FIELDS:
+            value = fields.get(name)
+            if value is not None:
+                kw[name] = int(float(_s(value))) if name in NUMERIC_FIELDS else _s(value)
         kw.setdefault("path", "")
         return ImageRecord(id=int(image_id), **kw)
 
     def get(self, ids: Sequence[int]) -> list[ImageRecord | None]:
-        """Records of ``ids`` (``None`` where absent)."""
-        return [None if h is None else self._record(i, h) for i, h in zip(ids, self._fetch(ids))]
+        """Return the records of ``ids`` (``None`` for an id not in the store)."""
+        replies = self._pipelined([("HMGET", self._key(i), *RECORD_FIELDS) for i in ids])
+        out: list[ImageRecord | None] = []
+        for image_id, values in zip(ids, replies):
+            fields = dict(zip(RECORD_FIELDS, values))
+            # add() always writes "path", so a hash without it is no hash at all.
+            out.append(None if fields["path"] is None else self._record(int(image_id), fields))
+        return out
 
     def get_vectors(self, ids: Sequence[int]) -> np.ndarray:
-        """Stored vectors (float32); KeyError for a missing id."""
+        """Return the stored vectors of ``ids`` as (n, dim) float32 (FLOAT16 ones are widened).
+
+        Raises
+        ------
+        KeyError
+            For an id not in the store.
+        """
+        replies = self._pipelined([("HGET", self._key(i), VECTOR_FIELD) for i in ids])
         out = np.empty((len(ids), self.dim or 0), dtype=np.float32)
-        for row, (i, h) in enumerate(zip(ids, self._fetch(ids))):
-            if h is None:
-                raise KeyError(f"id {i} is not in the index")
-            out[row] = np.frombuffer(h[b"vector"], dtype=self._dtype)
+        for row, (image_id, blob) in enumerate(zip(ids, replies)):
+            if blob is None:
+                raise KeyError(f"id {image_id} is not in {self.location}")
+            out[row] = np.frombuffer(blob, dtype=self._dtype)
         return out
 
     def search(
@@ -334,9 +597,35 @@ class RedisStore:
         where: MetadataFilter | None = None,
         max_distance: float | None = None,
     ) -> list[list[Hit]]:
-        """KNN per query (cosine similarity scores, ties by id), with filter and distance bound."""
-        from redis.commands.search.query import Query
+        """Return, per query row, up to ``k`` hits by descending cosine similarity (ties by id).
 
+        One ``FT.SEARCH ... =>[KNN ...]`` per query, :data:`QUERY_BATCH` queries per round trip. With
+        ``max_distance``, the KNN candidates farther than it are dropped (as in the FAISS store), so at
+        most ``k`` hits come back and all have ``1 - score <= max_distance``.
+
+        Parameters
+        ----------
+        queries
+            (n, dim) or (dim,) float32.
+        k
+            Hits per query (fewer when fewer records match).
+        where
+            Metadata pre-filter.
+        max_distance
+            Cosine distance bound.
+
+        Returns
+        -------
+        list of list of Hit
+            One list per query row.
+
+        Raises
+        ------
+        ConfigError
+            ``k < 1``, or queries of another dimension.
+        ValueError
+            A query row is zero or not finite.
+        """
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
@@ -344,41 +633,67 @@ class RedisStore:
             return [[] for _ in queries]
         if queries.shape[1] != self.dim:
             raise ConfigError(f"query vectors are {queries.shape[1]}-d, the index is {self.dim}-d")
+        norms = np.linalg.norm(queries, axis=1)
+        bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+        if bad.size:
+            # Redis would answer NaN distances in an arbitrary order: refuse instead.
+            raise ValueError(f"query rows {bad[:10].tolist()} are zero or not finite: no cosine similarity")
         prefix, params = render_filter(where)
-        kk = k + 8  # spare candidates so ties at the k-th score break by id, as in every store
-        ef = " EF_RUNTIME $EF" if self.config.algorithm == "HNSW" else ""
-        text = f"{prefix}=>[KNN $K @vector $BLOB{ef} AS distance]"
-        q = (Query(text).sort_by("distance").paging(0, kk)
-             .return_fields("distance", *RECORD_FIELDS).dialect(2))  # fmt: skip
-        out = []
-        for vec in queries:
-            p = {**params, "K": kk, "BLOB": vec.astype(self._dtype).tobytes()}
-            if ef:
+        kk = k + SPARE_CANDIDATES
+        if kk > 1000:
+            kk = max(1, min(kk, self.count()))  # never ask for more than exists (MAXSEARCHRESULTS)
+        hnsw = self.config.algorithm == "HNSW"
+        ef = " EF_RUNTIME $EF" if hnsw else ""
+        text = f"{prefix}=>[KNN $K @{VECTOR_FIELD} $BLOB{ef} AS {DISTANCE_FIELD}]"
+        returned = [DISTANCE_FIELD, *RECORD_FIELDS]
+        commands = []
+        for blob in queries.astype(self._dtype):
+            p = {**params, "K": kk, "BLOB": blob.tobytes()}
+            if hnsw:
                 p["EF"] = max(self.config.ef_runtime, kk)
-            res = self._call(self._ft().search, q, query_params=p)
-            ids, scores, records = [], [], {}
-            n = len(self.config.prefix)
-            for doc in res.docs:
-                image_id = int(doc.id[n:])
-                score = 1.0 - float(doc.distance)
-                if max_distance is not None and 1.0 - score > max_distance + 1e-6:
-                    continue
-                ids.append(image_id)
-                scores.append(score)
-                records[image_id] = self._record(image_id, {f: getattr(doc, f, None) for f in RECORD_FIELDS})
-            out.append(
-                rank_hits(np.array(ids, dtype=np.int64), np.array(scores, dtype=np.float32), records, k)
-            )
+            commands.append(("FT.SEARCH", self.config.index_name, text, *_params(p),
+                             "SORTBY", DISTANCE_FIELD, "ASC", "LIMIT", 0, kk,
+                             "RETURN", len(returned), *returned, "DIALECT", 2))  # fmt: skip
+        out: list[list[Hit]] = []
+        for start in range(0, len(commands), QUERY_BATCH):
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands[start : start + QUERY_BATCH]:
+                pipe.execute_command(*command)
+            for reply in self._call(pipe.execute):
+                out.append(self._hits(reply, k, max_distance))
         return out
+
+    def _hits(self, reply: list[Any], k: int, max_distance: float | None) -> list[Hit]:
+        n = len(self.config.prefix)
+        ids, scores, records = [], [], {}
+        for key, values in zip(reply[1::2], reply[2::2]):
+            fields = _pairs(values)
+            distance = float(_s(fields[DISTANCE_FIELD]))
+            if max_distance is not None and distance > max_distance + DISTANCE_SLACK:
+                continue
+            image_id = int(_s(key)[n:])
+            ids.append(image_id)
+            scores.append(1.0 - distance)
+            records[image_id] = self._record(image_id, fields)
+        return rank_hits(np.array(ids, dtype=np.int64), np.array(scores, dtype=np.float64), records, k)
 
     # ---------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any] | None:
-        """The manifest stored beside the index, or ``None``."""
-        raw = self._call(self.client.get, f"{self.config.index_name}:manifest")
-        return json.loads(raw) if raw else None
+        """Return the manifest stored beside the index, or ``None`` for a new index."""
+        raw = self._call(self.client.get, self._manifest_key)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise StoreUnavailableError(f"the manifest of {self.location} is not valid JSON: {e}") from e
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Store the manifest (JSON)."""
-        self._call(
-            self.client.set, f"{self.config.index_name}:manifest", json.dumps(manifest, sort_keys=True)
-        )
+        """Store the manifest as JSON at ``<index_name>:manifest``."""
+        self._call(self.client.set, self._manifest_key, json.dumps(manifest, sort_keys=True))
+
+    def __enter__(self) -> RedisStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
