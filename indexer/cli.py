@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import handle_errors, redis_url_option, setup_logging, verbose_option
+from indexer.cli_common import handle_errors, redis_url_option, runtime_options, setup_logging, verbose_option
 from indexer.config import (
     DEFAULT_MODEL,
     BuildConfig,
@@ -56,7 +56,7 @@ def main() -> None:
 @click.option("--pooling", type=click.Choice(["mean", "cls", "iqm"]), default="mean", show_default=True)
 @click.option("--batch-size", default=16, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="Decode/preprocess threads.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@runtime_options
 @click.option("--channels", type=click.Choice(["w1", "w2", "both"]), default="both", show_default=True)
 @click.option("--z", "z_slices", multiple=True, type=int, help="Only these z-slices (repeatable).")
 @click.option(
@@ -92,7 +92,7 @@ def main() -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @verbose_option
 @handle_errors
-def build(data, index_dir, model, revision, pooling, batch_size, workers, device, channels, z_slices,
+def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model, channels, z_slices,
           intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm, redis_dtype, hnsw_m,
           hnsw_ef_construction, hnsw_ef_runtime, strict, force, engine, ray_address, concurrency,
           num_gpus_per_worker, checkpoint_every, fmt, no_progress, verbose):  # fmt: skip
@@ -109,7 +109,14 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
     config = BuildConfig(
         sources=SourceConfig(paths=tuple(data), channels=_channels(channels), z=tuple(z_slices)),
         index_dir=index_dir,
-        model=ModelConfig(name=model, revision=revision, pooling=pooling, device=device),
+        model=ModelConfig(
+            name=model,
+            revision=revision,
+            pooling=pooling,
+            device=device,
+            precision=precision,
+            compile=compile_model,
+        ),
         preprocess=PreprocessConfig(
             intensity=IntensityConfig(mode=intensity, low=low, high=high, window=_parse_window(window)),
             resize=resize,
@@ -143,7 +150,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
     else:
         s = summary
         click.echo(
-            f"Indexed {s.indexed} images in {s.seconds:.1f} s ({s.images_per_second:.1f} img/s); "
+            f"Indexed {s.indexed} images in {s.seconds:.1f} s ({s.images_per_second:.1f} img/s, {s.runtime}); "
             f"skipped {s.skipped_existing} already indexed; rejected {len(s.rejected)}; "
             f"index now holds {s.index_count}.",
             err=True,

@@ -57,6 +57,7 @@ class BuildSummary:
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     index_count: int = 0
+    runtime: str = ""  # where the model ran, e.g. "cpu bf16"
 
     @property
     def images_per_second(self) -> float:
@@ -80,6 +81,7 @@ class BuildSummary:
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "index_count": self.index_count,
             "complete": self.complete,
+            "runtime": self.runtime,
         }
 
 
@@ -299,7 +301,9 @@ def build_index(
     encoder = encoder or load_encoder(config.model)
     problems: list = []
     items = list(iter_sources(config.sources, problems)) if items is None else list(items)
-    summary = BuildSummary(found=len(items) + len(problems))
+    summary = BuildSummary(
+        found=len(items) + len(problems), runtime=f"{encoder.device.type} {encoder.precision}"
+    )
     summary.rejected.extend(Rejected(p.path, "list", p.reason) for p in problems)
     if config.strict and summary.rejected:
         r = summary.rejected[0]

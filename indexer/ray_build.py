@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,13 +192,10 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
         ray.init(address=ray_config.address, num_cpus=ray_config.num_cpus if ray_config.address is None else None,
                  include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)  # fmt: skip
     try:
-        model = {"name": config.model.name, "revision": config.model.revision, "pooling": config.model.pooling,
-                 "device": "cuda" if ray_config.num_gpus_per_worker > 0 else "cpu", "autocast": config.model.autocast}  # fmt: skip
-        redis = None
-        if config.redis is not None:
-            from dataclasses import asdict
-
-            redis = asdict(config.redis)
+        device = "cuda" if ray_config.num_gpus_per_worker > 0 else "cpu"
+        model = asdict(replace(config.model, device=device))
+        summary.runtime = f"ray {device} {config.model.precision}"
+        redis = asdict(config.redis) if config.redis is not None else None
         ds = ray.data.from_items([{"path": it.path} for it in items])
         ds = ds.map_batches(_prepare_batch, fn_kwargs={"pre": pre.to_dict(), "existing": frozenset(existing)},
                             batch_size=config.batch_size)  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import handle_errors, redis_url_option, setup_logging, verbose_option
+from indexer.cli_common import handle_errors, redis_url_option, runtime_options, setup_logging, verbose_option
 from indexer.config import RedisConfig
 from indexer.errors import ConfigError
 from indexer.stores.base import Hit, MetadataFilter
@@ -113,7 +113,7 @@ def main() -> None:
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
 @click.option("--model", default=None, help="Another path to the index's model weights (checked).")
-@click.option("--device", default="auto", show_default=True)
+@runtime_options
 @click.option(
     "--server", default=None, metavar="URL", help="Ask a warm `mae-search serve` instead (images only)."
 )
@@ -123,7 +123,7 @@ def main() -> None:
 @verbose_option
 @handle_errors
 def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_distance, backend, redis_url,
-          redis_index, hnsw_ef_runtime, model, device, server, fmt, verbose):  # fmt: skip
+          redis_index, hnsw_ef_runtime, model, device, precision, compile_model, server, fmt, verbose):  # fmt: skip
     """Find the indexed images nearest to IMAGES (TIFF files) or to indexed images given by --id.
 
     Scores are cosine similarity (1.0 = identical).
@@ -150,7 +150,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
     )
     store = open_store(index_dir, redis, backend)
     try:
-        retriever = Retriever.open(store, model_override=model, device=device)
+        retriever = Retriever.open(store, model, device, precision, compile_model)
         names, results = [], []
         if images:
             names += [str(p) for p in images]
@@ -175,7 +175,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--max-upload-mb", default=64, show_default=True, type=int, help="Largest request body.")
 @click.option("--model", default=None, help="Another path to the index's model weights (checked).")
-@click.option("--device", default="auto", show_default=True)
+@runtime_options
 @verbose_option
 @handle_errors
 def serve(
@@ -189,6 +189,8 @@ def serve(
     max_upload_mb,
     model,
     device,
+    precision,
+    compile_model,
     verbose,
 ):
     """Serve queries over HTTP with the model and index kept loaded (JSON API).
@@ -207,7 +209,7 @@ def serve(
         RedisConfig(url=redis_url, index_name=redis_index, ef_runtime=hnsw_ef_runtime) if redis_url else None
     )
     store = open_store(index_dir, redis, backend)
-    service = QueryService(Retriever.open(store, model_override=model, device=device))
+    service = QueryService(Retriever.open(store, model, device, precision, compile_model))
     server = make_server(service, host, port, max_upload_mb * 1024 * 1024)
     click.echo(f"Serving {service.health()['count']} images on http://{host}:{server.server_port}", err=True)
     try:

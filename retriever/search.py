@@ -38,15 +38,22 @@ class QueryOptions:
 
 
 def model_config_from_manifest(
-    manifest: dict, model_override: str | None = None, device: str = "auto"
+    manifest: dict,
+    model_override: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
 ) -> ModelConfig:
-    """The :class:`ModelConfig` an index was built with (optionally another path to the same weights)."""
+    """The :class:`ModelConfig` an index was built with (optionally another path to the same weights),
+    run on ``device`` at ``precision`` (bf16 and fp32 vectors agree to a cosine of 0.99999)."""
     m = manifest["model"]
     return ModelConfig(
         name=model_override or m["name"],
         revision=m.get("revision"),
         pooling=manifest["pooling"],
         device=device,
+        precision=precision,
+        compile=compile,
     )
 
 
@@ -62,8 +69,16 @@ class Retriever:
         self.batch_size = batch_size
 
     @classmethod
-    def open(cls, store: VectorStore, model_override: str | None = None, device: str = "auto") -> Retriever:
-        """Load the model and preprocessing recorded in ``store``'s manifest.
+    def open(
+        cls,
+        store: VectorStore,
+        model_override: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        compile: bool = False,
+    ) -> Retriever:
+        """Load the model and preprocessing recorded in ``store``'s manifest; run it on ``device`` at
+        ``precision`` (see :class:`ModelConfig`).
 
         Raises
         ------
@@ -77,7 +92,9 @@ class Retriever:
             raise StoreUnavailableError(
                 "the index is empty (no manifest): build it first with `mae-index build`"
             )
-        encoder = load_encoder(model_config_from_manifest(manifest, model_override, device))
+        encoder = load_encoder(
+            model_config_from_manifest(manifest, model_override, device, precision, compile)
+        )
         current = {**manifest, "model": encoder.info}
         problems = [p for p in diff_manifests(manifest, current) if p.startswith("model")]
         if problems:

@@ -6,14 +6,15 @@ import torch
 
 from indexer.config import ModelConfig, PreprocessConfig
 from indexer.decode import decode_tiff
-from indexer.encoder import ViTMAEEncoder, pool_tokens, resolve_preprocess
+from indexer.encoder import ViTMAEEncoder, native_bf16, pool_tokens, resolve_precision, resolve_preprocess
 from indexer.errors import ModelLoadError
 from indexer.preprocess import preprocess_image
 
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model_dir):
-    return ViTMAEEncoder(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+    # fp32: the reference below is the stock fp32 model (bf16 is compared on its own further down)
+    return ViTMAEEncoder(ModelConfig(name=str(tiny_model_dir), device="cpu", precision="fp32"))
 
 
 def _inputs(encoder, real_images, n):
@@ -47,6 +48,39 @@ def test_matches_hugging_face_reference(encoder, tiny_model_dir, real_images):
     # and our own preprocessing produces the same input
     ours_full = encoder.embed(preprocess_image(image, pre)[None])[0]
     assert np.abs(ours_full - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_precision_auto_is_bf16_only_where_native():
+    cpu = torch.device("cpu")
+    assert resolve_precision(cpu, "auto") == ("bf16" if native_bf16(cpu) else "fp32")
+    assert resolve_precision(cpu, "fp32") == "fp32"
+    assert resolve_precision(cpu, "bf16") == "bf16"
+
+
+def test_bf16_vectors_match_fp32_and_do_not_depend_on_batch_size(encoder, tiny_model_dir, real_images):
+    bf16 = ViTMAEEncoder(ModelConfig(name=str(tiny_model_dir), device="cpu", precision="bf16"))
+    assert bf16.precision == "bf16" and bf16.info["precision"] == "bf16"
+    assert bf16.info["fingerprint"] == encoder.info["fingerprint"]  # same weights: same index identity
+    x = _inputs(encoder, real_images, 20)
+    full = bf16.embed(x)
+    cosine = (full * encoder.embed(x)).sum(axis=1)
+    assert cosine.min() > 0.9999
+    singles = np.concatenate([bf16.embed(x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(singles, full, rtol=0, atol=1e-5)
+    # nearest neighbours (the thing an index is for) are unchanged
+    fp = encoder.embed(x)
+    assert (np.argsort(-(full @ full.T), axis=1)[:, :5] == np.argsort(-(fp @ fp.T), axis=1)[:, :5]).all()
+
+
+def test_compiled_model_equals_eager_and_pads_a_short_batch(encoder, tiny_model_dir, real_images):
+    compiled = ViTMAEEncoder(
+        ModelConfig(name=str(tiny_model_dir), device="cpu", precision="fp32", compile=True)
+    )
+    x = _inputs(encoder, real_images, 6)
+    np.testing.assert_allclose(compiled.embed(x[:4]), encoder.embed(x[:4]), rtol=0, atol=1e-5)
+    short = compiled.embed(x[4:])  # padded to the batch of 4 already compiled, then cut back
+    assert short.shape == (2, encoder.dim) and compiled._pad_to == 4
+    np.testing.assert_allclose(short, encoder.embed(x[4:]), rtol=0, atol=1e-5)
 
 
 def test_deterministic_across_calls_and_batch_sizes(encoder, real_images):
