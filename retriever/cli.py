@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from pathlib import Path
 
 import click
@@ -211,10 +212,16 @@ def serve(
     store = open_store(index_dir, redis, backend)
     service = QueryService(Retriever.open(store, model, device, precision, compile_model))
     server = make_server(service, host, port, max_upload_mb * 1024 * 1024)
+    service.warm_up()
+    # HTTP on a side thread; the model and index work on this one, the thread that loaded the model
+    # (see QueryService).
+    http_thread = threading.Thread(target=server.serve_forever, name="mae-http", daemon=True)
+    http_thread.start()
     click.echo(f"Serving {service.health()['count']} images on http://{host}:{server.server_port}", err=True)
     try:
-        server.serve_forever()
+        service.run_compute(threading.Event())
     finally:
+        server.shutdown()
         server.server_close()
         store.close()
 

@@ -1,8 +1,10 @@
+import io
+
 import numpy as np
 import pytest
 import tifffile
 
-from indexer.decode import content_id, decode_tiff
+from indexer.decode import _libtiff_pixels, content_id, decode_tiff
 from indexer.errors import DecodeError
 
 
@@ -53,3 +55,24 @@ def test_bad_inputs_raise_one_line_reasons(tmp_path, real_images, make, reason):
     with pytest.raises(DecodeError, match=reason) as e:
         decode_tiff(data)
     assert "\n" not in str(e.value)
+
+
+def test_libtiff_and_tifffile_decode_the_same_pixels(real_images):
+    for path in real_images[:5]:
+        data = path.read_bytes()
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            reference = tif.pages[0].asarray()
+        fast = _libtiff_pixels(data, reference.shape, reference.dtype)
+        assert fast is not None and np.array_equal(fast, reference)
+        assert np.array_equal(decode_tiff(data), reference)
+
+
+def test_files_libtiff_refuses_fall_back_to_tifffile(real_images):
+    data = real_images[0].read_bytes()
+    reference = tifffile.imread(io.BytesIO(data))
+    # a few missing trailing bytes: libtiff refuses the file, tifffile still reads every strip
+    short = data[:-100]
+    assert _libtiff_pixels(short, reference.shape, reference.dtype) is None
+    assert decode_tiff(short).shape == reference.shape
+    # a disagreement on shape also falls back
+    assert _libtiff_pixels(data, (1, 1), reference.dtype) is None

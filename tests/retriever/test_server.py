@@ -28,7 +28,13 @@ def server(tmp_path_factory, real_images):
     srv = make_server(service, "127.0.0.1", 0, max_body=2 * 1024 * 1024)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
+    # as `mae-search serve` does: model work on one compute thread, HTTP on others
+    stop = threading.Event()
+    compute = threading.Thread(target=service.run_compute, args=(stop,), name="compute", daemon=True)
+    compute.start()
     yield srv
+    stop.set()
+    compute.join(timeout=10)
     srv.shutdown()
     srv.server_close()
 
@@ -93,3 +99,36 @@ def test_oversize_upload_is_refused_before_reading_it(server):
     # Claim 3 MB (limit 2 MB) but send a few bytes: the server answers 413 from the header alone.
     status, data = _request(server, "POST", "/query", b"x" * 10, {"Content-Length": str(3 * 1024 * 1024)})
     assert status == 413 and "exceeds" in data["error"]
+
+
+def test_model_work_runs_on_the_compute_thread(server, real_images):
+    service = server.RequestHandlerClass.service
+    seen = []
+    embed = service.retriever.encoder.embed
+
+    def spy(x):
+        seen.append(threading.current_thread().name)
+        return embed(x)
+
+    service.retriever.encoder.embed = spy
+    try:
+        status, data = _request(server, "POST", "/query?k=1", real_images[1].read_bytes())
+    finally:
+        service.retriever.encoder.embed = embed
+    assert status == 200 and data["hits"][0]["path"] == str(real_images[1])
+    assert seen == ["compute"]
+
+
+def test_service_without_a_compute_loop_runs_inline_and_loop_stops_cleanly(server, real_images):
+    service = QueryService(server.RequestHandlerClass.service.retriever)
+    hits = service.query_images([real_images[2].read_bytes()], QueryOptions(k=1))
+    assert hits[0][0]["path"] == str(real_images[2])
+    stop = threading.Event()
+    loop = threading.Thread(target=service.run_compute, args=(stop, 0.01))
+    loop.start()
+    service.warm_up()
+    assert service.query_ids([hits[0][0]["id"]], QueryOptions(k=1))[0][0]["id"] == hits[0][0]["id"]
+    stop.set()
+    loop.join(timeout=5)
+    assert not loop.is_alive()
+    assert service.query_images([real_images[2].read_bytes()], QueryOptions(k=1))[0][0]["score"] > 0.999
