@@ -147,9 +147,18 @@ def prepare_item(
     return _Prepared(rec, rejected=Rejected(item.path, stage, reason), seconds=time.perf_counter() - t0)
 
 
+def _single_threaded_torch() -> None:
+    # torch's OpenMP pool belongs to the calling thread: left alone, every decode worker's preprocessing
+    # starts a pool of its own, and with more pool threads than cores libgomp stops spin-waiting, which
+    # slows the model's forward pass on the main thread. The thread count set here is this thread's only.
+    torch.set_num_threads(1)
+
+
 def _bounded_map(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator:
     """Ordered ``map`` over a thread pool with at most ``window`` items in flight (bounded memory)."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mae-decode") as pool:
+    with ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="mae-decode", initializer=_single_threaded_torch
+    ) as pool:
         pending: queue.SimpleQueue[Future] = queue.SimpleQueue()
         in_flight = 0
         it = iter(items)
