@@ -84,8 +84,12 @@ def main() -> None:
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Run here, or on Ray Data (pip install 'mae-microscopy[ray]').")  # fmt: skip
 @click.option("--ray-address", default=None, help="auto or ray://HOST:PORT; default: a local Ray runtime.")
-@click.option("--concurrency", default=1, show_default=True, type=int, help="Ray embedding actors.")
+@click.option("--concurrency", default=None, type=int,
+              help="Ray embedding actors [default: one per GPU slot, or per CPU without GPUs].")  # fmt: skip
 @click.option("--num-gpus-per-worker", default=0.0, show_default=True, type=float)
+@click.option("--threads-per-worker", default=None, type=int,
+              help="Torch threads per Ray embedding actor [default: cluster CPUs / actors].")  # fmt: skip
+@click.option("--writers", default=1, show_default=True, type=int, help="Ray write actors (Redis, shards).")
 @click.option("--checkpoint-every", default=512, show_default=True, type=int,
               help="Images between durable FAISS checkpoints (a crash loses at most this many).")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -95,7 +99,7 @@ def main() -> None:
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model, channels, z_slices,
           intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm, redis_dtype, hnsw_m,
           hnsw_ef_construction, hnsw_ef_runtime, strict, force, engine, ray_address, concurrency,
-          num_gpus_per_worker, checkpoint_every, fmt, no_progress, verbose):  # fmt: skip
+          num_gpus_per_worker, threads_per_worker, writers, checkpoint_every, fmt, no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
 
     Images already in the index (same content) are skipped, so a re-run resumes. Unusable images are
@@ -143,7 +147,8 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
     if engine == "ray":
         from indexer.ray_build import RayConfig
 
-        ray = RayConfig(address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker)
+        ray = RayConfig(address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker,
+                        threads_per_worker=threads_per_worker, writers=writers)  # fmt: skip
     summary = run_build(config, progress=not no_progress, ray=ray)
     if fmt == "json":
         click.echo(json.dumps(summary.to_dict()))
@@ -155,6 +160,11 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
             f"index now holds {s.index_count}.",
             err=True,
         )
+        if s.stage_seconds:
+            stages = ", ".join(f"{k.replace('_', '/')} {v:.1f} s" for k, v in s.stage_seconds.items())
+            click.echo(f"Stage time, summed over workers: {stages}.", err=True)
+        if s.recovered:
+            click.echo(f"Recovered {s.recovered} images from the shards of an interrupted Ray run.", err=True)
         if s.rejected:
             click.echo(f"Rejected images are listed in {index_dir / 'rejected.csv'}.", err=True)
     sys.exit(0)

@@ -58,6 +58,7 @@ class BuildSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     index_count: int = 0
     runtime: str = ""  # where the model ran, e.g. "cpu bf16"
+    recovered: int = 0  # Ray: images imported from the shards of a killed run
 
     @property
     def images_per_second(self) -> float:
@@ -82,6 +83,7 @@ class BuildSummary:
             "index_count": self.index_count,
             "complete": self.complete,
             "runtime": self.runtime,
+            "recovered": self.recovered,
         }
 
 

@@ -14,8 +14,11 @@ from indexer.mirror import verify_stores  # noqa: E402
 from indexer.pipeline import build_index  # noqa: E402
 from indexer.ray_build import SHARD_DIR, RayConfig, run_ray_build  # noqa: E402
 from indexer.stores.faiss_store import FaissStore, records_to_table  # noqa: E402
+from tests.conftest import SYNTH_DIR  # noqa: E402
 
 pytestmark = pytest.mark.ray
+# One embedding actor per node of the 2-node cluster (the default, one per CPU, starts 4 on 2 cores).
+TWO_ACTORS = RayConfig(concurrency=2)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +40,13 @@ def encoder(tiny_model_dir):
     return ViTMAEEncoder(ModelConfig(name=str(tiny_model_dir), device="cpu"))
 
 
-def _config(data, idx, encoder, redis=None):
+def _config(data, idx, encoder, redis=None, batch_size=4):
     return BuildConfig(
-        sources=SourceConfig(paths=(data,)), index_dir=idx, model=encoder.config, redis=redis, batch_size=4
+        sources=SourceConfig(paths=(data,)),
+        index_dir=idx,
+        model=encoder.config,
+        redis=redis,
+        batch_size=batch_size,
     )
 
 
@@ -58,14 +65,18 @@ def test_ray_equals_local_in_both_stores_and_rejects_a_corrupt_file(
     data = tmp_path / "data" / "BBBC006_v1_images_z_16"
     shutil.copytree(real_images[0].parent, data)
     (data / "corrupt.tif").write_bytes(b"II*\x00 not really")
+    # and the shipped synthetic look-alike: 10 images over three z-folders, both channels
+    for folder in SYNTH_DIR.glob("BBBC006_v1_images_z_*"):
+        shutil.copytree(folder, tmp_path / "data" / "synthetic" / folder.name)
     local = _stores(tmp_path / "local", encoder)
     build_index(_config(data.parent, tmp_path / "local", encoder), local, encoder=encoder)
     local[0].close()
     stores = _stores(tmp_path / "ray", encoder, redis_config)
     s = run_ray_build(
-        _config(data.parent, tmp_path / "ray", encoder, redis_config), RayConfig(), stores, encoder
+        _config(data.parent, tmp_path / "ray", encoder, redis_config), TWO_ACTORS, stores, encoder
     )
-    assert (s.indexed, len(s.rejected), s.index_count) == (20, 1, 20)
+    assert (s.indexed, len(s.rejected), s.index_count) == (30, 1, 30)
+    assert {r.z for r in stores[0].get(stores[0].ids())} == {13, 16, 24}
     a, b = FaissStore(tmp_path / "local", read_only=True), FaissStore(tmp_path / "ray", read_only=True)
     assert np.array_equal(a.ids(), b.ids())
     np.testing.assert_allclose(b.get_vectors(b.ids()), a.get_vectors(a.ids()), atol=1e-5)
@@ -93,12 +104,81 @@ def test_resume_imports_shards_of_a_killed_run_and_embeds_only_the_rest(
     )
     (idx / SHARD_DIR / "part-half.parquet.tmp").write_bytes(b"half-written")  # never imported
     stores = _stores(idx, encoder)
-    s = run_ray_build(_config(real_images[0].parent, idx, encoder), RayConfig(), stores, encoder)
-    assert s.stage_seconds["recovered_from_killed_run"] == 6
+    s = run_ray_build(_config(real_images[0].parent, idx, encoder), TWO_ACTORS, stores, encoder)
+    assert s.recovered == 6
+    assert set(s.stage_seconds) == {"read_decode_preprocess", "model", "write"}
+    assert all(v > 0 for v in s.stage_seconds.values())
     assert (s.indexed, s.skipped_existing, s.index_count) == (14, 6, 20)
     final = FaissStore(idx, read_only=True)
     assert np.array_equal(final.ids(), probe.ids()) and len(set(final.ids().tolist())) == 20
     again = run_ray_build(
-        _config(real_images[0].parent, idx, encoder), RayConfig(), _stores(idx, encoder), encoder
+        _config(real_images[0].parent, idx, encoder), TWO_ACTORS, _stores(idx, encoder), encoder
     )
     assert (again.indexed, again.skipped_existing) == (0, 20)
+
+
+def _processes(fragment: str) -> list[int]:
+    """PIDs whose command line (Ray sets it to the actor's name) contains ``fragment``."""
+    from pathlib import Path
+
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if fragment in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _copies(real_images, root, n):
+    """``n`` copies of the real images with distinct bytes (a TIFF description), so distinct ids."""
+    import tifffile
+
+    for k in range(n):
+        folder = root / f"copy{k}" / "BBBC006_v1_images_z_16"
+        folder.mkdir(parents=True)
+        for p in real_images:
+            tifffile.imwrite(folder / p.name, tifffile.imread(p), description=f"copy {k}", compression="zlib")
+    return root
+
+
+def test_a_worker_killed_mid_run_is_retried_and_every_image_lands_exactly_once(
+    cluster, encoder, real_images, tmp_path, redis_config
+):
+    import os
+    import signal
+    import threading
+    import time
+
+    data = _copies(real_images, tmp_path / "data", 4)  # 80 images, 40 batches of 2
+    local = FaissStore(tmp_path / "local", dim=encoder.dim)
+    config = BuildConfig(sources=SourceConfig(paths=(data,)), index_dir=tmp_path / "local", model=encoder.config,
+                         batch_size=2)  # fmt: skip
+    assert build_index(config, [local], encoder=encoder).indexed == 80
+    idx = tmp_path / "ray"
+    killed: list[int] = []
+
+    def kill_the_embedding_worker_after_its_first_output() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            if list((idx / SHARD_DIR).glob("*.parquet")):
+                for pid in _processes("_Embed)"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_the_embedding_worker_after_its_first_output, daemon=True)
+    killer.start()
+    stores = _stores(idx, encoder, redis_config)
+    ray_config = RayConfig(concurrency=1, threads_per_worker=1)
+    s = run_ray_build(_config(data, idx, encoder, redis_config, batch_size=2), ray_config, stores, encoder)
+    killer.join()
+    assert killed, "the embedding worker was never seen"
+    assert (s.indexed, len(s.rejected)) == (80, 0)
+    final = FaissStore(idx, read_only=True)
+    ids = final.ids()
+    assert len(ids) == 80 and np.array_equal(np.sort(ids), np.sort(local.ids()))
+    assert stores[1].count() == 80 and verify_stores(stores[1], final).ok
+    np.testing.assert_allclose(final.get_vectors(ids), local.get_vectors(ids), atol=1e-5)
