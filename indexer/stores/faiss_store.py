@@ -38,6 +38,7 @@ _SHARD_RE = re.compile(r"^part-(\d{6})\.parquet$")
 _STR_FIELDS = ("path", "plate", "well", "row", "channel")
 _TRIM = " \t\n\r\f\v"
 _INT_FIELDS = ("column", "site", "z")
+_UNTRIED = object()  # no GPU copy made yet (None: tried, CPU only)
 
 
 def _faiss():
@@ -99,11 +100,18 @@ class FaissStore:
         Vector dimension. Needed for a new index; checked against an existing one.
     read_only
         Open for queries only (no shard or snapshot is written).
+    gpu
+        Run unfiltered searches on a GPU copy of the index where faiss has GPU support and the copy
+        passes a probe search (:mod:`indexer.stores.faiss_gpu`); otherwise, or when False, on the CPU.
     """
 
-    def __init__(self, directory: Path, dim: int | None = None, read_only: bool = False) -> None:
+    def __init__(
+        self, directory: Path, dim: int | None = None, read_only: bool = False, gpu: bool = True
+    ) -> None:
         self.directory = Path(directory)
         self.read_only = read_only
+        self.gpu = gpu
+        self._gpu_index: Any = _UNTRIED
         if read_only and not (self.directory / SHARDS).is_dir() and not (self.directory / MANIFEST).exists():
             raise StoreUnavailableError(
                 f"no index at {self.directory}: build one first with `mae-index build DATA --index {self.directory}`"
@@ -210,6 +218,7 @@ class FaissStore:
         if len(present):
             self._index.remove_ids(_faiss().IDSelectorBatch(present))
         self._index.add_with_ids(vectors, ids)
+        self._gpu_index = _UNTRIED
         for r in records:
             self._records[r.id] = r
         self._pending_vectors.append(vectors)
@@ -223,6 +232,7 @@ class FaissStore:
         if not present:
             return 0
         self._index.remove_ids(_faiss().IDSelectorBatch(np.array(present, dtype=np.int64)))
+        self._gpu_index = _UNTRIED
         for i in present:
             self._pending_deletes.append(self._records.pop(i))
         self._meta_frame = None
@@ -354,7 +364,8 @@ class FaissStore:
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
         # A few extra candidates so that ties at the k-th score are broken by id, as in every store.
         kk = min(n_allowed, k + 8)
-        scores, ids = self._index.search(queries, kk, params=params)
+        index = self._index if params is not None else self._unfiltered_search_index()
+        scores, ids = index.search(queries, kk, params=params)
         out = []
         for row_scores, row_ids in zip(scores, ids):
             keep = row_ids >= 0
@@ -362,6 +373,18 @@ class FaissStore:
                 keep &= (1.0 - row_scores) <= max_distance + 1e-6
             out.append(rank_hits(row_ids[keep], row_scores[keep], self._records, k))
         return out
+
+    def _unfiltered_search_index(self, clone=None) -> Any:
+        # GPU indexes take no IDSelector, so filtered searches always stay on the CPU index.
+        if not self.gpu:
+            return self._index
+        if self._gpu_index is _UNTRIED:
+            from indexer.stores.faiss_gpu import gpu_search_index
+
+            probe = np.stack([self._index.reconstruct(i) for i in list(self._records)[:4]])
+            kwargs = {"clone": clone} if clone is not None else {}
+            self._gpu_index = gpu_search_index(_faiss(), self._index, probe, **kwargs)
+        return self._gpu_index if self._gpu_index is not None else self._index
 
     # ---------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any] | None:

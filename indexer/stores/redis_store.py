@@ -61,7 +61,8 @@ DISTANCE_SLACK = 1e-6
 # Every ASCII character but letters, digits and "_" is query syntax somewhere (space, braces, "|", "-",
 # "@", ":", quotes, "*", "\\", "$", ...), so each gets a backslash, as redisvl's TokenEscaper does.
 # Non-ASCII characters are never syntax and pass through (escaping them would break the match).
-_TAG_ESCAPE = re.compile(r"([^A-Za-z0-9_\u0080-\U0010ffff])")
+# "_" too: an unescaped lone "_" (a plate named "_") is a syntax error in the query language.
+_TAG_ESCAPE = re.compile(r"([^A-Za-z0-9\u0080-\U0010ffff])")
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _NOPERM = re.compile(r"(User \S+ )?has no permissions to (run|access) the '[^']{1,64}' \w+")
 _SECRET_QUERY_KEYS = ("pass", "pwd", "secret", "token", "auth", "credential")
@@ -129,7 +130,7 @@ def escape_tag(value: str) -> str:
     Returns
     -------
     str
-        The value with a backslash before every ASCII character other than letters, digits and ``_``.
+        The value with a backslash before every ASCII character other than letters and digits.
     """
     return _TAG_ESCAPE.sub(r"\\\1", str(value))
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from indexer.config import RedisConfig
@@ -70,7 +70,8 @@ def test_redact_url_hides_any_password(password):
 def test_escape_tag_and_render_filter():
     assert escape_tag("a|b-c d") == "a\\|b\\-c\\ d"
     assert escape_tag('{x}@y:z*"\\') == '\\{x\\}\\@y\\:z\\*\\"\\\\'
-    assert escape_tag("Ünïcode_板") == "Ünïcode_板"
+    assert escape_tag("Ünïcode_板") == "Ünïcode\\_板"
+    assert escape_tag("_") == "\\_"  # a lone "_" was a query syntax error (found by hypothesis)
     text, params = render_filter(MetadataFilter(well=["a1", "b2"], site=[2], plate=["x y"], z_min=3))
     assert text == "(@plate:{x\\ y} @well:{A01 | B02} (@site:[$site_0 $site_0]) @z:[$z_lo $z_hi])"
     assert params == {"site_0": 2, "z_lo": 3, "z_hi": "+inf"}
@@ -267,6 +268,7 @@ _PUNCT = st.sampled_from(list(" !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~") + ["板", "
         unique=True,
     )
 )
+@example(["_", "a_b"])  # a lone "_" was a query syntax error
 def test_random_text_plates_filter_exactly(redis_config, plates):
     s = RedisStore(redis_config, dim=4)
     s.drop()
