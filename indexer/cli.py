@@ -96,9 +96,9 @@ def main() -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @verbose_option
 @handle_errors
-def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model, channels, z_slices,
-          intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm, redis_dtype, hnsw_m,
-          hnsw_ef_construction, hnsw_ef_runtime, strict, force, engine, ray_address, concurrency,
+def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model,
+          channels, z_slices, intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm,
+          redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, strict, force, engine, ray_address, concurrency,
           num_gpus_per_worker, threads_per_worker, writers, checkpoint_every, fmt, no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
 

@@ -1,9 +1,9 @@
 """Load a model and turn preprocessed batches into L2-normalised float32 vectors, deterministically.
 
 :class:`Encoder` fixes the invariant steps (eval mode, inference mode, bf16 autocast where the hardware
-has native bf16, optional ``torch.compile``, pooling, L2 normalisation, float32 output, dimension and finiteness checks); a subclass only loads its
-model and returns token states. :class:`ViTMAEEncoder` is the ViT-MAE family: a new family is one
-subclass.
+has native bf16, optional ``torch.compile``, pooling, L2 normalisation, float32 output, dimension and
+finiteness checks); a subclass only loads its model and returns token states. :class:`ViTMAEEncoder`
+is the ViT-MAE family: a new family is one subclass.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def resolve_device(name: str) -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     """True when ``device`` computes bf16 matmuls natively (CUDA with bf16; a CPU with AVX512-BF16 or AMX)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # Pre-Ampere cards (V100, T4) only emulate bf16, which is slower than their fp16/fp32.
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         # Without these instructions oneDNN emulates bf16, which is slower than fp32.
         cpu = torch.cpu
