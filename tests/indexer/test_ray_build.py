@@ -182,3 +182,42 @@ def test_a_worker_killed_mid_run_is_retried_and_every_image_lands_exactly_once(
     assert len(ids) == 80 and np.array_equal(np.sort(ids), np.sort(local.ids()))
     assert stores[1].count() == 80 and verify_stores(stores[1], final).ok
     np.testing.assert_allclose(final.get_vectors(ids), local.get_vectors(ids), atol=1e-5)
+
+
+def test_a_killed_ray_job_resumes_and_every_image_lands_exactly_once(
+    cluster, encoder, tiny_model_dir, real_images, tmp_path, redis_config
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = _copies(real_images, tmp_path / "data", 4)  # 80 images
+    idx = tmp_path / "ray"
+    cmd = [sys.executable, "-m", "indexer.cli", "build", str(data), "--index", str(idx), "--engine", "ray",
+           "--ray-address", cluster.address, "--model", str(tiny_model_dir), "--batch-size", "2",
+           "--concurrency", "1", "--threads-per-worker", "1", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "MAE_REDIS_URL": redis_config.url}
+    job = subprocess.Popen([*cmd, "--redis-index", redis_config.index_name], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((idx / SHARD_DIR).glob("*.parquet"))) < 3:
+        assert job.poll() is None, job.stderr.read().decode()[-2000:]
+        time.sleep(0.01)
+    job.send_signal(signal.SIGKILL)  # the whole job: driver gone, actors torn down by Ray
+    job.wait(timeout=30)
+    job.stderr.close()
+    left = len(list((idx / SHARD_DIR).glob("*.parquet")))
+    assert left >= 3, "the job was not killed mid-run"
+
+    stores = _stores(idx, encoder, redis_config)
+    assert stores[0].count() == 0  # nothing reached the FAISS mirror: it only imports finished shards
+    s = run_ray_build(_config(data, idx, encoder, redis_config, batch_size=2), TWO_ACTORS, stores, encoder)
+    # every row of a finished shard is already in Redis (written first), so it is skipped, not re-embedded
+    assert s.recovered >= left and s.skipped_existing >= s.recovered
+    assert s.indexed + s.skipped_existing == 80 and s.indexed < 80
+    final = FaissStore(idx, read_only=True)
+    assert final.count() == 80 and len(set(final.ids().tolist())) == 80
+    assert stores[1].count() == 80 and verify_stores(stores[1], final).ok
+    assert not list((idx / SHARD_DIR).glob("*.parquet"))
