@@ -185,7 +185,11 @@ def info(index_dir, fmt):
     m = d["manifest"]
     click.echo(f"index:      {index_dir}")
     click.echo(f"images:     {d['count']}")
-    click.echo(f"model:      {m['model']['name']} (fingerprint {str(m['model'].get('fingerprint'))[:12]})")
+    precision = m["model"].get("precision")
+    built_at = f", built at {precision}" if precision else ""
+    click.echo(
+        f"model:      {m['model']['name']} (fingerprint {str(m['model'].get('fingerprint'))[:12]}{built_at})"
+    )
     click.echo(f"dim:        {m['dim']}   pooling: {m['pooling']}")
     pre = m["preprocess"]
     click.echo(f"preprocess: intensity {pre['intensity']}, resize {pre['resize']} to {pre['image_size']}")
