@@ -111,6 +111,10 @@ class LatencyStats:
         return out
 
 
+def _stopping() -> ClientError:
+    return ClientError(HTTPStatus.SERVICE_UNAVAILABLE, "the server is stopping; retry on another")
+
+
 class QueryService:
     """The server's logic, apart from HTTP: decode, embed and search, all on one *compute thread*.
 
@@ -170,13 +174,13 @@ class QueryService:
                 except Exception as e:
                     future.set_exception(e)
                 except BaseException as e:  # Ctrl-C: answer the waiting request, then stop
-                    future.set_exception(RuntimeError("server stopping"))
+                    future.set_exception(_stopping())
                     raise e
         finally:
             with self._submit:
                 self._compute_thread = None
                 while not self._jobs.empty():
-                    self._jobs.get_nowait()[2].set_exception(RuntimeError("server stopping"))
+                    self._jobs.get_nowait()[2].set_exception(_stopping())
 
     def warm_up(self) -> None:
         """Run one forward pass (on the compute thread, when one runs) so the first query is not slow."""

@@ -25,14 +25,17 @@ TWO_ACTORS = RayConfig(concurrency=2)
 def cluster():
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    c.add_node(num_cpus=2)
-    c.wait_for_nodes()
-    ray.init(address=c.address, log_to_driver=False)
-    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-    yield c
-    ray.shutdown()
-    c.shutdown()
+    with pytest.MonkeyPatch.context() as env:
+        # No usage reporting from CI (offline anyway): its poller thread outlives the session's log files.
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+        c.add_node(num_cpus=2)
+        c.wait_for_nodes()
+        ray.init(address=c.address, log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        yield c
+        ray.shutdown()
+        c.shutdown()
 
 
 @pytest.fixture(scope="module")
