@@ -215,8 +215,7 @@ def serve(
     service.warm_up()
     # HTTP on a side thread; the model and index work on this one, the thread that loaded the model
     # (see QueryService).
-    http_thread = threading.Thread(target=server.serve_forever, name="mae-http", daemon=True)
-    http_thread.start()
+    threading.Thread(target=server.serve_forever, name="mae-http", daemon=True).start()
     click.echo(f"Serving {service.health()['count']} images on http://{host}:{server.server_port}", err=True)
     try:
         service.run_compute(threading.Event())

@@ -192,6 +192,33 @@ class VectorStore(Protocol):
         ...
 
 
+def check_queries(queries: np.ndarray, k: int, dim: int | None) -> np.ndarray:
+    """Validate a search's ``k`` and query rows the same way in every store; return them (n, dim) float32.
+
+    ``dim`` None (an empty store) checks only ``k``.
+
+    Raises
+    ------
+    ConfigError
+        ``k < 1``, or queries of another dimension.
+    ValueError
+        A query row is zero or not finite: it has no cosine similarity (Redis would rank NaN distances
+        in an arbitrary order).
+    """
+    queries = np.atleast_2d(np.ascontiguousarray(queries, dtype=np.float32))
+    if k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}")
+    if dim is None:
+        return queries
+    if queries.shape[1] != dim:
+        raise ConfigError(f"query vectors are {queries.shape[1]}-d, the index is {dim}-d")
+    norms = np.linalg.norm(queries, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if bad.size:
+        raise ValueError(f"query rows {bad[:10].tolist()} are zero or not finite: no cosine similarity")
+    return queries
+
+
 def rank_hits(ids: np.ndarray, scores: np.ndarray, records: dict[int, ImageRecord], k: int) -> list[Hit]:
     """Sort candidate ``(id, score)`` pairs by descending score, ties by ascending id, keep ``k``.
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from indexer.atomic import atomic_write, atomic_write_json
 from indexer.errors import ConfigError, StoreUnavailableError
-from indexer.stores.base import RECORD_FIELDS, Hit, ImageRecord, MetadataFilter, rank_hits
+from indexer.stores.base import RECORD_FIELDS, Hit, ImageRecord, MetadataFilter, check_queries, rank_hits
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"
@@ -341,19 +341,13 @@ class FaissStore:
         max_distance: float | None = None,
     ) -> list[list[Hit]]:
         """Exact top-``k`` by cosine similarity per query, with optional filter and distance bound."""
-        queries = np.atleast_2d(np.ascontiguousarray(queries, dtype=np.float32))
-        if k < 1:
-            raise ConfigError(f"k must be >= 1, got {k}")
-        if self._index is None or not self._records:
+        empty = self._index is None or not self._records
+        queries = check_queries(queries, k, None if empty else self.dim)
+        if empty:
             return [[] for _ in queries]
-        if queries.shape[1] != self.dim:
-            raise ConfigError(f"query vectors are {queries.shape[1]}-d, the index is {self.dim}-d")
         faiss = _faiss()
         # Scores are cosine similarity whatever the caller passes (stored vectors are unit already).
-        norms = np.linalg.norm(queries, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise ValueError("query vectors must be finite and non-zero (as in the Redis store)")
-        queries = queries / norms
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
         params = None
         n_allowed = len(self._records)
         if where is not None and not where.is_empty:
@@ -376,14 +370,16 @@ class FaissStore:
 
     def _unfiltered_search_index(self, clone=None) -> Any:
         # GPU indexes take no IDSelector, so filtered searches always stay on the CPU index.
+        # ``clone`` replaces the copy to the GPUs (tests have no GPU).
         if not self.gpu:
             return self._index
         if self._gpu_index is _UNTRIED:
-            from indexer.stores.faiss_gpu import gpu_search_index
+            from indexer.stores.faiss_gpu import clone_to_gpus, faiss_gpu_count, gpu_search_index
 
-            probe = np.stack([self._index.reconstruct(i) for i in list(self._records)[:4]])
-            kwargs = {"clone": clone} if clone is not None else {}
-            self._gpu_index = gpu_search_index(_faiss(), self._index, probe, **kwargs)
+            self._gpu_index = None
+            if clone is not None or faiss_gpu_count(_faiss()) > 0:
+                probe = np.stack([self._index.reconstruct(i) for i in list(self._records)[:4]])
+                self._gpu_index = gpu_search_index(_faiss(), self._index, probe, clone or clone_to_gpus)
         return self._gpu_index if self._gpu_index is not None else self._index
 
     # ---------------------------------------------------------------- manifest

@@ -40,7 +40,7 @@ import numpy as np
 
 from indexer.config import RedisConfig
 from indexer.errors import ConfigError, IndexMismatchError, StoreFullError, StoreUnavailableError
-from indexer.stores.base import RECORD_FIELDS, Hit, ImageRecord, MetadataFilter, rank_hits
+from indexer.stores.base import RECORD_FIELDS, Hit, ImageRecord, MetadataFilter, check_queries, rank_hits
 
 TAG_FIELDS = ("plate", "well", "row", "channel", "path")
 NUMERIC_FIELDS = ("column", "site", "z")
@@ -627,18 +627,9 @@ class RedisStore:
         ValueError
             A query row is zero or not finite.
         """
-        if k < 1:
-            raise ConfigError(f"k must be >= 1, got {k}")
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        queries = check_queries(queries, k, self.dim)
         if self.dim is None:
             return [[] for _ in queries]
-        if queries.shape[1] != self.dim:
-            raise ConfigError(f"query vectors are {queries.shape[1]}-d, the index is {self.dim}-d")
-        norms = np.linalg.norm(queries, axis=1)
-        bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-        if bad.size:
-            # Redis would answer NaN distances in an arbitrary order: refuse instead.
-            raise ValueError(f"query rows {bad[:10].tolist()} are zero or not finite: no cosine similarity")
         prefix, params = render_filter(where)
         kk = k + SPARE_CANDIDATES
         if kk > 1000:
