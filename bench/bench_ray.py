@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--small", type=int, default=64, help="images in the subset that measures the start")
+    ap.add_argument("--concurrency", type=int, default=None, help="embedding actors (default: one per CPU)")
+    ap.add_argument("--threads-per-worker", type=int, default=None)
     args = ap.parse_args()
     import ray
 
@@ -55,12 +57,11 @@ def main() -> None:
     t0 = time.perf_counter()
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     t_init = time.perf_counter() - t0
-    start = run_ray_build(config([small.parent], tmp / "ray-small"), RayConfig(),
+    rc = RayConfig(concurrency=args.concurrency, threads_per_worker=args.threads_per_worker)
+    start = run_ray_build(config([small.parent], tmp / "ray-small"), rc,
                           [FaissStore(tmp / "ray-small", dim=enc.dim)], enc)  # fmt: skip
-    on_ray = run_ray_build(
-        config(args.data, tmp / "ray"), RayConfig(), [FaissStore(tmp / "ray", dim=enc.dim)], enc
-    )
-    actors, threads = RayConfig().actors_and_threads(ray.cluster_resources())
+    on_ray = run_ray_build(config(args.data, tmp / "ray"), rc, [FaissStore(tmp / "ray", dim=enc.dim)], enc)
+    actors, threads = rc.actors_and_threads(ray.cluster_resources())
     ray.shutdown()
     n, n0 = local.indexed, start.indexed
     assert on_ray.indexed == n and n0 == args.small
