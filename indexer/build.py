@@ -12,15 +12,29 @@ from indexer.pipeline import REJECTED_CSV, BuildSummary, build_index
 from indexer.sources import iter_sources
 
 
-def open_stores(index_dir: Path, redis: RedisConfig | None, dim: int | None = None, read_only: bool = False):
-    """Open the FAISS store, and the Redis store when ``redis`` is given; FAISS comes first."""
+def open_stores(
+    index_dir: Path,
+    redis: RedisConfig | None,
+    dim: int | None = None,
+    read_only: bool = False,
+    wait: bool = True,
+):
+    """Open the FAISS store, and the Redis store when ``redis`` is given; FAISS comes first.
+
+    A writer (``read_only=False``) takes the folder's write lock first: ``wait`` for another writer,
+    or fail at once with :class:`~indexer.errors.IndexBusyError`.
+    """
     from indexer.stores.faiss_store import FaissStore
 
-    stores = [FaissStore(index_dir, dim=dim, read_only=read_only)]
+    stores = [FaissStore(index_dir, dim=dim, read_only=read_only, wait=wait)]
     if redis is not None:
         from indexer.stores.redis_store import RedisStore
 
-        stores.append(RedisStore(redis, dim=dim))
+        try:
+            stores.append(RedisStore(redis, dim=dim))
+        except BaseException:
+            stores[0].close()
+            raise
     return stores
 
 
@@ -32,9 +46,21 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
     from tqdm.auto import tqdm
 
     from indexer.encoder import load_encoder
+    from indexer.stores.faiss_store import FaissStore
 
-    encoder = load_encoder(config.model)
-    stores = open_stores(config.index_dir, config.redis, dim=encoder.dim)
+    # The lock, and with it the check that the folder is writable, come before the model loads and
+    # long before anything is embedded.
+    faiss_store = FaissStore(config.index_dir, wait=config.wait)
+    try:
+        encoder = load_encoder(config.model)
+        stores = [faiss_store]
+        if config.redis is not None:
+            from indexer.stores.redis_store import RedisStore
+
+            stores.append(RedisStore(config.redis, dim=encoder.dim))
+    except BaseException:
+        faiss_store.close()
+        raise
     if ray is not None:
         from indexer.ray_build import run_ray_build
 

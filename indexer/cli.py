@@ -22,6 +22,15 @@ from indexer.config import (
 from indexer.errors import ConfigError
 
 
+def no_wait_option(fn):
+    """``--no-wait``: fail at once when another writer holds the index folder (default: wait for it)."""
+    return click.option(
+        "--no-wait",
+        is_flag=True,
+        help="Fail at once if another build/sync/repair is writing this index (default: wait for it).",
+    )(fn)
+
+
 def _channels(value: str) -> tuple[str, ...]:
     return {"w1": ("w1",), "w2": ("w2",), "both": ()}[value]
 
@@ -92,6 +101,7 @@ def main() -> None:
 @click.option("--writers", default=1, show_default=True, type=int, help="Ray write actors (Redis, shards).")
 @click.option("--checkpoint-every", default=512, show_default=True, type=int,
               help="Images between durable FAISS checkpoints (a crash loses at most this many).")  # fmt: skip
+@no_wait_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @verbose_option
@@ -99,7 +109,7 @@ def main() -> None:
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model,
           channels, z_slices, intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm,
           redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, strict, force, engine, ray_address, concurrency,
-          num_gpus_per_worker, threads_per_worker, writers, checkpoint_every, fmt, no_progress, verbose):  # fmt: skip
+          num_gpus_per_worker, threads_per_worker, writers, checkpoint_every, no_wait, fmt, no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
 
     Images already in the index (same content) are skipped, so a re-run resumes. Unusable images are
@@ -140,6 +150,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         strict=strict,
         force=force,
         flush_every=checkpoint_every,
+        wait=not no_wait,
     )
     from indexer.build import run_build
 

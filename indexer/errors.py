@@ -34,3 +34,15 @@ class IndexMismatchError(MaeError):
 
 class StoreFullError(MaeError):
     """The store refused a write because it is out of memory or space."""
+
+
+class IndexBusyError(MaeError):
+    """Another writer holds the index folder's write lock (``--no-wait``)."""
+
+
+class IndexDamagedError(MaeError):
+    """Part of an index (a shard, the snapshot, the manifest, Redis hashes) is missing or corrupt."""
+
+
+class ShrinkRefusedError(MaeError):
+    """A mirror sync would delete vectors from the mirror, and ``--allow-shrink`` was not given."""

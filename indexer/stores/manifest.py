@@ -6,16 +6,22 @@ A manifest is a plain JSON dict::
      "preprocess": {...PreprocessConfig.to_dict()...}, "dim": 768, "created": ISO time,
      "versions": {"torch": ..., "transformers": ..., "faiss": ..., "mae_microscopy": ...}}
 
-The count is not stored here; stores report it live.
+The count is not stored here; stores report it live. A stored manifest also carries ``"checksum":
+"sha256:..."`` over the rest of its content (:func:`seal_manifest`), so a manifest edited by hand
+after the build (another pooling or preprocessing would silently change what queries mean) is refused
+when it is read (:func:`check_manifest`). Manifests written before the checksum existed have none and
+are accepted as they are.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 from importlib import metadata
 from typing import Any
 
-from indexer.errors import IndexMismatchError
+from indexer.errors import IndexDamagedError, IndexMismatchError
 
 MANIFEST_FORMAT = 1
 
@@ -89,3 +95,55 @@ def check_compatible(stored: dict[str, Any] | None, current: dict[str, Any], whe
             + "\nUse the index's own model and preprocessing (omit --model and preprocessing flags to take "
             "them from the manifest), or build a new index (another --index folder / Redis index name)."
         )
+
+
+#: Keys every manifest has; a missing one means the file was damaged or edited.
+REQUIRED_KEYS = ("model", "pooling", "preprocess", "dim")
+CHECKSUM_KEY = "checksum"
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """``sha256:`` over the manifest's canonical JSON (sorted keys), the checksum itself left out."""
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``manifest`` carrying the checksum of its content."""
+    return {**manifest, CHECKSUM_KEY: manifest_checksum(manifest)}
+
+
+def check_manifest(data: Any, where: str) -> dict[str, Any]:
+    """Return ``data`` when it is a sound manifest; otherwise say what is wrong with it.
+
+    Parameters
+    ----------
+    data
+        The parsed JSON.
+    where
+        The file or Redis key, for the message.
+
+    Raises
+    ------
+    IndexDamagedError
+        Not a JSON object, a required key missing, or a checksum that does not match the content
+        (the manifest was changed since the build).
+    """
+    fix = "restore it from a backup, or rebuild the index into a new folder / Redis index name"
+    if not isinstance(data, dict):
+        raise IndexDamagedError(
+            f"manifest {where} is a JSON {type(data).__name__}, not an object: it was damaged or edited; {fix}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise IndexDamagedError(
+            f"manifest {where} lacks {', '.join(missing)}: it was damaged or edited; {fix}"
+        )
+    stored = data.get(CHECKSUM_KEY)
+    if stored is not None and stored != manifest_checksum(data):
+        raise IndexDamagedError(
+            f"manifest {where} was changed since the build (its checksum does not match its content), so "
+            f"queries would no longer embed images as the index did; {fix}"
+        )
+    return data

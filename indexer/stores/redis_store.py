@@ -39,8 +39,23 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from indexer.config import RedisConfig
-from indexer.errors import ConfigError, IndexMismatchError, StoreFullError, StoreUnavailableError
-from indexer.stores.base import RECORD_FIELDS, Hit, ImageRecord, MetadataFilter, check_queries, rank_hits
+from indexer.errors import (
+    ConfigError,
+    IndexDamagedError,
+    IndexMismatchError,
+    StoreFullError,
+    StoreUnavailableError,
+)
+from indexer.stores.base import (
+    RECORD_FIELDS,
+    Hit,
+    ImageRecord,
+    MetadataFilter,
+    check_queries,
+    check_storable,
+    rank_hits,
+)
+from indexer.stores.manifest import check_manifest, seal_manifest
 
 TAG_FIELDS = ("plate", "well", "row", "channel", "path")
 NUMERIC_FIELDS = ("column", "site", "z")
@@ -467,6 +482,7 @@ class RedisStore:
             return
         if len({r.id for r in records}) != len(records):
             raise ValueError("duplicate ids in one add() call")
+        check_storable(records)
         if self.dim is None:
             self._create_index(vectors.shape[1])
         if vectors.shape[1] != self.dim:
@@ -675,14 +691,18 @@ class RedisStore:
         raw = self._call(self.client.get, self._manifest_key)
         if raw is None:
             return None
+        where = f"{self._manifest_key!r} of {self.location}"
         try:
-            return json.loads(raw)
+            data = json.loads(raw)
         except ValueError as e:
-            raise StoreUnavailableError(f"the manifest of {self.location} is not valid JSON: {e}") from e
+            raise IndexDamagedError(
+                f"manifest {where} is not valid JSON ({e}): it was damaged or edited"
+            ) from e
+        return check_manifest(data, where)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Store the manifest as JSON at ``<index_name>:manifest``."""
-        self._call(self.client.set, self._manifest_key, json.dumps(manifest, sort_keys=True))
+        """Store the manifest as JSON at ``<index_name>:manifest``, sealed with a checksum of its content."""
+        self._call(self.client.set, self._manifest_key, json.dumps(seal_manifest(manifest), sort_keys=True))
 
     def __enter__(self) -> RedisStore:
         return self
