@@ -65,7 +65,7 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
         from indexer.ray_build import run_ray_build
 
         try:
-            return run_ray_build(config, ray, stores, encoder)
+            return _checked(run_ray_build(config, ray, stores, encoder), stores)
         finally:
             for store in stores:
                 store.close()
@@ -78,11 +78,20 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
         last[0] = done
 
     try:
-        return build_index(config, stores, encoder=encoder, progress=tick)
+        return _checked(build_index(config, stores, encoder=encoder, progress=tick), stores)
     finally:
         bar.close()
         for store in stores:
             store.close()
+
+
+def _checked(summary: BuildSummary, stores) -> BuildSummary:
+    """Ask every store to check itself after a build (Redis: every hash indexed, no new indexing
+    failure) and record what it says in the summary."""
+    for store in stores:
+        store.flush()
+        summary.store_problems += store.check()
+    return summary
 
 
 def index_info(index_dir: Path) -> dict[str, Any]:
@@ -103,4 +112,10 @@ def index_info(index_dir: Path) -> dict[str, Any]:
     for field in ("plate", "channel", "site", "z"):
         values[field] = sorted({getattr(r, field) for r in records if getattr(r, field) is not None})
     values["distinct wells"] = [len({r.well for r in records if r.well})]
-    return {"count": store.count(), "manifest": manifest, "rejected": rejected, "values": values}
+    return {
+        "count": store.count(),
+        "manifest": manifest,
+        "rejected": rejected,
+        "values": values,
+        "damage": store.check(),
+    }

@@ -161,6 +161,8 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         ray = RayConfig(address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker,
                         threads_per_worker=threads_per_worker, writers=writers)  # fmt: skip
     summary = run_build(config, progress=not no_progress, ray=ray)
+    for line in summary.store_problems:
+        click.echo(f"Error: after the build, {line}", err=True)
     if fmt == "json":
         click.echo(json.dumps(summary.to_dict()))
     else:
@@ -178,7 +180,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
             click.echo(f"Recovered {s.recovered} images from the shards of an interrupted Ray run.", err=True)
         if s.rejected:
             click.echo(f"Rejected images are listed in {index_dir / 'rejected.csv'}.", err=True)
-    sys.exit(0)
+    sys.exit(1 if summary.store_problems else 0)
 
 
 @main.command()
@@ -205,6 +207,8 @@ def info(index_dir, fmt):
     pre = m["preprocess"]
     click.echo(f"preprocess: intensity {pre['intensity']}, resize {pre['resize']} to {pre['image_size']}")
     click.echo(f"rejected:   {d['rejected']}")
+    for line in d["damage"]:
+        click.echo(f"damaged:    {line}")
     for field, values in d["values"].items():
         click.echo(f"{field + ':':<11} {', '.join(map(str, values))}")
 
@@ -230,15 +234,29 @@ def _redis_config(redis_url: str | None, redis_index: str, required: bool = True
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @handle_errors
 def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
-    """Check that Redis and the FAISS mirror agree; exit 1 on any divergence.
+    """Check an index for damage and, with --redis-url, that Redis and the FAISS mirror agree; exit 1 on
+    any damage or divergence.
 
-    Compares counts, id sets, manifests, sampled vectors, and recall@k of Redis search against exact
-    FAISS search on sampled queries.
+    Without Redis: every shard against its recorded size, rows and SHA-256, the snapshot, the manifest's
+    checksum. With Redis also: the Redis schema, that every hash is indexed and has a sound vector, and
+    counts, id sets, manifests, sampled vectors, and recall@k of Redis search against exact FAISS search.
     """
     from indexer.build import open_stores
     from indexer.mirror import verify_stores
 
-    faiss_store, redis_store = open_stores(index_dir, _redis_config(redis_url, redis_index), read_only=True)
+    redis = _redis_config(redis_url, redis_index, required=False)
+    stores = open_stores(index_dir, redis, read_only=True)
+    if redis is None:
+        problems = stores[0].check(full=True)
+        if fmt == "json":
+            click.echo(json.dumps({"ok": not problems, "count": stores[0].count(), "damage": problems}))
+        else:
+            click.echo(f"images: {stores[0].count()}")
+            for line in problems:
+                click.echo(f"damaged: {line}")
+            click.echo("OK" if not problems else "DAMAGED")
+        sys.exit(0 if not problems else 1)
+    faiss_store, redis_store = stores
     tol = 1e-3 if redis_store.config.dtype == "FLOAT16" else 1e-6
     report = verify_stores(redis_store, faiss_store, sample=sample, k=k, seed=seed,
                            vector_tolerance=tol, min_recall=min_recall)  # fmt: skip
@@ -246,6 +264,8 @@ def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
     if fmt == "json":
         click.echo(json.dumps(d))
     else:
+        for line in d["damage_primary"] + d["damage_mirror"]:
+            click.echo(f"damaged: {line}")
         click.echo(f"counts: redis {d['count_primary']}, faiss {d['count_mirror']}")
         click.echo(
             f"ids missing: in redis {d['missing_in_primary_count']}, in faiss {d['missing_in_mirror_count']}"
@@ -265,12 +285,18 @@ def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
 )
 @redis_url_option
 @click.option("--redis-index", default="mae", show_default=True)
+@click.option("--allow-shrink", is_flag=True, help="Let the mirror lose images that Redis no longer has.")
+@no_wait_option
 @handle_errors
-def sync(index_dir, redis_url, redis_index):
-    """Rebuild the FAISS mirror at --index from Redis (e.g. on a second machine)."""
+def sync(index_dir, redis_url, redis_index, allow_shrink, no_wait):
+    """Rebuild the FAISS mirror at --index from Redis (e.g. on a second machine, or after damage).
+
+    Refuses to delete images from the mirror that Redis lacks unless --allow-shrink; the old shards
+    are compacted away only once the new mirror is verified against Redis.
+    """
     from tqdm.auto import tqdm
 
-    from indexer.mirror import sync_mirror
+    from indexer.mirror import sync_and_compact
     from indexer.stores.faiss_store import FaissStore
     from indexer.stores.redis_store import RedisStore
 
@@ -278,11 +304,68 @@ def sync(index_dir, redis_url, redis_index):
     manifest = source.read_manifest()
     if manifest is None:
         raise ConfigError(f"Redis index {redis_index!r} has no manifest: nothing was built into it")
-    target = FaissStore(index_dir, dim=manifest["dim"])
-    with tqdm(total=source.count(), unit="vec", desc="sync") as bar:
-        n = sync_mirror(source, target, progress=lambda done: bar.update(done - bar.n))
-    target.compact()
-    click.echo(f"Mirrored {n} vectors from Redis into {index_dir}.", err=True)
+    # A damaged mirror may be synced: the sync rewrites it from Redis.
+    target = FaissStore(index_dir, dim=manifest["dim"], wait=not no_wait, allow_damage=True)
+    try:
+        with tqdm(total=source.count(), unit="vec", desc="sync") as bar:
+            report = sync_and_compact(source, target, progress=lambda done: bar.update(done - bar.n),
+                                      allow_shrink=allow_shrink)  # fmt: skip
+    finally:
+        target.close()
+    click.echo(f"Mirrored {report.copied} vectors from Redis into {index_dir}"
+               + (f" (deleted {report.deleted})" if report.deleted else "") + ".", err=True)  # fmt: skip
+    if report.damaged_in_source:
+        ids = report.damaged_in_source
+        click.echo(f"Damaged in Redis (missing or corrupt vector), not copied: {len(ids)} images, ids {ids[:20]}; "
+                   f"`mae-index repair --index {index_dir} --redis-url URL` rewrites them from the mirror.",
+                   err=True)  # fmt: skip
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder.")
+@redis_url_option
+@click.option("--redis-index", default="mae", show_default=True)
+@no_wait_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@handle_errors
+def repair(index_dir, redis_url, redis_index, no_wait, fmt):
+    """Rebuild a damaged index folder from whatever is intact: its sound shards, Redis (--redis-url),
+    and index.faiss. With Redis, hashes lost from Redis or with a missing or corrupt vector are rewritten
+    from the folder.
+
+    \b
+    Example:
+      mae-index verify --index runs/idx          # names the damaged part
+      mae-index repair --index runs/idx --redis-url redis://127.0.0.1:6379/0
+    """
+    from indexer.repair import repair_index
+
+    report = repair_index(index_dir, _redis_config(redis_url, redis_index, required=False), wait=not no_wait)
+    if fmt == "json":
+        click.echo(json.dumps(report.to_dict()))
+        return
+    if not report.damage and not report.redis_rewritten:
+        click.echo(f"Nothing to repair: {index_dir} is sound ({report.total} images).", err=True)
+        return
+    for line in report.damage:
+        click.echo(f"damaged: {line}", err=True)
+    click.echo(
+        f"Rebuilt {index_dir}: {report.total} images ({report.from_shards} from sound shards, "
+        f"{report.from_redis} from Redis, {report.from_snapshot} from index.faiss without metadata); old "
+        f"shards moved to {index_dir / 'damaged'}.",
+        err=True,
+    )
+    if report.redis_rewritten:
+        click.echo(
+            f"Rewrote {report.redis_rewritten} damaged or lost Redis hashes from the folder.", err=True
+        )
+    if report.from_snapshot:
+        click.echo(
+            f"{report.from_snapshot} images have their vector but no path or metadata: run the same "
+            "`mae-index build` again to restore them.",
+            err=True,
+        )
 
 
 @main.command()

@@ -41,7 +41,14 @@ class IndexBusyError(MaeError):
 
 
 class IndexDamagedError(MaeError):
-    """Part of an index (a shard, the snapshot, the manifest, Redis hashes) is missing or corrupt."""
+    """Part of an index (a shard, the snapshot, the manifest, Redis hashes) is missing or corrupt.
+
+    ``ids`` names the damaged images where the damage is per image (Redis hashes).
+    """
+
+    def __init__(self, message: str, ids: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.ids = tuple(ids)
 
 
 class ShrinkRefusedError(MaeError):

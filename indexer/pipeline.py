@@ -59,6 +59,7 @@ class BuildSummary:
     index_count: int = 0
     runtime: str = ""  # where the model ran, e.g. "cpu bf16"
     recovered: int = 0  # Ray: images imported from the shards of a killed run
+    store_problems: list[str] = field(default_factory=list)  # the stores' own check after the build
 
     @property
     def images_per_second(self) -> float:
@@ -67,8 +68,8 @@ class BuildSummary:
 
     @property
     def complete(self) -> bool:
-        """True when every image found is in the index."""
-        return not self.rejected
+        """True when every image found is in the index, and the stores found nothing wrong after the build."""
+        return not self.rejected and not self.store_problems
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
@@ -84,6 +85,7 @@ class BuildSummary:
             "complete": self.complete,
             "runtime": self.runtime,
             "recovered": self.recovered,
+            "store_problems": list(self.store_problems),
         }
 
 
@@ -262,6 +264,22 @@ def resolve_build_preprocess(
     return pre
 
 
+def already_indexed(stores: Sequence[VectorStore], force: bool = False) -> set[int]:
+    """Ids a build skips: in every store, and with metadata in the first (FAISS) one.
+
+    ``mae-index repair`` can recover an image's vector from ``index.faiss`` without its path and
+    metadata; such an image counts as not indexed, so the same build restores it.
+    """
+    if force or not stores:
+        return set()
+    existing = set(stores[0].ids().tolist())
+    for store in stores[1:]:
+        existing &= set(store.ids().tolist())
+    ids = sorted(existing)
+    existing -= {r.id for r in stores[0].get(ids) if r is not None and not r.path}
+    return existing
+
+
 def write_rejected(index_dir: Path, rejected: Sequence[Rejected]) -> None:
     """Write ``rejected.csv`` (path, stage, reason) in the index folder, atomically."""
 
@@ -329,11 +347,7 @@ def build_index(
         if store.read_manifest() is None:
             store.write_manifest(manifest)
 
-    existing: set[int] = set()
-    if not config.force and stores:
-        existing = set(stores[0].ids().tolist())
-        for store in stores[1:]:
-            existing &= set(store.ids().tolist())
+    existing = already_indexed(stores, config.force)
     on_device = encoder.device.type == "cuda"
     seen: dict[int, str] = {}
     writer = _Writer(stores, config.flush_every)

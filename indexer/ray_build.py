@@ -27,6 +27,7 @@ from indexer.errors import ConfigError, DecodeError, MaeError
 from indexer.pipeline import (
     BuildSummary,
     Rejected,
+    already_indexed,
     prepare_item,
     resolve_build_preprocess,
     store_location,
@@ -230,11 +231,7 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
         check_compatible(store.read_manifest(), manifest, store_location(store))
         if store.read_manifest() is None:
             store.write_manifest(manifest)
-    existing: set[int] = set()
-    if not config.force:
-        existing = set(stores[0].ids().tolist())
-        for store in stores[1:]:
-            existing &= set(store.ids().tolist())
+    existing = already_indexed(stores, config.force)
 
     stage_seconds = dict.fromkeys(_STAGE_COLUMNS.values(), 0.0)
     started_here = not ray.is_initialized()

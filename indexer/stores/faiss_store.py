@@ -215,7 +215,12 @@ class FaissStore:
                     self.directory, summary, len(self._records), self.directory,
                 )  # fmt: skip
             if self.dim is None:
-                manifest = self.read_manifest()
+                try:
+                    manifest = self.read_manifest()
+                except IndexDamagedError:
+                    if not allow_damage:
+                        raise
+                    manifest = None  # repair takes the dimension from index.faiss or Redis
                 self.dim = manifest["dim"] if manifest else None
             if dim is not None and self.dim is not None and dim != self.dim:
                 raise ConfigError(f"index at {self.directory} holds {self.dim}-d vectors, not {dim}-d")
@@ -458,6 +463,8 @@ class FaissStore:
         self._write_snapshot()
 
     def _write_snapshot(self) -> None:
+        if self._index is None:
+            return
         faiss = _faiss()
         names = [p.name for p in self._shard_paths()]
         for name in names:
@@ -504,7 +511,7 @@ class FaissStore:
         check_storable(records)
         old = self._shard_paths()
         self._pending_vectors, self._pending_records, self._pending_deletes = [], [], []
-        index = self._new_index(self.dim)
+        index = self._new_index(self.dim) if self.dim is not None else None
         if len(records):
             index.add_with_ids(
                 np.ascontiguousarray(vectors, dtype=np.float32),
