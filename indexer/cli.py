@@ -176,6 +176,12 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         if s.stage_seconds:
             stages = ", ".join(f"{k.replace('_', '/')} {v:.1f} s" for k, v in s.stage_seconds.items())
             click.echo(f"Stage time, summed over workers: {stages}.", err=True)
+        if s.duplicates_given:
+            click.echo(f"{s.duplicates_given} files were reached twice through the paths given (indexed once).",
+                       err=True)  # fmt: skip
+        if s.excluded:
+            click.echo(f"{s.excluded} files without a BBBC006 channel in their name were left out by --channels.",
+                       err=True)  # fmt: skip
         if s.recovered:
             click.echo(f"Recovered {s.recovered} images from the shards of an interrupted Ray run.", err=True)
         if s.rejected:

@@ -26,7 +26,7 @@ from indexer.decode import content_id, decode_tiff
 from indexer.encoder import Encoder, load_encoder, resolve_preprocess
 from indexer.errors import DecodeError, MaeError
 from indexer.preprocess import dataset_window, preprocess, preprocess_image, sample_pixels
-from indexer.sources import SourceItem, iter_sources
+from indexer.sources import SourceItem, SourceProblem, iter_sources
 from indexer.stores.base import ImageRecord, VectorStore
 from indexer.stores.manifest import build_manifest, check_compatible
 
@@ -60,6 +60,8 @@ class BuildSummary:
     runtime: str = ""  # where the model ran, e.g. "cpu bf16"
     recovered: int = 0  # Ray: images imported from the shards of a killed run
     store_problems: list[str] = field(default_factory=list)  # the stores' own check after the build
+    duplicates_given: int = 0  # files reached twice through the paths given (indexed once; not a failure)
+    excluded: int = 0  # names without a channel left out by a --channels selection
 
     @property
     def images_per_second(self) -> float:
@@ -86,6 +88,8 @@ class BuildSummary:
             "runtime": self.runtime,
             "recovered": self.recovered,
             "store_problems": list(self.store_problems),
+            "duplicates_given": self.duplicates_given,
+            "excluded": self.excluded,
         }
 
 
@@ -264,6 +268,21 @@ def resolve_build_preprocess(
     return pre
 
 
+def listing_summary(items: Sequence[SourceItem], problems: Sequence[SourceProblem]) -> BuildSummary:
+    """The summary a build starts from, in both engines: images found, listing problems rejected,
+    duplicates given and exclusions counted apart (they are not failures)."""
+    summary = BuildSummary()
+    for p in problems:
+        if p.kind == "duplicate":
+            summary.duplicates_given += 1
+        elif p.kind == "excluded":
+            summary.excluded += 1
+        else:
+            summary.rejected.append(Rejected(p.path, "list", p.reason))
+    summary.found = len(items) + len(summary.rejected)
+    return summary
+
+
 def already_indexed(stores: Sequence[VectorStore], force: bool = False) -> set[int]:
     """Ids a build skips: in every store, and with metadata in the first (FAISS) one.
 
@@ -330,10 +349,8 @@ def build_index(
     encoder = encoder or load_encoder(config.model)
     problems: list = []
     items = list(iter_sources(config.sources, problems)) if items is None else list(items)
-    summary = BuildSummary(
-        found=len(items) + len(problems), runtime=f"{encoder.device.type} {encoder.precision}"
-    )
-    summary.rejected.extend(Rejected(p.path, "list", p.reason) for p in problems)
+    summary = listing_summary(items, problems)
+    summary.runtime = f"{encoder.device.type} {encoder.precision}"
     if config.strict and summary.rejected:
         r = summary.rejected[0]
         raise DecodeError(f"{r.path}: {r.reason} (strict mode)")

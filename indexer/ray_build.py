@@ -28,6 +28,7 @@ from indexer.pipeline import (
     BuildSummary,
     Rejected,
     already_indexed,
+    listing_summary,
     prepare_item,
     resolve_build_preprocess,
     store_location,
@@ -93,14 +94,15 @@ def _ray():
 def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[int]) -> dict[str, Any]:
     """Stage 2, a CPU task: read, hash, decode and preprocess each path with the local pipeline's code."""
     from indexer.bbbc006 import parse_path
-    from indexer.sources import SourceItem, read_path
+    from indexer.sources import SourceItem, display_path, file_path, read_path
 
     config = PreprocessConfig.from_dict(pre)
     out: dict[str, list] = {k: [] for k in ("id", "path", "pixels", "status", "stage", "reason", "t_prepare")}
     for path in batch["path"]:
         path = str(path)
         # Metadata as the local build parses it (a file's own path resolved, so its folder names count).
-        meta = parse_path(str(Path(path).resolve()) if Path(path).is_file() else path)
+        real = file_path(path)
+        meta = parse_path(display_path(real.resolve()) if real.is_file() else path)
         p = prepare_item(
             SourceItem(path, (lambda p=path: read_path(p)), meta), config, existing, on_device=False
         )
@@ -222,8 +224,7 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
     recovered = import_shards(shard_url, stores[0])  # shards a killed run finished but never imported
     problems: list = []
     items = list(iter_sources(config.sources, problems))
-    summary = BuildSummary(found=len(items) + len(problems))
-    summary.rejected.extend(Rejected(p.path, "list", p.reason) for p in problems)
+    summary = listing_summary(items, problems)
     stored = stores[0].read_manifest()
     pre = resolve_build_preprocess(config, encoder, items, stored)
     manifest = build_manifest(encoder.info, config.model.pooling, pre.to_dict(), encoder.dim)
