@@ -427,9 +427,15 @@ def build_index(
         if batch:
             run_batch()
     finally:
-        writer.close()
-        if stores:
-            write_rejected(getattr(stores[0], "directory", config.index_dir), summary.rejected)
+        try:
+            writer.close()
+        finally:
+            if stores:
+                try:
+                    write_rejected(getattr(stores[0], "directory", config.index_dir), summary.rejected)
+                except OSError as e:
+                    # Never hide the error that stopped the build (often the same full disk) behind this one.
+                    log.warning("could not write %s: %s", REJECTED_CSV, e.strerror or e)
     timings["write"] = writer.seconds
     summary.stage_seconds = timings
     summary.seconds = time.perf_counter() - t_start

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -201,6 +202,8 @@ class FaissStore:
         if not read_only:
             self._lock = FolderLock(self.directory).acquire(wait=wait, on_wait=log.warning)
         try:
+            if not read_only:
+                self._probe_writable()
             self._load()
             if self.damage:
                 summary = "; ".join(self.damage)
@@ -255,6 +258,22 @@ class FaissStore:
                     pid = temp_file_pid(p.name)
                     if pid is None or not pid_alive(pid):
                         p.unlink(missing_ok=True)
+
+    def _probe_writable(self) -> None:
+        # Before anything is embedded: a folder that takes the lock may still refuse new files
+        # (permissions, a read-only mount). The probe's name is a temp file's, so a sweep removes it.
+        for folder in (self.directory, self.directory / SHARDS):
+            if not folder.is_dir():
+                continue
+            try:
+                fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}-", suffix=".tmp", dir=folder)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as e:
+                raise StoreUnavailableError(
+                    f"index folder {folder} is not writable ({e.strerror or e}): choose another --index "
+                    "folder, or fix its permissions"
+                ) from e
 
     def _read_state(self) -> dict[str, Any] | None:
         path = self.directory / INDEX_STATE
