@@ -115,7 +115,7 @@ def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_manifest(data: Any, where: str) -> dict[str, Any]:
-    """Return ``data`` when it is a sound manifest; otherwise say what is wrong with it.
+    """Return ``data`` (without its checksum) when it is a sound manifest; otherwise say what is wrong.
 
     Parameters
     ----------
@@ -146,4 +146,5 @@ def check_manifest(data: Any, where: str) -> dict[str, Any]:
             f"manifest {where} was changed since the build (its checksum does not match its content), so "
             f"queries would no longer embed images as the index did; {fix}"
         )
-    return data
+    # Callers see what was written; writing it again seals it again.
+    return {k: v for k, v in data.items() if k != CHECKSUM_KEY}
