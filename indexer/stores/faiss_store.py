@@ -709,7 +709,15 @@ class FaissStore:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write the manifest atomically, sealed with a checksum of its content."""
         self._check_writable()
-        atomic_write_json(self.directory / MANIFEST, seal_manifest(manifest))
+        try:
+            atomic_write_json(self.directory / MANIFEST, seal_manifest(manifest))
+        except OSError as e:
+            if _disk_full(e):
+                raise StoreFullError(
+                    f"the disk holding {self.directory} is full: the manifest could not be written; free some "
+                    "space and run the same command again"
+                ) from e
+            raise
 
     def close(self) -> None:
         """Flush pending writes and let the folder's write lock go."""
