@@ -8,8 +8,7 @@ from typing import Any
 
 from indexer.config import BuildConfig, RedisConfig
 from indexer.errors import StoreUnavailableError
-from indexer.pipeline import REJECTED_CSV, BuildSummary, build_index
-from indexer.sources import iter_sources
+from indexer.pipeline import REJECTED_CSV, BuildSummary, build_index, check_not_empty, list_items
 
 
 def open_stores(index_dir: Path, redis: RedisConfig | None, dim: int | None = None, read_only: bool = False):
@@ -33,17 +32,20 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
 
     from indexer.encoder import load_encoder
 
+    items, _ = list_items(config)  # an empty listing fails here, before the model loads
     encoder = load_encoder(config.model)
     stores = open_stores(config.index_dir, config.redis, dim=encoder.dim)
     if ray is not None:
         from indexer.ray_build import run_ray_build
 
         try:
-            return run_ray_build(config, ray, stores, encoder)
+            summary = run_ray_build(config, ray, stores, encoder)
+            check_not_empty(summary, config.index_dir)
+            return summary
         finally:
             for store in stores:
                 store.close()
-    total = sum(1 for _ in iter_sources(config.sources))
+    total = len(items)
     bar = tqdm(total=total, unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
     last = [0]
 
@@ -52,7 +54,9 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
         last[0] = done
 
     try:
-        return build_index(config, stores, encoder=encoder, progress=tick)
+        summary = build_index(config, stores, encoder=encoder, progress=tick)
+        check_not_empty(summary, config.index_dir)
+        return summary
     finally:
         bar.close()
         for store in stores:

@@ -24,9 +24,9 @@ from indexer.atomic import atomic_write
 from indexer.config import BuildConfig, PreprocessConfig
 from indexer.decode import content_id, decode_tiff
 from indexer.encoder import Encoder, load_encoder, resolve_preprocess
-from indexer.errors import DecodeError, MaeError
+from indexer.errors import DecodeError, EmptyBuildError, MaeError
 from indexer.preprocess import dataset_window, preprocess, preprocess_image, sample_pixels
-from indexer.sources import SourceItem, iter_sources
+from indexer.sources import SourceItem, SourceProblem, describe_search, iter_sources
 from indexer.stores.base import ImageRecord, VectorStore
 from indexer.stores.manifest import build_manifest, check_compatible
 
@@ -59,6 +59,8 @@ class BuildSummary:
     index_count: int = 0
     runtime: str = ""  # where the model ran, e.g. "cpu bf16"
     recovered: int = 0  # Ray: images imported from the shards of a killed run
+    without_metadata: int = 0  # images whose names gave no plate/well/site/channel
+    stores: list[dict] = field(default_factory=list)  # which stores were written: store_identity()
 
     @property
     def images_per_second(self) -> float:
@@ -84,6 +86,8 @@ class BuildSummary:
             "complete": self.complete,
             "runtime": self.runtime,
             "recovered": self.recovered,
+            "without_metadata": self.without_metadata,
+            "stores": self.stores,
         }
 
 
@@ -147,6 +151,45 @@ def prepare_item(
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:300]
     rec = ImageRecord(id=-1, path=item.path)
     return _Prepared(rec, rejected=Rejected(item.path, stage, reason), seconds=time.perf_counter() - t0)
+
+
+def list_items(config: BuildConfig) -> tuple[list[SourceItem], list[SourceProblem]]:
+    """List the images of a build (both engines call this): items, and problems found while listing.
+
+    Raises
+    ------
+    EmptyBuildError
+        When nothing at all was found: the message says where, and what was looked for.
+    """
+    problems: list[SourceProblem] = []
+    items = list(iter_sources(config.sources, problems))
+    if not items and not problems:
+        raise EmptyBuildError(f"no images found: {describe_search(config.sources)}. Nothing was written.")
+    return items, problems
+
+
+def count_without_metadata(items: Sequence[SourceItem]) -> int:
+    """Log one warning, with a count and an example, for images whose names gave no metadata; return the count."""
+    bare = [it for it in items if not it.meta.parsed]
+    if bare:
+        log.warning(
+            "%d of %d images have names that do not follow the BBBC006 pattern (e.g. %s): they are indexed "
+            "without plate, well, site or channel, so filters on those fields will not find them. Give a "
+            "table with --metadata to add it.",
+            len(bare),
+            len(items),
+            bare[0].path,
+        )
+    return len(bare)
+
+
+def check_not_empty(summary: BuildSummary, index_dir: Path) -> None:
+    """Raise :class:`EmptyBuildError` when images were found but none could be used and the index is empty."""
+    if summary.found and summary.index_count == 0 and summary.indexed == 0 and summary.rejected:
+        raise EmptyBuildError(
+            f"none of the {summary.found} images found could be used, so the index is empty; the reasons "
+            f"are listed in {Path(index_dir) / REJECTED_CSV}"
+        )
 
 
 def _single_threaded_torch() -> None:
@@ -311,10 +354,14 @@ def build_index(
     t_start = time.perf_counter()
     encoder = encoder or load_encoder(config.model)
     problems: list = []
-    items = list(iter_sources(config.sources, problems)) if items is None else list(items)
+    if items is None:
+        items, problems = list_items(config)
+    else:
+        items = list(items)
     summary = BuildSummary(
         found=len(items) + len(problems), runtime=f"{encoder.device.type} {encoder.precision}"
     )
+    summary.without_metadata = count_without_metadata(items)
     summary.rejected.extend(Rejected(p.path, "list", p.reason) for p in problems)
     if config.strict and summary.rejected:
         r = summary.rejected[0]

@@ -27,6 +27,8 @@ from indexer.errors import ConfigError, DecodeError, MaeError
 from indexer.pipeline import (
     BuildSummary,
     Rejected,
+    count_without_metadata,
+    list_items,
     prepare_item,
     resolve_build_preprocess,
     store_location,
@@ -213,15 +215,13 @@ def import_shards(shard_url: str, faiss_store) -> int:
 def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, encoder) -> BuildSummary:
     """Run ``config`` on Ray. ``stores`` are the driver's open stores (FAISS first, Redis optional);
     ``encoder`` is loaded on the driver only to resolve preprocessing and the manifest."""
-    from indexer.sources import iter_sources
-
     ray = _ray()
     t0 = time.perf_counter()
     shard_url = ray_config.shard_url or str(Path(config.index_dir) / SHARD_DIR)
     recovered = import_shards(shard_url, stores[0])  # shards a killed run finished but never imported
-    problems: list = []
-    items = list(iter_sources(config.sources, problems))
+    items, problems = list_items(config)
     summary = BuildSummary(found=len(items) + len(problems))
+    summary.without_metadata = count_without_metadata(items)
     summary.rejected.extend(Rejected(p.path, "list", p.reason) for p in problems)
     stored = stores[0].read_manifest()
     pre = resolve_build_preprocess(config, encoder, items, stored)

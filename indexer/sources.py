@@ -132,6 +132,23 @@ def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = No
                     yield item
 
 
+def describe_search(config: SourceConfig) -> str:
+    """Say what a listing of ``config`` looked for, for the message of a build that found nothing."""
+    where = ", ".join(str(p) for p in config.paths)
+    text = (
+        f"looked in {where} (folders recursively) for {'/'.join('*' + s for s in IMAGE_SUFFIXES)} files "
+        "and .zip archives holding them"
+    )
+    wanted = []
+    if config.channels:
+        wanted.append("channel " + " or ".join(config.channels))
+    if config.z:
+        wanted.append("z " + " or ".join(str(z) for z in config.z))
+    if wanted:
+        text += ", keeping only " + " and ".join(wanted) + " (from the BBBC006 names)"
+    return text
+
+
 def read_path(path: str) -> bytes:
     """Read the bytes of an indexed image from its recorded path (a file, or ``archive.zip/member``).
 
