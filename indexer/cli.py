@@ -20,6 +20,8 @@ from indexer.config import (
     SourceConfig,
 )
 from indexer.errors import ConfigError
+from indexer.stores.binding import describe_identity, redis_record
+from indexer.stores.manifest import read_folder_manifest, resolve_model_name
 
 
 def _channels(value: str) -> tuple[str, ...]:
@@ -51,9 +53,11 @@ def main() -> None:
 @main.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="ViT-MAE hub id or local folder.")
+@click.option("--model", default=None,
+              help=f"ViT-MAE hub id or local folder [default: an existing index's own, else {DEFAULT_MODEL}].")  # fmt: skip
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
-@click.option("--pooling", type=click.Choice(["mean", "cls", "iqm"]), default="mean", show_default=True)
+@click.option("--pooling", type=click.Choice(["mean", "cls", "iqm"]), default=None,
+              help="[default: an existing index's own, else mean]")  # fmt: skip
 @click.option("--batch-size", default=16, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="Decode/preprocess threads.")
 @runtime_options
@@ -62,16 +66,21 @@ def main() -> None:
 @click.option(
     "--intensity",
     type=click.Choice(["percentile", "fixed", "dataset"]),
-    default="percentile",
-    show_default=True,
-    help="Per-image percentiles, a fixed window, or one window from the whole data set.",
+    default=None,
+    help="Per-image percentiles, a fixed window, or one window from the whole data set "
+    "[default: an existing index's own, else percentile].",
 )
-@click.option("--low", default=1.0, show_default=True, help="Low percentile (percentile/dataset).")
-@click.option("--high", default=99.8, show_default=True, help="High percentile (percentile/dataset).")
-@click.option("--window", default=None, help="Fixed window LOW,HIGH in counts (default 0,4095).")
-@click.option("--resize", type=click.Choice(["square", "keep-aspect"]), default="square", show_default=True)
+@click.option("--low", default=None, type=float, help="Low percentile (percentile/dataset) [default: 1].")
+@click.option(
+    "--high", default=None, type=float, help="High percentile (percentile/dataset) [default: 99.8]."
+)
+@click.option("--window", default=None, help="Fixed window LOW,HIGH in the images' units (default 0,4095).")
+@click.option("--resize", type=click.Choice(["square", "keep-aspect"]), default=None,
+              help="[default: an existing index's own, else square]")  # fmt: skip
 @redis_url_option
-@click.option("--redis-index", default="mae", show_default=True, help="Redis index name (key prefix).")
+@click.option("--redis-index", default=None,
+              help="Redis index name (key prefix) [default: the folder's own, recorded in its manifest; "
+                   "a new folder gets mae-<folder>-<hash>].")  # fmt: skip
 @click.option("--redis-algorithm", type=click.Choice(["FLAT", "HNSW"], case_sensitive=False), default="FLAT",
               show_default=True, help="Redis vector index: exact FLAT or approximate HNSW.")  # fmt: skip
 @click.option("--redis-dtype", type=click.Choice(["FLOAT32", "FLOAT16"], case_sensitive=False), default="FLOAT32",
@@ -110,25 +119,35 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
       mae-index build examples/bbbc006 --index runs/idx --model examples/models/mae-tiny-bbbc006
     """
     setup_logging(verbose)
+    from indexer.build import redis_config_for, run_build
+
+    # A build into an existing index takes what the user did not give from its manifest, so a re-run
+    # needs no flags (and the model default, a hub id, never replaces a local model offline).
+    resume = resume_settings(read_folder_manifest(index_dir), index_dir)
+    if model is None and revision is None:
+        model, revision = resume.get("model", DEFAULT_MODEL), resume.get("revision")
+    if intensity is None and low is None and high is None and window is None:
+        inten = resume.get("intensity", IntensityConfig())
+    else:
+        inten = IntensityConfig(mode=intensity or "percentile", low=1.0 if low is None else low,
+                                high=99.8 if high is None else high, window=_parse_window(window))  # fmt: skip
     config = BuildConfig(
         sources=SourceConfig(paths=tuple(data), channels=_channels(channels), z=tuple(z_slices)),
         index_dir=index_dir,
         model=ModelConfig(
             name=model,
             revision=revision,
-            pooling=pooling,
+            pooling=pooling or resume.get("pooling", "mean"),
             device=device,
             precision=precision,
             compile=compile_model,
         ),
-        preprocess=PreprocessConfig(
-            intensity=IntensityConfig(mode=intensity, low=low, high=high, window=_parse_window(window)),
-            resize=resize,
-        ),
-        redis=_redis_config(
+        preprocess=PreprocessConfig(intensity=inten, resize=resize or resume.get("resize", "square")),
+        redis=redis_config_for(
+            index_dir,
             redis_url,
             redis_index,
-            required=False,
+            writing=True,
             algorithm=redis_algorithm,
             dtype=redis_dtype,
             m=hnsw_m,
@@ -141,8 +160,6 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         force=force,
         flush_every=checkpoint_every,
     )
-    from indexer.build import run_build
-
     ray = None
     if engine == "ray":
         from indexer.ray_build import RayConfig
@@ -160,6 +177,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
             f"index now holds {s.index_count}.",
             err=True,
         )
+        click.echo("Stores: " + "; ".join(describe_identity(i) for i in s.stores) + ".", err=True)
         if s.stage_seconds:
             stages = ", ".join(f"{k.replace('_', '/')} {v:.1f} s" for k, v in s.stage_seconds.items())
             click.echo(f"Stage time, summed over workers: {stages}.", err=True)
@@ -194,8 +212,31 @@ def info(index_dir, fmt):
     pre = m["preprocess"]
     click.echo(f"preprocess: intensity {pre['intensity']}, resize {pre['resize']} to {pre['image_size']}")
     click.echo(f"rejected:   {d['rejected']}")
+    record = m.get("redis")
+    click.echo(
+        f"redis:      {describe_identity({'store': 'redis', **record}) if record else 'none recorded'}"
+    )
     for field, values in d["values"].items():
         click.echo(f"{field + ':':<11} {', '.join(map(str, values))}")
+
+
+def resume_settings(manifest: dict | None, index_dir: Path) -> dict:
+    """What a build into an existing index takes from its manifest when the flags do not say:
+    model (found from here, see resolve_model_name), revision, pooling, intensity and resize."""
+    if manifest is None:
+        return {}
+    inten = dict(manifest["preprocess"]["intensity"])
+    if inten.get("window") is not None:
+        inten["window"] = tuple(inten["window"])
+    if inten.get("mode") == "dataset":
+        inten["window"] = None  # recomputed only for a new index; the build reuses the stored one
+    return {
+        "model": resolve_model_name(manifest, index_dir),
+        "revision": manifest["model"].get("revision"),
+        "pooling": manifest["pooling"],
+        "intensity": IntensityConfig(**inten),
+        "resize": manifest["preprocess"]["resize"],
+    }
 
 
 def _redis_config(redis_url: str | None, redis_index: str, required: bool = True, **kw) -> RedisConfig | None:
@@ -211,7 +252,7 @@ def _redis_config(redis_url: str | None, redis_index: str, required: bool = True
     "--index", "index_dir", required=True, type=click.Path(path_type=Path), help="FAISS mirror folder."
 )
 @redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@click.option("--redis-index", default=None, help="[default: the one the folder records]")
 @click.option("--sample", default=200, show_default=True, help="Vectors compared and used as queries.")
 @click.option("-k", "k", default=10, show_default=True, help="k of the recall@k check.")
 @click.option("--min-recall", default=0.99, show_default=True, help="Lowest recall@k that passes.")
@@ -224,17 +265,24 @@ def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
     Compares counts, id sets, manifests, sampled vectors, and recall@k of Redis search against exact
     FAISS search on sampled queries.
     """
-    from indexer.build import open_stores
+    from indexer.build import check_folder_pair, open_stores, redis_config_for
     from indexer.mirror import verify_stores
 
-    faiss_store, redis_store = open_stores(index_dir, _redis_config(redis_url, redis_index), read_only=True)
+    if not redis_url:
+        raise ConfigError("this command needs --redis-url (or MAE_REDIS_URL)")
+    redis = redis_config_for(index_dir, redis_url, redis_index, writing=False)
+    faiss_store, redis_store = open_stores(index_dir, redis, read_only=True)
+    # Another folder's Redis index is refused by index uid; counts and ids are what verify reports.
+    check_folder_pair(index_dir, redis_store, faiss_store, by_count=False)
     tol = 1e-3 if redis_store.config.dtype == "FLOAT16" else 1e-6
     report = verify_stores(redis_store, faiss_store, sample=sample, k=k, seed=seed,
                            vector_tolerance=tol, min_recall=min_recall)  # fmt: skip
     d = report.to_dict()
+    d["primary"], d["mirror"] = redis_store.identity, faiss_store.identity
     if fmt == "json":
         click.echo(json.dumps(d))
     else:
+        click.echo(f"{describe_identity(redis_store.identity)} vs {describe_identity(faiss_store.identity)}")
         click.echo(f"counts: redis {d['count_primary']}, faiss {d['count_mirror']}")
         click.echo(
             f"ids missing: in redis {d['missing_in_primary_count']}, in faiss {d['missing_in_mirror_count']}"
@@ -253,25 +301,48 @@ def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
     "--index", "index_dir", required=True, type=click.Path(path_type=Path), help="FAISS mirror folder."
 )
 @redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@click.option("--redis-index", default=None, help="[default: the one the folder records]")
 @handle_errors
 def sync(index_dir, redis_url, redis_index):
     """Rebuild the FAISS mirror at --index from Redis (e.g. on a second machine)."""
     from tqdm.auto import tqdm
 
+    from indexer.build import redis_config_for
     from indexer.mirror import sync_mirror
     from indexer.stores.faiss_store import FaissStore
     from indexer.stores.redis_store import RedisStore
 
-    source = RedisStore(_redis_config(redis_url, redis_index))
+    if not redis_url:
+        raise ConfigError("this command needs --redis-url (or MAE_REDIS_URL)")
+    source = RedisStore(redis_config_for(index_dir, redis_url, redis_index, writing=False))
     manifest = source.read_manifest()
     if manifest is None:
-        raise ConfigError(f"Redis index {redis_index!r} has no manifest: nothing was built into it")
+        raise ConfigError(f"{source.location} has no manifest: nothing was built into it")
     target = FaissStore(index_dir, dim=manifest["dim"])
     with tqdm(total=source.count(), unit="vec", desc="sync") as bar:
         n = sync_mirror(source, target, progress=lambda done: bar.update(done - bar.n))
+    # The folder now mirrors this Redis index: record it, so readers need no --redis-index.
+    identity = source.identity
+    target.write_manifest({**manifest, "redis": redis_record(identity["index"], identity["server"])})
     target.compact()
-    click.echo(f"Mirrored {n} vectors from Redis into {index_dir}.", err=True)
+    click.echo(f"Mirrored {n} vectors from {describe_identity(identity)} into {index_dir}.", err=True)
+
+
+@main.command("drop-redis")
+@redis_url_option
+@click.option(
+    "--redis-index", required=True, help="The Redis index to delete, with its vectors and manifest."
+)
+@handle_errors
+def drop_redis(redis_url, redis_index):
+    """Delete a Redis index, its vectors and its manifest (index folders that mirror it keep theirs)."""
+    from indexer.stores.redis_store import RedisStore
+
+    store = RedisStore(_redis_config(redis_url, redis_index))
+    n = store.count()
+    store.drop(delete_documents=True)
+    store.close()
+    click.echo(f"Dropped {describe_identity(store.identity)} and its {n} vectors.", err=True)
 
 
 @main.command()

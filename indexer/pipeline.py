@@ -28,7 +28,8 @@ from indexer.errors import DecodeError, EmptyBuildError, MaeError
 from indexer.preprocess import dataset_window, preprocess, preprocess_image, sample_pixels
 from indexer.sources import SourceItem, SourceProblem, describe_search, iter_sources
 from indexer.stores.base import ImageRecord, VectorStore
-from indexer.stores.manifest import build_manifest, check_compatible
+from indexer.stores.binding import bind_stores
+from indexer.stores.manifest import build_manifest, check_compatible, record_model_paths
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +306,28 @@ def resolve_build_preprocess(
     return pre
 
 
+def settle_manifest(
+    config: BuildConfig, encoder: Encoder, items: Sequence[SourceItem], stores: Sequence[VectorStore]
+) -> PreprocessConfig:
+    """The manifest handshake of a build (both engines): check this run's settings against every
+    store's manifest, write the manifest where there is none, and return the preprocessing to use.
+
+    Raises
+    ------
+    IndexMismatchError
+        If a store was built with another model, pooling or preprocessing (the message names the field).
+    """
+    stored = stores[0].read_manifest() if stores else None
+    pre = resolve_build_preprocess(config, encoder, items, stored)
+    model = record_model_paths(encoder.info, config.index_dir)
+    manifest = build_manifest(model, config.model.pooling, pre.to_dict(), encoder.dim)
+    manifests = [store.read_manifest() for store in stores]
+    for store, have in zip(stores, manifests):
+        check_compatible(have, manifest, store_location(store))
+    bind_stores(stores, manifests, manifest)
+    return pre
+
+
 def write_rejected(index_dir: Path, rejected: Sequence[Rejected]) -> None:
     """Write ``rejected.csv`` (path, stage, reason) in the index folder, atomically."""
 
@@ -367,14 +390,7 @@ def build_index(
         r = summary.rejected[0]
         raise DecodeError(f"{r.path}: {r.reason} (strict mode)")
 
-    stored = stores[0].read_manifest() if stores else None
-    pre = resolve_build_preprocess(config, encoder, items, stored)
-    manifest = build_manifest(encoder.info, config.model.pooling, pre.to_dict(), encoder.dim)
-    for store in stores:
-        check_compatible(store.read_manifest(), manifest, store_location(store))
-    for store in stores:
-        if store.read_manifest() is None:
-            store.write_manifest(manifest)
+    pre = settle_manifest(config, encoder, items, stores)
 
     existing: set[int] = set()
     if not config.force and stores:

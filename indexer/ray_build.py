@@ -30,12 +30,10 @@ from indexer.pipeline import (
     count_without_metadata,
     list_items,
     prepare_item,
-    resolve_build_preprocess,
-    store_location,
+    settle_manifest,
     write_rejected,
 )
 from indexer.stores.base import RECORD_FIELDS, ImageRecord
-from indexer.stores.manifest import build_manifest, check_compatible
 
 SHARD_DIR = "ray-shards"
 #: Per-row seconds each stage reports, summed into the build summary under the local build's names.
@@ -223,13 +221,7 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
     summary = BuildSummary(found=len(items) + len(problems))
     summary.without_metadata = count_without_metadata(items)
     summary.rejected.extend(Rejected(p.path, "list", p.reason) for p in problems)
-    stored = stores[0].read_manifest()
-    pre = resolve_build_preprocess(config, encoder, items, stored)
-    manifest = build_manifest(encoder.info, config.model.pooling, pre.to_dict(), encoder.dim)
-    for store in stores:
-        check_compatible(store.read_manifest(), manifest, store_location(store))
-        if store.read_manifest() is None:
-            store.write_manifest(manifest)
+    pre = settle_manifest(config, encoder, items, stores)
     existing: set[int] = set()
     if not config.force:
         existing = set(stores[0].ids().tolist())

@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 
 from indexer.cli_common import handle_errors, redis_url_option, runtime_options, setup_logging, verbose_option
-from indexer.config import RedisConfig
 from indexer.errors import ConfigError
 from indexer.stores.base import Hit, MetadataFilter
+from indexer.stores.binding import describe_identity, store_identity
 
 OUTPUT_FIELDS = (
     "query",
@@ -28,36 +28,38 @@ OUTPUT_FIELDS = (
     "site",
     "channel",
     "z",
+    "store",
+    "index",
 )
 
 
-def open_store(index_dir: Path | None, redis: RedisConfig | None, backend: str | None):
-    """Open the store to search: Redis when a URL is given (or asked for), else the FAISS folder."""
-    backend = backend or ("redis" if redis else "faiss")
-    if backend == "redis":
-        if redis is None:
-            raise ConfigError("--backend redis needs --redis-url (or MAE_REDIS_URL)")
-        from indexer.stores.redis_store import RedisStore
+def open_store(index_dir: Path | None, redis_url: str | None, redis_index: str | None, ef_runtime: int,
+               backend: str | None):  # fmt: skip
+    """Open the store to search: Redis when a URL is given (or asked for), its index name taken from the
+    folder's record unless given, checked to be the folder's own; else the FAISS folder."""
+    from indexer.build import open_read_store, redis_config_for
 
-        return RedisStore(redis)
-    if index_dir is None:
-        raise ConfigError("--index DIR is required for the FAISS backend")
-    from indexer.stores.faiss_store import FaissStore
-
-    return FaissStore(index_dir, read_only=True)
+    if backend != "faiss" and redis_url:
+        redis = redis_config_for(index_dir, redis_url, redis_index, writing=False, ef_runtime=ef_runtime)
+    else:
+        redis = None
+    return open_read_store(index_dir, redis, backend)
 
 
-def hits_to_rows(queries: list[str], results: list[list[Hit]]) -> list[dict]:
-    """Flatten per-query hits into rows with the query's name first."""
+def hits_to_rows(queries: list[str], results: list[list[Hit]], identity: dict | None = None) -> list[dict]:
+    """Flatten per-query hits into rows with the query's name first (and the store and index that
+    answered, when given)."""
     rows = []
+    where = {"store": identity["store"], "index": identity["index"]} if identity else {}
     for q, hits in zip(queries, results):
         for h in hits:
-            rows.append({"query": q, **h.to_dict()})
+            rows.append({"query": q, **h.to_dict(), **where})
     return rows
 
 
-def format_rows(rows: list[dict], fmt: str) -> str:
-    """Render rows as an aligned table, JSON (a list of objects) or CSV."""
+def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> str:
+    """Render rows as an aligned table (headed by ``answered_by``, the store and index that answered),
+    JSON (a list of objects) or CSV."""
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if fmt == "csv":
@@ -66,14 +68,15 @@ def format_rows(rows: list[dict], fmt: str) -> str:
         w.writeheader()
         w.writerows(rows)
         return buf.getvalue().rstrip("\n")
+    head = [f"answered by {answered_by}"] if answered_by else []
     if not rows:
-        return "(no results)"
+        return "\n".join([*head, "(no results)"])
     cols = ("rank", "score", "well", "site", "channel", "z", "id", "path")
     cells = [
         [("" if r[c] is None else f"{r[c]:.4f}" if c == "score" else str(r[c])) for c in cols] for r in rows
     ]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = []
+    lines = list(head)
     current = None
     for r, row in zip(rows, cells):
         if r["query"] != current:
@@ -109,7 +112,7 @@ def main() -> None:
 @click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None,
               help="Store to search (default: redis when a Redis URL is given, else faiss).")  # fmt: skip
 @redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@click.option("--redis-index", default=None, help="[default: the one the --index folder records]")
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
@@ -146,12 +149,11 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
             rows.extend({"query": str(name), **h} for h in hits)
         click.echo(format_rows(rows, fmt))
         return
-    redis = (
-        RedisConfig(url=redis_url, index_name=redis_index, ef_runtime=hnsw_ef_runtime) if redis_url else None
-    )
-    store = open_store(index_dir, redis, backend)
+    store = open_store(index_dir, redis_url, redis_index, hnsw_ef_runtime, backend)
     try:
-        retriever = Retriever.open(store, model, device, precision, compile_model)
+        # Queries by id search with stored vectors: the model loads only when an image needs embedding.
+        retriever = Retriever.open(store, model, device, precision, compile_model, index_dir=index_dir,
+                                   lazy=not images)  # fmt: skip
         names, results = [], []
         if images:
             names += [str(p) for p in images]
@@ -161,14 +163,15 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
             results += retriever.search_ids(list(ids), options)
     finally:
         store.close()
-    click.echo(format_rows(hits_to_rows(names, results), fmt))
+    identity = store_identity(store)
+    click.echo(format_rows(hits_to_rows(names, results, identity), fmt, describe_identity(identity)))
 
 
 @main.command()
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index folder (FAISS).")
 @click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None)
 @redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@click.option("--redis-index", default=None, help="[default: the one the --index folder records]")
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
@@ -206,17 +209,20 @@ def serve(
     from retriever.search import Retriever
     from retriever.server import QueryService, make_server
 
-    redis = (
-        RedisConfig(url=redis_url, index_name=redis_index, ef_runtime=hnsw_ef_runtime) if redis_url else None
+    store = open_store(index_dir, redis_url, redis_index, hnsw_ef_runtime, backend)
+    service = QueryService(
+        Retriever.open(store, model, device, precision, compile_model, index_dir=index_dir)
     )
-    store = open_store(index_dir, redis, backend)
-    service = QueryService(Retriever.open(store, model, device, precision, compile_model))
     server = make_server(service, host, port, max_upload_mb * 1024 * 1024)
     service.warm_up()
     # HTTP on a side thread; the model and index work on this one, the thread that loaded the model
     # (see QueryService).
     threading.Thread(target=server.serve_forever, name="mae-http", daemon=True).start()
-    click.echo(f"Serving {service.health()['count']} images on http://{host}:{server.server_port}", err=True)
+    health = service.health()
+    answered_by = describe_identity(store_identity(store))
+    click.echo(
+        f"Serving {health['count']} images of {answered_by} on http://{host}:{server.server_port}", err=True
+    )
     try:
         service.run_compute(threading.Event())
     finally:

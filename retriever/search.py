@@ -6,7 +6,7 @@ and the same preprocessing, so a query vector is comparable with the indexed one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from indexer.encoder import Encoder, load_encoder
 from indexer.errors import ConfigError, IndexMismatchError, StoreUnavailableError
 from indexer.preprocess import preprocess_image
 from indexer.stores.base import Hit, MetadataFilter, VectorStore
-from indexer.stores.manifest import diff_manifests
+from indexer.stores.manifest import diff_manifests, resolve_model_name
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,16 @@ def model_config_from_manifest(
     device: str = "auto",
     precision: str = "auto",
     compile: bool = False,
+    index_dir: Path | None = None,
 ) -> ModelConfig:
     """The :class:`ModelConfig` an index was built with (optionally another path to the same weights),
-    run on ``device`` at ``precision`` (bf16 and fp32 vectors agree to a cosine of 0.99999)."""
+    run on ``device`` at ``precision`` (bf16 and fp32 vectors agree to a cosine of 0.99999).
+
+    The model folder is found from any directory: see :func:`indexer.stores.manifest.resolve_model_name`.
+    """
     m = manifest["model"]
     return ModelConfig(
-        name=model_override or m["name"],
+        name=model_override or resolve_model_name(manifest, index_dir),
         revision=m.get("revision"),
         pooling=manifest["pooling"],
         device=device,
@@ -58,15 +62,31 @@ def model_config_from_manifest(
 
 
 class Retriever:
-    """Embeds query images exactly as the index did and searches a :class:`VectorStore`."""
+    """Embeds query images exactly as the index did and searches a :class:`VectorStore`.
+
+    ``encoder`` may be a loaded :class:`Encoder` or a function that loads one: it is then loaded on
+    first use, so queries by id (stored vectors) never load a model.
+    """
 
     def __init__(
-        self, store: VectorStore, encoder: Encoder, preprocess: PreprocessConfig, batch_size: int = 16
+        self,
+        store: VectorStore,
+        encoder: Encoder | Callable[[], Encoder],
+        preprocess: PreprocessConfig,
+        batch_size: int = 16,
     ):
         self.store = store
-        self.encoder = encoder
+        self._encoder = encoder if isinstance(encoder, Encoder) else None
+        self._load = None if isinstance(encoder, Encoder) else encoder
         self.preprocess = preprocess
         self.batch_size = batch_size
+
+    @property
+    def encoder(self) -> Encoder:
+        """The model, loaded (and checked against the index) on first use."""
+        if self._encoder is None:
+            self._encoder = self._load()
+        return self._encoder
 
     @classmethod
     def open(
@@ -76,14 +96,21 @@ class Retriever:
         device: str = "auto",
         precision: str = "auto",
         compile: bool = False,
+        index_dir: Path | None = None,
+        lazy: bool = False,
     ) -> Retriever:
         """Load the model and preprocessing recorded in ``store``'s manifest; run it on ``device`` at
         ``precision`` (see :class:`ModelConfig`).
+
+        ``index_dir`` (default: the store's own folder, for FAISS) is where a model path recorded relative
+        to the index folder starts. With ``lazy`` the model loads at the first image query.
 
         Raises
         ------
         StoreUnavailableError
             If the store has no manifest (nothing was built into it).
+        ModelLoadError
+            If the model cannot be found (moved folder: give ``model_override``) or loaded.
         IndexMismatchError
             If ``model_override`` names different weights than the index was built with.
         """
@@ -92,18 +119,27 @@ class Retriever:
             raise StoreUnavailableError(
                 "the index is empty (no manifest): build it first with `mae-index build`"
             )
-        encoder = load_encoder(
-            model_config_from_manifest(manifest, model_override, device, precision, compile)
-        )
-        current = {**manifest, "model": encoder.info}
-        problems = [p for p in diff_manifests(manifest, current) if p.startswith("model")]
-        if problems:
-            raise IndexMismatchError(
-                "the model given with --model is not the one the index was built with: "
-                + problems[0]
-                + ". Omit --model to use the index's own, or build a new index with this model."
+        if index_dir is None:
+            index_dir = getattr(store, "directory", None)
+
+        def load() -> Encoder:
+            encoder = load_encoder(
+                model_config_from_manifest(manifest, model_override, device, precision, compile, index_dir)
             )
-        return cls(store, encoder, PreprocessConfig.from_dict(manifest["preprocess"]))
+            current = {**manifest, "model": encoder.info}
+            problems = [p for p in diff_manifests(manifest, current) if p.startswith("model")]
+            if problems:
+                raise IndexMismatchError(
+                    "the model given with --model is not the one the index was built with: "
+                    + problems[0]
+                    + ". Omit --model to use the index's own, or build a new index with this model."
+                )
+            return encoder
+
+        retriever = cls(store, load, PreprocessConfig.from_dict(manifest["preprocess"]))
+        if not lazy:
+            retriever.encoder  # noqa: B018 - load now: a server should fail at start, not at its first query
+        return retriever
 
     def embed_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Embed raw 2-D uint16 images; returns (n, dim) float32 unit vectors."""
@@ -148,5 +184,8 @@ class Retriever:
         try:
             vectors = self.store.get_vectors(list(ids))
         except KeyError as e:
-            raise ConfigError(f"{e.args[0]}; list ids with `mae-search query ... --format json`") from e
+            raise ConfigError(
+                f"{e.args[0]}; ids are the 'id' field of query results: "
+                "`mae-search query IMAGE --index DIR --format json`"
+            ) from e
         return self.search_vectors(vectors, options)

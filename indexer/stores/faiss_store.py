@@ -135,6 +135,11 @@ class FaissStore:
         """The index folder, for messages."""
         return str(self.directory)
 
+    @property
+    def identity(self) -> dict[str, str]:
+        """Which store and index this is, for outputs: ``{"store": "faiss", "index": folder}``."""
+        return {"store": "faiss", "index": str(self.directory)}
+
     # ---------------------------------------------------------------- loading
     def _shard_paths(self) -> list[Path]:
         d = self.directory / SHARDS

@@ -255,6 +255,11 @@ class RedisStore:
         return f"Redis index {self.config.index_name!r} at {redact_url(self.config.url)}"
 
     @property
+    def identity(self) -> dict[str, str]:
+        """Which store and index this is, for outputs (the server without secrets)."""
+        return {"store": "redis", "index": self.config.index_name, "server": redact_url(self.config.url)}
+
+    @property
     def _dtype(self) -> np.dtype:
         # Little-endian whatever the machine: the byte layout Redis expects for vector blobs.
         return np.dtype("<f2") if self.config.dtype == "FLOAT16" else np.dtype("<f4")
@@ -426,7 +431,8 @@ class RedisStore:
             raise IndexMismatchError(
                 f"{self.location} already exists with "
                 + ", ".join(problems)
-                + ". Use another --redis-index name, or rebuild it (--force drops the old index)."
+                + ". Use another --redis-index name, or drop this one first (it deletes its vectors): "
+                f"`mae-index drop-redis --redis-index {self.config.index_name}`."
             )
         # A reader (dim=None) adopts the index's own settings; a writer has just been checked against them.
         adopt: dict[str, Any] = {"algorithm": have_algorithm, "dtype": have_dtype}
