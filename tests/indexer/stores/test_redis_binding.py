@@ -78,7 +78,9 @@ def test_a_folder_and_another_folders_redis_index_are_refused(env_url, tmp_path,
     m["redis"]["index"] = name_a
     (b / "manifest.json").write_text(json.dumps(m))
     r = _query(real_images[0], b)
-    assert r.exit_code == 1 and "another index folder" in r.output and name_a in r.output and str(b) in r.output
+    assert (
+        r.exit_code == 1 and "another index folder" in r.output and name_a in r.output and str(b) in r.output
+    )
     v = CliRunner().invoke(index_main, ["verify", "--index", str(b)])
     assert v.exit_code == 1 and "another index folder" in v.output
 
