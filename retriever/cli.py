@@ -161,6 +161,8 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
         if ids:
             names += [f"id:{i}" for i in ids]
             results += retriever.search_ids(list(ids), options)
+        for warning in retriever.filter_warnings(where):
+            click.echo(f"Warning: {warning}", err=True)
     finally:
         store.close()
     identity = store_identity(store)

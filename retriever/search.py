@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from indexer.bbbc006 import VALID_TEXT, is_bbbc006_value
 from indexer.config import ModelConfig, PreprocessConfig
 from indexer.decode import decode_tiff
 from indexer.encoder import Encoder, load_encoder
@@ -59,6 +60,51 @@ def model_config_from_manifest(
         precision=precision,
         compile=compile,
     )
+
+
+#: Filter fields the query CLI offers, in the order warnings are given.
+_CHECKED_FIELDS = ("plate", "well", "site", "channel", "z")
+#: Values listed in a warning before "... (N values)".
+_LISTED = 12
+
+
+def filter_warnings(where: MetadataFilter, held: dict[str, list]) -> list[str]:
+    """Warnings for filter values the index does not hold (pure).
+
+    Parameters
+    ----------
+    where
+        The query's filter.
+    held
+        Per field, the distinct values the index holds (:meth:`VectorStore.field_values`).
+
+    Returns
+    -------
+    list of str
+        One line per field with values the index lacks: whether each is a valid BBBC006 value, and the
+        values the index holds.
+    """
+    out = []
+    for name in _CHECKED_FIELDS:
+        asked = getattr(where, name)
+        have = held.get(name, [])
+        missing = [v for v in asked if v not in have]
+        if not missing:
+            continue
+        reasons = []
+        for v in missing:
+            if is_bbbc006_value(name, v) or name == "plate":
+                reasons.append(f"{v} is not in the index" if name != "z" else f"z {v} is not in the index")
+            else:
+                reasons.append(f"{v} is not a BBBC006 {name} ({VALID_TEXT[name]})")
+        listed = ", ".join(str(v) for v in have[:_LISTED])
+        if len(have) > _LISTED:
+            listed += f", ... ({len(have)} values)"
+        holds = f"the index holds {name} {listed}" if have else f"the index holds no {name} values"
+        verb = "matches nothing" if len(missing) == len(asked) else "partly matches nothing"
+        values = " ".join(str(v) for v in missing)
+        out.append(f"--{name} {values} {verb}: {'; '.join(reasons)}; {holds}")
+    return out
 
 
 class Retriever:
@@ -164,6 +210,11 @@ class Retriever:
                 raise ConfigError(f"cannot read query image {p}: {e.strerror or e}") from e
             images.append(decode_tiff(data))
         return self.embed_arrays(images)
+
+    def filter_warnings(self, where: MetadataFilter) -> list[str]:
+        """Warnings for values of ``where`` the index does not hold (see :func:`filter_warnings`)."""
+        held = {name: self.store.field_values(name) for name in _CHECKED_FIELDS if getattr(where, name)}
+        return filter_warnings(where, held)
 
     def search_vectors(self, vectors: np.ndarray, options: QueryOptions) -> list[list[Hit]]:
         """Search the store with query vectors."""

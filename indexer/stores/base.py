@@ -61,6 +61,18 @@ class Hit:
         return {"rank": self.rank, "score": self.score, **self.record.to_dict()}
 
 
+def _lenient(normalise):
+    # A value the normaliser does not recognise (a well "99", a channel "DAPI" of your own data) stays
+    # as given, stripped: it matches what the index holds, or nothing, and the query says so.
+    def convert(value: Any) -> str:
+        try:
+            return normalise(value)
+        except ValueError:
+            return str(value).strip(_TRIM)
+
+    return convert
+
+
 def _tuple(values: Any, convert) -> tuple:
     if values is None:
         return ()
@@ -95,17 +107,17 @@ class MetadataFilter:
     def __post_init__(self) -> None:
         conv = {
             "plate": lambda v: str(v).strip(_TRIM),
-            "well": normalise_well,
+            "well": _lenient(normalise_well),
             "row": lambda r: str(r).strip(_TRIM).upper(),
             "column": int,
             "site": int,
-            "channel": normalise_channel,
+            "channel": _lenient(normalise_channel),
             "z": int,
             "path": lambda v: str(v).strip(_TRIM),
         }
         for name, fn in conv.items():
             object.__setattr__(self, name, _tuple(getattr(self, name), fn))
-        for name in ("plate", "row", "path"):
+        for name in ("plate", "well", "row", "channel", "path"):
             for value in getattr(self, name):
                 if not value:
                     raise ConfigError(f"empty {name} filter value")
@@ -173,6 +185,10 @@ class VectorStore(Protocol):
 
     def delete(self, ids: Sequence[int]) -> int:
         """Delete ``ids``; return how many were present."""
+        ...
+
+    def field_values(self, name: str) -> list:
+        """Return the distinct values of metadata field ``name`` the store holds, sorted (None left out)."""
         ...
 
     def read_manifest(self) -> dict[str, Any] | None:

@@ -316,6 +316,12 @@ class FaissStore:
             out[row] = self._index.reconstruct(int(i))
         return out
 
+    def field_values(self, name: str) -> list:
+        """Distinct values of metadata field ``name``, sorted (None left out)."""
+        if name not in RECORD_FIELDS:
+            raise ConfigError(f"no metadata field {name!r}")
+        return sorted({v for r in self._records.values() if (v := getattr(r, name)) is not None})
+
     def _frame(self) -> pd.DataFrame:
         if self._meta_frame is None:
             rows = [r.to_dict() for r in self._records.values()]

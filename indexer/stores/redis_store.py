@@ -552,6 +552,24 @@ class RedisStore:
                            "LIMIT", 0, 0, "DIALECT", 2)  # fmt: skip
         return int(reply[0])
 
+    def field_values(self, name: str) -> list:
+        """Distinct values of metadata field ``name``, sorted (None left out), by a ``GROUPBY``
+        aggregation (exact after deletes, where ``FT.TAGVALS`` may still list values of deleted hashes)."""
+        if name not in RECORD_FIELDS:
+            raise ConfigError(f"no metadata field {name!r}")
+        if self.dim is None:
+            return []
+        reply = self._call(self.client.execute_command, "FT.AGGREGATE", self.config.index_name, "*",
+                           "LOAD", 1, f"@{name}", "GROUPBY", 1, f"@{name}", "DIALECT", 2)  # fmt: skip
+        values = set()
+        for row in reply[1:]:
+            value = _pairs(row).get(name)
+            if value is None:
+                continue  # hashes without the field form a group of their own
+            text = _s(value)
+            values.add(int(float(text)) if name in NUMERIC_FIELDS else text)
+        return sorted(values)
+
     def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         out: list[Any] = []
         for start in range(0, len(commands), READ_CHUNK):

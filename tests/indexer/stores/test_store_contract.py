@@ -301,3 +301,13 @@ def test_redis_and_faiss_return_the_same_top10_on_a_flat_index(tmp_path, redis_c
     np.testing.assert_allclose(
         redis_store.get_vectors(ids[:20]), faiss_store.get_vectors(ids[:20]), atol=1e-7
     )
+
+
+def test_field_values_are_the_distinct_values_held(store):
+    records = _records()
+    store.add(_unit(N), records)
+    for name in ("plate", "well", "row", "column", "site", "channel", "z"):
+        expected = sorted({getattr(r, name) for r in records if getattr(r, name) is not None})
+        assert store.field_values(name) == expected, name
+    store.delete([r.id for r in records if r.channel == "w1"])
+    assert store.field_values("channel") == ["w2"]
