@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import handle_errors, redis_url_option, setup_logging, verbose_option
+from indexer.cli_common import handle_errors, redis_url_option, require_extra, setup_logging, verbose_option
 from indexer.errors import ConfigError
 
 
@@ -34,6 +34,7 @@ def _query_ids(path: Path | None) -> tuple[int, ...]:
 
 def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
               device, out, model=None):  # fmt: skip
+    require_extra("eval")  # report.py needs scipy, matplotlib and scikit-learn: say so before any query
     from tqdm.auto import tqdm
 
     from eval import perturb as perturbations
@@ -62,6 +63,11 @@ def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, s
 
     result = run_robustness(retriever, config, progress=tick, exact=exact if store is not exact else None)
     bar.close()
+    if result.skipped_queries:
+        skipped = result.skipped_queries
+        n = len(skipped) + len(result.query_ids)
+        click.echo(f"Warning: {len(skipped)} of {n} query images cannot be read (moved since the build?) and "
+                   "are left out: " + "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5]), err=True)  # fmt: skip
     manifest = store.read_manifest() or {}
     meta = {"location": str(index_dir), "count": store.count(), "model": manifest.get("model", {}).get("name"),
             "backend": "redis" if redis_url else "faiss", "answered_by": store_identity(store)}  # fmt: skip

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import handle_errors, redis_url_option, runtime_options, setup_logging, verbose_option
+from indexer.cli_common import (
+    handle_errors,
+    redis_url_option,
+    require_extra,
+    runtime_options,
+    setup_logging,
+    verbose_option,
+)
 from indexer.config import (
     DEFAULT_MODEL,
     BuildConfig,
@@ -119,6 +126,8 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
       mae-index build examples/bbbc006 --index runs/idx --model examples/models/mae-tiny-bbbc006
     """
     setup_logging(verbose)
+    if engine == "ray":
+        require_extra("ray")  # before the model loads or a folder is written
     from indexer.build import redis_config_for, run_build
 
     # A build into an existing index takes what the user did not give from its manifest, so a re-run

@@ -24,7 +24,7 @@ from indexer.atomic import atomic_write
 from indexer.config import BuildConfig, PreprocessConfig
 from indexer.decode import content_id, decode_tiff
 from indexer.encoder import Encoder, load_encoder, resolve_preprocess
-from indexer.errors import DecodeError, EmptyBuildError, MaeError
+from indexer.errors import DecodeError, EmptyBuildError
 from indexer.preprocess import dataset_window, preprocess, preprocess_image, sample_pixels
 from indexer.sources import SourceItem, SourceProblem, describe_search, iter_sources
 from indexer.stores.base import ImageRecord, VectorStore
@@ -278,14 +278,20 @@ class _Writer:
 def compute_dataset_window(items: Sequence[SourceItem], low: float, high: float) -> tuple[float, float]:
     """Pool pixel samples of up to :data:`DATASET_WINDOW_IMAGES` images spread over ``items``."""
     if not items:
-        raise MaeError("no images found to compute a data-set intensity window from")
+        raise EmptyBuildError("no images found to compute a data-set intensity window from")
     step = max(1, len(items) // DATASET_WINDOW_IMAGES)
     samples = []
-    for item in items[::step][:DATASET_WINDOW_IMAGES]:
+    chosen = items[::step][:DATASET_WINDOW_IMAGES]
+    for item in chosen:
         try:
             samples.append(sample_pixels(decode_tiff(item.read())))
         except (DecodeError, OSError):
             continue
+    if not samples:
+        raise EmptyBuildError(
+            f"none of the {len(chosen)} images sampled for the data-set intensity window (--intensity "
+            f"dataset) could be decoded (e.g. {chosen[0].path}); check the files, or use --intensity percentile"
+        )
     return dataset_window(samples, low, high)
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from indexer.config import IntensityConfig, PreprocessConfig
+from indexer.errors import ConfigError
 
 #: Pixels sampled per image when pooling a data-set intensity window (evenly strided, deterministic).
 DATASET_SAMPLE_PIXELS = 65536
@@ -54,7 +55,7 @@ def intensity_window(image: torch.Tensor, config: IntensityConfig) -> tuple[torc
             lo_hi = torch.quantile(image.reshape(b, -1), q, dim=1)  # (2, B)
         return lo_hi[0].view(b, 1, 1), lo_hi[1].view(b, 1, 1)
     if config.window is None:
-        raise ValueError("intensity mode 'dataset' needs a window: compute it with dataset_window() first")
+        raise ConfigError("intensity mode 'dataset' needs a window: compute it with dataset_window() first")
     lo = torch.full((b, 1, 1), config.window[0], dtype=image.dtype, device=image.device)
     hi = torch.full((b, 1, 1), config.window[1], dtype=image.dtype, device=image.device)
     return lo, hi
@@ -124,7 +125,7 @@ def dataset_window(samples: list[np.ndarray], low: float, high: float) -> tuple[
     One window for the whole data set keeps defocused slices dim instead of re-stretching them.
     """
     if not samples:
-        raise ValueError("no images to compute a data-set intensity window from")
+        raise ConfigError("no images to compute a data-set intensity window from")
     pooled = np.concatenate([s.reshape(-1) for s in samples]).astype(np.float64)
     lo, hi = np.percentile(pooled, [low, high])
     if hi <= lo:

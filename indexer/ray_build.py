@@ -167,7 +167,17 @@ class _Write:
         from indexer.stores.faiss_store import records_to_table
 
         t0 = time.perf_counter()
-        rows = [i for i, s in enumerate(batch["status"]) if s == "ok"]
+        status = list(batch["status"])
+        rows, first = [], set()
+        for i, s in enumerate(status):
+            if s != "ok":
+                continue
+            if int(batch["id"][i]) in first:
+                # Two files with the same content in one batch: a store takes each id once per write.
+                status[i] = "duplicate"
+                continue
+            first.add(int(batch["id"][i]))
+            rows.append(i)
         if rows:
             records = [
                 ImageRecord(id=int(batch["id"][i]), path=str(batch["path"][i]), **batch["meta"][i])
@@ -182,7 +192,8 @@ class _Write:
             with fs.open(name + ".tmp", "wb") as f:
                 pq.write_table(records_to_table(vectors, records), f)
             fs.mv(name + ".tmp", name)  # a reader never sees half a shard
-        out = {k: batch[k] for k in ("id", "path", "status", "stage", "reason", "t_prepare", "t_embed")}
+        out = {k: batch[k] for k in ("id", "path", "stage", "reason", "t_prepare", "t_embed")}
+        out["status"] = np.array(status)
         out["t_write"] = np.full(len(batch["status"]), (time.perf_counter() - t0) / len(batch["status"]))
         return out
 
@@ -202,8 +213,10 @@ def import_shards(shard_url: str, faiss_store) -> int:
     for p in paths:
         with fs.open(p, "rb") as f:
             ids, vectors, records, deleted = table_to_records(pq.read_table(f))
-        faiss_store.add(vectors, records)
-        n += len(records)
+        last = {int(i): row for row, i in enumerate(ids)}  # one row per id (same content, same vector)
+        keep = sorted(last.values())
+        faiss_store.add(vectors[keep], [records[row] for row in keep])
+        n += len(keep)
     faiss_store.flush()  # atomic: the mirror holds all of these shards or none
     for p in paths:
         fs.rm(p)
@@ -256,10 +269,9 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
                     raise DecodeError(f"{row['path']}: {row['reason']} (strict mode)")
             elif row["status"] == "skipped":
                 summary.skipped_existing += 1
-            elif int(row["id"]) in seen:
-                summary.rejected.append(
-                    Rejected(row["path"], "dedupe", f"same content as {seen[int(row['id'])]}")
-                )
+            elif row["status"] == "duplicate" or int(row["id"]) in seen:
+                first = seen.get(int(row["id"]), "another image of its batch")
+                summary.rejected.append(Rejected(row["path"], "dedupe", f"same content as {first}"))
             else:
                 seen[int(row["id"])] = row["path"]
                 summary.indexed += 1

@@ -166,4 +166,4 @@ def read_path(path: str) -> bytes:
         archive, member = path[: cut + 4], path[cut + 5 :]
         with zipfile.ZipFile(archive) as zf:
             return zf.read(member)
-    raise FileNotFoundError(f"indexed image not found: {path} (moved since the build?)")
+    raise FileNotFoundError(2, "not found (moved since the build?)", path)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 import threading
 from pathlib import Path
 
 import click
 
 from indexer.cli_common import handle_errors, redis_url_option, runtime_options, setup_logging, verbose_option
-from indexer.errors import ConfigError
+from indexer.errors import ConfigError, DecodeError
 from indexer.stores.base import Hit, MetadataFilter
 from indexer.stores.binding import describe_identity, store_identity
 
@@ -155,9 +156,18 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
         retriever = Retriever.open(store, model, device, precision, compile_model, index_dir=index_dir,
                                    lazy=not images)  # fmt: skip
         names, results = [], []
+        failures = []
         if images:
-            names += [str(p) for p in images]
-            results += retriever.search_files(list(images), options)
+            # With several images, one bad file must not cost the others' results: answer the usable
+            # ones, then name the bad ones and exit 1.
+            vectors, failures = retriever.embed_files_checked(list(images))
+            if len(failures) == len(images) == 1:
+                bad = failures[0]
+                raise (ConfigError if bad.missing else DecodeError)(f"query image {bad.path}: {bad.reason}")
+            failed = {f.path for f in failures}
+            names += [str(p) for p in images if str(p) not in failed]
+            if len(vectors):
+                results += retriever.search_vectors(vectors, options)
         if ids:
             names += [f"id:{i}" for i in ids]
             results += retriever.search_ids(list(ids), options)
@@ -167,6 +177,12 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
         store.close()
     identity = store_identity(store)
     click.echo(format_rows(hits_to_rows(names, results, identity), fmt, describe_identity(identity)))
+    if failures:
+        for f in failures:
+            click.echo(f"Error: {f.path}: {f.reason}", err=True)
+        click.echo(f"Error: {len(failures)} of {len(images)} query images could not be used.", err=True)
+        # 2 when every bad query is a path that cannot be read (a usage error), else 1 (bad content).
+        sys.exit(2 if all(f.missing for f in failures) else 1)
 
 
 @main.command()

@@ -17,7 +17,7 @@ from indexer.bbbc006 import VALID_TEXT, is_bbbc006_value
 from indexer.config import ModelConfig, PreprocessConfig
 from indexer.decode import decode_tiff
 from indexer.encoder import Encoder, load_encoder
-from indexer.errors import ConfigError, IndexMismatchError, StoreUnavailableError
+from indexer.errors import ConfigError, DecodeError, IndexMismatchError, StoreUnavailableError
 from indexer.preprocess import preprocess_image
 from indexer.stores.base import Hit, MetadataFilter, VectorStore
 from indexer.stores.manifest import diff_manifests, resolve_model_name
@@ -105,6 +105,15 @@ def filter_warnings(where: MetadataFilter, held: dict[str, list]) -> list[str]:
         values = " ".join(str(v) for v in missing)
         out.append(f"--{name} {values} {verb}: {'; '.join(reasons)}; {holds}")
     return out
+
+
+@dataclass(frozen=True)
+class QueryFailure:
+    """A query image that could not be used: its path, why, and whether the file was missing or unreadable."""
+
+    path: str
+    reason: str
+    missing: bool = False
 
 
 class Retriever:
@@ -201,15 +210,35 @@ class Retriever:
         return np.concatenate(out)
 
     def embed_files(self, paths: Sequence[Path]) -> np.ndarray:
-        """Read, decode and embed image files (raises DecodeError for an unusable one)."""
-        images = []
+        """Read, decode and embed image files.
+
+        Raises
+        ------
+        ConfigError
+            A file does not exist or cannot be read (the message names it).
+        DecodeError
+            A file is not a usable image (the message names it).
+        """
+        vectors, failures = self.embed_files_checked(paths)
+        if failures:
+            bad = failures[0]
+            raise (ConfigError if bad.missing else DecodeError)(f"query image {bad.path}: {bad.reason}")
+        return vectors
+
+    def embed_files_checked(self, paths: Sequence[Path]) -> tuple[np.ndarray, list[QueryFailure]]:
+        """Embed every usable file; return its vectors (in order, usable files only) and the failures."""
+        images, failures = [], []
         for p in paths:
             try:
                 data = Path(p).read_bytes()
             except OSError as e:
-                raise ConfigError(f"cannot read query image {p}: {e.strerror or e}") from e
-            images.append(decode_tiff(data))
-        return self.embed_arrays(images)
+                failures.append(QueryFailure(str(p), f"cannot read: {e.strerror or e}", missing=True))
+                continue
+            try:
+                images.append(decode_tiff(data))
+            except DecodeError as e:
+                failures.append(QueryFailure(str(p), str(e)))
+        return self.embed_arrays(images), failures
 
     def filter_warnings(self, where: MetadataFilter) -> list[str]:
         """Warnings for values of ``where`` the index does not hold (see :func:`filter_warnings`)."""
