@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from eval import metrics, perturb
-from indexer.decode import decode_tiff
 from indexer.errors import ConfigError, DecodeError, MaeError
-from indexer.sources import read_path
+from indexer.sources import load_image
 from indexer.stores.base import Hit, ImageRecord, MetadataFilter, VectorStore
 from retriever.search import QueryOptions, Retriever
 
@@ -113,7 +112,7 @@ def read_queries(
     kept, raws, skipped = [], [], []
     for rec in records:
         try:
-            raws.append(decode_tiff(read_path(rec.path)))
+            raws.append(load_image(rec.path))
             kept.append(rec)
         except (OSError, DecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)

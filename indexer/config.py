@@ -24,10 +24,14 @@ ResizeMode = Literal["square", "keep-aspect"]
 
 @dataclass(frozen=True)
 class IntensityConfig:
-    """How 16-bit intensities become [0, 1] floats.
+    """How pixel intensities become [0, 1] floats.
 
-    - ``percentile``: per image, ``low``/``high`` percentiles map to 0/1 (default 1 and 99.8).
-    - ``fixed``: a fixed ``window`` (default 0-4095, BBBC006's 12-bit range) maps to 0/1.
+    Images may be unsigned 8- or 16-bit counts or floats; every window is in the image's own units.
+
+    - ``percentile``: per image, ``low``/``high`` percentiles map to 0/1 (default 1 and 99.8). Scale-free:
+      the same picture as 8-bit, 16-bit or float gives the same input. Right for any type.
+    - ``fixed``: a fixed ``window`` maps to 0/1. The default 0-4095 is BBBC006's 12-bit range; give
+      ``0,255`` for 8-bit images, ``0,65535`` for full-range 16-bit ones, ``0,1`` for floats in [0, 1].
     - ``dataset``: ``low``/``high`` percentiles pooled over a sample of the whole data set give one
       window for every image, so defocused slices are not re-stretched; the build computes the window
       and the manifest stores it, so queries use the same one.

@@ -22,11 +22,11 @@ import torch
 
 from indexer.atomic import atomic_write
 from indexer.config import BuildConfig, PreprocessConfig
-from indexer.decode import content_id, decode_tiff
+from indexer.decode import Plane, content_id, decode_planes, plane_id
 from indexer.encoder import Encoder, load_encoder, resolve_preprocess
 from indexer.errors import DecodeError, EmptyBuildError
 from indexer.preprocess import dataset_window, preprocess, preprocess_image, sample_pixels
-from indexer.sources import SourceItem, SourceProblem, describe_search, iter_sources
+from indexer.sources import SourceItem, SourceProblem, describe_search, iter_sources, plane_path
 from indexer.stores.base import ImageRecord, VectorStore
 from indexer.stores.binding import bind_stores
 from indexer.stores.manifest import build_manifest, check_compatible, record_model_paths
@@ -102,18 +102,25 @@ class _Prepared:
     seconds: float = 0.0
 
 
-def _record(item: SourceItem, image_id: int) -> ImageRecord:
+def _record(item: SourceItem, image_id: int, plane: Plane | None = None) -> ImageRecord:
+    """The record of an item, or of one plane of a multi-plane item (path ``file#index``; the plane's
+    z and channel, where the file's axes give them, over the name's)."""
     m = item.meta
+    path, z, channel = item.path, m.z, m.channel
+    if plane is not None:
+        path = plane_path(item.path, plane.index)
+        z = plane.z if plane.z is not None else z
+        channel = plane.channel if plane.channel is not None else channel
     return ImageRecord(
         id=image_id,
-        path=item.path,
+        path=path,
         plate=m.plate,
         well=m.well,
         row=m.row,
         column=m.column,
         site=m.site,
-        channel=m.channel,
-        z=m.z,
+        channel=channel,
+        z=z,
     )
 
 
@@ -127,23 +134,33 @@ def prepare_item(
     preprocess_config: PreprocessConfig,
     existing: frozenset[int] | set[int],
     on_device: bool,
-) -> _Prepared:
-    """Read, hash, decode and (on the CPU path) preprocess one item. Never raises for a bad image."""
+) -> list[_Prepared]:
+    """Read, hash, decode and (on the CPU path) preprocess one item: one result per plane (a stack
+    gives several). Never raises for a bad image: it comes back as one rejected result."""
     t0 = time.perf_counter()
     stage = "read"
     try:
         data = item.read()
-        image_id = content_id(data)
-        record = _record(item, image_id)
-        if image_id in existing:
-            return _Prepared(record, skipped=True, seconds=time.perf_counter() - t0)
+        file_id = content_id(data)
+        if file_id in existing:  # a single-plane file's id is its content id
+            return [_Prepared(_record(item, file_id), skipped=True, seconds=time.perf_counter() - t0)]
         stage = "decode"
-        image = decode_tiff(data)
-        if on_device:
-            return _Prepared(record, raw=image, seconds=time.perf_counter() - t0)
+        planes = decode_planes(data)
         stage = "preprocess"
-        pixels = preprocess_image(image, preprocess_config)
-        return _Prepared(record, pixels=pixels, seconds=time.perf_counter() - t0)
+        out = []
+        for plane in planes:
+            if len(planes) == 1:
+                record = _record(item, file_id)
+            else:
+                record = _record(item, plane_id(file_id, plane.index), plane)
+            if record.id in existing:
+                out.append(_Prepared(record, skipped=True))
+            elif on_device:
+                out.append(_Prepared(record, raw=plane.image))
+            else:
+                out.append(_Prepared(record, pixels=preprocess_image(plane.image, preprocess_config)))
+        per_plane = (time.perf_counter() - t0) / len(out)
+        return [replace(p, seconds=per_plane) for p in out]
     except DecodeError as e:
         reason = str(e)
     except OSError as e:
@@ -151,7 +168,7 @@ def prepare_item(
     except Exception as e:  # one bad image must never stop a build of thousands
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:300]
     rec = ImageRecord(id=-1, path=item.path)
-    return _Prepared(rec, rejected=Rejected(item.path, stage, reason), seconds=time.perf_counter() - t0)
+    return [_Prepared(rec, rejected=Rejected(item.path, stage, reason), seconds=time.perf_counter() - t0)]
 
 
 def list_items(config: BuildConfig) -> tuple[list[SourceItem], list[SourceProblem]]:
@@ -284,7 +301,7 @@ def compute_dataset_window(items: Sequence[SourceItem], low: float, high: float)
     chosen = items[::step][:DATASET_WINDOW_IMAGES]
     for item in chosen:
         try:
-            samples.append(sample_pixels(decode_tiff(item.read())))
+            samples.append(sample_pixels(decode_planes(item.read())[0].image))
         except (DecodeError, OSError):
             continue
     if not samples:
@@ -413,8 +430,10 @@ def build_index(
         t0 = time.perf_counter()
         if on_device:
             raws = [p.raw for p in batch]
-            if len({r.shape for r in raws}) == 1:
-                x = torch.from_numpy(np.stack(raws).astype(np.int32)).pin_memory()
+            if len({(r.shape, r.dtype.kind) for r in raws}) == 1:
+                # Counts as int32 (exact histogram percentiles), float images as float32.
+                dtype = np.float32 if raws[0].dtype.kind == "f" else np.int32
+                x = torch.from_numpy(np.stack(raws).astype(dtype)).pin_memory()
                 pixels = preprocess(x.to(encoder.device, non_blocking=True), pre)
             else:
                 pixels = torch.stack([preprocess_image(r, pre) for r in raws])
@@ -440,10 +459,18 @@ def build_index(
         return prepare_item(item, pre, frozen_existing, on_device)
 
     done = 0
+
+    def results():
+        for planes in _bounded_map(work, items, config.workers, window):
+            yield from planes[:-1]
+            yield planes[-1], True  # the last plane of a file counts the file as done
+
     try:
-        for prepared in _bounded_map(work, items, config.workers, window):
+        for prepared in results():
+            last = isinstance(prepared, tuple)
+            prepared = prepared[0] if last else prepared
             timings["read_decode_preprocess"] += prepared.seconds
-            done += 1
+            done += last
             if prepared.rejected is not None:
                 summary.rejected.append(prepared.rejected)
                 if config.strict:
@@ -460,7 +487,7 @@ def build_index(
                 batch.append(prepared)
                 if len(batch) >= config.batch_size:
                     run_batch()
-            if progress:
+            if progress and last:
                 progress(done)
         if batch:
             run_batch()

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from indexer.config import IntensityConfig, PreprocessConfig
 from indexer.errors import ConfigError
 
+#: Largest input of torch.quantile (its limit is 2**24 elements); larger float images are subsampled.
+QUANTILE_MAX = 1 << 24
 #: Pixels sampled per image when pooling a data-set intensity window (evenly strided, deterministic).
 DATASET_SAMPLE_PIXELS = 65536
 
@@ -52,7 +54,10 @@ def intensity_window(image: torch.Tensor, config: IntensityConfig) -> tuple[torc
             lo_hi = torch.stack([histogram_quantiles(im, qs) for im in image], dim=1).to(image.device)
         else:
             q = torch.tensor(qs, dtype=image.dtype, device=image.device)
-            lo_hi = torch.quantile(image.reshape(b, -1), q, dim=1)  # (2, B)
+            flat = image.reshape(b, -1)
+            if flat.shape[1] > QUANTILE_MAX:  # torch.quantile's input limit: a regular subsample
+                flat = flat[:, :: math.ceil(flat.shape[1] / QUANTILE_MAX)]
+            lo_hi = torch.quantile(flat, q, dim=1)  # (2, B)
         return lo_hi[0].view(b, 1, 1), lo_hi[1].view(b, 1, 1)
     if config.window is None:
         raise ConfigError("intensity mode 'dataset' needs a window: compute it with dataset_window() first")
@@ -107,8 +112,9 @@ def preprocess(images: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
 
 
 def preprocess_image(image: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
-    """Preprocess one 2-D uint16 array -> (3, h, w) float32 tensor on the CPU."""
-    t = torch.from_numpy(image.astype(np.int32, copy=False)).unsqueeze(0)
+    """Preprocess one 2-D array (uint8/uint16 counts, or float) -> (3, h, w) float32 tensor on the CPU."""
+    dtype = np.float32 if image.dtype.kind == "f" else np.int32
+    t = torch.from_numpy(image.astype(dtype, copy=False)).unsqueeze(0)
     return preprocess(t, config)[0]
 
 

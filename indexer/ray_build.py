@@ -100,17 +100,16 @@ def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[
         path = str(path)
         # Metadata as the local build parses it (a file's own path resolved, so its folder names count).
         meta = parse_path(str(Path(path).resolve()) if Path(path).is_file() else path)
-        p = prepare_item(
-            SourceItem(path, (lambda p=path: read_path(p)), meta), config, existing, on_device=False
-        )
-        out["id"].append(p.record.id)
-        out["path"].append(path)
-        out["pixels"].append(p.pixels.numpy() if p.pixels is not None else np.zeros((0,), np.float32))
-        out["status"].append("rejected" if p.rejected else "skipped" if p.skipped else "ok")
-        out["stage"].append(p.rejected.stage if p.rejected else "")
-        out["reason"].append(p.rejected.reason if p.rejected else "")
-        out["t_prepare"].append(p.seconds)
-        out.setdefault("meta", []).append({f: getattr(meta, f) for f in RECORD_FIELDS if f != "path"})
+        item = SourceItem(path, (lambda p=path: read_path(p)), meta)
+        for p in prepare_item(item, config, existing, on_device=False):
+            out["id"].append(p.record.id)
+            out["path"].append(p.record.path)
+            out["pixels"].append(p.pixels.numpy() if p.pixels is not None else np.zeros((0,), np.float32))
+            out["status"].append("rejected" if p.rejected else "skipped" if p.skipped else "ok")
+            out["stage"].append(p.rejected.stage if p.rejected else "")
+            out["reason"].append(p.rejected.reason if p.rejected else "")
+            out["t_prepare"].append(p.seconds)
+            out.setdefault("meta", []).append({f: getattr(p.record, f) for f in RECORD_FIELDS if f != "path"})
     return out
 
 

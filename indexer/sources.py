@@ -7,17 +7,21 @@ them. Reading is separate from decoding so that a worker pool can do both off th
 
 from __future__ import annotations
 
+import re
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from indexer.bbbc006 import ImageMeta, parse_path
 from indexer.config import SourceConfig
 from indexer.errors import ConfigError
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
+_PLANE_RE = re.compile(r"^(.*)#(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,34 @@ def describe_search(config: SourceConfig) -> str:
     if wanted:
         text += ", keeping only " + " and ".join(wanted) + " (from the BBBC006 names)"
     return text
+
+
+def plane_path(path: str, index: int) -> str:
+    """The recorded path of plane ``index`` of a multi-plane file: ``file.tif#index``."""
+    return f"{path}#{index}"
+
+
+def load_image(path: str) -> np.ndarray:
+    """Read and decode the image an index recorded at ``path``: a file, a zip member, or one plane of
+    a stack (``file.tif#index``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing exists at ``path`` any more (moved since the build?).
+    DecodeError
+        If the file is no longer a usable image.
+    """
+    from indexer.decode import decode_planes, decode_tiff
+
+    m = _PLANE_RE.match(path)
+    if m and not Path(path).is_file():
+        index = int(m.group(2))
+        planes = decode_planes(read_path(m.group(1)))
+        if index >= len(planes):
+            raise FileNotFoundError(2, f"the file has {len(planes)} planes, no plane {index}", path)
+        return planes[index].image
+    return decode_tiff(read_path(path))
 
 
 def read_path(path: str) -> bytes:
