@@ -70,6 +70,8 @@ def main() -> None:
 @runtime_options
 @click.option("--channels", type=click.Choice(["w1", "w2", "both"]), default="both", show_default=True)
 @click.option("--z", "z_slices", multiple=True, type=int, help="Only these z-slices (repeatable).")
+@click.option("--metadata", "metadata", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CSV or parquet table: path -> plate, well, site, channel, z; other columns become tags.")  # fmt: skip
 @click.option(
     "--intensity",
     type=click.Choice(["percentile", "fixed", "dataset"]),
@@ -113,7 +115,7 @@ def main() -> None:
 @verbose_option
 @handle_errors
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model,
-          channels, z_slices, intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm,
+          channels, z_slices, metadata, intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm,
           redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, strict, force, engine, ray_address, concurrency,
           num_gpus_per_worker, threads_per_worker, writers, checkpoint_every, fmt, no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
@@ -141,7 +143,9 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         inten = IntensityConfig(mode=intensity or "percentile", low=1.0 if low is None else low,
                                 high=99.8 if high is None else high, window=_parse_window(window))  # fmt: skip
     config = BuildConfig(
-        sources=SourceConfig(paths=tuple(data), channels=_channels(channels), z=tuple(z_slices)),
+        sources=SourceConfig(
+            paths=tuple(data), channels=_channels(channels), z=tuple(z_slices), metadata=metadata
+        ),  # fmt: skip
         index_dir=index_dir,
         model=ModelConfig(
             name=model,

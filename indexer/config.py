@@ -182,16 +182,20 @@ class RedisConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """Which images to read: folders, zip files or single TIFFs, filtered by channel and z-slice."""
+    """Which images to read: folders, zip files or single TIFFs, filtered by channel and z-slice, with
+    metadata from their names or from a ``metadata`` table (:mod:`indexer.metadata_table`)."""
 
     paths: tuple[Path, ...]
     channels: tuple[str, ...] = ()  # empty = all
     z: tuple[int, ...] = ()  # empty = all
+    metadata: Path | None = None  # a CSV/parquet table: path -> plate, well, site, channel, z, tags
 
     def __post_init__(self) -> None:
         if not self.paths:
             raise ConfigError("give at least one folder, zip or TIFF file to index")
         object.__setattr__(self, "paths", tuple(Path(p) for p in self.paths))
+        if self.metadata is not None:
+            object.__setattr__(self, "metadata", Path(self.metadata))
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ def _record(item: SourceItem, image_id: int, plane: Plane | None = None) -> Imag
         site=m.site,
         channel=channel,
         z=z,
+        tags=m.tags,
     )
 
 
@@ -180,15 +181,28 @@ def list_items(config: BuildConfig) -> tuple[list[SourceItem], list[SourceProble
         When nothing at all was found: the message says where, and what was looked for.
     """
     problems: list[SourceProblem] = []
-    items = list(iter_sources(config.sources, problems))
+    table = None
+    if config.sources.metadata is not None:
+        from indexer.metadata_table import load_metadata_table
+
+        table = load_metadata_table(config.sources.metadata)
+    items = list(iter_sources(config.sources, problems, table))
     if not items and not problems:
         raise EmptyBuildError(f"no images found: {describe_search(config.sources)}. Nothing was written.")
+    if table is not None and table.unmatched:
+        log.warning(
+            "%d of %d paths in the metadata table %s match no image found (e.g. %s)",
+            len(table.unmatched),
+            len(table.rows),
+            table.source,
+            table.unmatched[0],
+        )
     return items, problems
 
 
 def count_without_metadata(items: Sequence[SourceItem]) -> int:
     """Log one warning, with a count and an example, for images whose names gave no metadata; return the count."""
-    bare = [it for it in items if not it.meta.parsed]
+    bare = [it for it in items if not it.meta.described]
     if bare:
         log.warning(
             "%d of %d images have names that do not follow the BBBC006 pattern (e.g. %s): they are indexed "

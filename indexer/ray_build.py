@@ -14,6 +14,7 @@ Stages, all reusing this project's modules (no second copy of decoding, preproce
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -91,15 +92,15 @@ def _ray():
 
 def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[int]) -> dict[str, Any]:
     """Stage 2, a CPU task: read, hash, decode and preprocess each path with the local pipeline's code."""
-    from indexer.bbbc006 import parse_path
+    from indexer.bbbc006 import ImageMeta
     from indexer.sources import SourceItem, read_path
 
     config = PreprocessConfig.from_dict(pre)
     out: dict[str, list] = {k: [] for k in ("id", "path", "pixels", "status", "stage", "reason", "t_prepare")}
-    for path in batch["path"]:
+    for path, meta_json in zip(batch["path"], batch["meta"]):
         path = str(path)
-        # Metadata as the local build parses it (a file's own path resolved, so its folder names count).
-        meta = parse_path(str(Path(path).resolve()) if Path(path).is_file() else path)
+        meta = json.loads(str(meta_json))
+        meta = ImageMeta(**{**meta, "tags": tuple(tuple(t) for t in meta.get("tags", ()))})
         item = SourceItem(path, (lambda p=path: read_path(p)), meta)
         for p in prepare_item(item, config, existing, on_device=False):
             out["id"].append(p.record.id)
@@ -109,7 +110,8 @@ def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[
             out["stage"].append(p.rejected.stage if p.rejected else "")
             out["reason"].append(p.rejected.reason if p.rejected else "")
             out["t_prepare"].append(p.seconds)
-            out.setdefault("meta", []).append({f: getattr(p.record, f) for f in RECORD_FIELDS if f != "path"})
+            record_meta = {f: getattr(p.record, f) for f in RECORD_FIELDS if f != "path"}
+            out.setdefault("meta", []).append({**record_meta, "tags": json.dumps(dict(p.record.tags))})
     return out
 
 
@@ -178,10 +180,11 @@ class _Write:
             first.add(int(batch["id"][i]))
             rows.append(i)
         if rows:
-            records = [
-                ImageRecord(id=int(batch["id"][i]), path=str(batch["path"][i]), **batch["meta"][i])
-                for i in rows
-            ]
+            records = []
+            for i in rows:
+                meta = dict(batch["meta"][i])
+                meta["tags"] = json.loads(meta.get("tags") or "{}")
+                records.append(ImageRecord(id=int(batch["id"][i]), path=str(batch["path"][i]), **meta))
             vectors = np.stack([batch["vector"][i] for i in rows]).astype(np.float32)
             if self.redis is not None:
                 self._redis_store(vectors.shape[1]).add(vectors, records)
@@ -250,7 +253,8 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
         model = asdict(replace(config.model, device=device))
         summary.runtime = f"ray {device} {config.model.precision}"
         redis = asdict(config.redis) if config.redis is not None else None
-        ds = ray.data.from_items([{"path": it.path} for it in items])
+        # Metadata travels with each path: the driver's listing applied any --metadata table.
+        ds = ray.data.from_items([{"path": it.path, "meta": json.dumps(asdict(it.meta))} for it in items])
         ds = ds.map_batches(_prepare_batch, fn_kwargs={"pre": pre.to_dict(), "existing": frozenset(existing)},
                             batch_size=config.batch_size)  # fmt: skip
         actors, threads = ray_config.actors_and_threads(ray.cluster_resources())

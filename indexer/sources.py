@@ -75,7 +75,14 @@ def _wanted(meta: ImageMeta, config: SourceConfig) -> bool:
     return True
 
 
-def _iter_zip(path: Path, config: SourceConfig, problems: list[SourceProblem]) -> Iterator[SourceItem]:
+def _meta(display: str, parse_from: str, table) -> ImageMeta:
+    meta = parse_path(parse_from)
+    return table.apply(display, meta) if table is not None else meta
+
+
+def _iter_zip(
+    path: Path, config: SourceConfig, problems: list[SourceProblem], table=None
+) -> Iterator[SourceItem]:
     try:
         with zipfile.ZipFile(path) as zf:
             names = sorted(i.filename for i in zf.infolist() if not i.is_dir())
@@ -91,19 +98,23 @@ def _iter_zip(path: Path, config: SourceConfig, problems: list[SourceProblem]) -
         if unsafe:
             problems.append(SourceProblem(display, unsafe))
             continue
-        meta = parse_path(display)
+        meta = _meta(display, display, table)
         if _wanted(meta, config):
             yield SourceItem(display, reader.reader(name), meta)
 
 
-def _file_item(path: Path) -> SourceItem:
-    return SourceItem(str(path), path.read_bytes, parse_path(str(path.resolve())))
+def _file_item(path: Path, table=None) -> SourceItem:
+    return SourceItem(str(path), path.read_bytes, _meta(str(path), str(path.resolve()), table))
 
 
-def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = None) -> Iterator[SourceItem]:
+def iter_sources(
+    config: SourceConfig, problems: list[SourceProblem] | None = None, table=None
+) -> Iterator[SourceItem]:
     """Yield every image under ``config.paths`` (folders recursively, zips in place), sorted by path.
 
     Problems found while listing (broken zips, unsafe zip members) are appended to ``problems``.
+    ``table`` (a :class:`~indexer.metadata_table.MetadataTable`) puts its values over the names'; by
+    default ``config.metadata`` is loaded.
 
     Raises
     ------
@@ -114,12 +125,16 @@ def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = No
     for root in config.paths:
         if not root.exists():
             raise ConfigError(f"no such file or folder: {root}")
+    if table is None and config.metadata is not None:
+        from indexer.metadata_table import load_metadata_table
+
+        table = load_metadata_table(config.metadata)
     for root in config.paths:
         if root.is_file():
             if root.suffix.lower() == ".zip":
-                yield from _iter_zip(root, config, problems)
+                yield from _iter_zip(root, config, problems, table)
             else:
-                item = _file_item(root)
+                item = _file_item(root, table)
                 if _wanted(item.meta, config):
                     yield item
             continue
@@ -129,9 +144,9 @@ def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = No
                     problems.append(SourceProblem(str(p), "unreadable: broken link"))
                 continue
             if p.suffix.lower() == ".zip":
-                yield from _iter_zip(p, config, problems)
+                yield from _iter_zip(p, config, problems, table)
             elif p.suffix.lower() in IMAGE_SUFFIXES:
-                item = _file_item(p)
+                item = _file_item(p, table)
                 if _wanted(item.meta, config):
                     yield item
 

@@ -29,6 +29,7 @@ OUTPUT_FIELDS = (
     "site",
     "channel",
     "z",
+    "tags",
     "store",
     "index",
 )
@@ -64,6 +65,7 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if fmt == "csv":
+        rows = [{**r, "tags": ";".join(f"{k}={v}" for k, v in (r.get("tags") or {}).items())} for r in rows]
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=OUTPUT_FIELDS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
@@ -109,6 +111,9 @@ def main() -> None:
 @click.option("--channel", multiple=True, help="Only these channels: w1, w2 (repeatable).")
 @click.option("--z", "z_slices", multiple=True, type=int, help="Only these z-slices (repeatable).")
 @click.option("--plate", multiple=True, help="Only these plates (repeatable).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
+              help="Only images with this tag, from a --metadata table column (repeatable: OR within a key, "
+                   "AND across keys).")  # fmt: skip
 @click.option("--max-distance", type=float, default=None, help="Only hits within this cosine distance.")
 @click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None,
               help="Store to search (default: redis when a Redis URL is given, else faiss).")  # fmt: skip
@@ -127,7 +132,7 @@ def main() -> None:
 )
 @verbose_option
 @handle_errors
-def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_distance, backend, redis_url,
+def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags, max_distance, backend, redis_url,
           redis_index, hnsw_ef_runtime, model, device, precision, compile_model, server, fmt, verbose):  # fmt: skip
     """Find the indexed images nearest to IMAGES (TIFF files) or to indexed images given by --id.
 
@@ -138,7 +143,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
         raise ConfigError("give one or more query images, or --id ID")
     from retriever.search import QueryOptions, Retriever
 
-    where = MetadataFilter(well=well, site=site, channel=channel, z=z_slices, plate=plate)
+    where = MetadataFilter(well=well, site=site, channel=channel, z=z_slices, plate=plate, tags=tags)
     options = QueryOptions(k=k, where=where, max_distance=max_distance)
     if server:
         from retriever.server import query_server

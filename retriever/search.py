@@ -63,7 +63,8 @@ def model_config_from_manifest(
 
 
 #: Filter fields the query CLI offers, in the order warnings are given.
-_CHECKED_FIELDS = ("plate", "well", "site", "channel", "z")
+_CHECKED_FIELDS = ("plate", "well", "site", "channel", "z", "tags")
+_OPTION = {"tags": "tag"}
 #: Values listed in a warning before "... (N values)".
 _LISTED = 12
 
@@ -93,17 +94,18 @@ def filter_warnings(where: MetadataFilter, held: dict[str, list]) -> list[str]:
             continue
         reasons = []
         for v in missing:
-            if is_bbbc006_value(name, v) or name == "plate":
+            if is_bbbc006_value(name, v) or name in ("plate", "tags"):
                 reasons.append(f"{v} is not in the index" if name != "z" else f"z {v} is not in the index")
             else:
                 reasons.append(f"{v} is not a BBBC006 {name} ({VALID_TEXT[name]})")
         listed = ", ".join(str(v) for v in have[:_LISTED])
         if len(have) > _LISTED:
             listed += f", ... ({len(have)} values)"
-        holds = f"the index holds {name} {listed}" if have else f"the index holds no {name} values"
+        label = _OPTION.get(name, name)
+        holds = f"the index holds {label} {listed}" if have else f"the index holds no {label} values"
         verb = "matches nothing" if len(missing) == len(asked) else "partly matches nothing"
         values = " ".join(str(v) for v in missing)
-        out.append(f"--{name} {values} {verb}: {'; '.join(reasons)}; {holds}")
+        out.append(f"--{label} {values} {verb}: {'; '.join(reasons)}; {holds}")
     return out
 
 

@@ -37,10 +37,21 @@ class ImageRecord:
     site: int | None = None
     channel: str | None = None
     z: int | None = None
+    tags: tuple[tuple[str, str], ...] = ()  # (key, value) pairs, sorted: a metadata table's extra columns
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", normalise_tags(self.tags))
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the record as a plain dict (JSON-ready)."""
-        return asdict(self)
+        """Return the record as a plain dict (JSON-ready; ``tags`` as ``{key: value}``)."""
+        d = asdict(self)
+        d["tags"] = dict(self.tags)
+        return d
+
+    @property
+    def tag_strings(self) -> tuple[str, ...]:
+        """The tags as ``key=value`` strings (what a tag filter names, what Redis stores)."""
+        return tuple(f"{k}={v}" for k, v in self.tags)
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,33 @@ class Hit:
     def to_dict(self) -> dict[str, Any]:
         """Return ``{rank, id, score, path, plate, well, row, column, site, channel, z}``."""
         return {"rank": self.rank, "score": self.score, **self.record.to_dict()}
+
+
+def normalise_tags(tags: Any) -> tuple[tuple[str, str], ...]:
+    """Tags as sorted ``(key, value)`` pairs, from a dict, pairs, or ``key=value`` strings.
+
+    Raises
+    ------
+    ConfigError
+        A key that is empty or holds ``=``; a key or value with control characters.
+    """
+    if not tags:
+        return ()
+    if isinstance(tags, dict):
+        items = tags.items()
+    else:
+        items = [tuple(t.split("=", 1)) if isinstance(t, str) else tuple(t) for t in tags]
+    out = {}
+    for item in items:
+        if len(item) != 2:
+            raise ConfigError(f"a tag is KEY=VALUE, got {item[0]!r}")
+        key, value = (str(x).strip(_TRIM) for x in item)
+        if not key or "=" in key:
+            raise ConfigError(f"invalid tag name {key!r} (not empty, no '=')")
+        if any(unicodedata.category(c) == "Cc" for c in key + value):
+            raise ConfigError(f"tag {key}={value!r} contains control characters")
+        out[key] = value
+    return tuple(sorted(out.items()))
 
 
 def _lenient(normalise):
@@ -103,6 +141,7 @@ class MetadataFilter:
     z_min: int | None = None
     z_max: int | None = None
     path: tuple[str, ...] = field(default=())
+    tags: tuple[str, ...] = ()  # "key=value": OR among values of one key, AND across keys
 
     def __post_init__(self) -> None:
         conv = {
@@ -117,6 +156,9 @@ class MetadataFilter:
         }
         for name, fn in conv.items():
             object.__setattr__(self, name, _tuple(getattr(self, name), fn))
+        tags = self.tags if isinstance(self.tags, (list, tuple, set, frozenset)) else (self.tags,)
+        pairs = [normalise_tags([t])[0] for t in tags]
+        object.__setattr__(self, "tags", tuple(sorted({f"{k}={v}" for k, v in pairs})))
         for name in ("plate", "well", "row", "channel", "path"):
             for value in getattr(self, name):
                 if not value:
@@ -142,7 +184,20 @@ class MetadataFilter:
             return False
         if self.z_max is not None and (record.z is None or record.z > self.z_max):
             return False
-        return True
+        return tags_match(self.tag_groups(), record.tag_strings)
+
+    def tag_groups(self) -> dict[str, tuple[str, ...]]:
+        """The tag filter grouped by key: ``{key: ("key=a", "key=b")}`` (OR within, AND across)."""
+        groups: dict[str, list[str]] = {}
+        for t in self.tags:
+            groups.setdefault(t.split("=", 1)[0], []).append(t)
+        return {k: tuple(v) for k, v in groups.items()}
+
+
+def tags_match(groups: dict[str, tuple[str, ...]], tag_strings: Sequence[str]) -> bool:
+    """True when ``tag_strings`` hold one of the values of every key in ``groups``."""
+    have = set(tag_strings)
+    return all(have.intersection(values) for values in groups.values())
 
 
 @runtime_checkable

@@ -43,6 +43,8 @@ from indexer.errors import ConfigError, IndexMismatchError, StoreFullError, Stor
 from indexer.stores.base import RECORD_FIELDS, Hit, ImageRecord, MetadataFilter, check_queries, rank_hits
 
 TAG_FIELDS = ("plate", "well", "row", "channel", "path")
+#: A metadata table's extra columns: one TAG field of "key=value" entries (filters: @tags:{key\=value}).
+TAGS_FIELD = "tags"
 NUMERIC_FIELDS = ("column", "site", "z")
 VECTOR_FIELD = "vector"
 DISTANCE_FIELD = "distance"
@@ -168,6 +170,8 @@ def render_filter(where: MetadataFilter | None) -> tuple[str, dict[str, Any]]:
                 params[f"{name}_{i}"] = int(v)
                 alternatives.append(f"@{name}:[${name}_{i} ${name}_{i}]")
             parts.append("(" + " | ".join(alternatives) + ")")
+    for values in where.tag_groups().values():
+        parts.append(f"@{TAGS_FIELD}:{{{' | '.join(escape_tag(v) for v in values)}}}")
     if where.z_min is not None or where.z_max is not None:
         params["z_lo"] = int(where.z_min) if where.z_min is not None else "-inf"
         params["z_hi"] = int(where.z_max) if where.z_max is not None else "+inf"
@@ -369,7 +373,7 @@ class RedisStore:
         if c.algorithm == "HNSW":
             vector += ["M", c.m, "EF_CONSTRUCTION", c.ef_construction, "EF_RUNTIME", c.ef_runtime]
         schema: list[Any] = []
-        for name in TAG_FIELDS:
+        for name in (*TAG_FIELDS, TAGS_FIELD):
             schema += [name, "TAG", "SEPARATOR", TAG_SEPARATOR, "CASESENSITIVE"]
         for name in NUMERIC_FIELDS:
             schema += [name, "NUMERIC"]
@@ -486,6 +490,8 @@ class RedisStore:
                     value = getattr(rec, name)
                     if value is not None and name != "path":
                         mapping[name] = int(value) if name in NUMERIC_FIELDS else str(value)
+                if rec.tags:
+                    mapping[TAGS_FIELD] = TAG_SEPARATOR.join(rec.tag_strings)
                 key = self._key(rec.id)
                 pipe.delete(key)
                 pipe.hset(key, mapping=mapping)
@@ -555,7 +561,7 @@ class RedisStore:
     def field_values(self, name: str) -> list:
         """Distinct values of metadata field ``name``, sorted (None left out), by a ``GROUPBY``
         aggregation (exact after deletes, where ``FT.TAGVALS`` may still list values of deleted hashes)."""
-        if name not in RECORD_FIELDS:
+        if name not in (*RECORD_FIELDS, TAGS_FIELD):
             raise ConfigError(f"no metadata field {name!r}")
         if self.dim is None:
             return []
@@ -567,7 +573,10 @@ class RedisStore:
             if value is None:
                 continue  # hashes without the field form a group of their own
             text = _s(value)
-            values.add(int(float(text)) if name in NUMERIC_FIELDS else text)
+            if name == TAGS_FIELD:  # a group is one hash's whole list of tags
+                values.update(t for t in text.split(TAG_SEPARATOR) if t)
+            else:
+                values.add(int(float(text)) if name in NUMERIC_FIELDS else text)
         return sorted(values)
 
     def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -587,14 +596,17 @@ class RedisStore:
             if value is not None:
                 kw[name] = int(float(_s(value))) if name in NUMERIC_FIELDS else _s(value)
         kw.setdefault("path", "")
+        tags = fields.get(TAGS_FIELD)
+        if tags:
+            kw["tags"] = _s(tags).split(TAG_SEPARATOR)
         return ImageRecord(id=int(image_id), **kw)
 
     def get(self, ids: Sequence[int]) -> list[ImageRecord | None]:
         """Return the records of ``ids`` (``None`` for an id not in the store)."""
-        replies = self._pipelined([("HMGET", self._key(i), *RECORD_FIELDS) for i in ids])
+        replies = self._pipelined([("HMGET", self._key(i), *RECORD_FIELDS, TAGS_FIELD) for i in ids])
         out: list[ImageRecord | None] = []
         for image_id, values in zip(ids, replies):
-            fields = dict(zip(RECORD_FIELDS, values))
+            fields = dict(zip((*RECORD_FIELDS, TAGS_FIELD), values))
             # add() always writes "path", so a hash without it is no hash at all.
             out.append(None if fields["path"] is None else self._record(int(image_id), fields))
         return out
@@ -661,7 +673,7 @@ class RedisStore:
         hnsw = self.config.algorithm == "HNSW"
         ef = " EF_RUNTIME $EF" if hnsw else ""
         text = f"{prefix}=>[KNN $K @{VECTOR_FIELD} $BLOB{ef} AS {DISTANCE_FIELD}]"
-        returned = [DISTANCE_FIELD, *RECORD_FIELDS]
+        returned = [DISTANCE_FIELD, *RECORD_FIELDS, TAGS_FIELD]
         commands = []
         for blob in queries.astype(self._dtype):
             p = {**params, "K": kk, "BLOB": blob.tobytes()}
