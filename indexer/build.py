@@ -168,4 +168,5 @@ def index_info(index_dir: Path) -> dict[str, Any]:
     for field in ("plate", "channel", "site", "z"):
         values[field] = sorted({getattr(r, field) for r in records if getattr(r, field) is not None})
     values["distinct wells"] = [len({r.well for r in records if r.well})]
+    values["tags"] = sorted({t for r in records for t in r.tag_strings})
     return {"count": store.count(), "manifest": manifest, "rejected": rejected, "values": values}
