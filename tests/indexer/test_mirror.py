@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from indexer.mirror import sync_mirror, verify_stores
 from indexer.stores.base import ImageRecord
 from indexer.stores.faiss_store import FaissStore
+from indexer.stores.mirror import sync_mirror, verify_stores
 
 
 def _fill(store, n=50, dim=16, seed=0):

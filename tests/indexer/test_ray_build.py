@@ -8,12 +8,12 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
+from indexer.build.local import build_index  # noqa: E402
+from indexer.build.ray_engine import SHARD_DIR, RayConfig, run_ray_build  # noqa: E402
 from indexer.config import BuildConfig, ModelConfig, SourceConfig  # noqa: E402
 from indexer.encoder import ViTMAEEncoder  # noqa: E402
-from indexer.mirror import verify_stores  # noqa: E402
-from indexer.pipeline import build_index  # noqa: E402
-from indexer.ray_build import SHARD_DIR, RayConfig, run_ray_build  # noqa: E402
 from indexer.stores.faiss_store import FaissStore, records_to_table  # noqa: E402
+from indexer.stores.mirror import verify_stores  # noqa: E402
 from tests.conftest import SYNTH_DIR  # noqa: E402
 
 pytestmark = pytest.mark.ray

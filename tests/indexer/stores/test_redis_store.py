@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from indexer.config import RedisConfig
 from indexer.errors import ConfigError, IndexMismatchError, StoreFullError, StoreUnavailableError
 from indexer.stores.base import ImageRecord, MetadataFilter
-from indexer.stores.redis_store import RedisStore, escape_tag, redact_url, render_filter
+from indexer.stores.redis_errors import redact_url
+from indexer.stores.redis_query import escape_tag, render_filter
+from indexer.stores.redis_store import RedisStore
 
 needs_redis = pytest.mark.redis
 
@@ -364,7 +366,7 @@ def test_server_pause_restart_and_appendonly(start_redis):
 def test_the_script_starts_and_stops_a_server_alone(tmp_path, redis_server):
     import redis as redis_py
 
-    from indexer.redis_server import SCRIPT, free_port
+    from tests.support.redis_server import SCRIPT, free_port
 
     port, data = free_port(), tmp_path / "script data"
 
