@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli.options import handle_errors, redis_url_option, setup_logging, verbose_option
+from indexer.cli.options import handle_errors, redis_options, setup_logging, verbose_option
 from indexer.errors import ConfigError
 
 
@@ -120,8 +120,7 @@ def reconstruct(image, model, out, mask_ratio, seed, verbose):
 
 @main.command()
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder.")
-@redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@redis_options
 @_with_common
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder.")
 @verbose_option

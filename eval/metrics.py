@@ -12,8 +12,9 @@ Three families:
   :func:`l2_distance`), put on the scale of the index by :func:`median_nn_distance` and
   :func:`normalised_drift`.
 
-Plus bootstrap confidence intervals (:func:`bootstrap_ci`) and the per-(perturbation, severity) summary (:func:`summarise`). ANN recall of a store
-against exact search is :func:`indexer.stores.recall.recall_at_k`, shared with ``mae-index verify``.
+Plus bootstrap confidence intervals (:func:`bootstrap_ci`) and the per-(perturbation, severity) summary
+(:func:`summarise`). ANN recall of a store against exact search is
+:func:`indexer.stores.recall.recall_at_k`, shared with ``mae-index verify``.
 """
 
 from __future__ import annotations

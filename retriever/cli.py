@@ -12,7 +12,7 @@ import click
 
 from indexer.cli.options import (
     handle_errors,
-    redis_url_option,
+    redis_options,
     runtime_options,
     setup_logging,
     verbose_option,
@@ -99,8 +99,7 @@ def main() -> None:
 @click.option("--max-distance", type=float, default=None, help="Only hits within this cosine distance.")
 @click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None,
               help="Store to search (default: redis when a Redis URL is given, else faiss).")  # fmt: skip
-@redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@redis_options
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
@@ -157,8 +156,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
 @main.command()
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index folder (FAISS).")
 @click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None)
-@redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@redis_options
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )

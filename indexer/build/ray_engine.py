@@ -256,31 +256,21 @@ def import_shards(shard_url: str, faiss_store) -> int:
     return n
 
 
-def _rewrite_first_listed(stores: list, ledger: Ledger, duplicated: set[int]) -> None:
+def _rewrite_first_listed(stores: list, ledger: Ledger, duplicated: set[int], items: dict[str, Any]) -> None:
     """Make each store hold the first-listed record of every content id found more than once.
 
     Writers upsert whichever duplicate reached them last; the vectors are the same (same bytes), only
-    the record (path, metadata) differs, so the record the duplicate rule chose is written again.
+    the record (path, metadata) differs, so the record the duplicate rule chose is written again, with
+    the metadata the listing parsed (``items``: path -> listed item).
     """
-    faiss_store = stores[0]
+    from indexer.build.prepare import image_record
+
     ids = np.array(sorted(duplicated), dtype=np.int64)
-    vectors = faiss_store.get_vectors(ids)
-    records = []
-    for image_id, record in zip(ids, faiss_store.get(ids)):
-        path = ledger.first_path(int(image_id))
-        records.append(record if record.path == path else _record_for(record, path))
+    vectors = stores[0].get_vectors(ids)
+    records = [image_record(items[ledger.first_path(int(i))], int(i)) for i in ids]
     for store in stores:
         store.add(vectors, records)
         store.flush()
-
-
-def _record_for(record: ImageRecord, path: str) -> ImageRecord:
-    """The record of ``path`` for the content of ``record`` (metadata parsed as the listing parsed it)."""
-    from indexer.bbbc006.names import parse_path
-
-    meta = parse_path(str(Path(path).resolve()) if Path(path).is_file() else path)
-    fields = {f: getattr(meta, f) for f in RECORD_FIELDS if f != "path"}
-    return ImageRecord(id=record.id, path=path, **fields)
 
 
 def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, encoder) -> BuildSummary:
@@ -349,7 +339,7 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
             seen_twice.add(image_id)
     import_shards(shard_url, stores[0])
     if seen_twice:
-        _rewrite_first_listed(stores, ledger, seen_twice)
+        _rewrite_first_listed(stores, ledger, seen_twice, {it.path: it for it in plan.items})
     # Rejections were appended as rows arrived; list them in listing order, as the local engine does.
     order = {it.path: n for n, it in enumerate(plan.items)}
     summary.rejected.sort(key=lambda r: (r.stage != "list", order.get(r.path, -1)))
