@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import handle_errors, redis_url_option, require_extra, setup_logging, verbose_option
+from indexer.cli.options import handle_errors, redis_options, require_extra, setup_logging, verbose_option
 from indexer.errors import ConfigError
 
 
@@ -35,25 +35,28 @@ def _query_ids(path: Path | None) -> tuple[int, ...]:
 def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
               device, out, model=None):  # fmt: skip
     require_extra("eval")  # report.py needs scipy, matplotlib and scikit-learn: say so before any query
-    from tqdm.auto import tqdm
-
     from eval import perturb as perturbations
-    from eval.report import format_table, headline_rows, write_report
-    from eval.robustness import NATURAL, RobustnessConfig, run_robustness
-    from indexer.stores.binding import store_identity
-    from indexer.stores.faiss_store import FaissStore
-    from retriever.search import Retriever
+    from eval.robustness import NATURAL, RobustnessConfig
+    from indexer.stores import open_stores
+    from indexer.stores.binding import redis_config_for
 
     names = tuple(perturb.split(",")) if perturb else (*perturbations.PERTURBATIONS, NATURAL)
     config = RobustnessConfig(perturbations=names, severities=_severities(severities), k=k, n_queries=queries,
                               query_ids=_query_ids(query_list), seed=seed, rbo_p=rbo_p)  # fmt: skip
-    exact = FaissStore(index_dir, read_only=True)
-    store = exact
-    if redis_url:
-        from indexer.build import open_read_store, redis_config_for
+    redis = redis_config_for(index_dir, redis_url, redis_index, writing=False)
+    with open_stores(index_dir, redis, read_only=True) as stores:
+        return _evaluate_stores(stores, index_dir, redis_url, config, device, out, model)
 
-        store = open_read_store(index_dir, redis_config_for(index_dir, redis_url, redis_index, writing=False),
-                                "redis")  # fmt: skip
+
+def _evaluate_stores(stores, index_dir, redis_url, config, device, out, model=None):
+    from tqdm.auto import tqdm
+
+    from eval.report import format_table, headline_rows, write_report
+    from eval.robustness import run_robustness
+    from indexer.stores.binding import store_identity
+    from retriever.search import Retriever
+
+    exact, store = stores.faiss, stores.primary
     retriever = Retriever.open(store, model_override=model, device=device, index_dir=index_dir)
     bar = tqdm(total=1, desc="robustness", unit="step")
 
@@ -124,8 +127,7 @@ def reconstruct(image, model, out, mask_ratio, seed, verbose):
 
 @main.command()
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder.")
-@redis_url_option
-@click.option("--redis-index", default=None, help="[default: the one the --index folder records]")
+@redis_options
 @_with_common
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder.")
 @verbose_option

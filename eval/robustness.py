@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from eval import metrics, perturb
+from indexer.bbbc006.constants import FOCUS_Z
 from indexer.errors import ConfigError, DecodeError, MaeError
 from indexer.sources import load_image
 from indexer.stores.base import Hit, ImageRecord, MetadataFilter, VectorStore
+from indexer.stores.recall import recall_at_k
 from retriever.search import QueryOptions, Retriever
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ class RobustnessConfig:
     query_ids: tuple[int, ...] = ()
     seed: int = 0
     rbo_p: float = 0.9
-    reference_z: int = 16
+    reference_z: int = FOCUS_Z
     where: MetadataFilter = field(default_factory=MetadataFilter)
 
     def __post_init__(self) -> None:
@@ -209,7 +211,7 @@ def run_robustness(
     if exact is not None:
         approx = [_ids(h)[:k] for h in store.search(clean_vec, k)]
         truth = [_ids(h)[:k] for h in exact.search(clean_vec, k)]
-        ann = metrics.recall_at_k(approx, truth, k)
+        ann = recall_at_k(approx, truth, k)
     return RobustnessResult(
         rows=rows,
         query_ids=[r.id for r in queries],

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from indexer.bbbc006 import ImageMeta, normalise_channel, normalise_well
+from indexer.bbbc006.names import ImageMeta, normalise_channel, normalise_well
 from indexer.errors import ConfigError
 from indexer.stores.base import normalise_tags
 

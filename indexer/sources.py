@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from indexer.bbbc006 import ImageMeta, parse_path
+from indexer.bbbc006.names import ImageMeta, parse_path
 from indexer.config import SourceConfig
 from indexer.errors import ConfigError
 

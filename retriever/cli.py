@@ -11,8 +11,15 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import handle_errors, redis_url_option, runtime_options, setup_logging, verbose_option
+from indexer.cli.options import (
+    handle_errors,
+    redis_options,
+    runtime_options,
+    setup_logging,
+    verbose_option,
+)
 from indexer.errors import ConfigError, DecodeError
+from indexer.stores import open_stores
 from indexer.stores.base import Hit, MetadataFilter
 from indexer.stores.binding import describe_identity, store_identity
 
@@ -35,17 +42,15 @@ OUTPUT_FIELDS = (
 )
 
 
-def open_store(index_dir: Path | None, redis_url: str | None, redis_index: str | None, ef_runtime: int,
-               backend: str | None):  # fmt: skip
-    """Open the store to search: Redis when a URL is given (or asked for), its index name taken from the
-    folder's record unless given, checked to be the folder's own; else the FAISS folder."""
-    from indexer.build import open_read_store, redis_config_for
+def reader_redis(index_dir: Path | None, redis_url: str | None, redis_index: str | None, ef_runtime: int,
+                 backend: str | None):  # fmt: skip
+    """The Redis settings of a reader: none for the FAISS backend or without a URL; the index name given,
+    else the one the --index folder records."""
+    from indexer.stores.binding import redis_config_for
 
-    if backend != "faiss" and redis_url:
-        redis = redis_config_for(index_dir, redis_url, redis_index, writing=False, ef_runtime=ef_runtime)
-    else:
-        redis = None
-    return open_read_store(index_dir, redis, backend)
+    if backend == "faiss" or not redis_url:
+        return None
+    return redis_config_for(index_dir, redis_url, redis_index, writing=False, ef_runtime=ef_runtime)
 
 
 def hits_to_rows(queries: list[str], results: list[list[Hit]], identity: dict | None = None) -> list[dict]:
@@ -117,8 +122,7 @@ def main() -> None:
 @click.option("--max-distance", type=float, default=None, help="Only hits within this cosine distance.")
 @click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None,
               help="Store to search (default: redis when a Redis URL is given, else faiss).")  # fmt: skip
-@redis_url_option
-@click.option("--redis-index", default=None, help="[default: the one the --index folder records]")
+@redis_options
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
@@ -155,13 +159,14 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
             rows.extend({"query": str(name), **h} for h in hits)
         click.echo(format_rows(rows, fmt))
         return
-    store = open_store(index_dir, redis_url, redis_index, hnsw_ef_runtime, backend)
-    try:
+    redis = reader_redis(index_dir, redis_url, redis_index, hnsw_ef_runtime, backend)
+    with open_stores(
+        index_dir, redis, read_only=True, backend=backend or ("redis" if redis else "faiss")
+    ) as stores:
         # Queries by id search with stored vectors: the model loads only when an image needs embedding.
-        retriever = Retriever.open(store, model, device, precision, compile_model, index_dir=index_dir,
+        retriever = Retriever.open(stores.primary, model, device, precision, compile_model, index_dir=index_dir,
                                    lazy=not images)  # fmt: skip
-        names, results = [], []
-        failures = []
+        names, results, failures = [], [], []
         if images:
             # With several images, one bad file must not cost the others' results: answer the usable
             # ones, then name the bad ones and exit 1.
@@ -178,9 +183,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
             results += retriever.search_ids(list(ids), options)
         for warning in retriever.filter_warnings(where):
             click.echo(f"Warning: {warning}", err=True)
-    finally:
-        store.close()
-    identity = store_identity(store)
+        identity = store_identity(stores.primary)
     click.echo(format_rows(hits_to_rows(names, results, identity), fmt, describe_identity(identity)))
     if failures:
         for f in failures:
@@ -193,8 +196,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
 @main.command()
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index folder (FAISS).")
 @click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None)
-@redis_url_option
-@click.option("--redis-index", default=None, help="[default: the one the --index folder records]")
+@redis_options
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
@@ -232,26 +234,24 @@ def serve(
     from retriever.search import Retriever
     from retriever.server import QueryService, make_server
 
-    store = open_store(index_dir, redis_url, redis_index, hnsw_ef_runtime, backend)
-    service = QueryService(
-        Retriever.open(store, model, device, precision, compile_model, index_dir=index_dir)
-    )
+    redis = reader_redis(index_dir, redis_url, redis_index, hnsw_ef_runtime, backend)
+    stores = open_stores(index_dir, redis, read_only=True, backend=backend or ("redis" if redis else "faiss"))
+    service = QueryService(Retriever.open(stores.primary, model, device, precision, compile_model,
+                                          index_dir=index_dir))  # fmt: skip
     server = make_server(service, host, port, max_upload_mb * 1024 * 1024)
     service.warm_up()
     # HTTP on a side thread; the model and index work on this one, the thread that loaded the model
     # (see QueryService).
     threading.Thread(target=server.serve_forever, name="mae-http", daemon=True).start()
-    health = service.health()
-    answered_by = describe_identity(store_identity(store))
-    click.echo(
-        f"Serving {health['count']} images of {answered_by} on http://{host}:{server.server_port}", err=True
-    )
+    answered_by = describe_identity(store_identity(stores.primary))
+    click.echo(f"Serving {service.health()['count']} images of {answered_by} on http://{host}:{server.server_port}",
+               err=True)  # fmt: skip
     try:
         service.run_compute(threading.Event())
     finally:
         server.shutdown()
         server.server_close()
-        store.close()
+        stores.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.bbbc006 import VALID_TEXT, is_bbbc006_value
+from indexer.bbbc006.constants import VALID_TEXT, is_bbbc006_value
 from indexer.config import ModelConfig, PreprocessConfig
 from indexer.decode import decode_tiff
 from indexer.encoder import Encoder, load_encoder

@@ -116,20 +116,21 @@ def test_dataset_window_of_undecodable_images_is_a_message(tmp_path, tiny_model_
     assert r.exit_code == 1 and "data-set intensity window" in r.output and "3 images" in r.output
 
 
-def test_duplicate_content_in_one_ray_batch_is_a_dedupe_not_a_traceback(tmp_path, real_images, redis_config):
-    from indexer.ray_build import _Write, import_shards
+def test_duplicate_content_in_one_ray_batch_is_written_once_not_a_traceback(tmp_path, redis_config):
+    from dataclasses import asdict
+
+    from indexer.build.ray_engine import _Write, import_shards
     from indexer.stores.faiss_store import FaissStore
     from indexer.stores.redis_store import RedisStore
 
     vec = np.eye(4, dtype=np.float32)[:3]
-    batch = {"id": np.array([7, 7, 8]), "path": np.array(["a.tif", "copy_of_a.tif", "b.tif"]),
+    meta = {"plate": None, "well": None, "row": None, "column": None, "site": None, "channel": None, "z": None,
+            "tags": "{}"}  # fmt: skip
+    batch = {"order": np.arange(3), "id": np.array([7, 7, 8]), "path": np.array(["a.tif", "copy_of_a.tif", "b.tif"]),
              "status": np.array(["ok", "ok", "ok"]), "stage": np.array(["", "", ""]),
-             "reason": np.array(["", "", ""]), "meta": [{}, {}, {}], "vector": list(vec),
-             "t_prepare": np.zeros(3), "t_embed": np.zeros(3)}  # fmt: skip
-    from dataclasses import asdict
-
-    out = _Write(str(tmp_path / "shards"), asdict(redis_config))(batch)
-    assert list(out["status"]) == ["ok", "duplicate", "ok"]
+             "reason": np.array(["", "", ""]), "meta": [meta] * 3, "vector": list(vec),
+             "t_prepare": np.zeros(3), "t_embed": np.zeros(3), "precision": np.array(["fp32"] * 3)}  # fmt: skip
+    _Write(str(tmp_path / "shards"), asdict(redis_config))(batch)
     store = FaissStore(tmp_path / "idx", dim=4)
     assert import_shards(str(tmp_path / "shards"), store) == 2
     assert store.count() == 2 and RedisStore(redis_config).count() == 2

@@ -217,3 +217,72 @@ def bind_stores(
         folder.write_manifest(settled)
     if settled != redis_manifest:
         redis.write_manifest(settled)
+
+
+def redis_config_for(
+    index_dir: Path | None, url: str | None, given: str | None, writing: bool, **settings: Any
+):
+    """The :class:`~indexer.config.RedisConfig` to use with ``index_dir``: ``None`` without a URL; the
+    index name given, else the folder's record, else (a build) a name of the folder's own.
+
+    Raises
+    ------
+    ConfigError
+        See :func:`choose_redis_index`.
+    """
+    from indexer.config import RedisConfig
+    from indexer.stores.manifest import read_folder_manifest
+
+    if not url:
+        return None
+    manifest = read_folder_manifest(index_dir) if index_dir is not None else None
+    name = choose_redis_index(index_dir, given, manifest, writing)
+    return RedisConfig(url=url, index_name=name, **settings)
+
+
+def check_folder_pair(
+    index_dir: Path, redis_store: Any, faiss_store: Any = None, by_count: bool = True
+) -> None:
+    """Refuse reading ``index_dir`` together with a Redis index that is not its own (:func:`check_pair`).
+
+    ``by_count`` False checks the uid only (``verify`` reports counts and ids itself).
+
+    Raises
+    ------
+    StoreUnavailableError
+        The folder is no index, or the Redis index holds nothing.
+    IndexMismatchError
+        The Redis index holds another folder's data.
+    """
+    from indexer.errors import StoreUnavailableError
+    from indexer.stores.manifest import read_folder_manifest
+
+    folder_manifest = read_folder_manifest(index_dir)
+    if folder_manifest is None:
+        raise StoreUnavailableError(
+            f"no index at {index_dir}: build one first with `mae-index build DATA --index {index_dir}`"
+        )
+    redis_manifest = redis_store.read_manifest()
+    if redis_manifest is None:
+        raise StoreUnavailableError(
+            f"{redis_store.location} holds no index, though the folder {index_dir} mirrors it (dropped, or "
+            f"another server?). Re-run the build into {index_dir} to fill it, or query the folder with "
+            "--backend faiss"
+        )
+    opened: list = [faiss_store]
+
+    def folder():
+        if opened[0] is None:
+            from indexer.stores.faiss_store import FaissStore
+
+            opened[0] = FaissStore(index_dir, read_only=True)
+        return opened[0]
+
+    check_pair(
+        str(index_dir),
+        folder_manifest,
+        redis_store.location,
+        redis_manifest,
+        counts=(lambda: (folder().count(), redis_store.count())) if by_count else None,
+        id_sets=lambda: (set(folder().ids().tolist()), set(redis_store.ids().tolist())),
+    )

@@ -29,7 +29,10 @@ import pandas as pd
 from indexer.atomic import atomic_write, atomic_write_json
 from indexer.errors import ConfigError, StoreUnavailableError
 from indexer.stores.base import (
+    DISTANCE_SLACK,
     RECORD_FIELDS,
+    SPARE_CANDIDATES,
+    VECTOR_TOLERANCE,
     Hit,
     ImageRecord,
     MetadataFilter,
@@ -155,6 +158,11 @@ class FaissStore:
     def identity(self) -> dict[str, str]:
         """Which store and index this is, for outputs: ``{"store": "faiss", "index": folder}``."""
         return {"store": "faiss", "index": str(self.directory)}
+
+    @property
+    def vector_tolerance(self) -> float:
+        """Vectors are kept as float32."""
+        return VECTOR_TOLERANCE["FLOAT32"]
 
     # ---------------------------------------------------------------- loading
     def _shard_paths(self) -> list[Path]:
@@ -388,15 +396,14 @@ class FaissStore:
             if not n_allowed:
                 return [[] for _ in queries]
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-        # A few extra candidates so that ties at the k-th score are broken by id, as in every store.
-        kk = min(n_allowed, k + 8)
+        kk = min(n_allowed, k + SPARE_CANDIDATES)
         index = self._index if params is not None else self._unfiltered_search_index()
         scores, ids = index.search(queries, kk, params=params)
         out = []
         for row_scores, row_ids in zip(scores, ids):
             keep = row_ids >= 0
             if max_distance is not None:
-                keep &= (1.0 - row_scores) <= max_distance + 1e-6
+                keep &= (1.0 - row_scores) <= max_distance + DISTANCE_SLACK
             out.append(rank_hits(row_ids[keep], row_scores[keep], self._records, k))
         return out
 
@@ -437,5 +444,5 @@ class FaissStore:
     def __enter__(self) -> FaissStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

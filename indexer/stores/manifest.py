@@ -148,6 +148,16 @@ def _diff_values(name: str, stored: Any, current: Any) -> list[str]:
     return []
 
 
+def same_embedding(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """True when two manifests give comparable vectors (same model, pooling, preprocessing, dimension).
+
+    Two missing manifests (two empty stores) are the same; one missing one is not.
+    """
+    if a is None or b is None:
+        return a is None and b is None
+    return not diff_manifests(a, b)
+
+
 def check_compatible(stored: dict[str, Any] | None, current: dict[str, Any], where: str) -> None:
     """Raise :class:`IndexMismatchError` when ``current`` settings differ from the ``stored`` manifest.
 

@@ -21,39 +21,6 @@ _FILE_RE = re.compile(
 _Z_RE = re.compile(r"(?:_images_z_(?P<a>\d{1,3})|_z(?P<b>\d{1,3})_images)(?:\.zip)?$", re.IGNORECASE)
 
 
-#: The values a real BBBC006 image can have (one 384-well plate, 2 sites, 2 channels, 34 z-slices).
-SITES = (1, 2)
-CHANNELS = ("w1", "w2")
-Z_SLICES = tuple(range(34))
-#: How each field's valid values read in a message.
-VALID_TEXT = {
-    "well": "A01-P24",
-    "row": "A-P",
-    "column": "1-24",
-    "site": "1, 2",
-    "channel": "w1, w2",
-    "z": "0-33",
-}
-
-
-def is_bbbc006_value(field: str, value: object) -> bool:
-    """True when ``value`` is a value the real BBBC006 data set has for ``field`` (plate and path: any)."""
-    if field == "well":
-        m = re.fullmatch(r"([A-P])(\d\d)", str(value))
-        return bool(m) and 1 <= int(m.group(2)) <= 24
-    if field == "row":
-        return str(value) in "ABCDEFGHIJKLMNOP" and len(str(value)) == 1
-    if field == "column":
-        return isinstance(value, int) and 1 <= value <= 24
-    if field == "site":
-        return value in SITES
-    if field == "channel":
-        return value in CHANNELS
-    if field == "z":
-        return value in Z_SLICES
-    return True
-
-
 @dataclass(frozen=True)
 class ImageMeta:
     """Metadata parsed from a BBBC006 path. Fields are ``None`` when the name does not say.

@@ -5,11 +5,11 @@ import zipfile
 import numpy as np
 import pytest
 
+from indexer.build.local import build_index
 from indexer.config import BuildConfig, IntensityConfig, ModelConfig, PreprocessConfig, SourceConfig
 from indexer.decode import content_id
 from indexer.encoder import ViTMAEEncoder
 from indexer.errors import DecodeError, IndexMismatchError
-from indexer.pipeline import build_index
 from indexer.stores.faiss_store import FaissStore
 from tests.conftest import write_tiff
 
