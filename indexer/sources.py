@@ -15,11 +15,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from indexer.bbbc006 import ImageMeta, name_problem, parse_path
+import numpy as np
+
+from indexer.bbbc006.names import ImageMeta, name_problem, parse_path
 from indexer.config import SourceConfig
 from indexer.errors import ConfigError
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
+_PLANE_RE = re.compile(r"^(.*)#(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -108,12 +111,18 @@ def _wanted(meta: ImageMeta, config: SourceConfig) -> bool:
     return True
 
 
+def _meta(display: str, parse_from: str, table) -> ImageMeta:
+    meta = parse_path(parse_from)
+    return table.apply(display, meta) if table is not None else meta
+
+
 class _Lister:
     """Lists the images under the paths of one :class:`SourceConfig`, each file once."""
 
-    def __init__(self, config: SourceConfig, problems: list[SourceProblem]) -> None:
+    def __init__(self, config: SourceConfig, problems: list[SourceProblem], table=None) -> None:
         self.config = config
         self.problems = problems
+        self.table = table
         self.seen_files: dict[str, str] = {}  # real path (or zip, member) -> display path listed
         self.seen_dirs: dict[str, str] = {}
 
@@ -127,7 +136,11 @@ class _Lister:
         return True
 
     def _select(self, display: str, meta: ImageMeta) -> bool:
-        problem = name_problem(display)
+        from indexer.metadata_table import path_key
+
+        # A metadata table's row replaces what the name says, so the name need not be a BBBC006 one.
+        listed = self.table is not None and path_key(display) in self.table.rows
+        problem = None if listed else name_problem(display)
         if problem:
             self.problems.append(SourceProblem(display, problem))
             return False
@@ -141,7 +154,7 @@ class _Lister:
     def file(self, path: Path, display: str) -> Iterator[SourceItem]:
         if not self._first_time(os.path.realpath(path), display):
             return
-        meta = parse_path(display_path(path.resolve()))
+        meta = _meta(display, display_path(path.resolve()), self.table)
         if self._select(display, meta):
             yield SourceItem(display, path.read_bytes, meta)
 
@@ -163,7 +176,7 @@ class _Lister:
             if unsafe:
                 self.problems.append(SourceProblem(member, unsafe))
                 continue
-            meta = parse_path(member)
+            meta = _meta(member, member, self.table)
             if self._select(member, meta):
                 yield SourceItem(member, reader.reader(name), meta)
 
@@ -198,7 +211,9 @@ class _Lister:
                 yield from self.file(p, shown)
 
 
-def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = None) -> Iterator[SourceItem]:
+def iter_sources(
+    config: SourceConfig, problems: list[SourceProblem] | None = None, table=None
+) -> Iterator[SourceItem]:
     """Yield every image under ``config.paths`` (folders recursively, zips in place), sorted by path.
 
     Each file is listed once, however many of the paths given reach it. Links to folders are followed,
@@ -206,6 +221,8 @@ def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = No
     members, near-miss BBBC006 names, broken links, duplicates, names without a channel under a
     ``--channels`` selection) is appended to ``problems``, each with its :attr:`SourceProblem.kind`.
     Paths are :func:`display_path` strings: valid UTF-8 whatever the file names are.
+    ``table`` (a :class:`~indexer.metadata_table.MetadataTable`) puts its values over the names'; by
+    default ``config.metadata`` is loaded.
 
     Raises
     ------
@@ -216,7 +233,11 @@ def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = No
     for root in config.paths:
         if not root.exists():
             raise ConfigError(f"no such file or folder: {display_path(root)}")
-    lister = _Lister(config, problems)
+    if table is None and config.metadata is not None:
+        from indexer.metadata_table import load_metadata_table
+
+        table = load_metadata_table(config.metadata)
+    lister = _Lister(config, problems, table)
     for root in config.paths:
         if root.is_file():
             if root.suffix.lower() == ".zip":
@@ -225,6 +246,51 @@ def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = No
                 yield from lister.file(root, display_path(root))
             continue
         yield from lister.folder(root)
+
+
+def describe_search(config: SourceConfig) -> str:
+    """Say what a listing of ``config`` looked for, for the message of a build that found nothing."""
+    where = ", ".join(str(p) for p in config.paths)
+    text = (
+        f"looked in {where} (folders recursively) for {'/'.join('*' + s for s in IMAGE_SUFFIXES)} files "
+        "and .zip archives holding them"
+    )
+    wanted = []
+    if config.channels:
+        wanted.append("channel " + " or ".join(config.channels))
+    if config.z:
+        wanted.append("z " + " or ".join(str(z) for z in config.z))
+    if wanted:
+        text += ", keeping only " + " and ".join(wanted) + " (from the BBBC006 names)"
+    return text
+
+
+def plane_path(path: str, index: int) -> str:
+    """The recorded path of plane ``index`` of a multi-plane file: ``file.tif#index``."""
+    return f"{path}#{index}"
+
+
+def load_image(path: str) -> np.ndarray:
+    """Read and decode the image an index recorded at ``path``: a file, a zip member, or one plane of
+    a stack (``file.tif#index``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing exists at ``path`` any more (moved since the build?).
+    DecodeError
+        If the file is no longer a usable image.
+    """
+    from indexer.decode import decode_planes, decode_tiff
+
+    m = _PLANE_RE.match(path)
+    if m and not Path(path).is_file():
+        index = int(m.group(2))
+        planes = decode_planes(read_path(m.group(1)))
+        if index >= len(planes):
+            raise FileNotFoundError(2, f"the file has {len(planes)} planes, no plane {index}", path)
+        return planes[index].image
+    return decode_tiff(read_path(path))
 
 
 def read_path(path: str) -> bytes:
@@ -244,4 +310,4 @@ def read_path(path: str) -> bytes:
         archive, member = path[: cut + 4], path[cut + 5 :]
         with zipfile.ZipFile(archive) as zf:
             return zf.read(member)
-    raise FileNotFoundError(f"indexed image not found: {path} (moved since the build?)")
+    raise FileNotFoundError(2, "not found (moved since the build?)", path)
