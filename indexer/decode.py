@@ -16,11 +16,12 @@ import io
 import numpy as np
 
 from indexer.errors import DecodeError
+from indexer.limits import DecodeLimits
 
 #: Smallest side accepted: one ViT patch. Smaller images carry too little to embed.
 MIN_SIDE = 16
-#: Largest number of pixels accepted (a 16k x 16k mosaic); larger files are not single fields of view.
-MAX_PIXELS = 16384 * 16384
+#: The limits the build and the query server apply unless told otherwise (see :mod:`indexer.limits`).
+DEFAULT_LIMITS = DecodeLimits()
 
 
 def content_id(data: bytes) -> int:
@@ -44,14 +45,41 @@ def _libtiff_pixels(data: bytes, shape: tuple, dtype: np.dtype) -> np.ndarray | 
     return image
 
 
-def decode_tiff(data: bytes) -> np.ndarray:
+def check_size(shape: tuple, itemsize: int, file_bytes: int, limits: DecodeLimits | None = None) -> None:
+    """Refuse an image by its header alone: too many pixels, or a decompression bomb.
+
+    Raises
+    ------
+    DecodeError
+        If ``height x width`` exceeds ``limits.max_pixels``, or the decoded size exceeds
+        ``limits.ratio_floor_bytes`` and ``limits.max_ratio`` times the file's size.
+    """
+    limits = limits or DEFAULT_LIMITS
+    pixels = int(np.prod(shape, dtype=np.int64))
+    if pixels > limits.max_pixels:
+        raise DecodeError(
+            f"image too large ({shape[-1]}x{shape[-2]} = {pixels / 2**20:.0f} M pixels; the limit is "
+            f"{limits.max_pixels / 2**20:.0f} M pixels)"
+        )
+    decoded = pixels * itemsize
+    if decoded > limits.ratio_floor_bytes and decoded > limits.max_ratio * max(file_bytes, 1):
+        raise DecodeError(
+            f"compression ratio {decoded / max(file_bytes, 1):.0f}:1 is over the limit of "
+            f"{limits.max_ratio:.0f}:1 ({file_bytes} bytes would decode to {decoded / 2**20:.0f} MB); "
+            "not a camera image (a decompression bomb?)"
+        )
+
+
+def decode_tiff(data: bytes, limits: DecodeLimits | None = None) -> np.ndarray:
     """Decode one single-page grayscale 16-bit TIFF to a 2-D uint16 array.
+
+    The size is checked from the header (:func:`check_size`) before any pixel is decoded.
 
     Raises
     ------
     DecodeError
         If the bytes are not a readable TIFF, have several pages or samples, are not unsigned 16-bit
-        integers, or are smaller than one patch or larger than :data:`MAX_PIXELS`.
+        integers, are smaller than one patch, or break ``limits`` (pixels, compression ratio).
     """
     import tifffile
 
@@ -68,8 +96,7 @@ def decode_tiff(data: bytes) -> np.ndarray:
             shape = tuple(page.shape)
             if len(shape) != 2:
                 raise DecodeError(f"not a single-channel image (shape {shape}); expected height x width")
-            if shape[0] * shape[1] > MAX_PIXELS:
-                raise DecodeError(f"image too large ({shape[1]}x{shape[0]} pixels)")
+            check_size(shape, page.dtype.itemsize, len(data), limits)
             image = _libtiff_pixels(data, shape, page.dtype)
             if image is None:
                 image = page.asarray(maxworkers=1)  # parallelism comes from the callers' workers
