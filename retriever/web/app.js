@@ -278,8 +278,10 @@ function fillSelect(sel, facet, label = (v) => v) {
 }
 
 async function start() {
-  config = await api("GET", "/api/config");
-  const facets = await api("GET", "/api/facets");
+  // The results of a linked view come first; the controls fill in beside them.
+  const first = new URL(location.href).searchParams.get("id") ? render(readState()) : null;
+  const [cfg, facets] = await Promise.all([api("GET", "/api/config"), api("GET", "/api/facets")]);
+  config = cfg;
   $("#index-info").textContent = `${facets.count} images`;
   fillSelect("#f-plate", facets.plate);
   fillSelect("#f-site", facets.site);
@@ -312,7 +314,8 @@ async function start() {
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); takeFile(e.dataTransfer.files[0]); });
   window.addEventListener("popstate", () => render(readState()));
-  await render(readState());
+  if (first) { await first; fillForm(readState()); if (config.robustness) await showRobust(readState()); }
+  else await render(readState());
   document.body.dataset.ready = "1";
 }
 
