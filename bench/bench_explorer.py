@@ -44,7 +44,17 @@ def make_index(out: Path, n_z: int = 34, seed: int = 0) -> int:
     model = REPO / "examples" / "models" / "mae-tiny-bbbc006"
     r = CliRunner().invoke(
         index_main,
-        ["build", str(REAL_DIR), "--index", str(real), "--model", str(model), "--device", "cpu", "--no-progress"],
+        [
+            "build",
+            str(REAL_DIR),
+            "--index",
+            str(real),
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
     )
     if r.exit_code != 0:
         raise SystemExit(r.output)
@@ -77,7 +87,9 @@ def make_index(out: Path, n_z: int = 34, seed: int = 0) -> int:
     return len(records)
 
 
-def timed(conn: http.client.HTTPConnection, method: str, path: str, body=None, headers=None) -> tuple[float, bytes, int]:
+def timed(
+    conn: http.client.HTTPConnection, method: str, path: str, body=None, headers=None
+) -> tuple[float, bytes, int]:
     t0 = time.perf_counter()
     conn.request(method, path, body=body, headers=headers or {})
     r = conn.getresponse()

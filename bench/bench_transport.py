@@ -87,7 +87,9 @@ def main() -> None:
             stop.set()
             compute.join()
     for name, v in lat.items():
-        print(f"{name:<34} p50 {np.percentile(v, 50):6.2f} ms  p95 {np.percentile(v, 95):6.2f} ms  (n={len(v)})")
+        print(
+            f"{name:<34} p50 {np.percentile(v, 50):6.2f} ms  p95 {np.percentile(v, 95):6.2f} ms  (n={len(v)})"
+        )
     for srv, _ in servers.values():
         srv.shutdown()
 

@@ -132,7 +132,10 @@ class Catalog:
                 out[f][v] = out[f].get(v, 0) + 1
 
         def ordered(d: dict) -> list[dict[str, Any]]:
-            return [{"value": v, "count": d[v]} for v in sorted(d, key=lambda x: (x is None, str(type(x)), x or 0))]
+            return [
+                {"value": v, "count": d[v]}
+                for v in sorted(d, key=lambda x: (x is None, str(type(x)), x or 0))
+            ]
 
         self._facets = {"count": len(self.records), **{f: ordered(d) for f, d in out.items()}}
         return self._facets
@@ -166,7 +169,9 @@ class Catalog:
         # Rows grouped by well once, so a query's per-well maximum is one reduceat (np.maximum.at is ~10x slower).
         order = np.argsort(cell, kind="stable")
         order = order[cell[order] >= 0]
-        starts = np.flatnonzero(np.r_[True, np.diff(cell[order]) != 0]) if len(order) else np.empty(0, np.int64)
+        starts = (
+            np.flatnonzero(np.r_[True, np.diff(cell[order]) != 0]) if len(order) else np.empty(0, np.int64)
+        )
         counts = np.bincount(plate[plate >= 0], minlength=len(plate_names))
         common = max(plate_names, key=lambda p: counts[plate_names[p]]) if plate_names else None
         layout = {"cell": cell, "plate": plate, "channel": channel, "site": site, "plate_names": plate_names,
@@ -382,8 +387,7 @@ def register(
                 blob = base64.b64decode(obj["image"], validate=True)
             except binascii.Error as e:
                 raise ClientError(HTTPStatus.BAD_REQUEST, f"image is not base64: {e}") from e
-            tensors = service.model_inputs([blob])
-            query = service.compute(service.retriever.embed_tensors, tensors)[0]
+            query = service.embed_blobs([blob])[0]
         else:
             raise ClientError(HTTPStatus.BAD_REQUEST, "give the query as an indexed id or a base64 image")
 

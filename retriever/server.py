@@ -219,14 +219,19 @@ class QueryService:
         except DecodeError as e:
             raise ClientError(HTTPStatus.BAD_REQUEST, f"image {i}: {e}") from e
 
-    def model_inputs(self, blobs: Iterable[bytes]) -> list[torch.Tensor]:
+    def model_inputs(self, blobs: Iterable[bytes]) -> list[torch.Tensor | np.ndarray]:
         """Decode (on this thread) and preprocess (on the compute thread) images one at a time.
 
         Only one decoded image is held at once, whatever the batch size; the decoded bytes summed over
-        the request are bounded by ``limits.max_decoded_bytes``.
+        the request are bounded by ``limits.max_decoded_bytes``. The last image is returned decoded, not
+        preprocessed: the caller's final compute call preprocesses it with the forward pass, so a
+        one-image query costs one hand-over to the compute thread, not two.
         """
-        tensors, total = [], 0
+        items: list[torch.Tensor | np.ndarray] = []
+        total = 0
         for i, blob in enumerate(blobs):
+            if items and isinstance(items[-1], np.ndarray):
+                items[-1] = self.compute(preprocess_image, items[-1], self.retriever.preprocess)
             image = self.decode(blob, i)
             total += image.nbytes
             if total > self.limits.max_decoded_bytes:
@@ -235,9 +240,19 @@ class QueryService:
                     f"image {i}: the request's images decode to over "
                     f"{self.limits.max_decoded_bytes // 2**20} MB; send fewer or smaller images",
                 )
-            tensors.append(self.compute(preprocess_image, image, self.retriever.preprocess))
-            del image
-        return tensors
+            items.append(image)
+        return items
+
+    def embed_blobs(self, blobs: Iterable[bytes], retriever: Retriever | None = None) -> np.ndarray:
+        """Query vectors of image files given as bytes (decoded as a stream, see :meth:`model_inputs`)."""
+        return self.compute(self._embed_items, retriever or self.retriever, self.model_inputs(blobs))
+
+    @staticmethod
+    def _embed_items(retriever: Retriever, items: list[torch.Tensor | np.ndarray]) -> np.ndarray:
+        tensors = [
+            preprocess_image(x, retriever.preprocess) if isinstance(x, np.ndarray) else x for x in items
+        ]
+        return retriever.embed_tensors(tensors)
 
     def add_backend(self, store: Any) -> None:
         """Make a second store (the FAISS mirror of a Redis index, or the reverse) searchable by name."""
@@ -260,13 +275,13 @@ class QueryService:
     ) -> list[list[dict]]:
         """Decode, embed and search image files given as bytes (decoded as a stream)."""
         retriever = self.pick(backend)
-        tensors = self.model_inputs(blobs)
-        return self.compute(self._search_tensors, retriever, tensors, options)
+        items = self.model_inputs(blobs)
+        return self.compute(self._search_items, retriever, items, options)
 
-    def _search_tensors(
-        self, retriever: Retriever, tensors: list[torch.Tensor], options: QueryOptions
+    def _search_items(
+        self, retriever: Retriever, items: list[torch.Tensor | np.ndarray], options: QueryOptions
     ) -> list[list[dict]]:
-        vectors = retriever.embed_tensors(tensors)
+        vectors = self._embed_items(retriever, items)
         results = retriever.search_vectors(vectors, options)
         return [[h.to_dict() for h in hits] for hits in results]
 

@@ -17,7 +17,7 @@ from indexer.preprocess import intensity_window
 from indexer.stores.faiss_store import FaissStore
 from retriever import explorer, render
 from retriever.search import Retriever
-from retriever.server import App, QueryService, make_server
+from retriever.server import App, QueryService
 from tests.retriever.test_server_hardening import _start, index_dir  # noqa: F401
 
 
