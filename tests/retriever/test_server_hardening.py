@@ -313,3 +313,23 @@ def test_redis_outage_is_503_and_health_names_the_store(start_redis, tmp_path, r
     finally:
         close()
         store.close()
+
+
+def test_listen_backlog_and_bounded_pool(server):
+    adj = server._server.adj
+    assert adj.backlog >= 1024 and adj.threads == server.service.limits.threads == 8
+    assert adj.max_request_body_size == 8 * 1024 * 1024
+
+
+def test_the_retriever_never_imports_eval():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "retriever"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )  # fmt: skip
+            assert not any(n == "eval" or n.startswith("eval.") for n in names), path
