@@ -51,11 +51,16 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
+#: Reports (``mae-eval``'s HTML) carry an inline stylesheet and data: images, and no script: allow the
+#: former, forbid any script.
+REPORT_CSP = (
+    "default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
+)
 _REPORT_TYPES = {".html", ".png", ".svg", ".csv", ".json", ".txt", ".md"}
 
 
-def _sec_headers() -> list[tuple[str, str]]:
-    return [("Content-Security-Policy", CSP), ("Referrer-Policy", "no-referrer"), ("X-Frame-Options", "DENY")]
+def _sec_headers(csp: str = CSP) -> list[tuple[str, str]]:
+    return [("Content-Security-Policy", csp), ("Referrer-Policy", "no-referrer"), ("X-Frame-Options", "DENY")]
 
 
 def _id_from(path: str, prefix: str) -> int:
@@ -335,11 +340,11 @@ def register(
     reports = reports or []
     static = {p.name: p for p in WEB_DIR.iterdir() if p.is_file()} if WEB_DIR.is_dir() else {}
 
-    def file_response(path: Path, cache: str = "no-cache") -> Response:
+    def file_response(path: Path, cache: str = "no-cache", csp: str = CSP) -> Response:
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
             ctype += "; charset=utf-8"
-        return Response(path.read_bytes(), 200, ctype, [("Cache-Control", cache), *_sec_headers()])
+        return Response(path.read_bytes(), 200, ctype, [("Cache-Control", cache), *_sec_headers(csp)])
 
     def page(req: Request) -> Response:
         return file_response(static["index.html"])
@@ -434,7 +439,7 @@ def register(
             or not target.is_file()
         ):
             raise ClientError(HTTPStatus.NOT_FOUND, f"no such report file: {name[:80]}")
-        return file_response(target)
+        return file_response(target, csp=REPORT_CSP)
 
     app.add("GET", "/", page, None)
     app.add("GET", "/index.html", page, None)

@@ -125,7 +125,12 @@ def test_backend_choice_reports_and_the_perturb_plugin(redis_config, real_images
         assert tops["faiss"] == tops["redis"] and tops["faiss"][0] == int(some)
         status, data = _get(srv, "/query/ids", json.dumps({"ids": [some], "backend": "milvus"}), "POST")
         assert status == 400 and b"backend" in data
-        assert _get(srv, "/reports/0/report.html")[0] == 200
+        conn = http.client.HTTPConnection("127.0.0.1", srv.server_port, timeout=60)
+        conn.request("GET", "/reports/0/report.html")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == b"<h1>report</h1>"
+        assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'")  # no script at all
+        conn.close()
         for bad in ("/reports/0/secret.key", "/reports/0/../idx/manifest.json", "/reports/1/report.html"):
             assert _get(srv, bad)[0] == 404, bad
         status, data = _get(srv, "/api/perturb", json.dumps({"id": some, "perturbation": "melt"}), "POST")
