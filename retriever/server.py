@@ -2,7 +2,8 @@
 
 Endpoints (JSON responses)::
 
-    GET  /health                    {"status": "ok", "count", "dim", "model", "stores"}; 503 if the store is down
+    GET  /health                    {"status": "ok", "count", "dim", "model", "store", "index"[, "server"],
+                                     "stores"}; 503 {"status": "unavailable", "stores": {...}} if the store is down
     GET  /stats                     request counts, latency percentiles (ms), uptime
     POST /query?k=10&well=A01&...   body: one TIFF file (any content type) -> {"hits": [...]}
     POST /query/batch               {"images": [base64 TIFF, ...], "k", "where"} -> {"results": [[...], ...]}
@@ -43,6 +44,7 @@ from indexer.errors import ConfigError, DecodeError, StoreUnavailableError
 from indexer.limits import RequestLimits
 from indexer.preprocess import preprocess_image
 from indexer.stores.base import MetadataFilter
+from indexer.stores.binding import store_identity
 from retriever.http_server import HttpServer
 from retriever.search import QueryOptions, Retriever
 
@@ -156,6 +158,7 @@ class QueryService:
             "count": self.retriever.store.count(),
             "dim": manifest.get("dim"),
             "model": manifest.get("model", {}).get("name"),
+            **store_identity(self.retriever.store),  # which store and index answer: store, index (server)
             "stores": {name: {"ok": True}},
         }
 
@@ -166,7 +169,11 @@ class QueryService:
         except StoreUnavailableError as e:
             name = _store_name(self.retriever.store)
             log.warning("health: the %s store is unavailable: %s", name, e)
-            return 503, {"status": "unavailable", "stores": {name: {"ok": False, "reason": str(e)}}}
+            return 503, {
+                "status": "unavailable",
+                **store_identity(self.retriever.store),
+                "stores": {name: {"ok": False, "reason": str(e)}},
+            }
 
     def compute(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on the compute thread (or here, under the lock, when none runs); return its

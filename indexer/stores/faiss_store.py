@@ -28,7 +28,18 @@ import pandas as pd
 
 from indexer.atomic import atomic_write, atomic_write_json
 from indexer.errors import ConfigError, StoreUnavailableError
-from indexer.stores.base import RECORD_FIELDS, Hit, ImageRecord, MetadataFilter, check_queries, rank_hits
+from indexer.stores.base import (
+    DISTANCE_SLACK,
+    RECORD_FIELDS,
+    SPARE_CANDIDATES,
+    VECTOR_TOLERANCE,
+    Hit,
+    ImageRecord,
+    MetadataFilter,
+    check_queries,
+    rank_hits,
+    tags_match,
+)
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"
@@ -56,6 +67,7 @@ def _arrow_schema(dim: int):
         [("id", pa.int64()), ("vector", pa.list_(pa.float32(), dim)), ("deleted", pa.bool_())]
         + [(f, pa.string()) for f in _STR_FIELDS]
         + [(f, pa.int32()) for f in _INT_FIELDS]
+        + [("tags", pa.string())]  # JSON {key: value}; null without tags (older shards lack the column)
     )
 
 
@@ -74,6 +86,7 @@ def records_to_table(vectors: np.ndarray, records: Sequence[ImageRecord], delete
         cols[f] = pa.array([getattr(r, f) for r in records], pa.string())
     for f in _INT_FIELDS:
         cols[f] = pa.array([getattr(r, f) for r in records], pa.int32())
+    cols["tags"] = pa.array([json.dumps(dict(r.tags)) if r.tags else None for r in records], pa.string())
     return pa.table(cols, schema=_arrow_schema(dim))
 
 
@@ -85,7 +98,13 @@ def table_to_records(table) -> tuple[np.ndarray, np.ndarray, list[ImageRecord], 
     vectors = vec_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
     deleted = table.column("deleted").to_numpy(zero_copy_only=False).astype(bool)
     meta = {f: table.column(f).to_pylist() for f in RECORD_FIELDS}
-    records = [ImageRecord(id=int(ids[i]), **{f: meta[f][i] for f in RECORD_FIELDS}) for i in range(len(ids))]
+    tags = table.column("tags").to_pylist() if "tags" in table.column_names else [None] * len(ids)
+    records = [
+        ImageRecord(
+            id=int(ids[i]), **{f: meta[f][i] for f in RECORD_FIELDS}, tags=json.loads(tags[i] or "{}")
+        )
+        for i in range(len(ids))
+    ]
     return ids.astype(np.int64), vectors, records, deleted
 
 
@@ -134,6 +153,16 @@ class FaissStore:
     def location(self) -> str:
         """The index folder, for messages."""
         return str(self.directory)
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """Which store and index this is, for outputs: ``{"store": "faiss", "index": folder}``."""
+        return {"store": "faiss", "index": str(self.directory)}
+
+    @property
+    def vector_tolerance(self) -> float:
+        """Vectors are kept as float32."""
+        return VECTOR_TOLERANCE["FLOAT32"]
 
     # ---------------------------------------------------------------- loading
     def _shard_paths(self) -> list[Path]:
@@ -311,10 +340,18 @@ class FaissStore:
             out[row] = self._index.reconstruct(int(i))
         return out
 
+    def field_values(self, name: str) -> list:
+        """Distinct values of metadata field ``name``, sorted (None left out)."""
+        if name == "tags":
+            return sorted({t for r in self._records.values() for t in r.tag_strings})
+        if name not in RECORD_FIELDS:
+            raise ConfigError(f"no metadata field {name!r}")
+        return sorted({v for r in self._records.values() if (v := getattr(r, name)) is not None})
+
     def _frame(self) -> pd.DataFrame:
         if self._meta_frame is None:
-            rows = [r.to_dict() for r in self._records.values()]
-            self._meta_frame = pd.DataFrame(rows, columns=["id", *RECORD_FIELDS])
+            rows = [{**r.to_dict(), "tags": r.tag_strings} for r in self._records.values()]
+            self._meta_frame = pd.DataFrame(rows, columns=["id", *RECORD_FIELDS, "tags"])
         return self._meta_frame
 
     def matching_ids(self, where: MetadataFilter) -> np.ndarray:
@@ -331,6 +368,9 @@ class FaissStore:
             mask &= (df["z"].astype("float") >= where.z_min).to_numpy()
         if where.z_max is not None:
             mask &= (df["z"].astype("float") <= where.z_max).to_numpy()
+        if where.tags:
+            groups = where.tag_groups()
+            mask &= np.fromiter((tags_match(groups, t) for t in df["tags"]), dtype=bool, count=len(df))
         return df["id"].to_numpy(dtype=np.int64)[mask]
 
     def search(
@@ -356,15 +396,14 @@ class FaissStore:
             if not n_allowed:
                 return [[] for _ in queries]
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-        # A few extra candidates so that ties at the k-th score are broken by id, as in every store.
-        kk = min(n_allowed, k + 8)
+        kk = min(n_allowed, k + SPARE_CANDIDATES)
         index = self._index if params is not None else self._unfiltered_search_index()
         scores, ids = index.search(queries, kk, params=params)
         out = []
         for row_scores, row_ids in zip(scores, ids):
             keep = row_ids >= 0
             if max_distance is not None:
-                keep &= (1.0 - row_scores) <= max_distance + 1e-6
+                keep &= (1.0 - row_scores) <= max_distance + DISTANCE_SLACK
             out.append(rank_hits(row_ids[keep], row_scores[keep], self._records, k))
         return out
 
@@ -405,5 +444,5 @@ class FaissStore:
     def __enter__(self) -> FaissStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
