@@ -23,9 +23,8 @@ from typing import Any
 
 from eval import perturb
 from eval.robustness import RobustnessConfig, _ids, compare_results
-from indexer.decode import decode_tiff
 from indexer.errors import ConfigError
-from indexer.sources import read_path
+from indexer.sources import load_image
 from indexer.stores.base import ImageRecord
 from retriever import render
 from retriever.search import QueryOptions, Retriever
@@ -44,7 +43,7 @@ def compare_one(
         perturbed raw image (``image``, a uint16 array).
     """
     RobustnessConfig(perturbations=(name,), severities=(severity,), k=k, seed=seed, rbo_p=rbo_p)
-    raw = decode_tiff(read_path(record.path))
+    raw = load_image(record.path)  # as eval.robustness.read_queries reads it
     image = perturb.apply(name, raw, severity, perturb.perturbation_rng(seed, record.id, name, severity))
     vectors = retriever.embed_arrays([raw, image])
     clean_hits, pert_hits = retriever.search_vectors(vectors, QueryOptions(k=k + 1))

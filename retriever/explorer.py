@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.decode import decode_tiff
 from indexer.errors import DecodeError
-from indexer.sources import read_path
+from indexer.sources import load_image
 from indexer.stores.base import ImageRecord, VectorStore
 from retriever import render
 from retriever.server import App, ClientError, QueryService, Request, Response, json_response, parse_id
@@ -301,7 +300,7 @@ class Renderer:
         if cached is not None:
             return cached, None
         try:
-            image = decode_tiff(read_path(rec.path))
+            image = load_image(rec.path)  # a file, a zip member or one plane of a stack
         except (OSError, DecodeError) as e:
             reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             log.warning("image %d (%r) cannot be shown: %s", image_id, rec.path, reason)
