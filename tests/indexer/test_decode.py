@@ -106,3 +106,17 @@ def test_limits_are_configurable_and_small_flat_images_pass():
     with pytest.raises(DecodeError, match="the limit is 1 M pixels"):
         decode_tiff(zero_bomb(2048), DecodeLimits(max_pixels=1024 * 1024 - 1))
     assert decode_tiff(zero_bomb(8192), DecodeLimits(max_ratio=2000)).shape == (8192, 8192)
+
+
+def test_a_stack_bomb_is_refused_from_its_header():
+    import imagecodecs
+
+    from indexer.decode import decode_planes
+
+    strip = imagecodecs.lzw_encode(np.zeros((512, 4096), np.uint16).tobytes())
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, data=iter([strip] * 16), shape=(2, 4096, 4096), dtype=np.uint16, rowsperstrip=512,
+                     compression="lzw", photometric="minisblack")  # fmt: skip
+    assert len(buf.getvalue()) < 200_000  # 64 MB of pixels in two planes
+    with pytest.raises(DecodeError, match="compression ratio"):
+        decode_planes(buf.getvalue())
