@@ -33,11 +33,11 @@ def _query_ids(path: Path | None) -> tuple[int, ...]:
 
 
 def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out):  # fmt: skip
+              device, out, exclude="site"):  # fmt: skip
     from tqdm.auto import tqdm
 
     from eval import perturb as perturbations
-    from eval.report import format_table, headline_rows, write_report
+    from eval.report import TABLE_COLUMNS, format_table, headline_rows, write_report
     from eval.robustness import NATURAL, RobustnessConfig, run_robustness
     from indexer.config import RedisConfig
     from indexer.stores.faiss_store import FaissStore
@@ -45,7 +45,7 @@ def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, s
 
     names = tuple(perturb.split(",")) if perturb else (*perturbations.PERTURBATIONS, NATURAL)
     config = RobustnessConfig(perturbations=names, severities=_severities(severities), k=k, n_queries=queries,
-                              query_ids=_query_ids(query_list), seed=seed, rbo_p=rbo_p)  # fmt: skip
+                              query_ids=_query_ids(query_list), seed=seed, rbo_p=rbo_p, exclude=exclude)  # fmt: skip
     exact = FaissStore(index_dir, read_only=True)
     store = exact
     if redis_url:
@@ -65,8 +65,11 @@ def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, s
     meta = {"location": str(index_dir), "count": store.count(), "model": manifest.get("model", {}).get("name"),
             "backend": "redis" if redis_url else "faiss"}  # fmt: skip
     rep = write_report(result, out, meta)
-    click.echo(format_table(headline_rows(rep["summary"]),
-                            ("perturbation", "severity", "n", "self_at_1", "overlap_at_k", "rbo", "drift_normalised")))  # fmt: skip
+    click.echo(format_table(headline_rows(rep["summary"]), TABLE_COLUMNS))
+    g = rep["gallery"]
+    click.echo(f"Gallery (--exclude {g['exclude']}): {g['candidates_min']}-{g['candidates_max']} candidates per "
+               f"query of {g['index_size']} images; {len(g['queries_skipped'])} queries skipped (fewer than "
+               f"k + 1 = {g['min_candidates']})", err=True)  # fmt: skip
     click.echo(f"Report: {Path(out) / 'report.html'}", err=True)
     return rep
 
@@ -82,6 +85,14 @@ _common = [
     click.option("--seed", default=0, show_default=True),
     click.option("--rbo-p", default=0.9, show_default=True),
     click.option("--device", default="auto", show_default=True),
+    click.option(
+        "--exclude",
+        type=click.Choice(["none", "image", "site", "well"]),
+        default="site",
+        show_default=True,
+        help="Which of each query's relatives leave BOTH the clean and the perturbed top-k: "
+        "site = its other z-slices and channels (near-duplicates).",
+    ),
 ]
 
 
@@ -123,11 +134,13 @@ def reconstruct(image, model, out, mask_ratio, seed, verbose):
 @verbose_option
 @handle_errors
 def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-               device, out, verbose):  # fmt: skip
+               device, exclude, out, verbose):  # fmt: skip
     """Top-k consistency and drift of clean vs perturbed queries; writes report.json/CSV/HTML.
 
     With --redis-url the queries go to Redis and its ANN recall@k against the exact FAISS index is
-    reported too.
+    reported too. Every score comes with its 95 % interval, its chance level (random top-k lists from
+    the same gallery) and the chance-corrected score. A query needs at least k + 1 candidates once
+    its relatives are excluded; one with fewer is reported and skipped.
 
     \b
     Example:
@@ -135,7 +148,7 @@ def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, 
     """
     setup_logging(verbose)
     _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out)  # fmt: skip
+              device, out, exclude)  # fmt: skip
 
 
 @main.command()
@@ -145,7 +158,7 @@ def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, 
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for all reports.")
 @verbose_option
 @handle_errors
-def compare(indexes, queries, query_list, perturb, severities, k, seed, rbo_p, device, out, verbose):
+def compare(indexes, queries, query_list, perturb, severities, k, seed, rbo_p, device, exclude, out, verbose):
     """Run the same evaluation on several indexes (e.g. one per model) and put them side by side."""
     setup_logging(verbose)
     import json
@@ -156,13 +169,14 @@ def compare(indexes, queries, query_list, perturb, severities, k, seed, rbo_p, d
     for i, idx in enumerate(indexes):
         sub = Path(out) / f"{i:02d}-{Path(idx).name}"
         rep = _evaluate(
-            idx, None, "mae", queries, query_list, perturb, severities, k, seed, rbo_p, device, sub
+            idx, None, "mae", queries, query_list, perturb, severities, k, seed, rbo_p, device, sub, exclude
         )
         for row in headline_rows(rep["summary"]):
             combined.append({"index": str(idx), "model": rep["index"]["model"], **row})
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "compare.json").write_text(json.dumps(combined, indent=2) + "\n")
-    table = format_table(combined, ("index", "perturbation", "severity", "self_at_1", "overlap_at_k", "rbo"))
+    table = format_table(combined, ("index", "perturbation", "severity", "n", "gallery", "self_at_1",
+                                     "overlap_at_k", "overlap_at_k_chance", "rbo", "rbo_chance"))  # fmt: skip
     (Path(out) / "compare.txt").write_text(table + "\n")
     click.echo(table)
 
