@@ -208,6 +208,12 @@ def cluster_bootstrap(
         w = np.asarray(weights)[:, present]
     r0, se0 = _ratio_and_se(np.ones(n_clusters), totals, sizes)
     rb, seb = _ratio_and_se(w, totals, sizes)
+    # A resample that drew only equal values (likely when most queries score 0, as at a severe
+    # perturbation) has zero spread and an infinite t, which would stretch the interval to the whole
+    # range. Such a resample gets the standard error se0 / sqrt(n) instead: its t stays large but
+    # finite. Resamples with spread are left alone (any floor there would shift every quantile).
+    if np.isfinite(se0[0]):
+        seb = np.where(seb > 0, seb, se0[0] / math.sqrt(n_clusters))
     with np.errstate(invalid="ignore", divide="ignore"):
         t = (rb - r0[0]) / seb
     # A resample with zero spread (all drawn values equal) has t = +-inf unless it hits the mean; keep

@@ -151,19 +151,25 @@ def _curves(summary: list[dict], perturbations: list[str]):
 def _defocus_curve(summary: list[dict]):
     import matplotlib.pyplot as plt
 
-    pts = [e for e in summary if e["perturbation"] == NATURAL]
-    if not pts:
+    all_pts = [e for e in summary if e["perturbation"] == NATURAL]
+    if not all_pts:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    um = [perturb.Z_STEP_UM * e["severity"] for e in pts]
-    for metric, label in CURVE_METRICS[:3]:
-        _plot_metric(ax, pts, um, metric, label)
-    ax.set_xlabel(f"distance from the focal plane |dz| (um, {perturb.Z_STEP_UM:g} um per slice)")
-    ax.set_ylabel("score (dashed: chance level)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Defocus: the same site at another z-slice")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    # One panel per provenance: a real stack and a synthetic one are different experiments, and each
+    # curve is labelled by what it contains.
+    curves = sorted({e.get("curve") or "unknown" for e in all_pts}, key=lambda c: (c != "real", c))
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 3.6), squeeze=False)
+    for ax, curve in zip(axes[0], curves):
+        pts = [e for e in all_pts if (e.get("curve") or "unknown") == curve]
+        um = [perturb.Z_STEP_UM * e["severity"] for e in pts]
+        for metric, label in CURVE_METRICS[:3]:
+            _plot_metric(ax, pts, um, metric, label)
+        ax.set_xlabel(f"distance from the focal plane |dz| (um, {perturb.Z_STEP_UM:g} um per slice)")
+        ax.set_ylabel("score (dashed: chance level)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"Defocus, {curve} z-stacks ({max(e['n_queries'] for e in pts)} sites)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig
 
 
@@ -270,10 +276,12 @@ def headline_rows(summary: list[dict]) -> list[dict]:
     size behind the lists (``gallery``).
     """
     out = []
-    for name in sorted({e["perturbation"] for e in summary}):
-        pts = [e for e in summary if e["perturbation"] == name]
+    for name, curve in sorted({(e["perturbation"], e.get("curve") or "") for e in summary}):
+        pts = [e for e in summary if e["perturbation"] == name and (e.get("curve") or "") == curve]
         worst = max(pts, key=lambda e: e["severity"])
-        row = {"perturbation": name, "severity": worst["severity"], "value": worst["value"], "n": worst["n"],
+        label = f"{name} ({curve})" if curve else name
+        row = {"perturbation": label, "severity": worst["severity"], "value": worst["value"], "n": worst["n"],
+               "source": worst.get("source"),
                "n_queries": worst.get("n_queries"), "small_n": worst.get("small_n", False),
                "gallery": worst.get("candidates")}  # fmt: skip
         for m in HEADLINE:
@@ -386,6 +394,8 @@ def write_report(result: RobustnessResult, out_dir: Path, index_meta: dict[str, 
             if g.get("queries_without_known_group")
             else ""
         )
+        + ". Queries by provenance: "
+        + ", ".join(f"{v} {html.escape(k)}" for k, v in g.get("query_sources", {}).items())
         + ".</p>",
         "<h2>Headline: each perturbation at its highest severity</h2>",
         f"<pre>{table}</pre>",

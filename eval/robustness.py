@@ -181,6 +181,7 @@ def run_robustness(
     """
     store = retriever.store
     records = [r for r in store.get(store.ids()) if r is not None]
+    by_id = {r.id: r for r in records}
     n_index = len(records)
     chosen = choose_queries(store, config)
     k = config.k
@@ -250,6 +251,7 @@ def run_robustness(
                         "severity": sev,
                         "value": perturb.severity_value(name, sev),
                         "identity": sev == 0,
+                        "source": q.record.source,
                         **_row(q, frozenset(), _ids(hits[i]), n_index, config),
                         "drift_cosine": float(cos[i]),
                         "drift_l2": float(l2[i]),
@@ -260,7 +262,7 @@ def run_robustness(
             if progress:
                 progress(done, total)
     if NATURAL in config.perturbations:
-        rows.extend(_defocus_rows(retriever, records, qs, clean_vec, config, nn_scale, opts, n_index))
+        rows.extend(_defocus_rows(retriever, records, by_id, qs, clean_vec, config, nn_scale, opts, n_index))
         done += 1
         if progress:
             progress(done, total)
@@ -280,6 +282,7 @@ def run_robustness(
         "queries_scored": len(qs),
         "queries_skipped": skipped,
         "queries_without_known_group": list(excl.fallback),
+        "query_sources": _count(r.source or "unknown" for r in queries),
     }
     return RobustnessResult(
         rows=rows,
@@ -294,7 +297,16 @@ def run_robustness(
     )
 
 
-def _defocus_rows(retriever, records, qs, clean_vec, config, nn_scale, opts, n_index) -> list[dict[str, Any]]:
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _defocus_rows(
+    retriever, records, by_id, qs, clean_vec, config, nn_scale, opts, n_index
+) -> list[dict[str, Any]]:
     store = retriever.store
     pairs = perturb.z_pairs([asdict(r) for r in records], reference_z=config.reference_z)
     rows = []
@@ -323,6 +335,9 @@ def _defocus_rows(retriever, records, qs, clean_vec, config, nn_scale, opts, n_i
                     "value": float(perturb.defocus_offset_um(config.reference_z + dz, config.reference_z)),
                     "identity": False,
                     "slice_id": int(other_id),
+                    # Real and synthetic stacks are different experiments: each gets its own curve.
+                    "source": by_id[other_id].source,
+                    "curve": by_id[other_id].source or "unknown",
                     **_row(q, extra, _ids(hits[j]), n_index, config),
                     "drift_cosine": float(cos[j]),
                     "drift_l2": float(l2[j]),

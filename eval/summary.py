@@ -81,6 +81,17 @@ def _metric(members: list[dict[str, Any]], m: str, weights, order, k: int, p: fl
     return out
 
 
+def _sources(members: list[dict[str, Any]]) -> str:
+    # What the group's rows are made of: "real", "synthetic", or a mix such as "real 20, synthetic 8".
+    counts: dict[str, int] = {}
+    for r in members:
+        key = r.get("source") or "unknown"
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
 def summarise(
     rows: Sequence[dict[str, Any]],
     metrics: Sequence[str] = METRICS,
@@ -97,7 +108,9 @@ def summarise(
         One per (query, perturbation, severity[, slice]) with keys ``query_id``, ``perturbation``,
         ``severity``, optionally ``value``, ``identity`` (severity 0 of an array perturbation),
         ``candidates`` and ``self_candidates`` (gallery sizes behind the row's lists), and one key per
-        metric (missing, ``None`` or NaN = no value).
+        metric (missing, ``None`` or NaN = no value). Rows with a ``curve`` label (``defocus_z``
+        rows carry their stacks' provenance, ``real`` or ``synthetic``) form curves of their own, and
+        ``source`` (the row's image provenance) is summarised per group.
     metrics : sequence of str
         The metric keys to aggregate.
     k, p : int, float
@@ -110,25 +123,28 @@ def summarise(
     Returns
     -------
     list of dict
-        One per group, sorted by perturbation then severity, with ``n`` (rows), ``n_queries``,
+        One per group, sorted by perturbation, curve, then severity, with ``curve``, ``source``
+        (``"real"``, ``"synthetic"``, ``"unknown"`` or a mix with counts), ``n`` (rows), ``n_queries``,
         ``small_n``, ``candidates`` (median gallery size) and, per metric ``m``: ``m``, ``m_low``,
         ``m_high``, ``m_n``, ``m_method``; for consistency metrics also ``m_chance``, ``m_corrected``,
         ``m_corrected_low``, ``m_corrected_high``. ``value`` is the rows' common ``value``, or ``None``
         when they differ (``defocus_z`` groups ``|dz|``, mixing slices above and below focus).
     """
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["perturbation"], r["severity"]), []).append(r)
+        groups.setdefault((r["perturbation"], r.get("curve") or "", r["severity"]), []).append(r)
     order = list(dict.fromkeys(r.get("query_id") for r in rows))
     weights = intervals.cluster_weights(len(order), seed=seed)
     out = []
-    for (name, sev), members in sorted(groups.items()):
+    for (name, curve, sev), members in sorted(groups.items()):
         values = {r.get("value") for r in members}
         cands = [r["candidates"] for r in members if r.get("candidates") is not None]
         n_queries = len({r.get("query_id") for r in members})
         entry: dict[str, Any] = {
             "perturbation": name,
+            "curve": curve,
             "severity": sev,
+            "source": _sources(members),
             "value": values.pop() if len(values) == 1 else None,
             "n": len(members),
             "n_queries": n_queries,

@@ -22,7 +22,7 @@ import torch
 
 from indexer.atomic import atomic_write
 from indexer.config import BuildConfig, PreprocessConfig
-from indexer.decode import content_id, decode_tiff
+from indexer.decode import content_id, decode_tiff, image_source
 from indexer.encoder import Encoder, load_encoder, resolve_preprocess
 from indexer.errors import DecodeError, MaeError
 from indexer.preprocess import dataset_window, preprocess, preprocess_image, sample_pixels
@@ -134,6 +134,7 @@ def prepare_item(
             return _Prepared(record, skipped=True, seconds=time.perf_counter() - t0)
         stage = "decode"
         image = decode_tiff(data)
+        record = replace(record, source=image_source(data))
         if on_device:
             return _Prepared(record, raw=image, seconds=time.perf_counter() - t0)
         stage = "preprocess"

@@ -110,7 +110,8 @@ def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[
         out["stage"].append(p.rejected.stage if p.rejected else "")
         out["reason"].append(p.rejected.reason if p.rejected else "")
         out["t_prepare"].append(p.seconds)
-        out.setdefault("meta", []).append({f: getattr(meta, f) for f in RECORD_FIELDS if f != "path"})
+        # The prepared record, not the parsed name: it also carries what decoding found (``source``).
+        out.setdefault("meta", []).append({f: getattr(p.record, f) for f in RECORD_FIELDS if f != "path"})
     return out
 
 

@@ -21,7 +21,10 @@ from indexer.errors import ConfigError
 #: Whitespace Redis trims around tag values (ASCII only: Unicode spaces are kept, and so are they here).
 _TRIM = " \t\n\r\f\v"
 
-RECORD_FIELDS = ("path", "plate", "well", "row", "column", "site", "channel", "z")
+RECORD_FIELDS = ("path", "plate", "well", "row", "column", "site", "channel", "z", "source")
+#: Values of :attr:`ImageRecord.source`: where the pixels came from (``None``: an index built before it was
+#: recorded).
+SOURCES = ("real", "synthetic")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class ImageRecord:
     site: int | None = None
     channel: str | None = None
     z: int | None = None
+    source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the record as a plain dict (JSON-ready)."""

@@ -42,7 +42,7 @@ from indexer.config import RedisConfig
 from indexer.errors import ConfigError, IndexMismatchError, StoreFullError, StoreUnavailableError
 from indexer.stores.base import RECORD_FIELDS, Hit, ImageRecord, MetadataFilter, check_queries, rank_hits
 
-TAG_FIELDS = ("plate", "well", "row", "channel", "path")
+TAG_FIELDS = ("plate", "well", "row", "channel", "path", "source")
 NUMERIC_FIELDS = ("column", "site", "z")
 VECTOR_FIELD = "vector"
 DISTANCE_FIELD = "distance"

@@ -68,3 +68,12 @@ def test_cluster_bootstrap_basics():
     assert est.low == pytest.approx(x.mean() - half, abs=0.03) and est.high == pytest.approx(
         x.mean() + half, abs=0.03
     )
+
+
+def test_mostly_zero_scores_keep_a_finite_interval():
+    # At a severe perturbation most queries score 0: resamples of only zeros have no spread, and a plain
+    # bootstrap-t would stretch the interval to [0, 1]. Two hits of 0.3 and 0.4 among 28 queries:
+    x = np.zeros(28)
+    x[[3, 9]] = [0.3, 0.4]
+    est = intervals.cluster_bootstrap(x, range(28), (0.0, 1.0))
+    assert est.low == 0.0 and 0.05 < est.high < 0.2

@@ -158,3 +158,24 @@ def test_bad_input_matrix_is_skipped_with_reasons(encoder, tmp_path, monkeypatch
     assert "broken link" in reasons["dangling.tif"] and "uint8" in reasons["eight_bit.tif"]
     assert all("\n" not in r for r in reasons.values())
     assert s.found == 14 and len(s.rejected) == 11 and s.indexed == 3
+
+
+def test_provenance_is_recorded_in_both_stores(encoder, real_subset, tmp_path, redis_config):
+    # Issue 14: a synthetic image says it is synthetic, and both stores keep source = real | synthetic.
+    from indexer.stores.redis_store import RedisStore
+    from indexer.synthetic import SyntheticConfig, generate
+
+    generate(SyntheticConfig(out_dir=tmp_path / "synth", wells=("A01",), sites=(1,), channels=(2,),
+                             z_slices=(16, 20), seed=0))  # fmt: skip
+    cfg = BuildConfig(sources=SourceConfig(paths=(real_subset, tmp_path / "synth")), index_dir=tmp_path / "idx",
+                      model=encoder.config)  # fmt: skip
+    faiss, redis = FaissStore(tmp_path / "idx", dim=encoder.dim), RedisStore(redis_config)
+    build_index(cfg, [faiss, redis], encoder=encoder)
+    faiss.close()
+    for store in (FaissStore(tmp_path / "idx", read_only=True), redis):
+        recs = store.get(store.ids())
+        by_source = {s: sorted(r.path.endswith(".tif") and "/synth/" in r.path for r in recs if r.source == s)
+                     for s in ("real", "synthetic")}  # fmt: skip
+        assert by_source == {"real": [False] * 6, "synthetic": [True] * 2}, type(store).__name__
+        hit = store.search(store.get_vectors([recs[0].id]), 1)[0][0]
+        assert hit.record.source == recs[0].source
