@@ -41,6 +41,22 @@ def test_curves_have_labelled_axes_and_chance_lines():
     assert any(line.get_linestyle() == "--" for line in ax.get_lines())
 
 
+def test_defocus_panels_are_labelled_by_provenance():
+    rows = [
+        {**r, "source": "synthetic", "curve": "synthetic"}
+        for r in _rows()
+        if r["perturbation"] == "defocus_z"
+    ]
+    rows += [{**r, "query_id": r["query_id"] + 100, "source": "real", "curve": "real"} for r in rows]
+    s = summarise(rows, metrics=report.HEADLINE, k=10)
+    titles = [ax.get_title() for ax in report._defocus_curve(s).axes]
+    assert titles[0].startswith("Defocus, real z-stacks") and titles[1].startswith(
+        "Defocus, synthetic z-stacks"
+    )
+    labels = [r["perturbation"] for r in report.headline_rows(s)]
+    assert labels == ["defocus_z (real)", "defocus_z (synthetic)"]
+
+
 def test_headline_table_states_n_gallery_chance_and_marks_small_groups():
     s = summarise(_rows(), metrics=report.HEADLINE + ("self_rank",), k=10)
     head = report.headline_rows(s)

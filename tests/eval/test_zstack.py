@@ -41,7 +41,7 @@ def results(retriever):
 
 @pytest.fixture
 def summary(results):
-    return {(e["perturbation"], e["severity"]): e for e in results["site"].summary()}
+    return {(e["perturbation"], e["severity"]): e for e in results["site"].summary()}  # one curve each here
 
 
 def _brute(store, vector, drop, k):
@@ -80,8 +80,20 @@ def test_lists_match_brute_force_with_relatives_out_of_both(results, retriever, 
     assert g["candidates_min"] == (28 if mode == "site" else 31)
 
 
+def test_defocus_curves_say_what_they_contain(results):
+    # Issue 14: every z-stack here is synthetic, so the defocus curve must say "synthetic", never "real".
+    rows = [r for r in results["site"].rows if r["perturbation"] == NATURAL]
+    assert (
+        rows and {r["curve"] for r in rows} == {"synthetic"} and {r["source"] for r in rows} == {"synthetic"}
+    )
+    entries = [e for e in results["site"].summary() if e["perturbation"] == NATURAL]
+    assert {e["curve"] for e in entries} == {"synthetic"} and {e["source"] for e in entries} == {"synthetic"}
+    assert results["site"].gallery["query_sources"] == {"synthetic": 8}
+
+
 def test_consistency_falls_as_defocus_grows(summary):
     dz = sorted(s for (p, s) in summary if p == NATURAL)
+    assert summary[(NATURAL, 3)]["overlap_at_k"] > summary[(NATURAL, 15)]["overlap_at_k"]
     assert dz == [3, 8, 15]
     drift = [summary[(NATURAL, s)]["drift_cosine"] for s in dz]
     assert drift == sorted(drift) and drift[0] < drift[-1]
