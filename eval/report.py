@@ -401,7 +401,8 @@ def write_report(result: RobustnessResult, out_dir: Path, index_meta: dict[str, 
         f"<pre>{table}</pre>",
         "<p>n: rows (queries x slices); gallery: median candidates per list. Intervals are 95 %: "
         "Clopper-Pearson for self_at_1, a studentised bootstrap over queries for the means. _chance: the "
-        "expected score of two random top-k lists from the same gallery (self_at_1: 1 / gallery); "
+        "expected score of two random top-k lists from the same gallery (self_at_1: 1 / (gallery + 1), the "
+        "source counted); "
         "_corrected: (x - chance) / (1 - chance), 0 at chance and 1 when perfect. self_at_1: the clean "
         "source image is the first result of the perturbed query. overlap/jaccard/RBO/kendall_tau: agreement "
         "of the perturbed query's top-k with the clean query's top-k. drift: cosine distance between clean "
