@@ -394,6 +394,8 @@ def write_report(result: RobustnessResult, out_dir: Path, index_meta: dict[str, 
             if g.get("queries_without_known_group")
             else ""
         )
+        + f". Median pairwise cosine similarity of the index: {g.get('median_pairwise_cosine', float('nan')):.3f}"
+        + " (near 1: embeddings nearly parallel, so small drifts reorder neighbours)"
         + ". Queries by provenance: "
         + ", ".join(f"{v} {html.escape(k)}" for k, v in g.get("query_sources", {}).items())
         + ".</p>",

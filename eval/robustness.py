@@ -221,9 +221,9 @@ def run_robustness(
     sample_ids = store.ids()
     if len(sample_ids) > NN_SAMPLE:
         sample_ids = np.sort(np.random.default_rng(config.seed).choice(sample_ids, NN_SAMPLE, replace=False))
-    nn_scale = (
-        metrics.median_nn_distance(store.get_vectors(sample_ids)) if len(sample_ids) > 1 else float("nan")
-    )
+    sample_vec = store.get_vectors(sample_ids) if len(sample_ids) > 1 else None
+    nn_scale = metrics.median_nn_distance(sample_vec) if sample_vec is not None else float("nan")
+    spread = metrics.median_pairwise_cosine(sample_vec) if sample_vec is not None else float("nan")
 
     rows: list[dict[str, Any]] = []
     perturbed_vectors: dict[tuple[str, int], np.ndarray] = {}
@@ -283,6 +283,7 @@ def run_robustness(
         "queries_skipped": skipped,
         "queries_without_known_group": list(excl.fallback),
         "query_sources": _count(r.source or "unknown" for r in queries),
+        "median_pairwise_cosine": float(spread),
     }
     return RobustnessResult(
         rows=rows,

@@ -283,3 +283,11 @@ def test_recall_at_k_against_brute_force_search():
     r = m.recall_at_k(approx, exact, k)
     assert r == pytest.approx(by_loop) and 0.0 < r < 1.0
     assert m.recall_at_k(exact, exact, k) == 1.0
+
+
+def test_median_pairwise_cosine():
+    v = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    # pairs: 0, 1/sqrt(2), 1/sqrt(2)
+    assert m.median_pairwise_cosine(v) == pytest.approx(1 / math.sqrt(2))
+    with pytest.raises(ValueError):
+        m.median_pairwise_cosine(v[:1])
