@@ -142,8 +142,8 @@ def summarise(
         n_queries = len({r.get("query_id") for r in members})
         entry: dict[str, Any] = {
             "perturbation": name,
-            "curve": curve,
             "severity": sev,
+            "curve": curve,
             "source": _sources(members),
             "value": values.pop() if len(values) == 1 else None,
             "n": len(members),

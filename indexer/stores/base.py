@@ -61,7 +61,7 @@ class Hit:
         return self.record.id
 
     def to_dict(self) -> dict[str, Any]:
-        """Return ``{rank, id, score, path, plate, well, row, column, site, channel, z}``."""
+        """Return ``{rank, id, score, path, plate, well, row, column, site, channel, z, source}``."""
         return {"rank": self.rank, "score": self.score, **self.record.to_dict()}
 
 
@@ -95,6 +95,7 @@ class MetadataFilter:
     z_min: int | None = None
     z_max: int | None = None
     path: tuple[str, ...] = field(default=())
+    source: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         conv = {
@@ -106,9 +107,13 @@ class MetadataFilter:
             "channel": normalise_channel,
             "z": int,
             "path": lambda v: str(v).strip(_TRIM),
+            "source": lambda v: str(v).strip(_TRIM).lower(),
         }
         for name, fn in conv.items():
             object.__setattr__(self, name, _tuple(getattr(self, name), fn))
+        bad = [s for s in self.source if s not in SOURCES]
+        if bad:
+            raise ConfigError(f"unknown source filter {bad[0]!r}; choose from {', '.join(SOURCES)}")
         for name in ("plate", "row", "path"):
             for value in getattr(self, name):
                 if not value:
@@ -124,7 +129,7 @@ class MetadataFilter:
 
     def matches(self, record: ImageRecord) -> bool:
         """The reference semantics of the filter, for one record."""
-        for name in ("plate", "well", "row", "column", "site", "channel", "z", "path"):
+        for name in ("plate", "well", "row", "column", "site", "channel", "z", "path", "source"):
             allowed = getattr(self, name)
             value = getattr(record, name)
             value = value.strip(_TRIM) if isinstance(value, str) else value

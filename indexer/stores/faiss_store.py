@@ -325,7 +325,7 @@ class FaissStore:
         """Ids of records matching ``where`` (vectorised version of :meth:`MetadataFilter.matches`)."""
         df = self._frame()
         mask = np.ones(len(df), dtype=bool)
-        for name in ("plate", "well", "row", "column", "site", "channel", "z", "path"):
+        for name in ("plate", "well", "row", "column", "site", "channel", "z", "path", "source"):
             allowed = getattr(where, name)
             if allowed:
                 # Surrounding ASCII whitespace is not significant, as in Redis tags.

@@ -8,8 +8,9 @@ import pytest
 from indexer.config import BuildConfig, IntensityConfig, ModelConfig, PreprocessConfig, SourceConfig
 from indexer.decode import content_id
 from indexer.encoder import ViTMAEEncoder
-from indexer.errors import DecodeError, IndexMismatchError
+from indexer.errors import ConfigError, DecodeError, IndexMismatchError
 from indexer.pipeline import build_index
+from indexer.stores.base import MetadataFilter
 from indexer.stores.faiss_store import FaissStore
 from tests.conftest import write_tiff
 
@@ -179,3 +180,7 @@ def test_provenance_is_recorded_in_both_stores(encoder, real_subset, tmp_path, r
         assert by_source == {"real": [False] * 6, "synthetic": [True] * 2}, type(store).__name__
         hit = store.search(store.get_vectors([recs[0].id]), 1)[0][0]
         assert hit.record.source == recs[0].source
+        only = store.search(store.get_vectors([recs[0].id]), 10, MetadataFilter(source="synthetic"))[0]
+        assert len(only) == 2 and {h.record.source for h in only} == {"synthetic"}
+    with pytest.raises(ConfigError, match="real, synthetic"):
+        MetadataFilter(source="fake")
