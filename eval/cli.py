@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import handle_errors, redis_url_option, setup_logging, verbose_option
+from indexer.cli.options import handle_errors, redis_options, setup_logging, verbose_option
 from indexer.errors import ConfigError
 
 
@@ -34,24 +34,28 @@ def _query_ids(path: Path | None) -> tuple[int, ...]:
 
 def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
               device, out, exclude="site"):  # fmt: skip
-    from tqdm.auto import tqdm
 
     from eval import perturb as perturbations
-    from eval.report import TABLE_COLUMNS, format_table, headline_rows, write_report
-    from eval.robustness import NATURAL, RobustnessConfig, run_robustness
+    from eval.robustness import NATURAL, RobustnessConfig
     from indexer.config import RedisConfig
-    from indexer.stores.faiss_store import FaissStore
-    from retriever.search import Retriever
+    from indexer.stores import open_stores
 
     names = tuple(perturb.split(",")) if perturb else (*perturbations.PERTURBATIONS, NATURAL)
     config = RobustnessConfig(perturbations=names, severities=_severities(severities), k=k, n_queries=queries,
                               query_ids=_query_ids(query_list), seed=seed, rbo_p=rbo_p, exclude=exclude)  # fmt: skip
-    exact = FaissStore(index_dir, read_only=True)
-    store = exact
-    if redis_url:
-        from indexer.stores.redis_store import RedisStore
+    redis = RedisConfig(url=redis_url, index_name=redis_index) if redis_url else None
+    with open_stores(index_dir, redis, read_only=True) as stores:
+        return _evaluate_stores(stores, index_dir, redis_url, config, device, out)
 
-        store = RedisStore(RedisConfig(url=redis_url, index_name=redis_index))
+
+def _evaluate_stores(stores, index_dir, redis_url, config, device, out):
+    from tqdm.auto import tqdm
+
+    from eval.report import TABLE_COLUMNS, format_table, headline_rows, write_report
+    from eval.robustness import run_robustness
+    from retriever.search import Retriever
+
+    exact, store = stores.faiss, stores.primary
     retriever = Retriever.open(store, device=device)
     bar = tqdm(total=1, desc="robustness", unit="step")
 
@@ -127,8 +131,7 @@ def reconstruct(image, model, out, mask_ratio, seed, verbose):
 
 @main.command()
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder.")
-@redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@redis_options
 @_with_common
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder.")
 @verbose_option

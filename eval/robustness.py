@@ -25,10 +25,12 @@ import numpy as np
 
 from eval import gallery, metrics, perturb
 from eval.summary import summarise
+from indexer.bbbc006.constants import FOCUS_Z
 from indexer.decode import decode_tiff
 from indexer.errors import ConfigError, MaeError
 from indexer.sources import read_path
 from indexer.stores.base import Hit, ImageRecord, MetadataFilter, VectorStore
+from indexer.stores.recall import recall_at_k
 from retriever.search import QueryOptions, Retriever
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ class RobustnessConfig:
     query_ids: tuple[int, ...] = ()
     seed: int = 0
     rbo_p: float = 0.9
-    reference_z: int = 16
+    reference_z: int = FOCUS_Z
     where: MetadataFilter = field(default_factory=MetadataFilter)
     exclude: str = "site"
 
@@ -270,7 +272,7 @@ def run_robustness(
     if exact is not None:
         approx = [_ids(h)[:k] for h in store.search(clean_vec, k)]
         truth = [_ids(h)[:k] for h in exact.search(clean_vec, k)]
-        ann = metrics.recall_at_k(approx, truth, k)
+        ann = recall_at_k(approx, truth, k)
     cands = [n_index - len(q.excluded) for q in qs]
     gallery_facts = {
         "exclude": config.exclude,

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from indexer.bbbc006.constants import SATURATION
 from indexer.errors import ConfigError
 
 DEFAULT_MODEL = "facebook/vit-mae-base"
@@ -44,7 +45,7 @@ class IntensityConfig:
         if not 0.0 <= self.low < self.high <= 100.0:
             raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
         if self.mode == "fixed" and self.window is None:
-            object.__setattr__(self, "window", (0.0, 4095.0))
+            object.__setattr__(self, "window", (0.0, float(SATURATION)))
         if self.window is not None:
             lo, hi = (float(v) for v in self.window)
             if not hi > lo:

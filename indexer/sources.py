@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from indexer.bbbc006 import ImageMeta, parse_path
+from indexer.bbbc006.names import ImageMeta, parse_path
 from indexer.config import SourceConfig
 from indexer.errors import ConfigError
 

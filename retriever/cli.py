@@ -10,9 +10,16 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import handle_errors, redis_url_option, runtime_options, setup_logging, verbose_option
+from indexer.cli.options import (
+    handle_errors,
+    redis_options,
+    runtime_options,
+    setup_logging,
+    verbose_option,
+)
 from indexer.config import RedisConfig
 from indexer.errors import ConfigError
+from indexer.stores import open_stores
 from indexer.stores.base import Hit, MetadataFilter
 
 OUTPUT_FIELDS = (
@@ -29,22 +36,6 @@ OUTPUT_FIELDS = (
     "channel",
     "z",
 )
-
-
-def open_store(index_dir: Path | None, redis: RedisConfig | None, backend: str | None):
-    """Open the store to search: Redis when a URL is given (or asked for), else the FAISS folder."""
-    backend = backend or ("redis" if redis else "faiss")
-    if backend == "redis":
-        if redis is None:
-            raise ConfigError("--backend redis needs --redis-url (or MAE_REDIS_URL)")
-        from indexer.stores.redis_store import RedisStore
-
-        return RedisStore(redis)
-    if index_dir is None:
-        raise ConfigError("--index DIR is required for the FAISS backend")
-    from indexer.stores.faiss_store import FaissStore
-
-    return FaissStore(index_dir, read_only=True)
 
 
 def hits_to_rows(queries: list[str], results: list[list[Hit]]) -> list[dict]:
@@ -108,8 +99,7 @@ def main() -> None:
 @click.option("--max-distance", type=float, default=None, help="Only hits within this cosine distance.")
 @click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None,
               help="Store to search (default: redis when a Redis URL is given, else faiss).")  # fmt: skip
-@redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@redis_options
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
@@ -149,9 +139,10 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
     redis = (
         RedisConfig(url=redis_url, index_name=redis_index, ef_runtime=hnsw_ef_runtime) if redis_url else None
     )
-    store = open_store(index_dir, redis, backend)
-    try:
-        retriever = Retriever.open(store, model, device, precision, compile_model)
+    with open_stores(
+        index_dir, redis, read_only=True, backend=backend or ("redis" if redis else "faiss")
+    ) as stores:
+        retriever = Retriever.open(stores.primary, model, device, precision, compile_model)
         names, results = [], []
         if images:
             names += [str(p) for p in images]
@@ -159,16 +150,13 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
         if ids:
             names += [f"id:{i}" for i in ids]
             results += retriever.search_ids(list(ids), options)
-    finally:
-        store.close()
     click.echo(format_rows(hits_to_rows(names, results), fmt))
 
 
 @main.command()
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index folder (FAISS).")
 @click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None)
-@redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@redis_options
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
@@ -209,8 +197,8 @@ def serve(
     redis = (
         RedisConfig(url=redis_url, index_name=redis_index, ef_runtime=hnsw_ef_runtime) if redis_url else None
     )
-    store = open_store(index_dir, redis, backend)
-    service = QueryService(Retriever.open(store, model, device, precision, compile_model))
+    stores = open_stores(index_dir, redis, read_only=True, backend=backend or ("redis" if redis else "faiss"))
+    service = QueryService(Retriever.open(stores.primary, model, device, precision, compile_model))
     server = make_server(service, host, port, max_upload_mb * 1024 * 1024)
     service.warm_up()
     # HTTP on a side thread; the model and index work on this one, the thread that loaded the model
@@ -222,7 +210,7 @@ def serve(
     finally:
         server.shutdown()
         server.server_close()
-        store.close()
+        stores.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,1 +1,109 @@
-"""Vector stores: one :class:`~indexer.stores.base.VectorStore` protocol, FAISS and Redis implementations."""
+"""Vector stores: one :class:`~indexer.stores.base.VectorStore` protocol, FAISS and Redis implementations,
+and :func:`open_stores`, the one way build, query, serve, eval, verify and sync open them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from indexer.errors import ConfigError
+
+if TYPE_CHECKING:  # the stores import FAISS, pandas and redis: only when opened
+    from indexer.config import RedisConfig
+    from indexer.stores.base import VectorStore
+
+
+class OpenStores(tuple):
+    """The stores opened by :func:`open_stores`, FAISS first: iterate them, or name ``faiss``/``redis``.
+
+    A context manager: leaving the ``with`` block closes every store (FAISS flushes its writes).
+    """
+
+    faiss: VectorStore | None
+    redis: VectorStore | None
+
+    def __new__(cls, faiss: VectorStore | None, redis: VectorStore | None) -> OpenStores:
+        self = super().__new__(cls, tuple(s for s in (faiss, redis) if s is not None))
+        self.faiss, self.redis = faiss, redis
+        return self
+
+    @property
+    def primary(self) -> VectorStore:
+        """The store that answers queries: Redis when opened, else the FAISS folder."""
+        return self.redis if self.redis is not None else self.faiss
+
+    def close(self) -> None:
+        """Close every store, the first error re-raised after all are closed."""
+        error: BaseException | None = None
+        for store in self:
+            try:
+                store.close()
+            except BaseException as e:  # close the rest before re-raising
+                error = error or e
+        if error is not None:
+            raise error
+
+    def __enter__(self) -> OpenStores:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_stores(
+    index_dir: Path | None,
+    redis: RedisConfig | None = None,
+    *,
+    dim: int | None = None,
+    read_only: bool = False,
+    backend: str | None = None,
+) -> OpenStores:
+    """Open the FAISS store at ``index_dir`` and the Redis store of ``redis``, as a caller asks.
+
+    Parameters
+    ----------
+    index_dir
+        The FAISS index folder; ``None`` opens no FAISS store.
+    redis
+        The Redis index; ``None`` opens no Redis store.
+    dim
+        The vector dimension a writer will add (creates a new index; checked against an existing one).
+    read_only
+        Open the FAISS folder for queries only (it must exist).
+    backend
+        ``"faiss"`` or ``"redis"`` opens only that store (a query's choice); ``None`` opens both that
+        are given.
+
+    Returns
+    -------
+    OpenStores
+        FAISS first, then Redis.
+
+    Raises
+    ------
+    ConfigError
+        The asked-for backend has no folder or URL, or nothing at all was given.
+    """
+    if backend not in (None, "faiss", "redis"):
+        raise ConfigError(f"unknown store backend {backend!r}: use faiss or redis")
+    if backend == "redis" and redis is None:
+        raise ConfigError("--backend redis needs --redis-url (or MAE_REDIS_URL)")
+    if backend == "faiss" and index_dir is None:
+        raise ConfigError("--index DIR is required for the FAISS backend")
+    if index_dir is None and redis is None:
+        raise ConfigError("give an index folder (--index DIR) or a Redis URL (--redis-url)")
+    faiss = redis_store = None
+    if index_dir is not None and backend != "redis":
+        from indexer.stores.faiss_store import FaissStore
+
+        faiss = FaissStore(index_dir, dim=dim, read_only=read_only)
+    if redis is not None and backend != "faiss":
+        from indexer.stores.redis_store import RedisStore
+
+        try:
+            redis_store = RedisStore(redis, dim=dim)
+        except BaseException:
+            if faiss is not None:
+                faiss.close()
+            raise
+    return OpenStores(faiss, redis_store)

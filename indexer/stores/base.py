@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from indexer.bbbc006 import normalise_channel, normalise_well
+from indexer.bbbc006.names import normalise_channel, normalise_well
 from indexer.errors import ConfigError
 
 #: Metadata fields every store keeps beside a vector, in this order.
@@ -25,6 +25,17 @@ RECORD_FIELDS = ("path", "plate", "well", "row", "column", "site", "channel", "z
 #: Values of :attr:`ImageRecord.source`: where the pixels came from (``None``: an index built before it was
 #: recorded).
 SOURCES = ("real", "synthetic")
+
+# --- store rules, named once: every store follows them, so both answer alike ------------------------
+
+#: Extra nearest-neighbour candidates a store fetches beyond ``k``, so that ties at the k-th score are
+#: broken by id the same way in every store (:func:`rank_hits`).
+SPARE_CANDIDATES = 8
+#: Slack on ``max_distance``: Redis computes distances in float32 and prints 12 significant digits, and
+#: FAISS's float32 inner products round alike; a hit at exactly the bound must pass in both.
+DISTANCE_SLACK = 1e-6
+#: Largest difference expected between the same vector read back from two stores, by stored type.
+VECTOR_TOLERANCE = {"FLOAT32": 1e-6, "FLOAT16": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,18 @@ class MetadataFilter:
 @runtime_checkable
 class VectorStore(Protocol):
     """What every vector store offers. Ids are non-negative int64, stable across runs (derived from
-    image content), so re-adding an id replaces it (upsert)."""
+    image content), so re-adding an id replaces it (upsert). A store is a context manager: leaving
+    the ``with`` block closes it."""
+
+    @property
+    def location(self) -> str:
+        """Where the store lives, for messages (a folder, or a Redis index and server; never a password)."""
+        ...
+
+    @property
+    def vector_tolerance(self) -> float:
+        """Largest difference between a vector written and the same vector read back (its stored type)."""
+        ...
 
     def add(self, vectors: np.ndarray, records: Sequence[ImageRecord]) -> None:
         """Upsert ``vectors`` (n, dim float32, L2-normalised) with their ``records`` (ids inside)."""
@@ -198,6 +220,14 @@ class VectorStore(Protocol):
 
     def close(self) -> None:
         """Flush and release resources."""
+        ...
+
+    def __enter__(self) -> VectorStore:
+        """Return the store itself."""
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the store."""
         ...
 
 

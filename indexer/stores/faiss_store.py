@@ -28,7 +28,17 @@ import pandas as pd
 
 from indexer.atomic import atomic_write, atomic_write_json
 from indexer.errors import ConfigError, StoreUnavailableError
-from indexer.stores.base import RECORD_FIELDS, Hit, ImageRecord, MetadataFilter, check_queries, rank_hits
+from indexer.stores.base import (
+    DISTANCE_SLACK,
+    RECORD_FIELDS,
+    SPARE_CANDIDATES,
+    VECTOR_TOLERANCE,
+    Hit,
+    ImageRecord,
+    MetadataFilter,
+    check_queries,
+    rank_hits,
+)
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"
@@ -138,6 +148,11 @@ class FaissStore:
     def location(self) -> str:
         """The index folder, for messages."""
         return str(self.directory)
+
+    @property
+    def vector_tolerance(self) -> float:
+        """Vectors are kept as float32."""
+        return VECTOR_TOLERANCE["FLOAT32"]
 
     # ---------------------------------------------------------------- loading
     def _shard_paths(self) -> list[Path]:
@@ -360,15 +375,14 @@ class FaissStore:
             if not n_allowed:
                 return [[] for _ in queries]
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-        # A few extra candidates so that ties at the k-th score are broken by id, as in every store.
-        kk = min(n_allowed, k + 8)
+        kk = min(n_allowed, k + SPARE_CANDIDATES)
         index = self._index if params is not None else self._unfiltered_search_index()
         scores, ids = index.search(queries, kk, params=params)
         out = []
         for row_scores, row_ids in zip(scores, ids):
             keep = row_ids >= 0
             if max_distance is not None:
-                keep &= (1.0 - row_scores) <= max_distance + 1e-6
+                keep &= (1.0 - row_scores) <= max_distance + DISTANCE_SLACK
             out.append(rank_hits(row_ids[keep], row_scores[keep], self._records, k))
         return out
 
@@ -409,5 +423,5 @@ class FaissStore:
     def __enter__(self) -> FaissStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -73,6 +73,16 @@ def diff_manifests(stored: dict[str, Any], current: dict[str, Any]) -> list[str]
     return problems
 
 
+def same_embedding(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """True when two manifests give comparable vectors (same model, pooling, preprocessing, dimension).
+
+    Two missing manifests (two empty stores) are the same; one missing one is not.
+    """
+    if a is None or b is None:
+        return a is None and b is None
+    return not diff_manifests(a, b)
+
+
 def check_compatible(stored: dict[str, Any] | None, current: dict[str, Any], where: str) -> None:
     """Raise :class:`IndexMismatchError` when ``current`` settings differ from the ``stored`` manifest.
 

@@ -1,60 +1,37 @@
-"""A synthetic BBBC006 look-alike: same folders, file names and TIFF layout, with known phenotypes.
+"""Draw one synthetic field of view: cells, stains, defocus and camera noise. Pure numpy, no I/O.
 
-The real set (:mod:`indexer.bbbc006`) is one 384-well plate of U2OS cells, 2 sites per well, Hoechst
-(``w1``) and phalloidin (``w2``) channels, 34 z-slices 2 µm apart with z16 in focus, 696x520 16-bit
-LZW TIFFs with 12-bit values. This module writes images that code reading BBBC006 cannot tell apart
-by layout, plus a ground-truth CSV of what was drawn (phenotype class, cell count, nuclear size, ...),
-so that retrieval by phenotype and robustness to defocus can be measured on data of known content.
-
-How an image is made:
-
-1. Each well draws a phenotype (one of :data:`PHENOTYPE_CLASSES`, plus per-well jitter) from
-   ``(seed, well)``; both sites of a well share it.
-2. Each site draws its geometry once from ``(seed, well, site)``: colonies (a thresholded smooth random
-   field), nuclei placed inside them, each cell's territory (a weighted Voronoi tessellation cut by
-   the colony), actin fibres, rounded bright mitotic cells. This gives a noise-free in-focus image
-   per channel; both channels show the same cells.
-3. Each z-slice blurs that image with the widefield defocus point-spread function of geometric optics,
-   a uniform disk whose radius grows in proportion to ``|z - 16|`` (the cone of light of an NA 0.45
-   objective, cut by a plane ``dz`` from focus), convolved with the in-focus spot (a little faster
-   above focus than below, see :func:`defocus_radius`). Unlike a Gaussian, whose transfer function
-   only fades, the disk's transfer function (an Airy-like ``2 J1(x) / x``) fades *and* flips the
-   contrast of fine structure, as real defocus does. Each slice also loses some contrast to haze,
-   then gets Poisson (shot) and Gaussian (read) camera noise on a camera offset and is clipped to
-   12 bits, saturating at 4095. The noise of each image comes from ``(seed, well, site, channel, z)``.
-
-Every random draw is keyed by what it belongs to, never by what else was asked for: a well written
-alone is byte-identical to the same well written in a full plate, and the same seed gives the same
-bytes (on the same numpy build: FFT rounding may differ between builds).
-
-Only numpy and tifffile are needed (blur by FFT), so the core install can run it.
+See :mod:`indexer.bbbc006.synthetic` for how an image is made; :func:`render_site` is the entry point.
 """
 
 from __future__ import annotations
 
-import csv
-import os
-import re
-import time
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.bbbc006 import bbbc006_file_name, normalise_well, parse_path, z_folder_name
-from indexer.decode import SYNTHETIC_MARKER
-from indexer.errors import ConfigError
-
-HEIGHT, WIDTH = 520, 696
-PLATE_ROWS = "ABCDEFGHIJKLMNOP"
-N_COLUMNS = 24
-N_Z = 34
-FOCUS_Z = 16
-MAX_ADU = 4095  # the camera is 12-bit: real BBBC006 values stop at 4095
-DEFAULT_PLATE = "mcf-z-stacks-03212011"
-GROUND_TRUTH_NAME = "BBBC006_synthetic_ground_truth.csv"
+from indexer.bbbc006.constants import (
+    CHANNELS,
+    DEFAULT_PLATE,
+    FOCUS_Z,
+    HEIGHT,
+    SATURATION,
+    SITES,
+    WIDTH,
+    Z_SLICES,
+)
+from indexer.bbbc006.synthetic.phenotypes import Phenotype, SiteTruth, well_phenotype
+from indexer.bbbc006.synthetic.spec import (
+    _STREAM_NOISE,
+    _STREAM_SITE,
+    _check_ints,
+    _check_plate,
+    _check_seed,
+    _parse_well,
+    _range,
+    _rng,
+    _well_index,
+)
 
 # Camera model, fitted to the real w2 images: dark gaps sit at ~230-300 ADU, and the pixel variance
 # grows with the level at about 0.6-0.7 ADU per ADU (shot noise) over a few ADU of read noise.
@@ -74,99 +51,7 @@ _NA = 0.45
 _DISK_PX_PER_SLICE = _Z_STEP_UM * float(np.tan(np.arcsin(_NA))) / _UM_PER_PX  # 1.56
 _BELOW_FOCUS_FACTOR = 0.85  # below focus the disk grows at 0.85 of the rate above
 _CONTRAST_LOSS_PER_SLICE = 0.03  # out-of-focus haze flattens the image beyond what blur alone does
-#: The ImageDescription of every synthetic TIFF (see :func:`indexer.decode.image_source`).
-SYNTHETIC_DESCRIPTION = f"mae-microscopy synthetic BBBC006 look-alike ({SYNTHETIC_MARKER}); not a real image"
 _PAD = 68  # reflect padding before the FFT blur: beyond the widest disk (z33, 26.5 px) and its spot
-
-# Independent random streams, so that adding a draw to one never shifts another.
-_STREAM_WELL, _STREAM_SITE, _STREAM_NOISE, _STREAM_UUID = 1, 2, 3, 4
-
-
-@dataclass(frozen=True)
-class Phenotype:
-    """What a well looks like: the parameters its sites are drawn from.
-
-    Attributes
-    ----------
-    phenotype_class : str
-        One of :data:`PHENOTYPE_CLASSES`.
-    cell_count : float
-        Expected number of nuclei per field of view.
-    nuclear_radius_px : float
-        Mean equivalent radius of interphase nuclei, in pixels.
-    intensity_scale : float
-        Stain brightness relative to the control class (both channels).
-    confluence : float
-        Fraction of the field the colonies cover (each site varies around it; from 0.99 up there are
-        no gaps); the rest are empty gaps between colonies.
-    mitotic_fraction : float
-        Fraction of cells that are rounded, bright and mitotic.
-    """
-
-    phenotype_class: str
-    cell_count: float
-    nuclear_radius_px: float
-    intensity_scale: float
-    confluence: float
-    mitotic_fraction: float
-
-
-# A few discrete classes with clear differences, so that "find wells like this one" has a right answer;
-# each well jitters around its class (see _WELL_JITTER).
-_CLASSES: tuple[Phenotype, ...] = (
-    Phenotype("control", cell_count=150, nuclear_radius_px=10.5, intensity_scale=1.0, confluence=0.92,
-              mitotic_fraction=0.04),
-    Phenotype("sparse", cell_count=70, nuclear_radius_px=12.5, intensity_scale=1.25, confluence=0.70,
-              mitotic_fraction=0.02),
-    Phenotype("dense", cell_count=270, nuclear_radius_px=8.0, intensity_scale=0.95, confluence=1.0,
-              mitotic_fraction=0.03),
-    Phenotype("mitotic", cell_count=120, nuclear_radius_px=10.0, intensity_scale=1.05, confluence=0.80,
-              mitotic_fraction=0.11),
-)  # fmt: skip
-PHENOTYPE_CLASSES: tuple[str, ...] = tuple(p.phenotype_class for p in _CLASSES)
-# Log-normal sigmas of the per-well jitter: small enough that the classes stay apart.
-_WELL_JITTER = {
-    "cell_count": 0.12,
-    "nuclear_radius_px": 0.05,
-    "intensity_scale": 0.08,
-    "mitotic_fraction": 0.2,
-}
-
-
-@dataclass(frozen=True)
-class SiteTruth:
-    """Ground truth of one field of view (one row of the ground-truth CSV).
-
-    ``phenotype_class``, ``intensity_scale`` and ``mitotic_fraction`` are the well's; ``cell_count``
-    (nuclei whose centre is in the image), ``n_mitotic``, ``nuclear_radius_px`` (mean equivalent
-    radius ``sqrt(a*b)`` of the interphase nuclei drawn) and ``confluence`` (fraction of pixels covered
-    by cells) are measured on the site as drawn.
-    """
-
-    well: str
-    row: str
-    column: int
-    site: int
-    phenotype_class: str
-    cell_count: int
-    n_mitotic: int
-    nuclear_radius_px: float
-    confluence: float
-    intensity_scale: float
-    mitotic_fraction: float
-    seed: int
-    plate: str
-
-    def to_row(self) -> dict[str, str]:
-        """Return the CSV row: fixed decimals, so the file is byte-stable."""
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = f"{v:.4f}" if isinstance(v, float) else str(v)
-        return out
-
-
-GROUND_TRUTH_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(SiteTruth))
 
 
 @dataclass(frozen=True)
@@ -178,218 +63,6 @@ class RenderedSite:
 
     truth: SiteTruth
     images: Mapping[tuple[int, int], np.ndarray]
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """One synthetic data set to write.
-
-    Parameters
-    ----------
-    out_dir : Path
-        Root folder; images go to ``out_dir/BBBC006_v1_images_z_XX/``.
-    wells : tuple of str
-        Wells of the 384-well plate (``A01`` ... ``P24``, any case, ``A1`` allowed), or one spec
-        string for :func:`well_range` (``"A01:B04"``). Normalised to upper case, duplicates dropped.
-    sites, channels : tuple of int
-        Subsets of ``(1, 2)``; channel 1 is Hoechst (nuclei), 2 phalloidin (actin).
-    z_slices : tuple of int
-        Subset of ``0 .. 33``; 16 is in focus.
-    seed : int
-        Non-negative; the same seed gives the same bytes.
-    plate : str
-        Plate name at the start of each file name.
-    """
-
-    out_dir: Path
-    wells: tuple[str, ...]
-    sites: tuple[int, ...] = (1, 2)
-    channels: tuple[int, ...] = (1, 2)
-    z_slices: tuple[int, ...] = (FOCUS_Z,)
-    seed: int = 0
-    plate: str = DEFAULT_PLATE
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "out_dir", Path(self.out_dir))
-        wells = well_range(self.wells) if isinstance(self.wells, str) else _check_wells(self.wells)
-        object.__setattr__(self, "wells", wells)
-        object.__setattr__(self, "sites", _check_ints("site", self.sites, range(1, 3)))
-        object.__setattr__(self, "channels", _check_ints("channel", self.channels, range(1, 3)))
-        object.__setattr__(self, "z_slices", _check_ints("z-slice", self.z_slices, range(N_Z)))
-        _check_seed(self.seed)
-        _check_plate(self.plate)
-
-    @property
-    def n_images(self) -> int:
-        """Number of TIFFs this configuration writes."""
-        return len(self.wells) * len(self.sites) * len(self.channels) * len(self.z_slices)
-
-
-@dataclass(frozen=True)
-class GenerationSummary:
-    """What :func:`generate` wrote."""
-
-    n_images: int
-    seconds: float
-    ground_truth: Path
-    out_dir: Path = field(default=Path("."))
-
-    @property
-    def images_per_minute(self) -> float:
-        """Write rate (images per minute of wall time)."""
-        return 60.0 * self.n_images / self.seconds if self.seconds > 0 else float("inf")
-
-
-# --------------------------------------------------------------------------------------------------
-# Validation and well specs
-
-
-def _check_ints(what: str, values: Iterable[int], allowed: range) -> tuple[int, ...]:
-    """Return ``values`` as a tuple of unique ints in ``allowed`` (order kept); raise ConfigError."""
-    if isinstance(values, int | str):
-        values = (values,)
-    out: list[int] = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | np.integer):
-            raise ConfigError(f"{what} must be an integer, got {v!r}")
-        if int(v) not in allowed:
-            raise ConfigError(f"{what} {v} is out of range: use {allowed.start}..{allowed.stop - 1}")
-        if int(v) not in out:
-            out.append(int(v))
-    if not out:
-        raise ConfigError(f"give at least one {what}")
-    return tuple(out)
-
-
-def _check_seed(seed: int) -> None:
-    """Raise ConfigError unless ``seed`` is a non-negative integer (numpy seeds must be)."""
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-
-
-def _check_plate(plate: str) -> None:
-    """Raise ConfigError unless ``plate`` is usable at the start of a file name."""
-    if not isinstance(plate, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", plate):
-        raise ConfigError(f"plate name must be letters, digits, '.' or '-', got {plate!r}")
-
-
-def _well_index(well: str) -> tuple[int, int]:
-    """Return ``(row index 0-15, column 1-24)`` of a normalised well; raise ConfigError off the plate."""
-    row, col = PLATE_ROWS.find(well[0]), int(well[1:])
-    if row < 0 or not 1 <= col <= N_COLUMNS:
-        raise ConfigError(f"well {well} is not on a 384-well plate (A01 .. P24)")
-    return row, col
-
-
-def _parse_well(token: str) -> str:
-    """Normalise one well name and check it is on the plate."""
-    try:
-        well = normalise_well(token)
-    except ValueError as e:
-        raise ConfigError(f"not a well name: {token!r} (expected e.g. A01)") from e
-    _well_index(well)
-    return well
-
-
-def _check_wells(wells: Iterable[str]) -> tuple[str, ...]:
-    """Normalise a list of wells, dropping duplicates (order kept); raise ConfigError if empty or bad."""
-    if isinstance(wells, str | bytes) or not isinstance(wells, Iterable):
-        raise ConfigError(f"wells must be a list of well names, got {wells!r}")
-    out = list(dict.fromkeys(_parse_well(str(w)) for w in wells))
-    if not out:
-        raise ConfigError("give at least one well")
-    return tuple(out)
-
-
-def well_range(spec: str) -> tuple[str, ...]:
-    """Parse a well spec into upper-case well names.
-
-    Parameters
-    ----------
-    spec : str
-        Comma-separated items, each a well (``A01``, ``a1``) or a rectangle ``A01:B03`` (every well
-        with a row between the two corners' rows and a column between their columns, row by row;
-        corners in any order). ``A01:P24`` is the whole plate.
-
-    Returns
-    -------
-    tuple of str
-        Wells in the order given, duplicates dropped, e.g. ``well_range("A01:B02,C05")`` is
-        ``("A01", "A02", "B01", "B02", "C05")``.
-
-    Raises
-    ------
-    ConfigError
-        If an item is not a well of the 384-well plate, or the spec is empty.
-    """
-    if not isinstance(spec, str):
-        raise ConfigError(f"well spec must be a string such as 'A01:B04', got {spec!r}")
-    wells: list[str] = []
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        corners = item.split(":")
-        if len(corners) == 1:
-            wells.append(_parse_well(item))
-        elif len(corners) == 2:
-            (r0, c0), (r1, c1) = (_well_index(_parse_well(c)) for c in corners)
-            for r in range(min(r0, r1), max(r0, r1) + 1):
-                wells.extend(f"{PLATE_ROWS[r]}{c:02d}" for c in range(min(c0, c1), max(c0, c1) + 1))
-        else:
-            raise ConfigError(f"not a well or a rectangle: {item!r} (expected A01 or A01:B04)")
-    if not wells:
-        raise ConfigError(f"no wells in {spec!r}: give e.g. A01,A02 or A01:B04")
-    return tuple(dict.fromkeys(wells))
-
-
-# --------------------------------------------------------------------------------------------------
-# Random streams, phenotypes, names
-
-
-def _rng(seed: int, stream: int, *key: int) -> np.random.Generator:
-    """A generator keyed by what it draws for: the same key gives the same numbers in any run."""
-    return np.random.default_rng([int(seed), stream, *(int(k) for k in key)])
-
-
-def well_phenotype(well: str, seed: int = 0) -> Phenotype:
-    """Return the phenotype of ``well`` under ``seed``: a class drawn at random, plus per-well jitter.
-
-    Raises
-    ------
-    ConfigError
-        If the well is not on a 384-well plate or the seed is negative.
-    """
-    _check_seed(seed)
-    row, col = _well_index(_parse_well(well))
-    rng = _rng(seed, _STREAM_WELL, row, col)
-    base = _CLASSES[int(rng.integers(len(_CLASSES)))]
-    jitter = {k: float(np.exp(rng.normal(0.0, s))) for k, s in _WELL_JITTER.items()}
-    return Phenotype(
-        phenotype_class=base.phenotype_class,
-        cell_count=base.cell_count * jitter["cell_count"],
-        nuclear_radius_px=base.nuclear_radius_px * jitter["nuclear_radius_px"],
-        intensity_scale=base.intensity_scale * jitter["intensity_scale"],
-        confluence=float(np.clip(base.confluence + rng.normal(0.0, 0.03), 0.3, 1.0)),
-        mitotic_fraction=float(min(base.mitotic_fraction * jitter["mitotic_fraction"], 0.5)),
-    )
-
-
-def file_uuid(well: str, site: int, channel: int, z: int, seed: int = 0) -> str:
-    """Return the lower-case 8-4-4-4-12 UUID of one image: random-looking, fixed by its key.
-
-    As in the real set, the same site has a different UUID at every z-slice and channel.
-    """
-    row, col = _well_index(_parse_well(well))
-    rng = _rng(seed, _STREAM_UUID, row, col, site, channel, z)
-    return str(uuid.UUID(bytes=rng.bytes(16), version=4))
-
-
-def image_path(out_dir: Path, well: str, site: int, channel: int, z: int, seed: int = 0,
-               plate: str = DEFAULT_PLATE) -> Path:  # fmt: skip
-    """Return where :func:`generate` writes one image: ``out_dir/BBBC006_v1_images_z_XX/<real name>``."""
-    name = bbbc006_file_name(well, site, channel, file_uuid(well, site, channel, z, seed), plate=plate)
-    return Path(out_dir) / z_folder_name(z) / name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -770,7 +443,7 @@ def _camera(expected: np.ndarray, rng: np.random.Generator | None) -> np.ndarray
     else:
         electrons = rng.poisson(signal / _GAIN)
         adu = _OFFSET + _GAIN * electrons + rng.normal(0.0, _READ_NOISE, signal.shape)
-    return np.clip(np.rint(adu), 0, MAX_ADU).astype(np.uint16)
+    return np.clip(np.rint(adu), 0, SATURATION).astype(np.uint16)
 
 
 def defocus_radius(z: int) -> float:
@@ -843,9 +516,9 @@ def render_site(well: str, site: int, *, seed: int = 0, channels: Sequence[int] 
         If any argument is out of range.
     """
     well = _parse_well(well)
-    (site,) = _check_ints("site", (site,), range(1, 3))
-    channels = _check_ints("channel", channels, range(1, 3))
-    z_slices = _check_ints("z-slice", z_slices, range(N_Z))
+    (site,) = _check_ints("site", (site,), _range(SITES))
+    channels = _check_ints("channel", channels, _range(CHANNELS))
+    z_slices = _check_ints("z-slice", z_slices, Z_SLICES)
     _check_seed(seed)
     _check_plate(plate)
     row, col = _well_index(well)
@@ -881,145 +554,3 @@ def render_site(well: str, site: int, *, seed: int = 0, channels: Sequence[int] 
             rng = _rng(seed, _STREAM_NOISE, row, col, site, channel, z) if noise else None
             images[(channel, z)] = _camera(expected, rng)
     return RenderedSite(truth=truth, images=images)
-
-
-# --------------------------------------------------------------------------------------------------
-# Writing
-
-
-def _write_tiff(path: Path, image: np.ndarray) -> None:
-    """Write ``image`` with the real BBBC006 TIFF layout, atomically (temp name, then os.replace).
-
-    Little-endian, LZW without predictor, 11 rows per strip, 72 dpi, orientation tag, no Software tag,
-    and one difference from the real files: an ImageDescription that says the image is synthetic
-    (:data:`~indexer.decode.SYNTHETIC_MARKER`), so an index, a report or a user who copies the file
-    elsewhere can tell it from a real one.
-    """
-    import tifffile
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        tifffile.imwrite(
-            tmp,
-            image,
-            byteorder="<",
-            photometric="minisblack",
-            compression="lzw",
-            predictor=False,
-            rowsperstrip=11,
-            description=SYNTHETIC_DESCRIPTION,
-            metadata=None,
-            software=False,
-            resolution=(72.0, 72.0),
-            resolutionunit="INCH",
-            extratags=[(274, "H", 1, 1, True)],  # Orientation = top-left, as in the real files
-        )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _check_no_conflicts(config: SyntheticConfig) -> None:
-    """Refuse to add images beside ones of the same plate/well/site/channel/z under another name.
-
-    Another seed gives other UUIDs, so writing into a folder made with a different seed would leave
-    two images of one field of view side by side.
-    """
-    wanted = {(w, s, c) for w in config.wells for s in config.sites for c in config.channels}
-    for z in config.z_slices:
-        folder = config.out_dir / z_folder_name(z)
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            m = parse_path(str(p))
-            if not m.parsed or m.plate != config.plate:
-                continue
-            key = (m.well, m.site, int(m.channel[1:]))
-            if (
-                key in wanted
-                and p.name != image_path(config.out_dir, *key, z, config.seed, config.plate).name
-            ):
-                raise ConfigError(
-                    f"{p} already holds well {m.well} site {m.site} {m.channel} z{z} from another seed; "
-                    "write to an empty folder, or delete the old images first"
-                )
-
-
-def _write_ground_truth(path: Path, truths: Sequence[SiteTruth]) -> None:
-    """Write the ground-truth CSV, keeping rows of other (plate, well, site) already in the file.
-
-    So several runs into one folder (e.g. more wells later) leave one CSV describing all of them.
-    """
-    rows: dict[tuple[str, str, str], dict[str, str]] = {}
-    if path.is_file():
-        with path.open(newline="") as f:
-            for r in csv.DictReader(f):
-                if set(GROUND_TRUTH_COLUMNS) <= set(r):
-                    rows[(r["plate"], r["well"], r["site"])] = {k: r[k] for k in GROUND_TRUTH_COLUMNS}
-    for t in truths:
-        rows[(t.plate, t.well, str(t.site))] = t.to_row()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=GROUND_TRUTH_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            for key in sorted(rows):
-                writer.writerow(rows[key])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def generate(config: SyntheticConfig, progress: bool = False) -> GenerationSummary:
-    """Write the images of ``config`` and the ground-truth CSV; return what was written.
-
-    Images go to ``out_dir/BBBC006_v1_images_z_XX/<plate>_<well>_s<site>_w<channel><uuid>.tif``
-    (see :func:`image_path`), each written to a temporary name and renamed, so an interrupted run
-    never leaves a truncated TIFF. Rerunning with the same seed rewrites identical files.
-    ``out_dir/BBBC006_synthetic_ground_truth.csv`` gets one row per (well, site), merged with rows
-    already there.
-
-    Parameters
-    ----------
-    config : SyntheticConfig
-        What to write.
-    progress : bool
-        Show a tqdm progress bar on stderr.
-
-    Returns
-    -------
-    GenerationSummary
-
-    Raises
-    ------
-    ConfigError
-        If the folder already holds images of the same fields of view made with another seed.
-    """
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    _check_no_conflicts(config)
-    for z in config.z_slices:
-        (config.out_dir / z_folder_name(z)).mkdir(parents=True, exist_ok=True)
-    truths: list[SiteTruth] = []
-    with tqdm(
-        total=config.n_images, unit="img", desc="synth", disable=not progress, dynamic_ncols=True
-    ) as bar:
-        for well in config.wells:
-            for site in config.sites:
-                rendered = render_site(well, site, seed=config.seed, channels=config.channels,
-                                       z_slices=config.z_slices, plate=config.plate)  # fmt: skip
-                truths.append(rendered.truth)
-                for (channel, z), image in rendered.images.items():
-                    _write_tiff(
-                        image_path(config.out_dir, well, site, channel, z, config.seed, config.plate), image
-                    )
-                    bar.update(1)
-    ground_truth = config.out_dir / GROUND_TRUTH_NAME
-    _write_ground_truth(ground_truth, truths)
-    return GenerationSummary(
-        n_images=config.n_images,
-        seconds=time.perf_counter() - start,
-        ground_truth=ground_truth,
-        out_dir=config.out_dir,
-    )

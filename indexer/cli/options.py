@@ -1,4 +1,4 @@
-"""What the three click CLIs share: exit codes, logging to stderr, and environment-backed options.
+"""What the three click CLIs share: exit codes, logging to stderr, and option groups.
 
 Exit codes: 0 success, 1 runtime failure (any :class:`MaeError`), 2 usage or configuration error.
 """
@@ -84,3 +84,61 @@ def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="bf16 autocast where the hardware has native bf16 (auto), or force fp32/bf16.",
     )(fn)
     return click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")(fn)
+
+
+def redis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--redis-url`` (or ``MAE_REDIS_URL``) and ``--redis-index`` (the index name and key prefix)."""
+    fn = click.option(
+        "--redis-index", default="mae", show_default=True, help="Redis index name (key prefix)."
+    )(fn)
+    return redis_url_option(fn)
+
+
+def format_option(*choices: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--format`` with ``choices`` (the first is the default), passed to the command as ``fmt``."""
+    return click.option(
+        "--format", "fmt", type=click.Choice(list(choices)), default=choices[0], show_default=True
+    )
+
+
+def source_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--channels`` (w1, w2 or both) and repeatable ``--z``: which images of DATA to use."""
+    fn = click.option("--z", "z_slices", multiple=True, type=int, help="Only these z-slices (repeatable).")(
+        fn
+    )
+    return click.option(
+        "--channels", type=click.Choice(["w1", "w2", "both"]), default="both", show_default=True
+    )(fn)
+
+
+def channels_tuple(value: str) -> tuple[str, ...]:
+    """The ``--channels`` choice as the channel tuple of a :class:`~indexer.config.SourceConfig`."""
+    return {"w1": ("w1",), "w2": ("w2",), "both": ()}[value]
+
+
+def redis_config(redis_url: str | None, redis_index: str, required: bool = True, **kw: Any):
+    """The :class:`~indexer.config.RedisConfig` of ``--redis-url``/``--redis-index``; ``None`` without a URL.
+
+    Raises
+    ------
+    ConfigError
+        ``required`` and no URL was given.
+    """
+    from indexer.config import RedisConfig
+
+    if not redis_url:
+        if required:
+            raise ConfigError("this command needs --redis-url (or MAE_REDIS_URL)")
+        return None
+    return RedisConfig(url=redis_url, index_name=redis_index, **kw)
+
+
+def option_group(*decorators: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Several options as one decorator, applied in the order listed (as if written above one another)."""
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from indexer.stores.base import VectorStore
+from indexer.stores.manifest import same_embedding
+from indexer.stores.recall import recall_at_k
 
 
 @dataclass
@@ -32,7 +34,8 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        """True when counts, ids, manifests and sampled vectors agree and recall@k reaches ``min_recall``."""
+        """True when counts, ids, manifests and sampled vectors agree and recall@k reaches ``min_recall``
+        (a NaN recall, when the mirror finds nothing for any sampled query, fails)."""
         return (
             self.count_primary == self.count_mirror
             and not self.missing_in_primary
@@ -78,9 +81,7 @@ def verify_stores(
         k=k,
         min_recall=min_recall,
     )
-    mp, mm = primary.read_manifest() or {}, mirror.read_manifest() or {}
-    keys = ("model", "pooling", "preprocess", "dim")
-    report.manifest_equal = all(mp.get(key) == mm.get(key) for key in keys)
+    report.manifest_equal = same_embedding(primary.read_manifest(), mirror.read_manifest())
     common = np.intersect1d(ids_p, ids_m)
     if not len(common):
         report.recall_at_k = 0.0 if len(ids_p) or len(ids_m) else 1.0
@@ -90,14 +91,11 @@ def verify_stores(
     vp, vm = primary.get_vectors(chosen), mirror.get_vectors(chosen)
     report.sampled = len(chosen)
     report.max_vector_diff = float(np.abs(vp - vm).max())
-    hits_p = primary.search(vm, k)
-    hits_m = mirror.search(vm, k)
-    recalls = []
-    for hp, hm in zip(hits_p, hits_m):
-        exact = {h.id for h in hm}
-        if exact:
-            recalls.append(len(exact & {h.id for h in hp}) / len(exact))
-    report.recall_at_k = float(np.mean(recalls)) if recalls else 1.0
+    approx = [[h.id for h in hits] for hits in primary.search(vm, k)]
+    exact = [[h.id for h in hits] for hits in mirror.search(vm, k)]
+    # NaN when the exact mirror finds nothing for any sampled query: a broken mirror, not a perfect one,
+    # so the report fails (NaN >= min_recall is False).
+    report.recall_at_k = recall_at_k(approx, exact, k)
     return report
 
 

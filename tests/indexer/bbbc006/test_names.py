@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.bbbc006 import (
+from indexer.bbbc006.names import (
     ImageMeta,
     bbbc006_file_name,
     normalise_channel,

@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from indexer.bbbc006 import parse_path
-from indexer.decode import image_source
-from indexer.errors import ConfigError
-from indexer.synthetic import (
+from indexer.bbbc006.constants import SATURATION
+from indexer.bbbc006.names import parse_path
+from indexer.bbbc006.synthetic import (
     GROUND_TRUTH_COLUMNS,
     GROUND_TRUTH_NAME,
-    MAX_ADU,
     PHENOTYPE_CLASSES,
     SyntheticConfig,
     defocus_radius,
@@ -27,6 +25,8 @@ from indexer.synthetic import (
     well_phenotype,
     well_range,
 )
+from indexer.decode import image_source
+from indexer.errors import ConfigError
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Twelve wells whose seed-0 phenotypes cover all four classes.
@@ -103,8 +103,8 @@ def test_values_are_12_bit_and_saturate(phenotype_renders):
     sat = []
     for r in phenotype_renders:
         for img in r.images.values():
-            assert img.dtype == np.uint16 and img.shape == (520, 696) and img.max() <= MAX_ADU
-        sat.append(float((r.images[(2, 16)] == MAX_ADU).mean()))
+            assert img.dtype == np.uint16 and img.shape == (520, 696) and img.max() <= SATURATION
+        sat.append(float((r.images[(2, 16)] == SATURATION).mean()))
     # Like the real w2 z16 images (0.2-3.3 % of pixels at 4095): some saturate, none flood.
     assert max(sat) > 0.006 and np.median(sat) > 0.002 and max(sat) < 0.06
 
@@ -288,7 +288,7 @@ def test_refuses_to_mix_seeds_in_one_folder(tmp_path):
 def test_defocus_psf_is_a_growing_disk_that_flips_fine_contrast():
     # Issue 14: synthetic z-stacks follow a physical defocus model. Geometric optics (NA 0.45 in air,
     # 2 um slices, 0.645 um px): a disk of radius 1.56 px per slice above focus, 0.85 of that below.
-    from indexer.synthetic import defocus_transfer
+    from indexer.bbbc006.synthetic import defocus_transfer
 
     assert defocus_radius(16) == 0.0
     assert defocus_radius(26) == pytest.approx(10 * 2.0 * np.tan(np.arcsin(0.45)) / 0.645)

@@ -1,15 +1,23 @@
 """The same build on a Ray cluster (Ray Data), for plates beyond one machine.
 
-Stages, all reusing this project's modules (no second copy of decoding, preprocessing or the encoder):
+Stages, all reusing this project's modules (no second copy of the plan, the books, decoding,
+preprocessing or the encoder):
 
-1. the driver lists sources and opens the stores (manifest check, ids already in both stores);
-2. CPU tasks read, hash, decode and preprocess (:func:`indexer.pipeline.prepare_item`); a bad file
-   becomes a rejected row with its reason;
+1. the driver makes the same plan as the local engine (:func:`indexer.build.plan.make_plan`: listing
+   with strict handling, manifest handshake, ids already in every store) and parses each path's
+   metadata once;
+2. CPU tasks read, hash, decode and preprocess (:func:`indexer.build.prepare.prepare_item`), opening
+   each zip once per task; a bad file becomes a rejected row with its reason;
 3. an actor class loads the encoder once per worker and embeds batches (``num_gpus`` per actor);
 4. CPU tasks upsert each batch into Redis and write it as a parquet shard (the FAISS store's shard
    format) under ``<index>/ray-shards/`` or any fsspec URL;
 5. the driver adds the shards to the FAISS mirror and flushes it atomically, so a failed worker never
    leaves half a FAISS index; a re-run first imports shards left by a killed run.
+
+The driver keeps the books with the local engine's :class:`~indexer.build.plan.Ledger`, fed in listing
+order, so both engines give the same summary. Rows reach the writers before the driver sees them, so
+the duplicate rule is enforced after writing: a writer never writes one id twice in a batch, and the
+driver re-writes the first-listed record of any content found twice (the vectors are the same).
 """
 
 from __future__ import annotations
@@ -22,18 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from indexer.build.plan import BuildSummary, Ledger, make_plan, write_rejected
 from indexer.config import BuildConfig, PreprocessConfig, RedisConfig
-from indexer.errors import ConfigError, DecodeError, MaeError
-from indexer.pipeline import (
-    BuildSummary,
-    Rejected,
-    prepare_item,
-    resolve_build_preprocess,
-    store_location,
-    write_rejected,
-)
+from indexer.errors import ConfigError, MaeError
 from indexer.stores.base import RECORD_FIELDS, ImageRecord
-from indexer.stores.manifest import build_manifest, check_compatible
+
+#: What a file name says (the listing's metadata); ``source`` is what decoding finds, per image.
+_NAME_FIELDS = tuple(f for f in RECORD_FIELDS if f not in ("path", "source"))
 
 SHARD_DIR = "ray-shards"
 #: Per-row seconds each stage reports, summed into the build summary under the local build's names.
@@ -89,29 +92,61 @@ def _ray():
     return ray
 
 
+def _zip_member(path: str) -> tuple[str, str] | None:
+    """``(archive, member)`` of a ``data.zip/member`` path, or ``None`` for a plain file."""
+    cut = path.lower().find(".zip/")
+    return (path[: cut + 4], path[cut + 5 :]) if cut >= 0 and not Path(path).is_file() else None
+
+
 def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[int]) -> dict[str, Any]:
-    """Stage 2, a CPU task: read, hash, decode and preprocess each path with the local pipeline's code."""
-    from indexer.bbbc006 import parse_path
-    from indexer.sources import SourceItem, read_path
+    """Stage 2, a CPU task: read, hash, decode and preprocess each row with the local engine's code.
+
+    Metadata comes from the driver (parsed once, as the local build parses it); each zip is opened once
+    per task, not once per member.
+    """
+    import zipfile
+
+    from indexer.bbbc006.names import ImageMeta
+    from indexer.build.prepare import prepare_item
+    from indexer.sources import SourceItem
 
     config = PreprocessConfig.from_dict(pre)
-    out: dict[str, list] = {k: [] for k in ("id", "path", "pixels", "status", "stage", "reason", "t_prepare")}
-    for path in batch["path"]:
-        path = str(path)
-        # Metadata as the local build parses it (a file's own path resolved, so its folder names count).
-        meta = parse_path(str(Path(path).resolve()) if Path(path).is_file() else path)
-        p = prepare_item(
-            SourceItem(path, (lambda p=path: read_path(p)), meta), config, existing, on_device=False
-        )
-        out["id"].append(p.record.id)
-        out["path"].append(path)
-        out["pixels"].append(p.pixels.numpy() if p.pixels is not None else np.zeros((0,), np.float32))
-        out["status"].append("rejected" if p.rejected else "skipped" if p.skipped else "ok")
-        out["stage"].append(p.rejected.stage if p.rejected else "")
-        out["reason"].append(p.rejected.reason if p.rejected else "")
-        out["t_prepare"].append(p.seconds)
-        # The prepared record, not the parsed name: it also carries what decoding found (``source``).
-        out.setdefault("meta", []).append({f: getattr(p.record, f) for f in RECORD_FIELDS if f != "path"})
+    out: dict[str, list] = {k: [] for k in ("order", "id", "path", "pixels", "status", "stage", "reason",
+                                            "t_prepare", "meta")}  # fmt: skip
+    archives: dict[str, zipfile.ZipFile] = {}
+
+    def reader(path: str):
+        member = _zip_member(path)
+        if member is None:
+            return Path(path).read_bytes
+        archive, name = member
+
+        def read() -> bytes:
+            if archive not in archives:
+                archives[archive] = zipfile.ZipFile(archive)
+            return archives[archive].read(name)
+
+        return read
+
+    try:
+        for order, path, meta in zip(batch["order"], batch["path"], batch["meta"]):
+            path = str(path)
+            fields = {f: meta.get(f) for f in _NAME_FIELDS}
+            p = prepare_item(
+                SourceItem(path, reader(path), ImageMeta(**fields)), config, existing, on_device=False
+            )
+            out["order"].append(int(order))
+            out["id"].append(p.record.id)
+            out["path"].append(path)
+            out["pixels"].append(p.pixels.numpy() if p.pixels is not None else np.zeros((0,), np.float32))
+            out["status"].append("rejected" if p.rejected else "skipped" if p.skipped else "ok")
+            out["stage"].append(p.rejected.stage if p.rejected else "")
+            out["reason"].append(p.rejected.reason if p.rejected else "")
+            out["t_prepare"].append(p.seconds)
+            out["meta"].append({**fields, "source": p.record.source})
+    finally:
+        for zf in archives.values():
+            zf.close()
     return out
 
 
@@ -138,8 +173,9 @@ class _Embed:
         if ok:
             pixels = torch.from_numpy(np.stack([batch["pixels"][i] for i in ok]))
             vectors[ok] = self.encoder.embed(pixels)
-        out = {k: batch[k] for k in ("id", "path", "status", "stage", "reason", "meta", "t_prepare")}
+        out = {k: batch[k] for k in ("order", "id", "path", "status", "stage", "reason", "meta", "t_prepare")}
         out["vector"] = list(vectors)
+        out["precision"] = [self.encoder.precision] * len(vectors)
         out["t_embed"] = np.full(len(vectors), (time.perf_counter() - t0) / len(vectors))
         return out
 
@@ -168,7 +204,13 @@ class _Write:
         from indexer.stores.faiss_store import records_to_table
 
         t0 = time.perf_counter()
-        rows = [i for i, s in enumerate(batch["status"]) if s == "ok"]
+        rows, ids = [], set()
+        for i, status in enumerate(batch["status"]):
+            # One id once per batch (rows come in listing order): add() refuses repeated ids, and a shard
+            # holding one would fail every later run's import.
+            if status == "ok" and int(batch["id"][i]) not in ids:
+                ids.add(int(batch["id"][i]))
+                rows.append(i)
         if rows:
             records = [
                 ImageRecord(id=int(batch["id"][i]), path=str(batch["path"][i]), **batch["meta"][i])
@@ -183,7 +225,8 @@ class _Write:
             with fs.open(name + ".tmp", "wb") as f:
                 pq.write_table(records_to_table(vectors, records), f)
             fs.mv(name + ".tmp", name)  # a reader never sees half a shard
-        out = {k: batch[k] for k in ("id", "path", "status", "stage", "reason", "t_prepare", "t_embed")}
+        out = {k: batch[k] for k in ("order", "id", "path", "status", "stage", "reason", "t_prepare", "t_embed",
+                                     "precision")}  # fmt: skip
         out["t_write"] = np.full(len(batch["status"]), (time.perf_counter() - t0) / len(batch["status"]))
         return out
 
@@ -203,6 +246,11 @@ def import_shards(shard_url: str, faiss_store) -> int:
     for p in paths:
         with fs.open(p, "rb") as f:
             ids, vectors, records, deleted = table_to_records(pq.read_table(f))
+        # A shard written before writers kept one row per id may repeat one (same content, same vector).
+        _, first = np.unique(ids, return_index=True)
+        if len(first) < len(ids):
+            first = np.sort(first)
+            vectors, records = vectors[first], [records[i] for i in first]
         faiss_store.add(vectors, records)
         n += len(records)
     faiss_store.flush()  # atomic: the mirror holds all of these shards or none
@@ -211,74 +259,98 @@ def import_shards(shard_url: str, faiss_store) -> int:
     return n
 
 
+def _rewrite_first_listed(stores: list, ledger: Ledger, duplicated: set[int], items: dict[str, Any]) -> None:
+    """Make each store hold the first-listed record of every content id found more than once.
+
+    Writers upsert whichever duplicate reached them last; the vectors are the same (same bytes), only
+    the record (path, metadata) differs, so the record the duplicate rule chose is written again, with
+    the metadata the listing parsed (``items``: path -> listed item).
+    """
+    from indexer.build.prepare import image_record
+
+    ids = np.array(sorted(duplicated), dtype=np.int64)
+    vectors = stores[0].get_vectors(ids)
+    # The listing knows names, not provenance: keep the ``source`` decoding recorded for each id.
+    known = {r.id: r.source for r in stores[0].get(ids.tolist()) if r is not None}
+    records = [replace(image_record(items[ledger.first_path(int(i))], int(i)), source=known.get(int(i)))
+               for i in ids]  # fmt: skip
+    for store in stores:
+        store.add(vectors, records)
+        store.flush()
+
+
 def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, encoder) -> BuildSummary:
     """Run ``config`` on Ray. ``stores`` are the driver's open stores (FAISS first, Redis optional);
-    ``encoder`` is loaded on the driver only to resolve preprocessing and the manifest."""
-    from indexer.sources import iter_sources
+    ``encoder`` is loaded on the driver to resolve preprocessing, precision and the manifest.
 
+    Raises
+    ------
+    DecodeError
+        In strict mode, for the first listing problem (before Ray starts) or unusable image.
+    MaeError
+        When Ray fails.
+    """
     ray = _ray()
     t0 = time.perf_counter()
     shard_url = ray_config.shard_url or str(Path(config.index_dir) / SHARD_DIR)
     recovered = import_shards(shard_url, stores[0])  # shards a killed run finished but never imported
-    problems: list = []
-    items = list(iter_sources(config.sources, problems))
-    summary = BuildSummary(found=len(items) + len(problems))
-    summary.rejected.extend(Rejected(p.path, "list", p.reason) for p in problems)
-    stored = stores[0].read_manifest()
-    pre = resolve_build_preprocess(config, encoder, items, stored)
-    manifest = build_manifest(encoder.info, config.model.pooling, pre.to_dict(), encoder.dim)
-    for store in stores:
-        check_compatible(store.read_manifest(), manifest, store_location(store))
-        if store.read_manifest() is None:
-            store.write_manifest(manifest)
-    existing: set[int] = set()
-    if not config.force:
-        existing = set(stores[0].ids().tolist())
-        for store in stores[1:]:
-            existing &= set(store.ids().tolist())
+    ledger = Ledger(config.strict)
+    summary = ledger.summary
+    plan = make_plan(config, stores, encoder, ledger)
 
     stage_seconds = dict.fromkeys(_STAGE_COLUMNS.values(), 0.0)
+    device = "cuda" if ray_config.num_gpus_per_worker > 0 else "cpu"
+    # Workers on the driver's kind of device use the precision the driver resolved (the manifest's).
+    precision = encoder.precision if encoder.device.type == device else config.model.precision
+    model = asdict(replace(config.model, device=device, precision=precision))
+    redis = asdict(config.redis) if config.redis is not None else None
+    rows: list[tuple[int, int, str, str]] = []  # (listing order, id, path, status) of usable/skipped rows
+    worker_precision: set[str] = set()
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=ray_config.address, num_cpus=ray_config.num_cpus if ray_config.address is None else None,
                  include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)  # fmt: skip
     try:
-        device = "cuda" if ray_config.num_gpus_per_worker > 0 else "cpu"
-        model = asdict(replace(config.model, device=device))
-        summary.runtime = f"ray {device} {config.model.precision}"
-        redis = asdict(config.redis) if config.redis is not None else None
-        ds = ray.data.from_items([{"path": it.path} for it in items])
-        ds = ds.map_batches(_prepare_batch, fn_kwargs={"pre": pre.to_dict(), "existing": frozenset(existing)},
+        items = [{"order": n, "path": it.path,
+                  "meta": {f: getattr(it.meta, f) for f in _NAME_FIELDS}}
+                 for n, it in enumerate(plan.items)]  # fmt: skip
+        ds = ray.data.from_items(items)
+        ds = ds.map_batches(_prepare_batch, fn_kwargs={"pre": plan.preprocess.to_dict(), "existing": plan.existing},
                             batch_size=config.batch_size)  # fmt: skip
         actors, threads = ray_config.actors_and_threads(ray.cluster_resources())
         ds = ds.map_batches(_Embed, fn_constructor_args=(model, threads), batch_size=config.batch_size,
                             concurrency=actors, num_gpus=ray_config.num_gpus_per_worker)  # fmt: skip
         ds = ds.map_batches(_Write, fn_constructor_args=(shard_url, redis), batch_size=config.batch_size,
                             concurrency=ray_config.writers, num_cpus=0)  # fmt: skip
-        seen: dict[int, str] = {}
         for row in ds.iter_rows():
             for column, stage in _STAGE_COLUMNS.items():
                 stage_seconds[stage] += float(row[column])
             if row["status"] == "rejected":
-                summary.rejected.append(Rejected(row["path"], row["stage"], row["reason"]))
-                if config.strict:
-                    raise DecodeError(f"{row['path']}: {row['reason']} (strict mode)")
-            elif row["status"] == "skipped":
-                summary.skipped_existing += 1
-            elif int(row["id"]) in seen:
-                summary.rejected.append(
-                    Rejected(row["path"], "dedupe", f"same content as {seen[int(row['id'])]}")
-                )
+                ledger.reject(row["path"], row["stage"], row["reason"])
             else:
-                seen[int(row["id"])] = row["path"]
-                summary.indexed += 1
+                rows.append((int(row["order"]), int(row["id"]), row["path"], row["status"]))
+                if row["status"] == "ok":
+                    worker_precision.add(str(row["precision"]))
     except ray.exceptions.RayError as e:
         raise MaeError(f"the Ray build failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
     finally:
         if started_here:
             ray.shutdown()
+    # The books in listing order, as the local engine keeps them, so both give the same summary.
+    seen_twice: set[int] = set()
+    for _, image_id, path, status in sorted(rows):
+        if status == "skipped":
+            ledger.skip_existing()
+        elif not ledger.admit(image_id, path):
+            seen_twice.add(image_id)
     import_shards(shard_url, stores[0])
+    if seen_twice:
+        _rewrite_first_listed(stores, ledger, seen_twice, {it.path: it for it in plan.items})
+    # Rejections were appended as rows arrived; list them in listing order, as the local engine does.
+    order = {it.path: n for n, it in enumerate(plan.items)}
+    summary.rejected.sort(key=lambda r: (r.stage != "list", order.get(r.path, -1)))
     write_rejected(config.index_dir, summary.rejected)
+    summary.runtime = f"ray {device} {'/'.join(sorted(worker_precision)) or precision}"
     summary.seconds = time.perf_counter() - t0
     summary.stage_seconds = stage_seconds
     summary.recovered = recovered

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from indexer.mirror import sync_mirror, verify_stores
 from indexer.stores.base import ImageRecord
 from indexer.stores.faiss_store import FaissStore
+from indexer.stores.mirror import sync_mirror, verify_stores
 
 
 def _fill(store, n=50, dim=16, seed=0):
@@ -44,3 +44,30 @@ def test_verify_reports_each_divergence(tmp_path):
     assert r.max_vector_diff > 1e-3
     d = r.to_dict()
     assert d["ok"] is False and d["missing_in_mirror_count"] == 1
+
+
+class _BlindMirror(FaissStore):
+    """A real FAISS store whose search finds nothing: an injected failure of the exact mirror."""
+
+    def search(self, queries, k, where=None, max_distance=None):
+        return [[] for _ in np.atleast_2d(queries)]
+
+
+def test_a_mirror_that_finds_nothing_fails_verify(tmp_path):
+    # With no exact hits, recall@k is undefined (NaN, the one definition eval uses too), and verify fails:
+    # a mirror that answers nothing is broken, not perfect.
+    a = FaissStore(tmp_path / "a", dim=16)
+    _fill(a)
+    assert sync_mirror(a, FaissStore(tmp_path / "b", dim=16)) == 50
+    report = verify_stores(a, _BlindMirror(tmp_path / "b", read_only=True), sample=10)
+    assert np.isnan(report.recall_at_k) and report.sampled == 10 and report.manifest_equal
+    assert not report.ok and report.to_dict()["ok"] is False
+
+
+def test_manifests_compare_by_the_embedding_rule(tmp_path):
+    a, b = FaissStore(tmp_path / "a", dim=16), FaissStore(tmp_path / "b", dim=16)
+    _fill(a)
+    _fill(b)
+    assert verify_stores(a, b).manifest_equal
+    b.write_manifest({"model": {"name": "m"}, "pooling": "cls", "preprocess": {}, "dim": 16})
+    assert not verify_stores(a, b).manifest_equal

@@ -8,12 +8,12 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
+from indexer.build.local import build_index  # noqa: E402
+from indexer.build.ray_engine import SHARD_DIR, RayConfig, run_ray_build  # noqa: E402
 from indexer.config import BuildConfig, ModelConfig, SourceConfig  # noqa: E402
 from indexer.encoder import ViTMAEEncoder  # noqa: E402
-from indexer.mirror import verify_stores  # noqa: E402
-from indexer.pipeline import build_index  # noqa: E402
-from indexer.ray_build import SHARD_DIR, RayConfig, run_ray_build  # noqa: E402
 from indexer.stores.faiss_store import FaissStore, records_to_table  # noqa: E402
+from indexer.stores.mirror import verify_stores  # noqa: E402
 from tests.conftest import SYNTH_DIR  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -164,7 +164,7 @@ def test_a_worker_killed_mid_run_is_retried_and_every_image_lands_exactly_once(
     killed: list[int] = []
 
     def kill_the_embedding_worker_after_its_first_output() -> None:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a generous budget: the loop ends on the event, not the clock
         while time.monotonic() < deadline and not killed:
             if list((idx / SHARD_DIR).glob("*.parquet")):
                 for pid in _processes("_Embed)"):
@@ -204,7 +204,7 @@ def test_a_killed_ray_job_resumes_and_every_image_lands_exactly_once(
     env = {**os.environ, "MAE_REDIS_URL": redis_config.url}
     job = subprocess.Popen([*cmd, "--redis-index", redis_config.index_name], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a generous budget: the loop ends on the event, not the clock
     while time.monotonic() < deadline and len(list((idx / SHARD_DIR).glob("*.parquet"))) < 3:
         assert job.poll() is None, job.stderr.read().decode()[-2000:]
         time.sleep(0.01)
@@ -224,3 +224,57 @@ def test_a_killed_ray_job_resumes_and_every_image_lands_exactly_once(
     assert final.count() == 80 and len(set(final.ids().tolist())) == 80
     assert stores[1].count() == 80 and verify_stores(stores[1], final).ok
     assert not list((idx / SHARD_DIR).glob("*.parquet"))
+
+
+def _rejected_rows(idx):
+    with open(idx / "rejected.csv", newline="") as f:
+        return [(r["path"], r["stage"], r["reason"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("batch_size", [16, 2], ids=["duplicates-in-one-batch", "duplicates-across-batches"])
+def test_duplicate_files_give_the_local_summary_and_the_first_listed_record(
+    cluster, encoder, real_images, tmp_path, batch_size
+):
+    # Byte-identical copies, listed before ("00-first") and after ("zz-later") the originals: the
+    # duplicate rule keeps the first in listing order and rejects the rest as "dedupe".
+    data = tmp_path / "data"
+    shutil.copytree(real_images[0].parent, data / "BBBC006_v1_images_z_16")
+    for name in ("00-first", "zz-later"):
+        (data / name).mkdir()
+        for p in real_images[:3]:
+            shutil.copy(p, data / name / p.name)
+    local = _stores(tmp_path / "local", encoder)
+    expected = build_index(_config(data, tmp_path / "local", encoder, batch_size=batch_size), local,
+                           encoder=encoder)  # fmt: skip
+    local[0].close()
+    stores = _stores(tmp_path / "ray", encoder)
+    s = run_ray_build(
+        _config(data, tmp_path / "ray", encoder, batch_size=batch_size), TWO_ACTORS, stores, encoder
+    )
+    stores[0].close()
+    assert (expected.found, expected.indexed, len(expected.rejected), expected.index_count) == (26, 20, 6, 20)
+    for key in ("found", "indexed", "skipped_existing", "rejected", "index_count", "complete"):
+        assert s.to_dict()[key] == expected.to_dict()[key], key
+    assert s.rejected == expected.rejected
+    assert _rejected_rows(tmp_path / "ray") == _rejected_rows(tmp_path / "local")
+    a, b = FaissStore(tmp_path / "local", read_only=True), FaissStore(tmp_path / "ray", read_only=True)
+    assert a.get(a.ids()) == b.get(b.ids())  # the first-listed copy's path and metadata
+    assert sum("00-first" in r.path for r in b.get(b.ids())) == 3
+    # Ray records the precision the model ran at, as the local build does (not "auto")
+    assert s.runtime == f"ray cpu {encoder.precision}" and encoder.precision in ("fp32", "bf16")
+    again = run_ray_build(_config(data, tmp_path / "ray", encoder, batch_size=batch_size), TWO_ACTORS,
+                          _stores(tmp_path / "ray", encoder), encoder)  # fmt: skip
+    assert (again.indexed, again.skipped_existing, len(again.rejected)) == (0, 26, 0)  # all content is in
+
+
+def test_strict_stops_on_a_listing_problem_before_ray_starts(cluster, encoder, real_subset, tmp_path):
+    from indexer.errors import DecodeError
+
+    (real_subset / "broken.zip").write_bytes(b"PK not a zip")
+    config = BuildConfig(sources=SourceConfig(paths=(real_subset,)), index_dir=tmp_path / "idx",
+                         model=encoder.config, strict=True)  # fmt: skip
+    with pytest.raises(DecodeError, match="broken.zip.*strict mode"):
+        build_index(config, _stores(tmp_path / "local", encoder), encoder=encoder)
+    with pytest.raises(DecodeError, match="broken.zip.*strict mode"):
+        run_ray_build(config, TWO_ACTORS, _stores(tmp_path / "idx", encoder), encoder)
+    assert not (tmp_path / "idx" / SHARD_DIR).exists()  # refused before any Ray work

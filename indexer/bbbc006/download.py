@@ -13,7 +13,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from indexer.atomic import atomic_write
-from indexer.bbbc006 import z_folder_name
+from indexer.bbbc006.constants import Z_SLICES
+from indexer.bbbc006.names import z_folder_name
 from indexer.errors import ConfigError, MaeError
 
 BASE_URL = "https://data.broadinstitute.org/bbbc/BBBC006/"
@@ -42,8 +43,8 @@ def download_bbbc006(out: Path, z_slices: tuple[int, ...], chunk: int = 1 << 20)
     from tqdm.auto import tqdm
 
     for z in z_slices:
-        if not 0 <= z <= 33:
-            raise ConfigError(f"BBBC006 has z-slices 0..33, not {z}")
+        if z not in Z_SLICES:
+            raise ConfigError(f"BBBC006 has z-slices {Z_SLICES.start}..{Z_SLICES.stop - 1}, not {z}")
     if not _reachable(BASE_URL):
         raise MaeError(
             f"cannot reach {urlparse(BASE_URL).hostname}: no internet here. Download the zips on a connected "

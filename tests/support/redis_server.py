@@ -25,7 +25,7 @@ from urllib.parse import quote
 from indexer.errors import StoreUnavailableError
 
 #: The install/start script; present in a source checkout.
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "redis-stack.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "redis-stack.sh"
 
 
 def free_port() -> int:

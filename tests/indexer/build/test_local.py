@@ -5,11 +5,11 @@ import zipfile
 import numpy as np
 import pytest
 
+from indexer.build.local import build_index
 from indexer.config import BuildConfig, IntensityConfig, ModelConfig, PreprocessConfig, SourceConfig
 from indexer.decode import content_id
 from indexer.encoder import ViTMAEEncoder
 from indexer.errors import ConfigError, DecodeError, IndexMismatchError
-from indexer.pipeline import build_index
 from indexer.stores.base import MetadataFilter
 from indexer.stores.faiss_store import FaissStore
 from tests.conftest import write_tiff
@@ -164,7 +164,7 @@ def test_bad_input_matrix_is_skipped_with_reasons(encoder, tmp_path, monkeypatch
 def test_provenance_is_recorded_in_both_stores(encoder, real_subset, tmp_path, redis_config):
     # Issue 14: a synthetic image says it is synthetic, and both stores keep source = real | synthetic.
     from indexer.stores.redis_store import RedisStore
-    from indexer.synthetic import SyntheticConfig, generate
+    from indexer.bbbc006.synthetic import SyntheticConfig, generate
 
     generate(SyntheticConfig(out_dir=tmp_path / "synth", wells=("A01",), sites=(1,), channels=(2,),
                              z_slices=(16, 20), seed=0))  # fmt: skip
