@@ -163,8 +163,8 @@ def test_bad_input_matrix_is_skipped_with_reasons(encoder, tmp_path, monkeypatch
 
 def test_provenance_is_recorded_in_both_stores(encoder, real_subset, tmp_path, redis_config):
     # Issue 14: a synthetic image says it is synthetic, and both stores keep source = real | synthetic.
-    from indexer.stores.redis_store import RedisStore
     from indexer.bbbc006.synthetic import SyntheticConfig, generate
+    from indexer.stores.redis_store import RedisStore
 
     generate(SyntheticConfig(out_dir=tmp_path / "synth", wells=("A01",), sites=(1,), channels=(2,),
                              z_slices=(16, 20), seed=0))  # fmt: skip
