@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli.options import handle_errors, redis_options, setup_logging, verbose_option
+from indexer.cli.options import handle_errors, redis_options, require_extra, setup_logging, verbose_option
 from indexer.errors import ConfigError
 
 
@@ -33,30 +33,31 @@ def _query_ids(path: Path | None) -> tuple[int, ...]:
 
 
 def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out, exclude="site"):  # fmt: skip
-
+              device, out, model=None, exclude="site"):  # fmt: skip
+    require_extra("eval")  # report.py needs scipy, matplotlib and scikit-learn: say so before any query
     from eval import perturb as perturbations
     from eval.robustness import NATURAL, RobustnessConfig
-    from indexer.config import RedisConfig
     from indexer.stores import open_stores
+    from indexer.stores.binding import redis_config_for
 
     names = tuple(perturb.split(",")) if perturb else (*perturbations.PERTURBATIONS, NATURAL)
     config = RobustnessConfig(perturbations=names, severities=_severities(severities), k=k, n_queries=queries,
                               query_ids=_query_ids(query_list), seed=seed, rbo_p=rbo_p, exclude=exclude)  # fmt: skip
-    redis = RedisConfig(url=redis_url, index_name=redis_index) if redis_url else None
+    redis = redis_config_for(index_dir, redis_url, redis_index, writing=False)
     with open_stores(index_dir, redis, read_only=True) as stores:
-        return _evaluate_stores(stores, index_dir, redis_url, config, device, out)
+        return _evaluate_stores(stores, index_dir, redis_url, config, device, out, model)
 
 
-def _evaluate_stores(stores, index_dir, redis_url, config, device, out):
+def _evaluate_stores(stores, index_dir, redis_url, config, device, out, model=None):
     from tqdm.auto import tqdm
 
     from eval.report import TABLE_COLUMNS, format_table, headline_rows, write_report
     from eval.robustness import run_robustness
+    from indexer.stores.binding import store_identity
     from retriever.search import Retriever
 
     exact, store = stores.faiss, stores.primary
-    retriever = Retriever.open(store, device=device)
+    retriever = Retriever.open(store, model_override=model, device=device, index_dir=index_dir)
     bar = tqdm(total=1, desc="robustness", unit="step")
 
     def tick(done: int, total: int) -> None:
@@ -65,9 +66,14 @@ def _evaluate_stores(stores, index_dir, redis_url, config, device, out):
 
     result = run_robustness(retriever, config, progress=tick, exact=exact if store is not exact else None)
     bar.close()
+    if result.skipped_queries:
+        skipped = result.skipped_queries
+        n = len(skipped) + len(result.query_ids)
+        click.echo(f"Warning: {len(skipped)} of {n} query images cannot be read (moved since the build?) and "
+                   "are left out: " + "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5]), err=True)  # fmt: skip
     manifest = store.read_manifest() or {}
     meta = {"location": str(index_dir), "count": store.count(), "model": manifest.get("model", {}).get("name"),
-            "backend": "redis" if redis_url else "faiss"}  # fmt: skip
+            "backend": "redis" if redis_url else "faiss", "answered_by": store_identity(store)}  # fmt: skip
     rep = write_report(result, out, meta)
     click.echo(format_table(headline_rows(rep["summary"]), TABLE_COLUMNS))
     g = rep["gallery"]
@@ -97,6 +103,7 @@ _common = [
         help="Which of each query's relatives leave BOTH the clean and the perturbed top-k: "
         "site = its other z-slices and channels (near-duplicates).",
     ),
+    click.option("--model", default=None, help="Another path to the index's model weights (checked)."),
 ]
 
 
@@ -137,7 +144,7 @@ def reconstruct(image, model, out, mask_ratio, seed, verbose):
 @verbose_option
 @handle_errors
 def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-               device, exclude, out, verbose):  # fmt: skip
+               device, exclude, model, out, verbose):  # fmt: skip
     """Top-k consistency and drift of clean vs perturbed queries; writes report.json/CSV/HTML.
 
     With --redis-url the queries go to Redis and its ANN recall@k against the exact FAISS index is
@@ -151,7 +158,7 @@ def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, 
     """
     setup_logging(verbose)
     _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out, exclude)  # fmt: skip
+              device, out, model, exclude)  # fmt: skip
 
 
 @main.command()
@@ -161,7 +168,9 @@ def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, 
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for all reports.")
 @verbose_option
 @handle_errors
-def compare(indexes, queries, query_list, perturb, severities, k, seed, rbo_p, device, exclude, out, verbose):
+def compare(
+    indexes, queries, query_list, perturb, severities, k, seed, rbo_p, device, exclude, model, out, verbose
+):
     """Run the same evaluation on several indexes (e.g. one per model) and put them side by side."""
     setup_logging(verbose)
     import json
@@ -172,7 +181,20 @@ def compare(indexes, queries, query_list, perturb, severities, k, seed, rbo_p, d
     for i, idx in enumerate(indexes):
         sub = Path(out) / f"{i:02d}-{Path(idx).name}"
         rep = _evaluate(
-            idx, None, "mae", queries, query_list, perturb, severities, k, seed, rbo_p, device, sub, exclude
+            idx,
+            None,
+            None,
+            queries,
+            query_list,
+            perturb,
+            severities,
+            k,
+            seed,
+            rbo_p,
+            device,
+            sub,
+            model,
+            exclude,
         )
         for row in headline_rows(rep["summary"]):
             combined.append({"index": str(idx), "model": rep["index"]["model"], **row})

@@ -80,6 +80,7 @@ def report_dict(result: RobustnessResult, index_meta: dict[str, Any]) -> dict[st
                 },
             },
             "query_ids": result.query_ids,
+            "skipped_queries": result.skipped_queries,
             "median_nn_distance": result.median_nn_distance,
             "gallery": result.gallery,
             "ann_recall_at_k": result.ann_recall,

@@ -26,9 +26,8 @@ import numpy as np
 from eval import gallery, metrics, perturb
 from eval.summary import summarise
 from indexer.bbbc006.constants import FOCUS_Z
-from indexer.decode import decode_tiff
-from indexer.errors import ConfigError, MaeError
-from indexer.sources import read_path
+from indexer.errors import ConfigError, DecodeError, MaeError
+from indexer.sources import load_image
 from indexer.stores.base import Hit, ImageRecord, MetadataFilter, VectorStore
 from indexer.stores.recall import recall_at_k
 from retriever.search import QueryOptions, Retriever
@@ -83,6 +82,7 @@ class RobustnessResult:
     ann_recall: float | None = None
     config: RobustnessConfig | None = None
     gallery: dict[str, Any] = field(default_factory=dict)
+    skipped_queries: list[dict[str, str]] = field(default_factory=list)  # {path, reason}: unreadable now
 
     def summary(self) -> list[dict[str, Any]]:
         """Per (perturbation, severity): means, 95 % intervals, chance levels (see :mod:`eval.summary`)."""
@@ -109,8 +109,38 @@ def choose_queries(store: VectorStore, config: RobustnessConfig) -> list[ImageRe
     return [pool[i] for i in idx]
 
 
-def _ids(hits: Sequence[Hit]) -> list[int]:
-    return [h.id for h in hits]
+def read_queries(
+    records: list[ImageRecord],
+) -> tuple[list[ImageRecord], list[np.ndarray], list[dict[str, str]]]:
+    """Read and decode the chosen query images from their recorded paths.
+
+    An image moved or changed since the build is skipped and returned in the third list (the CLI warns,
+    the report lists it); the evaluation goes on with the rest.
+
+    Raises
+    ------
+    MaeError
+        When none of the images can be read.
+    """
+    kept, raws, skipped = [], [], []
+    for rec in records:
+        try:
+            raws.append(load_image(rec.path))
+            kept.append(rec)
+        except (OSError, DecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            skipped.append({"path": rec.path, "reason": reason})
+    if not kept:
+        raise MaeError(
+            f"none of the {len(records)} query images can be read from the paths the index recorded (moved "
+            f"since the build? e.g. {skipped[0]['path']}: {skipped[0]['reason']}). Run from where the "
+            "build ran, or rebuild the index where the images are now."
+        )
+    return kept, raws, skipped
+
+
+def _ids(hits: Sequence[Hit], exclude: int | None = None) -> list[int]:
+    return [h.id for h in hits if h.id != exclude]
 
 
 def compare_results(
@@ -215,7 +245,8 @@ def run_robustness(
     # Deep enough that k results survive the largest exclusion (+1 for a defocus slice, +1 for the source).
     depth = min(n_index, k + max(len(excl.excluded[r.id]) for r in queries) + 2)
     opts = QueryOptions(k=depth)
-    raws = [decode_tiff(read_path(r.path)) for r in queries]
+    # Images moved or changed since the build are skipped and listed (the report names them).
+    queries, raws, unreadable = read_queries(queries)
     clean_vec = retriever.embed_arrays(raws)
     clean_hits = retriever.search_vectors(clean_vec, opts)
     qs = [_Query(r, excl.excluded[r.id], _ids(h)) for r, h in zip(queries, clean_hits)]
@@ -297,6 +328,7 @@ def run_robustness(
         ann_recall=ann,
         config=config,
         gallery=gallery_facts,
+        skipped_queries=unreadable,
     )
 
 

@@ -144,6 +144,20 @@ def _offline_hint(name: str) -> str:
     )
 
 
+def _check_hub_id(name: str) -> None:
+    """Refuse a name that is neither an existing folder nor a possible hub id (e.g. a relative path
+    given from another directory), instead of the hub client's validation traceback."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as e:
+        raise ModelLoadError(
+            f"model {name!r} is not a folder (looked from {Path.cwd()}) nor a Hugging Face hub id: "
+            "give the model folder's path with --model PATH"
+        ) from e
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """True when the Hugging Face endpoint accepts a TCP connection within ``timeout`` seconds."""
     import socket
@@ -193,6 +207,8 @@ class ViTMAEEncoder(Encoder):
         from transformers import ViTMAEModel
 
         local_only = config.local_files_only
+        if not Path(config.name).exists():
+            _check_hub_id(config.name)
         if not Path(config.name).exists() and not local_only:
             # Without this, an offline machine spends ~20 s in the hub client's retries before failing.
             if _hub_cached(config.name, config.revision):

@@ -34,3 +34,7 @@ class IndexMismatchError(MaeError):
 
 class StoreFullError(MaeError):
     """The store refused a write because it is out of memory or space."""
+
+
+class EmptyBuildError(MaeError):
+    """A build found no usable image: nothing to index (exit code 1, nothing written)."""

@@ -7,17 +7,21 @@ them. Reading is separate from decoding so that a worker pool can do both off th
 
 from __future__ import annotations
 
+import re
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from indexer.bbbc006.names import ImageMeta, parse_path
 from indexer.config import SourceConfig
 from indexer.errors import ConfigError
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
+_PLANE_RE = re.compile(r"^(.*)#(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,14 @@ def _wanted(meta: ImageMeta, config: SourceConfig) -> bool:
     return True
 
 
-def _iter_zip(path: Path, config: SourceConfig, problems: list[SourceProblem]) -> Iterator[SourceItem]:
+def _meta(display: str, parse_from: str, table) -> ImageMeta:
+    meta = parse_path(parse_from)
+    return table.apply(display, meta) if table is not None else meta
+
+
+def _iter_zip(
+    path: Path, config: SourceConfig, problems: list[SourceProblem], table=None
+) -> Iterator[SourceItem]:
     try:
         with zipfile.ZipFile(path) as zf:
             names = sorted(i.filename for i in zf.infolist() if not i.is_dir())
@@ -87,19 +98,23 @@ def _iter_zip(path: Path, config: SourceConfig, problems: list[SourceProblem]) -
         if unsafe:
             problems.append(SourceProblem(display, unsafe))
             continue
-        meta = parse_path(display)
+        meta = _meta(display, display, table)
         if _wanted(meta, config):
             yield SourceItem(display, reader.reader(name), meta)
 
 
-def _file_item(path: Path) -> SourceItem:
-    return SourceItem(str(path), path.read_bytes, parse_path(str(path.resolve())))
+def _file_item(path: Path, table=None) -> SourceItem:
+    return SourceItem(str(path), path.read_bytes, _meta(str(path), str(path.resolve()), table))
 
 
-def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = None) -> Iterator[SourceItem]:
+def iter_sources(
+    config: SourceConfig, problems: list[SourceProblem] | None = None, table=None
+) -> Iterator[SourceItem]:
     """Yield every image under ``config.paths`` (folders recursively, zips in place), sorted by path.
 
     Problems found while listing (broken zips, unsafe zip members) are appended to ``problems``.
+    ``table`` (a :class:`~indexer.metadata_table.MetadataTable`) puts its values over the names'; by
+    default ``config.metadata`` is loaded.
 
     Raises
     ------
@@ -110,12 +125,16 @@ def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = No
     for root in config.paths:
         if not root.exists():
             raise ConfigError(f"no such file or folder: {root}")
+    if table is None and config.metadata is not None:
+        from indexer.metadata_table import load_metadata_table
+
+        table = load_metadata_table(config.metadata)
     for root in config.paths:
         if root.is_file():
             if root.suffix.lower() == ".zip":
-                yield from _iter_zip(root, config, problems)
+                yield from _iter_zip(root, config, problems, table)
             else:
-                item = _file_item(root)
+                item = _file_item(root, table)
                 if _wanted(item.meta, config):
                     yield item
             continue
@@ -125,11 +144,56 @@ def iter_sources(config: SourceConfig, problems: list[SourceProblem] | None = No
                     problems.append(SourceProblem(str(p), "unreadable: broken link"))
                 continue
             if p.suffix.lower() == ".zip":
-                yield from _iter_zip(p, config, problems)
+                yield from _iter_zip(p, config, problems, table)
             elif p.suffix.lower() in IMAGE_SUFFIXES:
-                item = _file_item(p)
+                item = _file_item(p, table)
                 if _wanted(item.meta, config):
                     yield item
+
+
+def describe_search(config: SourceConfig) -> str:
+    """Say what a listing of ``config`` looked for, for the message of a build that found nothing."""
+    where = ", ".join(str(p) for p in config.paths)
+    text = (
+        f"looked in {where} (folders recursively) for {'/'.join('*' + s for s in IMAGE_SUFFIXES)} files "
+        "and .zip archives holding them"
+    )
+    wanted = []
+    if config.channels:
+        wanted.append("channel " + " or ".join(config.channels))
+    if config.z:
+        wanted.append("z " + " or ".join(str(z) for z in config.z))
+    if wanted:
+        text += ", keeping only " + " and ".join(wanted) + " (from the BBBC006 names)"
+    return text
+
+
+def plane_path(path: str, index: int) -> str:
+    """The recorded path of plane ``index`` of a multi-plane file: ``file.tif#index``."""
+    return f"{path}#{index}"
+
+
+def load_image(path: str) -> np.ndarray:
+    """Read and decode the image an index recorded at ``path``: a file, a zip member, or one plane of
+    a stack (``file.tif#index``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing exists at ``path`` any more (moved since the build?).
+    DecodeError
+        If the file is no longer a usable image.
+    """
+    from indexer.decode import decode_planes, decode_tiff
+
+    m = _PLANE_RE.match(path)
+    if m and not Path(path).is_file():
+        index = int(m.group(2))
+        planes = decode_planes(read_path(m.group(1)))
+        if index >= len(planes):
+            raise FileNotFoundError(2, f"the file has {len(planes)} planes, no plane {index}", path)
+        return planes[index].image
+    return decode_tiff(read_path(path))
 
 
 def read_path(path: str) -> bytes:
@@ -149,4 +213,4 @@ def read_path(path: str) -> bytes:
         archive, member = path[: cut + 4], path[cut + 5 :]
         with zipfile.ZipFile(archive) as zf:
             return zf.read(member)
-    raise FileNotFoundError(f"indexed image not found: {path} (moved since the build?)")
+    raise FileNotFoundError(2, "not found (moved since the build?)", path)

@@ -32,3 +32,38 @@ DEFAULT_PLATE = "mcf-z-stacks-03212011"
 def check_z(z: int) -> bool:
     """True when ``z`` is a z-slice of BBBC006 (0 .. 33)."""
     return z in Z_SLICES
+
+
+#: How each field's valid values read in a message.
+VALID_TEXT = {
+    "well": "A01-P24",
+    "row": "A-P",
+    "column": "1-24",
+    "site": "1, 2",
+    "channel": "w1, w2",
+    "z": "0-33",
+}
+
+
+def is_bbbc006_value(field: str, value: object) -> bool:
+    """True when ``value`` (normalised: well ``A01``, channel ``w1``) is a value the real BBBC006 data
+    set has for ``field``; any plate, path or tag is."""
+    text = str(value)
+    if field == "well":
+        return (
+            len(text) == 3
+            and text[0] in PLATE_ROWS
+            and text[1:].isdigit()
+            and 1 <= int(text[1:]) <= N_COLUMNS
+        )
+    if field == "row":
+        return len(text) == 1 and text in PLATE_ROWS
+    if field == "column":
+        return isinstance(value, int) and 1 <= value <= N_COLUMNS
+    if field == "site":
+        return value in SITES
+    if field == "channel":
+        return value in tuple(f"w{c}" for c in CHANNELS)
+    if field == "z":
+        return isinstance(value, int) and check_z(value)
+    return True

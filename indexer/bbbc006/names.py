@@ -36,11 +36,17 @@ class ImageMeta:
     site: int | None = None
     channel: str | None = None
     z: int | None = None
+    tags: tuple[tuple[str, str], ...] = ()  # (key, value) pairs from a --metadata table's extra columns
 
     @property
     def parsed(self) -> bool:
         """True when the file name matched the BBBC006 pattern."""
         return self.well is not None
+
+    @property
+    def described(self) -> bool:
+        """True when the image has any metadata besides z (from its name or a metadata table)."""
+        return any(v is not None for v in (self.plate, self.well, self.site, self.channel)) or bool(self.tags)
 
 
 def normalise_well(well: str) -> str:

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from indexer.build.local import build_index
-from indexer.build.plan import REJECTED_CSV, BuildSummary
+from indexer.build.plan import REJECTED_CSV, BuildSummary, check_not_empty, list_items
 from indexer.config import BuildConfig
 from indexer.errors import StoreUnavailableError
-from indexer.sources import iter_sources
 from indexer.stores import open_stores
+from indexer.stores.binding import store_identity
 
 
 def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSummary:
@@ -23,24 +23,30 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
 
     from indexer.encoder import load_encoder
 
+    items, _ = list_items(config)  # an empty listing or a bad --metadata table fails here, before the model
     encoder = load_encoder(config.model)
     with open_stores(config.index_dir, config.redis, dim=encoder.dim) as stores:
         if ray is not None:
             from indexer.build.ray_engine import run_ray_build
 
-            return run_ray_build(config, ray, list(stores), encoder)
-        total = sum(1 for _ in iter_sources(config.sources))
-        bar = tqdm(total=total, unit="img", desc="embedding", disable=not progress, dynamic_ncols=True)
-        last = [0]
+            summary = run_ray_build(config, ray, list(stores), encoder)
+        else:
+            bar = tqdm(
+                total=len(items), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True
+            )
+            last = [0]
 
-        def tick(done: int) -> None:
-            bar.update(done - last[0])
-            last[0] = done
+            def tick(done: int) -> None:
+                bar.update(done - last[0])
+                last[0] = done
 
-        try:
-            return build_index(config, list(stores), encoder=encoder, progress=tick)
-        finally:
-            bar.close()
+            try:
+                summary = build_index(config, list(stores), encoder=encoder, progress=tick)
+            finally:
+                bar.close()
+        summary.stores = [store_identity(store) for store in stores]
+    check_not_empty(summary, config.index_dir)
+    return summary
 
 
 def index_info(index_dir: Path) -> dict[str, Any]:
@@ -63,4 +69,5 @@ def _describe(index_dir: Path, store) -> dict[str, Any]:
     for field in ("plate", "channel", "site", "z"):
         values[field] = sorted({getattr(r, field) for r in records if getattr(r, field) is not None})
     values["distinct wells"] = [len({r.well for r in records if r.well})]
+    values["tags"] = sorted({t for r in records for t in r.tag_strings})
     return {"count": store.count(), "manifest": manifest, "rejected": rejected, "values": values}

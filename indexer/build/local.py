@@ -181,8 +181,10 @@ def build_index(
             raise MaeError(f"the model thread runs with {got} torch threads, not {threads}")
         if on_device:
             raws = [p.raw for p in batch]
-            if len({r.shape for r in raws}) == 1:
-                x = torch.from_numpy(np.stack(raws).astype(np.int32)).pin_memory()
+            if len({(r.shape, r.dtype.kind) for r in raws}) == 1:
+                # Counts as int32 (exact histogram percentiles), float images as float32.
+                dtype = np.float32 if raws[0].dtype.kind == "f" else np.int32
+                x = torch.from_numpy(np.stack(raws).astype(dtype)).pin_memory()
                 pixels = preprocess(x.to(encoder.device, non_blocking=True), pre)
             else:
                 pixels = torch.stack([preprocess_image(r, pre) for r in raws])
@@ -202,23 +204,24 @@ def build_index(
 
     window = max(2 * config.batch_size, 4 * config.workers)
 
-    def work(item: SourceItem) -> Prepared:
+    def work(item: SourceItem) -> list[Prepared]:
         return prepare_item(item, pre, plan.existing, on_device)
 
     done = 0
     try:
-        for prepared in _bounded_map(work, plan.items, config.workers, window):
-            timings["read_decode_preprocess"] += prepared.seconds
+        for planes in _bounded_map(work, plan.items, config.workers, window):
+            for prepared in planes:  # one per plane: a stack gives several images
+                timings["read_decode_preprocess"] += prepared.seconds
+                if prepared.rejected is not None:
+                    r = prepared.rejected
+                    ledger.reject(r.path, r.stage, r.reason)
+                elif prepared.skipped:
+                    ledger.skip_existing()
+                elif ledger.admit(prepared.record.id, prepared.record.path):
+                    batch.append(prepared)
+                    if len(batch) >= config.batch_size:
+                        run_batch()
             done += 1
-            if prepared.rejected is not None:
-                r = prepared.rejected
-                ledger.reject(r.path, r.stage, r.reason)
-            elif prepared.skipped:
-                ledger.skip_existing()
-            elif ledger.admit(prepared.record.id, prepared.record.path):
-                batch.append(prepared)
-                if len(batch) >= config.batch_size:
-                    run_batch()
             if progress:
                 progress(done)
         if batch:

@@ -22,6 +22,7 @@ driver re-writes the first-listed record of any content found twice (the vectors
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -132,18 +133,19 @@ def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[
         for order, path, meta in zip(batch["order"], batch["path"], batch["meta"]):
             path = str(path)
             fields = {f: meta.get(f) for f in _NAME_FIELDS}
-            p = prepare_item(
-                SourceItem(path, reader(path), ImageMeta(**fields)), config, existing, on_device=False
-            )
-            out["order"].append(int(order))
-            out["id"].append(p.record.id)
-            out["path"].append(path)
-            out["pixels"].append(p.pixels.numpy() if p.pixels is not None else np.zeros((0,), np.float32))
-            out["status"].append("rejected" if p.rejected else "skipped" if p.skipped else "ok")
-            out["stage"].append(p.rejected.stage if p.rejected else "")
-            out["reason"].append(p.rejected.reason if p.rejected else "")
-            out["t_prepare"].append(p.seconds)
-            out["meta"].append({**fields, "source": p.record.source})
+            tags = tuple(json.loads(meta.get("tags") or "{}").items())
+            item = SourceItem(path, reader(path), ImageMeta(**fields, tags=tags))
+            for p in prepare_item(item, config, existing, on_device=False):  # one row per plane
+                out["order"].append(int(order))
+                out["id"].append(p.record.id)
+                out["path"].append(p.record.path)
+                out["pixels"].append(p.pixels.numpy() if p.pixels is not None else np.zeros((0,), np.float32))
+                out["status"].append("rejected" if p.rejected else "skipped" if p.skipped else "ok")
+                out["stage"].append(p.rejected.stage if p.rejected else "")
+                out["reason"].append(p.rejected.reason if p.rejected else "")
+                out["t_prepare"].append(p.seconds)
+                record = {f: getattr(p.record, f) for f in RECORD_FIELDS if f != "path"}
+                out["meta"].append({**record, "tags": json.dumps(dict(p.record.tags))})
     finally:
         for zf in archives.values():
             zf.close()
@@ -212,10 +214,11 @@ class _Write:
                 ids.add(int(batch["id"][i]))
                 rows.append(i)
         if rows:
-            records = [
-                ImageRecord(id=int(batch["id"][i]), path=str(batch["path"][i]), **batch["meta"][i])
-                for i in rows
-            ]
+            records = []
+            for i in rows:
+                meta = dict(batch["meta"][i])
+                meta["tags"] = json.loads(meta.get("tags") or "{}")  # JSON in the rows: one Arrow type
+                records.append(ImageRecord(id=int(batch["id"][i]), path=str(batch["path"][i]), **meta))
             vectors = np.stack([batch["vector"][i] for i in rows]).astype(np.float32)
             if self.redis is not None:
                 self._redis_store(vectors.shape[1]).add(vectors, records)
@@ -268,7 +271,10 @@ def _rewrite_first_listed(stores: list, ledger: Ledger, duplicated: set[int], it
     """
     from indexer.build.prepare import image_record
 
-    ids = np.array(sorted(duplicated), dtype=np.int64)
+    # A plane of a stack (path file#i) is not a listed item: its stored record is kept as it is.
+    ids = np.array([i for i in sorted(duplicated) if ledger.first_path(int(i)) in items], dtype=np.int64)
+    if not len(ids):
+        return
     vectors = stores[0].get_vectors(ids)
     # The listing knows names, not provenance: keep the ``source`` decoding recorded for each id.
     known = {r.id: r.source for r in stores[0].get(ids.tolist()) if r is not None}
@@ -312,7 +318,8 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
                  include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)  # fmt: skip
     try:
         items = [{"order": n, "path": it.path,
-                  "meta": {f: getattr(it.meta, f) for f in _NAME_FIELDS}}
+                  "meta": {**{f: getattr(it.meta, f) for f in _NAME_FIELDS},
+                           "tags": json.dumps(dict(it.meta.tags))}}
                  for n, it in enumerate(plan.items)]  # fmt: skip
         ds = ray.data.from_items(items)
         ds = ds.map_batches(_prepare_batch, fn_kwargs={"pre": plan.preprocess.to_dict(), "existing": plan.existing},

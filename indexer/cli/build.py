@@ -13,8 +13,8 @@ from indexer.cli.options import (
     format_option,
     handle_errors,
     option_group,
-    redis_config,
     redis_options,
+    require_extra,
     runtime_options,
     setup_logging,
     source_options,
@@ -29,6 +29,27 @@ from indexer.config import (
     SourceConfig,
 )
 from indexer.errors import ConfigError
+from indexer.stores.binding import describe_identity
+from indexer.stores.manifest import read_folder_manifest, resolve_model_name
+
+
+def resume_settings(manifest: dict | None, index_dir: Path) -> dict:
+    """What a build into an existing index takes from its manifest when the flags do not say:
+    model (found from here, see resolve_model_name), revision, pooling, intensity and resize."""
+    if manifest is None:
+        return {}
+    inten = dict(manifest["preprocess"]["intensity"])
+    if inten.get("window") is not None:
+        inten["window"] = tuple(inten["window"])
+    if inten.get("mode") == "dataset":
+        inten["window"] = None  # a new index computes it; a re-run reuses the stored one
+    return {
+        "model": resolve_model_name(manifest, index_dir),
+        "revision": manifest["model"].get("revision"),
+        "pooling": manifest["pooling"],
+        "intensity": IntensityConfig(**inten),
+        "resize": manifest["preprocess"]["resize"],
+    }
 
 
 def _parse_window(value: str | None) -> tuple[float, float] | None:
@@ -42,25 +63,34 @@ def _parse_window(value: str | None) -> tuple[float, float] | None:
 
 
 model_options = option_group(
-    click.option("--model", default=DEFAULT_MODEL, show_default=True, help="ViT-MAE hub id or local folder."),
+    click.option("--model", default=None,
+                 help=f"ViT-MAE hub id or local folder [default: an existing index's own, else {DEFAULT_MODEL}]."),
     click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model."),
-    click.option("--pooling", type=click.Choice(["mean", "cls", "iqm"]), default="mean", show_default=True),
-)
+    click.option("--pooling", type=click.Choice(["mean", "cls", "iqm"]), default=None,
+                 help="[default: an existing index's own, else mean]"),
+)  # fmt: skip
 
 preprocess_options = option_group(
     click.option(
         "--intensity",
         type=click.Choice(["percentile", "fixed", "dataset"]),
-        default="percentile",
-        show_default=True,
-        help="Per-image percentiles, a fixed window, or one window from the whole data set.",
+        default=None,
+        help="Per-image percentiles, a fixed window, or one window from the whole data set "
+        "[default: an existing index's own, else percentile].",
     ),
-    click.option("--low", default=1.0, show_default=True, help="Low percentile (percentile/dataset)."),
-    click.option("--high", default=99.8, show_default=True, help="High percentile (percentile/dataset)."),
-    click.option("--window", default=None, help="Fixed window LOW,HIGH in counts (default 0,4095)."),
+    click.option("--low", default=None, type=float, help="Low percentile (percentile/dataset) [default: 1]."),
     click.option(
-        "--resize", type=click.Choice(["square", "keep-aspect"]), default="square", show_default=True
+        "--high", default=None, type=float, help="High percentile (percentile/dataset) [default: 99.8]."
     ),
+    click.option(
+        "--window", default=None, help="Fixed window LOW,HIGH in the images' units (default 0,4095)."
+    ),
+    click.option(
+        "--resize",
+        type=click.Choice(["square", "keep-aspect"]),
+        default=None,
+        help="[default: an existing index's own, else square]",
+    ),  # fmt: skip
 )
 
 redis_index_options = option_group(
@@ -122,6 +152,8 @@ ray_options = option_group(
 @click.option("--workers", default=2, show_default=True, type=int, help="Decode/preprocess threads.")
 @runtime_options
 @source_options
+@click.option("--metadata", "metadata", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CSV or parquet table: path -> plate, well, site, channel, z; other columns become tags.")  # fmt: skip
 @preprocess_options
 @redis_index_options
 @click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
@@ -134,7 +166,7 @@ ray_options = option_group(
 @verbose_option
 @handle_errors
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model,
-          channels, z_slices, intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm,
+          channels, z_slices, metadata, intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm,
           redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, strict, force, engine, ray_address, concurrency,
           num_gpus_per_worker, threads_per_worker, writers, checkpoint_every, fmt, no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
@@ -147,25 +179,39 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
       mae-index build examples/bbbc006 --index runs/idx --model examples/models/mae-tiny-bbbc006
     """
     setup_logging(verbose)
+    if engine == "ray":
+        require_extra("ray")  # before the model loads or a folder is written
+    from indexer.stores.binding import redis_config_for
+
+    # A build into an existing index takes what the user did not give from its manifest, so a re-run
+    # needs no flags (and the default model, a hub id, never replaces a local model offline).
+    resume = resume_settings(read_folder_manifest(index_dir), index_dir)
+    if model is None and revision is None:
+        model, revision = resume.get("model", DEFAULT_MODEL), resume.get("revision")
+    if intensity is None and low is None and high is None and window is None:
+        inten = resume.get("intensity", IntensityConfig())
+    else:
+        inten = IntensityConfig(mode=intensity or "percentile", low=1.0 if low is None else low,
+                                high=99.8 if high is None else high, window=_parse_window(window))  # fmt: skip
     config = BuildConfig(
-        sources=SourceConfig(paths=tuple(data), channels=channels_tuple(channels), z=tuple(z_slices)),
+        sources=SourceConfig(
+            paths=tuple(data), channels=channels_tuple(channels), z=tuple(z_slices), metadata=metadata
+        ),  # fmt: skip
         index_dir=index_dir,
         model=ModelConfig(
             name=model,
             revision=revision,
-            pooling=pooling,
+            pooling=pooling or resume.get("pooling", "mean"),
             device=device,
             precision=precision,
             compile=compile_model,
         ),
-        preprocess=PreprocessConfig(
-            intensity=IntensityConfig(mode=intensity, low=low, high=high, window=_parse_window(window)),
-            resize=resize,
-        ),
-        redis=redis_config(
+        preprocess=PreprocessConfig(intensity=inten, resize=resize or resume.get("resize", "square")),
+        redis=redis_config_for(
+            index_dir,
             redis_url,
             redis_index,
-            required=False,
+            writing=True,
             algorithm=redis_algorithm,
             dtype=redis_dtype,
             m=hnsw_m,
@@ -197,6 +243,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
             f"index now holds {s.index_count}.",
             err=True,
         )
+        click.echo("Stores: " + "; ".join(describe_identity(i) for i in s.stores) + ".", err=True)
         if s.stage_seconds:
             stages = ", ".join(f"{k.replace('_', '/')} {v:.1f} s" for k, v in s.stage_seconds.items())
             click.echo(f"Stage time, summed over workers: {stages}.", err=True)
@@ -231,5 +278,9 @@ def info(index_dir, fmt):
     pre = m["preprocess"]
     click.echo(f"preprocess: intensity {pre['intensity']}, resize {pre['resize']} to {pre['image_size']}")
     click.echo(f"rejected:   {d['rejected']}")
+    record = m.get("redis")
+    click.echo(
+        f"redis:      {describe_identity({'store': 'redis', **record}) if record else 'none recorded'}"
+    )
     for field, values in d["values"].items():
         click.echo(f"{field + ':':<11} {', '.join(map(str, values))}")

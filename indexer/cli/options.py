@@ -51,6 +51,33 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: The modules each optional extra provides, checked before a command starts any work.
+EXTRAS = {"eval": ("scipy", "matplotlib", "sklearn"), "ray": ("ray", "fsspec")}
+
+
+def require_extra(extra: str) -> None:
+    """Refuse to start a command whose optional extra is not installed, naming what to install.
+
+    Raises
+    ------
+    ConfigError
+        When a module of ``extra`` cannot be imported (exit code 2), before any work is done.
+    """
+    import importlib
+
+    missing = []
+    for module in EXTRAS[extra]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ConfigError(
+            f"this command needs the [{extra}] extra ({', '.join(missing)} missing): "
+            f"pip install 'mae-microscopy[{extra}]' (or -e '.[{extra}]' in a checkout)"
+        )
+
+
 def redis_url_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--redis-url`` (or ``MAE_REDIS_URL``); the value is never echoed."""
     return click.option(
@@ -89,7 +116,10 @@ def runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def redis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--redis-url`` (or ``MAE_REDIS_URL``) and ``--redis-index`` (the index name and key prefix)."""
     fn = click.option(
-        "--redis-index", default="mae", show_default=True, help="Redis index name (key prefix)."
+        "--redis-index",
+        default=None,
+        help="Redis index name (key prefix) [default: the one the --index folder records; a new folder "
+        "gets mae-<folder>-<hash>].",
     )(fn)
     return redis_url_option(fn)
 

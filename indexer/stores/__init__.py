@@ -57,6 +57,7 @@ def open_stores(
     dim: int | None = None,
     read_only: bool = False,
     backend: str | None = None,
+    pair_check: str = "full",
 ) -> OpenStores:
     """Open the FAISS store at ``index_dir`` and the Redis store of ``redis``, as a caller asks.
 
@@ -73,6 +74,10 @@ def open_stores(
     backend
         ``"faiss"`` or ``"redis"`` opens only that store (a query's choice); ``None`` opens both that
         are given.
+    pair_check
+        For readers given a folder and a Redis index: ``"full"`` refuses a Redis index that is not the
+        folder's (by index uid, else by count and ids); ``"uid"`` by uid only (verify, which reports
+        counts itself); ``"off"``. A build checks the pair when it settles the manifest.
 
     Returns
     -------
@@ -102,8 +107,14 @@ def open_stores(
 
         try:
             redis_store = RedisStore(redis, dim=dim)
+            if read_only and index_dir is not None and pair_check != "off":
+                from indexer.stores.binding import check_folder_pair
+
+                check_folder_pair(index_dir, redis_store, faiss, by_count=pair_check == "full")
         except BaseException:
             if faiss is not None:
                 faiss.close()
+            if redis_store is not None:
+                redis_store.close()
             raise
     return OpenStores(faiss, redis_store)

@@ -52,10 +52,21 @@ class ImageRecord:
     channel: str | None = None
     z: int | None = None
     source: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()  # (key, value) pairs, sorted: a metadata table's extra columns
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", normalise_tags(self.tags))
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the record as a plain dict (JSON-ready)."""
-        return asdict(self)
+        """Return the record as a plain dict (JSON-ready; ``tags`` as ``{key: value}``)."""
+        d = asdict(self)
+        d["tags"] = dict(self.tags)
+        return d
+
+    @property
+    def tag_strings(self) -> tuple[str, ...]:
+        """The tags as ``key=value`` strings (what a tag filter names, what Redis stores)."""
+        return tuple(f"{k}={v}" for k, v in self.tags)
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,45 @@ class Hit:
     def to_dict(self) -> dict[str, Any]:
         """Return ``{rank, id, score, path, plate, well, row, column, site, channel, z, source}``."""
         return {"rank": self.rank, "score": self.score, **self.record.to_dict()}
+
+
+def normalise_tags(tags: Any) -> tuple[tuple[str, str], ...]:
+    """Tags as sorted ``(key, value)`` pairs, from a dict, pairs, or ``key=value`` strings.
+
+    Raises
+    ------
+    ConfigError
+        A key that is empty or holds ``=``; a key or value with control characters.
+    """
+    if not tags:
+        return ()
+    if isinstance(tags, dict):
+        items = tags.items()
+    else:
+        items = [tuple(t.split("=", 1)) if isinstance(t, str) else tuple(t) for t in tags]
+    out = {}
+    for item in items:
+        if len(item) != 2:
+            raise ConfigError(f"a tag is KEY=VALUE, got {item[0]!r}")
+        key, value = (str(x).strip(_TRIM) for x in item)
+        if not key or "=" in key:
+            raise ConfigError(f"invalid tag name {key!r} (not empty, no '=')")
+        if any(unicodedata.category(c) == "Cc" for c in key + value):
+            raise ConfigError(f"tag {key}={value!r} contains control characters")
+        out[key] = value
+    return tuple(sorted(out.items()))
+
+
+def _lenient(normalise):
+    # A value the normaliser does not recognise (a well "99", a channel "DAPI" of your own data) stays
+    # as given, stripped: it matches what the index holds, or nothing, and the query says so.
+    def convert(value: Any) -> str:
+        try:
+            return normalise(value)
+        except ValueError:
+            return str(value).strip(_TRIM)
+
+    return convert
 
 
 def _tuple(values: Any, convert) -> tuple:
@@ -107,15 +157,16 @@ class MetadataFilter:
     z_max: int | None = None
     path: tuple[str, ...] = field(default=())
     source: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()  # "key=value": OR among values of one key, AND across keys
 
     def __post_init__(self) -> None:
         conv = {
             "plate": lambda v: str(v).strip(_TRIM),
-            "well": normalise_well,
+            "well": _lenient(normalise_well),
             "row": lambda r: str(r).strip(_TRIM).upper(),
             "column": int,
             "site": int,
-            "channel": normalise_channel,
+            "channel": _lenient(normalise_channel),
             "z": int,
             "path": lambda v: str(v).strip(_TRIM),
             "source": lambda v: str(v).strip(_TRIM).lower(),
@@ -125,7 +176,10 @@ class MetadataFilter:
         bad = [s for s in self.source if s not in SOURCES]
         if bad:
             raise ConfigError(f"unknown source filter {bad[0]!r}; choose from {', '.join(SOURCES)}")
-        for name in ("plate", "row", "path"):
+        tags = self.tags if isinstance(self.tags, (list, tuple, set, frozenset)) else (self.tags,)
+        pairs = [normalise_tags([t])[0] for t in tags]
+        object.__setattr__(self, "tags", tuple(sorted({f"{k}={v}" for k, v in pairs})))
+        for name in ("plate", "well", "row", "channel", "path"):
             for value in getattr(self, name):
                 if not value:
                     raise ConfigError(f"empty {name} filter value")
@@ -150,7 +204,20 @@ class MetadataFilter:
             return False
         if self.z_max is not None and (record.z is None or record.z > self.z_max):
             return False
-        return True
+        return tags_match(self.tag_groups(), record.tag_strings)
+
+    def tag_groups(self) -> dict[str, tuple[str, ...]]:
+        """The tag filter grouped by key: ``{key: ("key=a", "key=b")}`` (OR within, AND across)."""
+        groups: dict[str, list[str]] = {}
+        for t in self.tags:
+            groups.setdefault(t.split("=", 1)[0], []).append(t)
+        return {k: tuple(v) for k, v in groups.items()}
+
+
+def tags_match(groups: dict[str, tuple[str, ...]], tag_strings: Sequence[str]) -> bool:
+    """True when ``tag_strings`` hold one of the values of every key in ``groups``."""
+    have = set(tag_strings)
+    return all(have.intersection(values) for values in groups.values())
 
 
 @runtime_checkable
@@ -204,6 +271,10 @@ class VectorStore(Protocol):
 
     def delete(self, ids: Sequence[int]) -> int:
         """Delete ``ids``; return how many were present."""
+        ...
+
+    def field_values(self, name: str) -> list:
+        """Return the distinct values of metadata field ``name`` the store holds, sorted (None left out)."""
         ...
 
     def read_manifest(self) -> dict[str, Any] | None:

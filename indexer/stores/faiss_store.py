@@ -38,6 +38,7 @@ from indexer.stores.base import (
     MetadataFilter,
     check_queries,
     rank_hits,
+    tags_match,
 )
 
 MANIFEST = "manifest.json"
@@ -66,6 +67,7 @@ def _arrow_schema(dim: int):
         [("id", pa.int64()), ("vector", pa.list_(pa.float32(), dim)), ("deleted", pa.bool_())]
         + [(f, pa.string()) for f in _STR_FIELDS]
         + [(f, pa.int32()) for f in _INT_FIELDS]
+        + [("tags", pa.string())]  # JSON {key: value}; null without tags (older shards lack the column)
     )
 
 
@@ -84,6 +86,7 @@ def records_to_table(vectors: np.ndarray, records: Sequence[ImageRecord], delete
         cols[f] = pa.array([getattr(r, f) for r in records], pa.string())
     for f in _INT_FIELDS:
         cols[f] = pa.array([getattr(r, f) for r in records], pa.int32())
+    cols["tags"] = pa.array([json.dumps(dict(r.tags)) if r.tags else None for r in records], pa.string())
     return pa.table(cols, schema=_arrow_schema(dim))
 
 
@@ -99,7 +102,13 @@ def table_to_records(table) -> tuple[np.ndarray, np.ndarray, list[ImageRecord], 
         f: table.column(f).to_pylist() if f in table.column_names else [None] * len(ids)
         for f in RECORD_FIELDS
     }
-    records = [ImageRecord(id=int(ids[i]), **{f: meta[f][i] for f in RECORD_FIELDS}) for i in range(len(ids))]
+    tags = table.column("tags").to_pylist() if "tags" in table.column_names else [None] * len(ids)
+    records = [
+        ImageRecord(
+            id=int(ids[i]), **{f: meta[f][i] for f in RECORD_FIELDS}, tags=json.loads(tags[i] or "{}")
+        )
+        for i in range(len(ids))
+    ]
     return ids.astype(np.int64), vectors, records, deleted
 
 
@@ -148,6 +157,11 @@ class FaissStore:
     def location(self) -> str:
         """The index folder, for messages."""
         return str(self.directory)
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """Which store and index this is, for outputs: ``{"store": "faiss", "index": folder}``."""
+        return {"store": "faiss", "index": str(self.directory)}
 
     @property
     def vector_tolerance(self) -> float:
@@ -330,10 +344,18 @@ class FaissStore:
             out[row] = self._index.reconstruct(int(i))
         return out
 
+    def field_values(self, name: str) -> list:
+        """Distinct values of metadata field ``name``, sorted (None left out)."""
+        if name == "tags":
+            return sorted({t for r in self._records.values() for t in r.tag_strings})
+        if name not in RECORD_FIELDS:
+            raise ConfigError(f"no metadata field {name!r}")
+        return sorted({v for r in self._records.values() if (v := getattr(r, name)) is not None})
+
     def _frame(self) -> pd.DataFrame:
         if self._meta_frame is None:
-            rows = [r.to_dict() for r in self._records.values()]
-            self._meta_frame = pd.DataFrame(rows, columns=["id", *RECORD_FIELDS])
+            rows = [{**r.to_dict(), "tags": r.tag_strings} for r in self._records.values()]
+            self._meta_frame = pd.DataFrame(rows, columns=["id", *RECORD_FIELDS, "tags"])
         return self._meta_frame
 
     def matching_ids(self, where: MetadataFilter) -> np.ndarray:
@@ -350,6 +372,9 @@ class FaissStore:
             mask &= (df["z"].astype("float") >= where.z_min).to_numpy()
         if where.z_max is not None:
             mask &= (df["z"].astype("float") <= where.z_max).to_numpy()
+        if where.tags:
+            groups = where.tag_groups()
+            mask &= np.fromiter((tags_match(groups, t) for t in df["tags"]), dtype=bool, count=len(df))
         return df["id"].to_numpy(dtype=np.int64)[mask]
 
     def search(

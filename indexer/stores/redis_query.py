@@ -14,6 +14,8 @@ from typing import Any
 from indexer.stores.base import MetadataFilter
 
 TAG_FIELDS = ("plate", "well", "row", "channel", "path", "source")
+#: A metadata table's extra columns: one TAG field of "key=value" entries (filters: @tags:{key\=value}).
+TAGS_FIELD = "tags"
 NUMERIC_FIELDS = ("column", "site", "z")
 VECTOR_FIELD = "vector"
 DISTANCE_FIELD = "distance"
@@ -76,6 +78,8 @@ def render_filter(where: MetadataFilter | None) -> tuple[str, dict[str, Any]]:
                 params[f"{name}_{i}"] = int(v)
                 alternatives.append(f"@{name}:[${name}_{i} ${name}_{i}]")
             parts.append("(" + " | ".join(alternatives) + ")")
+    for values in where.tag_groups().values():  # OR among one key's values, AND across keys
+        parts.append(f"@{TAGS_FIELD}:{{{' | '.join(escape_tag(v) for v in values)}}}")
     if where.z_min is not None or where.z_max is not None:
         params["z_lo"] = int(where.z_min) if where.z_min is not None else "-inf"
         params["z_hi"] = int(where.z_max) if where.z_max is not None else "+inf"

@@ -56,6 +56,7 @@ from indexer.stores.redis_query import (
     NUMERIC_FIELDS,
     TAG_FIELDS,
     TAG_SEPARATOR,
+    TAGS_FIELD,
     VECTOR_FIELD,
     pairs,
     query_params,
@@ -141,6 +142,11 @@ class RedisStore:
         return f"Redis index {self.config.index_name!r} at {redact_url(self.config.url)}"
 
     @property
+    def identity(self) -> dict[str, str]:
+        """Which store and index this is, for outputs (the server without secrets)."""
+        return {"store": "redis", "index": self.config.index_name, "server": redact_url(self.config.url)}
+
+    @property
     def vector_tolerance(self) -> float:
         """FLOAT16 vectors come back rounded to about 1e-3; FLOAT32 ones exactly."""
         return VECTOR_TOLERANCE[self.config.dtype]
@@ -222,7 +228,7 @@ class RedisStore:
         if c.algorithm == "HNSW":
             vector += ["M", c.m, "EF_CONSTRUCTION", c.ef_construction, "EF_RUNTIME", c.ef_runtime]
         schema: list[Any] = []
-        for name in TAG_FIELDS:
+        for name in (*TAG_FIELDS, TAGS_FIELD):
             schema += [name, "TAG", "SEPARATOR", TAG_SEPARATOR, "CASESENSITIVE"]
         for name in NUMERIC_FIELDS:
             schema += [name, "NUMERIC"]
@@ -284,7 +290,8 @@ class RedisStore:
             raise IndexMismatchError(
                 f"{self.location} already exists with "
                 + ", ".join(problems)
-                + ". Use another --redis-index name, or rebuild it (--force drops the old index)."
+                + ". Use another --redis-index name, or drop this one first (it deletes its vectors): "
+                f"`mae-index drop-redis --redis-index {self.config.index_name}`."
             )
         # A reader (dim=None) adopts the index's own settings; a writer has just been checked against them.
         adopt: dict[str, Any] = {"algorithm": have_algorithm, "dtype": have_dtype}
@@ -338,6 +345,8 @@ class RedisStore:
                     value = getattr(rec, name)
                     if value is not None and name != "path":
                         mapping[name] = int(value) if name in NUMERIC_FIELDS else str(value)
+                if rec.tags:
+                    mapping[TAGS_FIELD] = TAG_SEPARATOR.join(rec.tag_strings)
                 key = self._key(rec.id)
                 pipe.delete(key)
                 pipe.hset(key, mapping=mapping)
@@ -404,6 +413,27 @@ class RedisStore:
                            "LIMIT", 0, 0, "DIALECT", 2)  # fmt: skip
         return int(reply[0])
 
+    def field_values(self, name: str) -> list:
+        """Distinct values of metadata field ``name``, sorted (None left out), by a ``GROUPBY``
+        aggregation (exact after deletes, where ``FT.TAGVALS`` may still list values of deleted hashes)."""
+        if name not in (*RECORD_FIELDS, TAGS_FIELD):
+            raise ConfigError(f"no metadata field {name!r}")
+        if self.dim is None:
+            return []
+        reply = self._call(self.client.execute_command, "FT.AGGREGATE", self.config.index_name, "*",
+                           "LOAD", 1, f"@{name}", "GROUPBY", 1, f"@{name}", "DIALECT", 2)  # fmt: skip
+        values = set()
+        for row in reply[1:]:
+            value = pairs(row).get(name)
+            if value is None:
+                continue  # hashes without the field form a group of their own
+            raw = text(value)
+            if name == TAGS_FIELD:  # a group is one hash's whole list of tags
+                values.update(t for t in raw.split(TAG_SEPARATOR) if t)
+            else:
+                values.add(int(float(raw)) if name in NUMERIC_FIELDS else raw)
+        return sorted(values)
+
     def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         out: list[Any] = []
         for start in range(0, len(commands), READ_CHUNK):
@@ -421,14 +451,17 @@ class RedisStore:
             if value is not None:
                 kw[name] = int(float(text(value))) if name in NUMERIC_FIELDS else text(value)
         kw.setdefault("path", "")
+        tags = fields.get(TAGS_FIELD)
+        if tags:
+            kw["tags"] = text(tags).split(TAG_SEPARATOR)
         return ImageRecord(id=int(image_id), **kw)
 
     def get(self, ids: Sequence[int]) -> list[ImageRecord | None]:
         """Return the records of ``ids`` (``None`` for an id not in the store)."""
-        replies = self._pipelined([("HMGET", self._key(i), *RECORD_FIELDS) for i in ids])
+        replies = self._pipelined([("HMGET", self._key(i), *RECORD_FIELDS, TAGS_FIELD) for i in ids])
         out: list[ImageRecord | None] = []
         for image_id, values in zip(ids, replies):
-            fields = dict(zip(RECORD_FIELDS, values))
+            fields = dict(zip((*RECORD_FIELDS, TAGS_FIELD), values))
             # add() always writes "path", so a hash without it is no hash at all.
             out.append(None if fields["path"] is None else self._record(int(image_id), fields))
         return out
@@ -495,7 +528,7 @@ class RedisStore:
         hnsw = self.config.algorithm == "HNSW"
         ef = " EF_RUNTIME $EF" if hnsw else ""
         text = f"{prefix}=>[KNN $K @{VECTOR_FIELD} $BLOB{ef} AS {DISTANCE_FIELD}]"
-        returned = [DISTANCE_FIELD, *RECORD_FIELDS]
+        returned = [DISTANCE_FIELD, *RECORD_FIELDS, TAGS_FIELD]
         commands = []
         for blob in queries.astype(self._dtype):
             p = {**params, "K": kk, "BLOB": blob.tobytes()}

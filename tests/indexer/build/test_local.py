@@ -81,7 +81,7 @@ def test_renamed_copy_is_the_same_image(encoder, real_subset, tmp_path):
 def test_bad_files_are_rejected_listed_and_counted(encoder, real_subset, tmp_path):
     d = real_subset / "BBBC006_v1_images_z_16"
     (d / "broken.tif").write_bytes(b"II*\x00garbage")
-    write_tiff(d / "float.tif", np.zeros((64, 64), np.float32))
+    write_tiff(d / "signed.tif", np.zeros((64, 64), np.int32))
     dup = next(d.glob("mcf*.tif"))
     shutil.copy(dup, real_subset / "copy_of_first.tif")
     s, store = _build(encoder, [real_subset], tmp_path / "idx")
@@ -89,8 +89,8 @@ def test_bad_files_are_rejected_listed_and_counted(encoder, real_subset, tmp_pat
     with open(tmp_path / "idx" / "rejected.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     by_name = {r["path"].rsplit("/", 1)[-1]: r for r in rows}
-    assert set(by_name) == {"broken.tif", "float.tif", "copy_of_first.tif"}
-    assert by_name["float.tif"]["stage"] == "decode" and "float32" in by_name["float.tif"]["reason"]
+    assert set(by_name) == {"broken.tif", "signed.tif", "copy_of_first.tif"}
+    assert by_name["signed.tif"]["stage"] == "decode" and "int32" in by_name["signed.tif"]["reason"]
     assert "same content as" in by_name["copy_of_first.tif"]["reason"]
 
 
@@ -149,16 +149,17 @@ def test_bad_input_matrix_is_skipped_with_reasons(encoder, tmp_path, monkeypatch
     monkeypatch.setattr(decode, "MAX_PIXELS", 700 * 700)  # "huge" without writing gigabytes
     s, store = _build(encoder, [d], tmp_path / "idx")
     kept = sorted(r.path.rsplit("/", 1)[-1] for r in store.get(store.ids()))
-    assert kept == ["constant.tif", "good.tif", "zeros.tif"]
+    # 8-bit images and multi-page stacks are indexed (each page one image); see test_formats.py.
+    assert kept == ["constant.tif", "eight_bit.tif", "good.tif", "pages.tif#0", "pages.tif#1", "zeros.tif"]
     assert np.isfinite(store.get_vectors(store.ids())).all()
     with open(tmp_path / "idx" / "rejected.csv", newline="") as f:
         reasons = {r["path"].rsplit("/", 1)[-1]: r["reason"] for r in csv.DictReader(f)}
-    assert set(reasons) == {"truncated.tif", "notes.tif", "eight_bit.tif", "rgb.tif", "signed.tif", "tiny.tif",
-                            "big.tif", "pages.tif", "broken.zip", "dangling.tif", "passwd.tif"}  # fmt: skip
+    assert set(reasons) == {"truncated.tif", "notes.tif", "rgb.tif", "signed.tif", "tiny.tif",
+                            "big.tif", "broken.zip", "dangling.tif", "passwd.tif"}  # fmt: skip
     assert "too large" in reasons["big.tif"] and "'..'" in reasons["passwd.tif"]
-    assert "broken link" in reasons["dangling.tif"] and "uint8" in reasons["eight_bit.tif"]
+    assert "broken link" in reasons["dangling.tif"] and "int16" in reasons["signed.tif"]
     assert all("\n" not in r for r in reasons.values())
-    assert s.found == 14 and len(s.rejected) == 11 and s.indexed == 3
+    assert s.found == 14 and len(s.rejected) == 9 and s.indexed == 6
 
 
 def test_provenance_is_recorded_in_both_stores(encoder, real_subset, tmp_path, redis_config):
