@@ -215,7 +215,9 @@ def run_robustness(
     records = [r for r in store.get(store.ids()) if r is not None]
     by_id = {r.id: r for r in records}
     n_index = len(records)
-    chosen = choose_queries(store, config)
+    # Images moved or changed since the build are skipped and listed first (the report names them), so
+    # that "none can be read" is the error a user sees when every file has moved.
+    chosen, raws_all, unreadable = read_queries(choose_queries(store, config))
     k = config.k
     excl = gallery.exclusions(records, [r.id for r in chosen], config.exclude)
     if excl.fallback:
@@ -245,8 +247,7 @@ def run_robustness(
     # Deep enough that k results survive the largest exclusion (+1 for a defocus slice, +1 for the source).
     depth = min(n_index, k + max(len(excl.excluded[r.id]) for r in queries) + 2)
     opts = QueryOptions(k=depth)
-    # Images moved or changed since the build are skipped and listed (the report names them).
-    queries, raws, unreadable = read_queries(queries)
+    raws = [raw for r, raw in zip(chosen, raws_all) if n_index - len(excl.excluded[r.id]) >= k + 1]
     clean_vec = retriever.embed_arrays(raws)
     clean_hits = retriever.search_vectors(clean_vec, opts)
     qs = [_Query(r, excl.excluded[r.id], _ids(h)) for r, h in zip(queries, clean_hits)]
