@@ -311,9 +311,14 @@ def format_table(rows: list[dict], columns: tuple[str, ...]) -> str:
             return f"{v}*"
         if c == "gallery" and isinstance(v, float) and v.is_integer():
             return str(int(v))
-        if c in HEADLINE and r.get(f"{c}_low") is not None and v is not None:
-            return f"{v:.3f} [{r[f'{c}_low']:.3f}, {r[f'{c}_high']:.3f}]"
+        low, high = r.get(f"{c}_low"), r.get(f"{c}_high")
+        if c in HEADLINE and v is not None and (low is not None or high is not None):
+            # A missing bound is an unbounded one (JSON has no inf): a one-query ratio has no upper bound.
+            return f"{v:.3f} [{fmt_bound(low, '-inf')}, {fmt_bound(high, 'inf')}]"
         return fmt(v)
+
+    def fmt_bound(b, unbounded: str) -> str:
+        return unbounded if b is None else f"{b:.3f}"
 
     cells = [[cell(r, c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(columns)]

@@ -68,3 +68,12 @@ def test_headline_table_states_n_gallery_chance_and_marks_small_groups():
     assert lines[-1].startswith("* fewer than 5 queries")
     blur = next(line for line in lines if line.startswith("gaussian_blur"))
     assert "[" in blur and " 6 " in blur
+
+
+def test_an_unbounded_interval_prints_instead_of_crashing():
+    """One query's drift/NN ratio has no finite upper bound (its range is [0, inf)): the JSON keeps
+    ``None`` for it and the table must still print (the quick-start report crashed on it)."""
+    row = {"perturbation": "defocus_z (synthetic)", "severity": 8, "n": 1, "small_n": True,
+           "drift_normalised": 2.112945, "drift_normalised_low": 0.052824, "drift_normalised_high": None}  # fmt: skip
+    table = report.format_table([row], ("perturbation", "n", "drift_normalised"))
+    assert "2.113 [0.053, inf]" in table and "1*" in table
