@@ -214,6 +214,7 @@ class BuildConfig:
     force: bool = False
     flush_every: int = 512  # images between durable FAISS checkpoints
     progress: bool = True
+    wait: bool = True  # wait for another writer of the index folder (False: fail at once)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

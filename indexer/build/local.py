@@ -227,10 +227,12 @@ def build_index(
         if batch:
             run_batch()
     finally:
-        writer.close()
-        model_threads(threads)  # leave torch's default as this build found it
-        if stores:
-            write_rejected(config.index_dir, summary.rejected)
+        try:
+            writer.close()
+        finally:
+            model_threads(threads)  # leave torch's default as this build found it
+            if stores:
+                write_rejected(config.index_dir, summary.rejected)
     timings["write"] = writer.seconds
     summary.stage_seconds = timings
     summary.seconds = time.perf_counter() - t_start
