@@ -16,9 +16,9 @@ resamples (seed, well) clusters.
 
     for s in 0 1 2; do mae-index synth runs/heldout-s$s --wells I01:P12 --sites 1,2 --channels 2 --z 16 --seed $s; done
     for s in 0 1 2; do
-      mae-index synth runs/fam-nuclear-s$s --wells I01:L03 --channels 1 --seed $s --family nuclear
-      mae-index synth runs/fam-actin-s$s --wells I01:L03 --channels 2 --seed $s --family actin
-      mae-index synth runs/fam-clustering-s$s --wells I01:L03 --channels 2 --seed $s --family clustering
+      mae-index synth runs/fam-nuclear-s$s --wells I01:P03 --channels 1 --seed $s --family nuclear
+      mae-index synth runs/fam-actin-s$s --wells I01:P03 --channels 2 --seed $s --family actin
+      mae-index synth runs/fam-clustering-s$s --wells I01:P03 --channels 2 --seed $s --family clustering
     done
     mae-index init-model --out runs/mae-tiny-random --size tiny --seed 0
     python bench/bench_phenotype.py runs/fam-*-s? --model examples/models/mae-tiny-bbbc006 --random runs/mae-tiny-random
