@@ -41,8 +41,16 @@ def int_list(spec: str) -> tuple[int, ...]:
     "--z", "z_spec", default=str(FOCUS_Z), show_default=True, help="z-slices: 16 or 10,16,22 or 0-33."
 )
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--family",
+    type=click.Choice(["classic", "nuclear", "actin", "clustering"]),
+    default="classic",
+    show_default=True,
+    help="Phenotype family: classic (counts, size, brightness) or one whose classes share the intensity "
+    "distribution and differ only in nuclear size/shape, actin fibres vs cortex, or cell clustering.",
+)
 @handle_errors
-def synth(out, wells, sites, channels, z_spec, seed):
+def synth(out, wells, sites, channels, z_spec, seed, family):
     """Write a synthetic BBBC006 look-alike (real naming, 696x520 16-bit LZW TIFF, ground-truth CSV)."""
     from indexer.bbbc006.synthetic import SyntheticConfig, generate, well_range
 
@@ -53,6 +61,7 @@ def synth(out, wells, sites, channels, z_spec, seed):
         channels=int_list(channels),
         z_slices=int_list(z_spec),
         seed=seed,
+        family=family,
     )
     s = generate(config, progress=True)
     click.echo(f"Wrote {s.n_images} images in {s.seconds:.1f} s; ground truth: {s.ground_truth}", err=True)

@@ -9,7 +9,11 @@ so that retrieval by phenotype and robustness to defocus can be measured on data
 How an image is made:
 
 1. Each well draws a phenotype (one of :data:`PHENOTYPE_CLASSES`, plus per-well jitter) from
-   ``(seed, well)``; both sites of a well share it.
+   ``(seed, well)``; both sites of a well share it. Other families (:data:`PHENOTYPE_FAMILIES`:
+   ``nuclear`` size/shape, ``actin`` fibre orientation vs cortex, ``clustering``) have classes that
+   differ only in morphology: each site's noise-free image is mapped, rank by rank, onto the family's
+   reference intensity distribution (times the well's brightness), so first-order statistics cannot
+   tell the classes apart.
 2. Each site draws its geometry once from ``(seed, well, site)``: colonies (a thresholded smooth random
    field), nuclei placed inside them, each cell's territory (a weighted Voronoi tessellation cut by
    the colony), actin fibres, rounded bright mitotic cells. This gives a noise-free in-focus image
@@ -38,8 +42,10 @@ field of view, no I/O) and :mod:`.write` (TIFFs and the ground-truth CSV).
 from indexer.bbbc006.synthetic.phenotypes import (
     GROUND_TRUTH_COLUMNS,
     PHENOTYPE_CLASSES,
+    PHENOTYPE_FAMILIES,
     Phenotype,
     SiteTruth,
+    family_classes,
     well_phenotype,
 )
 from indexer.bbbc006.synthetic.render import RenderedSite, defocus_radius, defocus_transfer, render_site
@@ -50,6 +56,7 @@ __all__ = [
     "GROUND_TRUTH_COLUMNS",
     "GROUND_TRUTH_NAME",
     "PHENOTYPE_CLASSES",
+    "PHENOTYPE_FAMILIES",
     "GenerationSummary",
     "Phenotype",
     "RenderedSite",
@@ -57,6 +64,7 @@ __all__ = [
     "SyntheticConfig",
     "defocus_radius",
     "defocus_transfer",
+    "family_classes",
     "file_uuid",
     "generate",
     "image_path",

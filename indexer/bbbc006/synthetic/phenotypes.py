@@ -5,11 +5,19 @@ Pure: numpy only, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from indexer.bbbc006.synthetic.spec import _STREAM_WELL, _check_seed, _parse_well, _rng, _well_index
+from indexer.bbbc006.synthetic.spec import (
+    _FAMILY_NAMES,
+    _STREAM_WELL,
+    _check_seed,
+    _parse_well,
+    _rng,
+    _well_index,
+)
+from indexer.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,16 @@ class Phenotype:
         no gaps); the rest are empty gaps between colonies.
     mitotic_fraction : float
         Fraction of cells that are rounded, bright and mitotic.
+    family : str
+        The family of :data:`PHENOTYPE_FAMILIES` the class belongs to. Every family but ``classic``
+        maps each site's noise-free image onto the family's reference intensity distribution, so its
+        classes differ only in shape and texture.
+    nuclear_aspect : float or None
+        Aspect ratio of every interphase nucleus (area kept); None draws 1.0-1.6 per nucleus.
+    aligned_fibres : bool
+        Cells, their bodies and their stress fibres all point along one direction per site.
+    fibre_weight, cortex_weight : float
+        Brightness of stress fibres and of the cortical actin at cell borders (ADU scale).
     """
 
     phenotype_class: str
@@ -39,6 +57,11 @@ class Phenotype:
     intensity_scale: float
     confluence: float
     mitotic_fraction: float
+    family: str = "classic"
+    nuclear_aspect: float | None = None
+    aligned_fibres: bool = False
+    fibre_weight: float = 550.0
+    cortex_weight: float = 900.0
 
 
 # A few discrete classes with clear differences, so that "find wells like this one" has a right answer;
@@ -54,6 +77,68 @@ _CLASSES: tuple[Phenotype, ...] = (
               mitotic_fraction=0.11),
 )  # fmt: skip
 PHENOTYPE_CLASSES: tuple[str, ...] = tuple(p.phenotype_class for p in _CLASSES)
+
+# Families whose classes share the intensity distribution (the renderer maps every site onto the
+# family's reference histogram) and differ only in morphology, so that a statistic of intensities
+# alone cannot tell them apart and a model has to see shape or texture.
+_BASE = {"intensity_scale": 1.0, "mitotic_fraction": 0.03}
+_NUCLEAR = (
+    # Nuclear size and shape at fixed total DNA: count x area is the same in the three classes.
+    Phenotype("nuclear-small", cell_count=240, nuclear_radius_px=8.0, confluence=0.95, family="nuclear",
+              **_BASE),
+    Phenotype("nuclear-large", cell_count=91, nuclear_radius_px=13.0, confluence=0.95, family="nuclear",
+              **_BASE),
+    Phenotype("nuclear-elongated", cell_count=148, nuclear_radius_px=10.2, confluence=0.95,
+              family="nuclear", nuclear_aspect=3.0, **_BASE),
+)  # fmt: skip
+_ACTIN = (
+    # Same cells; stress fibres along one direction, stress fibres in every direction, or cortical
+    # actin at the borders with no fibres.
+    Phenotype("actin-aligned", cell_count=150, nuclear_radius_px=10.5, confluence=0.95, family="actin",
+              aligned_fibres=True, fibre_weight=1400.0, cortex_weight=300.0, **_BASE),
+    Phenotype("actin-random", cell_count=150, nuclear_radius_px=10.5, confluence=0.95, family="actin",
+              fibre_weight=1400.0, cortex_weight=300.0, **_BASE),
+    Phenotype("actin-cortical", cell_count=150, nuclear_radius_px=10.5, confluence=0.95, family="actin",
+              fibre_weight=0.0, cortex_weight=1800.0, **_BASE),
+)  # fmt: skip
+_CLUSTERING = (
+    # The same number of cells spread over the whole field, in a few colonies, or in tight clusters.
+    Phenotype("clustering-dispersed", cell_count=110, nuclear_radius_px=10.0, confluence=1.0,
+              family="clustering", **_BASE),
+    Phenotype("clustering-colonies", cell_count=110, nuclear_radius_px=10.0, confluence=0.6,
+              family="clustering", **_BASE),
+    Phenotype("clustering-tight", cell_count=110, nuclear_radius_px=10.0, confluence=0.35,
+              family="clustering", **_BASE),
+)  # fmt: skip
+_FAMILIES: dict[str, tuple[Phenotype, ...]] = {
+    "classic": _CLASSES,
+    "nuclear": _NUCLEAR,
+    "actin": _ACTIN,
+    "clustering": _CLUSTERING,
+}
+#: Phenotype families: ``classic`` (the default: classes that differ in counts, size *and* brightness)
+#: and three whose classes differ only in morphology at the same intensity distribution.
+PHENOTYPE_FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
+assert PHENOTYPE_FAMILIES == _FAMILY_NAMES  # the config validates against the same names
+
+
+def check_family(family: str) -> str:
+    """Return ``family`` if it is one of :data:`PHENOTYPE_FAMILIES`; raise ConfigError otherwise."""
+    if family not in _FAMILIES:
+        raise ConfigError(f"unknown phenotype family {family!r}: use one of {', '.join(PHENOTYPE_FAMILIES)}")
+    return family
+
+
+def family_classes(family: str) -> tuple[str, ...]:
+    """Return the class names of one phenotype family (raise ConfigError for an unknown family)."""
+    return tuple(p.phenotype_class for p in _FAMILIES[check_family(family)])
+
+
+def reference_phenotype(family: str) -> Phenotype:
+    """The class whose intensity distribution every site of ``family`` is mapped onto (its first)."""
+    return _FAMILIES[check_family(family)][0]
+
+
 # Log-normal sigmas of the per-well jitter: small enough that the classes stay apart.
 _WELL_JITTER = {
     "cell_count": 0.12,
@@ -99,21 +184,23 @@ class SiteTruth:
 GROUND_TRUTH_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(SiteTruth))
 
 
-def well_phenotype(well: str, seed: int = 0) -> Phenotype:
-    """Return the phenotype of ``well`` under ``seed``: a class drawn at random, plus per-well jitter.
+def well_phenotype(well: str, seed: int = 0, family: str = "classic") -> Phenotype:
+    """Return the phenotype of ``well`` under ``seed``: a class of ``family`` drawn at random, plus
+    per-well jitter.
 
     Raises
     ------
     ConfigError
-        If the well is not on a 384-well plate or the seed is negative.
+        If the well is not on a 384-well plate, the seed is negative or the family unknown.
     """
     _check_seed(seed)
+    classes = _FAMILIES[check_family(family)]
     row, col = _well_index(_parse_well(well))
     rng = _rng(seed, _STREAM_WELL, row, col)
-    base = _CLASSES[int(rng.integers(len(_CLASSES)))]
+    base = classes[int(rng.integers(len(classes)))]
     jitter = {k: float(np.exp(rng.normal(0.0, s))) for k, s in _WELL_JITTER.items()}
-    return Phenotype(
-        phenotype_class=base.phenotype_class,
+    return replace(
+        base,
         cell_count=base.cell_count * jitter["cell_count"],
         nuclear_radius_px=base.nuclear_radius_px * jitter["nuclear_radius_px"],
         intensity_scale=base.intensity_scale * jitter["intensity_scale"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -20,9 +21,16 @@ from indexer.bbbc006.constants import (
     WIDTH,
     Z_SLICES,
 )
-from indexer.bbbc006.synthetic.phenotypes import Phenotype, SiteTruth, well_phenotype
+from indexer.bbbc006.synthetic.phenotypes import (
+    PHENOTYPE_FAMILIES,
+    Phenotype,
+    SiteTruth,
+    reference_phenotype,
+    well_phenotype,
+)
 from indexer.bbbc006.synthetic.spec import (
     _STREAM_NOISE,
+    _STREAM_REFERENCE,
     _STREAM_SITE,
     _check_ints,
     _check_plate,
@@ -249,13 +257,21 @@ def _place_nuclei(rng: np.random.Generator, colony: np.ndarray, n: int, min_dist
 def _draw_cells(rng: np.random.Generator, ph: Phenotype, colony: np.ndarray) -> _Cells:
     """Place the nuclei of one site and draw each cell's size, shape and brightness."""
     r = ph.nuclear_radius_px
-    pts = _place_nuclei(rng, colony, int(rng.poisson(ph.cell_count)), min_dist=2.2 * r)
+    # Long nuclei need more room than round ones of the same area, or they would overlap.
+    long_axis = r * np.sqrt(ph.nuclear_aspect) if ph.nuclear_aspect else r
+    pts = _place_nuclei(rng, colony, int(rng.poisson(ph.cell_count)), min_dist=2.2 * long_axis)
     n = len(pts)
     # Cell territory radius so that n cells tile the colony area.
     body = np.sqrt(max(colony.sum(), 1) / (np.pi * max(n, 1)))
     size = r * np.exp(rng.normal(0.0, 0.12, n))
     aspect = rng.uniform(1.0, 1.6, n)
+    if ph.nuclear_aspect:
+        aspect = np.full(n, float(ph.nuclear_aspect))
     mitotic = rng.random(n) < ph.mitotic_fraction
+    angle = rng.uniform(0.0, np.pi, n)
+    if ph.aligned_fibres:
+        # One direction for the whole field (cells aligned by flow or a pattern), a little scatter.
+        angle = rng.uniform(0.0, np.pi) + rng.normal(0.0, 0.15, n)
     # Mitotic cells round up and condense their chromatin: small, round, bright.
     a = np.where(mitotic, 0.75 * r, size * np.sqrt(aspect))
     b = np.where(mitotic, 0.75 * r, size / np.sqrt(aspect))
@@ -264,7 +280,7 @@ def _draw_cells(rng: np.random.Generator, ph: Phenotype, colony: np.ndarray) -> 
         x=pts[:, 1],
         a=a,
         b=b,
-        angle=rng.uniform(0.0, np.pi, n),
+        angle=angle,
         elongation=np.where(mitotic, 1.0, rng.uniform(1.0, 1.8, n)),
         reach=np.where(mitotic, 1.2 * r, body * np.exp(rng.normal(0.0, 0.2, n))),
         mitotic=mitotic,
@@ -418,9 +434,9 @@ def _clean_site(ph: Phenotype, rng: np.random.Generator) -> tuple[dict[int, np.n
     cyto = (
         1000.0 * cell_actin * (1.0 + 0.2 * texture) * (1.0 - 0.5 * nucleus + 0.8 * nucleus * (1.0 - nucleus))
     )
-    cortex = 900.0 * cell_actin * ragged * np.exp(-0.5 * (border_px / 1.3) ** 2)
+    cortex = ph.cortex_weight * cell_actin * ragged * np.exp(-0.5 * (border_px / 1.3) ** 2)
     rim = 600.0 * ragged * np.clip(1.0 - _blur(territory.astype(np.float64), 2.0), 0.0, 1.0) * territory
-    fibres = 550.0 * _fibres(cells, rng) * territory
+    fibres = ph.fibre_weight * _fibres(cells, rng) * territory
     dots = 1500.0 * _puncta(rng, territory, int(rng.poisson(0.5 * len(cells.y))))
     mito = 4800.0 * _mitotic_bodies(cells, texture)
     actin = np.maximum(cyto + cortex + rim + fibres + dots, mito) * ph.intensity_scale
@@ -433,6 +449,47 @@ def _clean_site(ph: Phenotype, rng: np.random.Generator) -> tuple[dict[int, np.n
     hoechst = 1500.0 * dna * ph.intensity_scale
     hoechst += 25.0 + 0.06 * _blur_wide(hoechst, 20.0)
     return {1: hoechst, 2: actin}, cells, float(territory.mean())
+
+
+_N_QUANTILES = 4097
+_FAMILY_CEILING = (SATURATION - _OFFSET) / 1.25
+
+
+@lru_cache(maxsize=8)
+def _reference_quantiles(family: str) -> dict[int, np.ndarray]:
+    """Quantiles of the noise-free images of one fixed site of the family's reference class, per channel.
+
+    Drawn from a stream of its own (never a data set's), so every seed shares the same target.
+    """
+    ph = reference_phenotype(family)
+    clean, _, _ = _clean_site(ph, _rng(0, _STREAM_REFERENCE, PHENOTYPE_FAMILIES.index(family)))
+    grid = np.linspace(0.0, 1.0, _N_QUANTILES)
+    # Capped below saturation with room for the brightest wells (+25 %), so clipping at 4095 does not
+    # make a bright well's distribution differ from a dim one's.
+    return {c: np.minimum(np.quantile(im, grid), _FAMILY_CEILING) for c, im in clean.items()}
+
+
+def _match_histogram(image: np.ndarray, quantiles: np.ndarray, scale: float) -> np.ndarray:
+    """Give ``image`` the distribution ``quantiles`` (times ``scale``), keeping the order of its pixels.
+
+    Rank-based (stable, so ties keep their raster order): the output has exactly the reference's
+    first-order statistics and the image's own spatial layout.
+    """
+    order = np.argsort(image, axis=None, kind="stable")
+    ranks = np.empty(image.size)
+    ranks[order] = (np.arange(image.size) + 0.5) / image.size
+    grid = np.linspace(0.0, 1.0, quantiles.size)
+    return (np.interp(ranks, grid, quantiles) * scale).reshape(image.shape)
+
+
+def _family_site(ph: Phenotype, rng: np.random.Generator) -> tuple[dict[int, np.ndarray], _Cells, float]:
+    """:func:`_clean_site`, then (outside the classic family) each channel mapped onto the family's
+    reference intensity distribution scaled by the well's brightness, so classes differ only in shape."""
+    clean, cells, confluence = _clean_site(ph, rng)
+    if ph.family != "classic":
+        ref = _reference_quantiles(ph.family)
+        clean = {c: _match_histogram(im, ref[c], ph.intensity_scale) for c, im in clean.items()}
+    return clean, cells, confluence
 
 
 def _camera(expected: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
@@ -484,7 +541,7 @@ def defocus_transfer(shape: tuple[int, int], z: int) -> np.ndarray:
 
 def render_site(well: str, site: int, *, seed: int = 0, channels: Sequence[int] = (1, 2),
                 z_slices: Sequence[int] = (FOCUS_Z,), plate: str = DEFAULT_PLATE,
-                noise: bool = True) -> RenderedSite:  # fmt: skip
+                noise: bool = True, family: str = "classic") -> RenderedSite:  # fmt: skip
     """Draw one field of view and return its images and ground truth (no I/O).
 
     Parameters
@@ -501,6 +558,9 @@ def render_site(well: str, site: int, *, seed: int = 0, channels: Sequence[int] 
         Slices in ``0 .. 33``; 16 is in focus.
     plate : str
         Plate name recorded in the ground truth.
+    family : str
+        Phenotype family (:data:`~indexer.bbbc006.synthetic.phenotypes.PHENOTYPE_FAMILIES`): which
+        classes the well draws from. ``classic`` (the default) is the original four classes.
     noise : bool
         False gives the expected camera values without shot or read noise (still blurred, offset,
         rounded and clipped), e.g. to measure what the noise does.
@@ -523,8 +583,8 @@ def render_site(well: str, site: int, *, seed: int = 0, channels: Sequence[int] 
     _check_plate(plate)
     row, col = _well_index(well)
 
-    ph = well_phenotype(well, seed)
-    clean, cells, confluence = _clean_site(ph, _rng(seed, _STREAM_SITE, row, col, site))
+    ph = well_phenotype(well, seed, family)
+    clean, cells, confluence = _family_site(ph, _rng(seed, _STREAM_SITE, row, col, site))
     interphase = ~cells.mitotic
     radius = float(np.sqrt(cells.a[interphase] * cells.b[interphase]).mean()) if interphase.any() else 0.0
     truth = SiteTruth(

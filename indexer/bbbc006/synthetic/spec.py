@@ -18,7 +18,10 @@ from indexer.bbbc006.names import bbbc006_file_name, normalise_well, z_folder_na
 from indexer.errors import ConfigError
 
 # Independent random streams, so that adding a draw to one never shifts another.
-_STREAM_WELL, _STREAM_SITE, _STREAM_NOISE, _STREAM_UUID = 1, 2, 3, 4
+# Phenotype families (defined in .phenotypes, which imports this module): named here for validation.
+_FAMILY_NAMES = ("classic", "nuclear", "actin", "clustering")
+
+_STREAM_WELL, _STREAM_SITE, _STREAM_NOISE, _STREAM_UUID, _STREAM_REFERENCE = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,10 @@ class SyntheticConfig:
         Non-negative; the same seed gives the same bytes.
     plate : str
         Plate name at the start of each file name.
+    family : str
+        Phenotype family the wells draw their classes from (``classic``, the default, or one of the
+        morphology-only families ``nuclear``, ``actin``, ``clustering``; see
+        :data:`~indexer.bbbc006.synthetic.phenotypes.PHENOTYPE_FAMILIES`).
     """
 
     out_dir: Path
@@ -49,6 +56,7 @@ class SyntheticConfig:
     z_slices: tuple[int, ...] = (FOCUS_Z,)
     seed: int = 0
     plate: str = DEFAULT_PLATE
+    family: str = "classic"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -59,6 +67,10 @@ class SyntheticConfig:
         object.__setattr__(self, "z_slices", _check_ints("z-slice", self.z_slices, Z_SLICES))
         _check_seed(self.seed)
         _check_plate(self.plate)
+        if self.family not in _FAMILY_NAMES:
+            raise ConfigError(
+                f"unknown phenotype family {self.family!r}: use one of {', '.join(_FAMILY_NAMES)}"
+            )
 
     @property
     def n_images(self) -> int:

@@ -161,7 +161,7 @@ def generate(config: SyntheticConfig, progress: bool = False) -> GenerationSumma
         for well in config.wells:
             for site in config.sites:
                 rendered = render_site(well, site, seed=config.seed, channels=config.channels,
-                                       z_slices=config.z_slices, plate=config.plate)  # fmt: skip
+                                       z_slices=config.z_slices, plate=config.plate, family=config.family)  # fmt: skip
                 truths.append(rendered.truth)
                 for (channel, z), image in rendered.images.items():
                     _write_tiff(

@@ -1,0 +1,143 @@
+"""Phenotype families that differ only in morphology: same first-order intensity statistics between
+classes (measured on rendered images), different nuclear size/shape, actin orientation/texture or
+clustering; deterministic per seed; the classic family (the default) renders the same bytes as before."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import ndimage as ndi
+
+from indexer.bbbc006.synthetic import (
+    PHENOTYPE_CLASSES,
+    PHENOTYPE_FAMILIES,
+    SyntheticConfig,
+    family_classes,
+    generate,
+    render_site,
+    well_phenotype,
+)
+from indexer.errors import ConfigError
+
+OFFSET = 200.0  # camera offset of the simulator
+
+
+def _one_well_per_class(family: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for row in "ABCD":
+        for col in range(1, 13):
+            out.setdefault(well_phenotype(f"{row}{col:02d}", 0, family).phenotype_class, f"{row}{col:02d}")
+    assert set(out) == set(family_classes(family))
+    return out
+
+
+@pytest.fixture(scope="module")
+def renders() -> dict[str, dict[str, object]]:
+    return {
+        family: {
+            k: render_site(w, 1, seed=0, channels=(1, 2), family=family)
+            for k, w in _one_well_per_class(family).items()
+        }
+        for family in ("nuclear", "actin", "clustering")
+    }
+
+
+def _nuclei(site) -> tuple[np.ndarray, int]:
+    """Nuclei as connected components of the smoothed Hoechst image above its 85th percentile."""
+    d = site.images[(1, 16)].astype(float)
+    return ndi.label(ndi.gaussian_filter(d, 1.0) > np.quantile(d, 0.85))
+
+
+def test_classic_is_the_default_and_renders_the_same_bytes():
+    assert PHENOTYPE_FAMILIES[0] == "classic" and family_classes("classic") == PHENOTYPE_CLASSES
+    site = render_site("B05", 2, seed=3, channels=(1, 2))
+    digests = {k: hashlib.sha256(v.tobytes()).hexdigest()[:16] for k, v in site.images.items()}
+    # Recorded before the families were added: existing data sets and shipped examples do not change.
+    assert digests == {(1, 16): "616c6c1fbfe203f0", (2, 16): "ec5367443df65830"}
+    assert SyntheticConfig("x", wells=("A01",)).family == "classic"
+
+
+@pytest.mark.parametrize("family", ["nuclear", "actin", "clustering"])
+def test_classes_of_a_family_share_first_order_statistics(renders, family):
+    for channel in (1, 2):
+        stats = []
+        for site in renders[family].values():
+            counts = (site.images[(channel, 16)].astype(float) - OFFSET) / site.truth.intensity_scale
+            stats.append((counts.mean(), counts.std()))
+        means, stds = np.array(stats).T
+        assert means.max() / means.min() < 1.01, (family, channel, means)
+        assert stds.max() / stds.min() < 1.05, (family, channel, stds)
+    # In the classic family the same statistics differ between classes by far more.
+    classic = [render_site(w, 1, seed=0, channels=(2,)) for w in _one_well_per_class("classic").values()]
+    m = [((s.images[(2, 16)].astype(float) - OFFSET) / s.truth.intensity_scale).mean() for s in classic]
+    assert max(m) / min(m) > 1.2
+
+
+def test_nuclear_family_differs_in_size_and_shape(renders):
+    area, elongation = {}, {}
+    for k, site in renders["nuclear"].items():
+        labels, n = _nuclei(site)
+        area[k] = float(np.median(np.bincount(labels.ravel())[1:]))
+        ratios = []
+        for sl, i in zip(ndi.find_objects(labels), range(1, n + 1)):
+            ys, xs = np.nonzero(labels[sl] == i)
+            if ys.size >= 20:
+                ev = np.linalg.eigvalsh(np.cov(np.stack([ys, xs]).astype(float)))
+                ratios.append(np.sqrt(ev[1] / max(ev[0], 1e-9)))
+        elongation[k] = float(np.median(ratios))
+    assert area["nuclear-large"] > 2.5 * area["nuclear-small"]
+    assert elongation["nuclear-elongated"] > 1.5 * max(
+        elongation["nuclear-small"], elongation["nuclear-large"]
+    )
+
+
+def test_actin_family_differs_in_orientation_and_fibre_texture(renders):
+    coherence, fine = {}, {}
+    for k, site in renders["actin"].items():
+        a = site.images[(2, 16)].astype(float)
+        gy, gx = np.gradient(ndi.gaussian_filter(a, 1.0))
+        # Global orientation coherence of the gradients: 1 = every edge along one direction.
+        coherence[k] = float(
+            np.hypot((gx * gx - gy * gy).sum(), 2 * (gx * gy).sum()) / (gx * gx + gy * gy).sum()
+        )
+        # Share of the variance in fine structure (stress fibres are thin lines).
+        fine[k] = float((a - ndi.gaussian_filter(a, 2.0)).std() / a.std())
+    assert coherence["actin-aligned"] > 5 * max(coherence["actin-random"], coherence["actin-cortical"])
+    assert fine["actin-random"] > 1.2 * fine["actin-cortical"]
+
+
+def test_clustering_family_differs_in_empty_space(renders):
+    empty = {}
+    for k, site in renders["clustering"].items():
+        labels, _ = _nuclei(site)
+        blocks = (labels > 0)[:520, :680].reshape(13, 40, 17, 40).any(axis=(1, 3))
+        empty[k] = float(1.0 - blocks.mean())  # 40x40 px blocks without a nucleus
+    assert empty["clustering-tight"] > empty["clustering-colonies"] > empty["clustering-dispersed"]
+    assert empty["clustering-tight"] > 1.6 * empty["clustering-dispersed"]
+
+
+def test_families_are_deterministic_per_seed_and_chosen_by_the_cli(tmp_path):
+    from indexer.cli import main as cli_main
+
+    a = render_site("C07", 2, seed=5, channels=(2,), family="actin").images[(2, 16)]
+    b = render_site("C07", 2, seed=5, channels=(2,), family="actin").images[(2, 16)]
+    c = render_site("C07", 2, seed=6, channels=(2,), family="actin").images[(2, 16)]
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    result = CliRunner().invoke(cli_main, ["synth", str(tmp_path / "s"), "--wells", "A01:A03", "--sites", "1",
+                                           "--channels", "1", "--family", "nuclear"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "s" / "BBBC006_synthetic_ground_truth.csv").read_text().splitlines()[1:]
+    assert len(rows) == 3 and all(",nuclear-" in r for r in rows)
+    assert (
+        generate(
+            SyntheticConfig(tmp_path / "t", wells=("A01",), sites=(1,), channels=(1,), family="nuclear")
+        ).n_images
+        == 1
+    )
+    with pytest.raises(ConfigError, match="phenotype family"):
+        SyntheticConfig(tmp_path, wells=("A01",), family="shape")
+    bad = CliRunner().invoke(cli_main, ["synth", str(tmp_path / "u"), "--family", "shape"])
+    assert bad.exit_code == 2
