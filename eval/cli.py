@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import handle_errors, redis_url_option, setup_logging, verbose_option
+from indexer.cli_common import (
+    faiss_search_options,
+    handle_errors,
+    redis_url_option,
+    setup_logging,
+    verbose_option,
+)
 from indexer.errors import ConfigError
 
 
@@ -33,7 +39,7 @@ def _query_ids(path: Path | None) -> tuple[int, ...]:
 
 
 def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out):  # fmt: skip
+              device, out, nprobe=None, ef_search=None):  # fmt: skip
     from tqdm.auto import tqdm
 
     from eval import perturb as perturbations
@@ -46,8 +52,11 @@ def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, s
     names = tuple(perturb.split(",")) if perturb else (*perturbations.PERTURBATIONS, NATURAL)
     config = RobustnessConfig(perturbations=names, severities=_severities(severities), k=k, n_queries=queries,
                               query_ids=_query_ids(query_list), seed=seed, rbo_p=rbo_p)  # fmt: skip
-    exact = FaissStore(index_dir, read_only=True)
-    store = exact
+    mirror = FaissStore(index_dir, read_only=True, nprobe=nprobe, ef_search=ef_search)
+    store = mirror
+    # The reference is exact search over the shards' float vectors, whatever kind the mirror's index is;
+    # an approximate mirror searched itself gets its own recall reported.
+    exact = mirror if mirror.kind.exact else mirror.exact_searcher()
     if redis_url:
         from indexer.stores.redis_store import RedisStore
 
@@ -120,10 +129,11 @@ def reconstruct(image, model, out, mask_ratio, seed, verbose):
 @click.option("--redis-index", default="mae", show_default=True)
 @_with_common
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder.")
+@faiss_search_options
 @verbose_option
 @handle_errors
 def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-               device, out, verbose):  # fmt: skip
+               device, out, nprobe, ef_search, verbose):  # fmt: skip
     """Top-k consistency and drift of clean vs perturbed queries; writes report.json/CSV/HTML.
 
     With --redis-url the queries go to Redis and its ANN recall@k against the exact FAISS index is
@@ -135,7 +145,7 @@ def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, 
     """
     setup_logging(verbose)
     _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out)  # fmt: skip
+              device, out, nprobe, ef_search)  # fmt: skip
 
 
 @main.command()

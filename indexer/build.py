@@ -50,7 +50,9 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
 
     # The lock, and with it the check that the folder is writable, come before the model loads and
     # long before anything is embedded.
-    faiss_store = FaissStore(config.index_dir, wait=config.wait)
+    faiss_store = FaissStore(
+        config.index_dir, wait=config.wait, kind=config.faiss_index, memory=config.faiss_memory
+    )
     try:
         encoder = load_encoder(config.model)
         stores = [faiss_store]
@@ -114,6 +116,7 @@ def index_info(index_dir: Path) -> dict[str, Any]:
     values["distinct wells"] = [len({r.well for r in records if r.well})]
     return {
         "count": store.count(),
+        "faiss": store.search_settings,
         "manifest": manifest,
         "rejected": rejected,
         "values": values,

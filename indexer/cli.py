@@ -9,7 +9,14 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import handle_errors, redis_url_option, runtime_options, setup_logging, verbose_option
+from indexer.cli_common import (
+    faiss_search_options,
+    handle_errors,
+    redis_url_option,
+    runtime_options,
+    setup_logging,
+    verbose_option,
+)
 from indexer.config import (
     DEFAULT_MODEL,
     BuildConfig,
@@ -20,6 +27,7 @@ from indexer.config import (
     SourceConfig,
 )
 from indexer.errors import ConfigError
+from indexer.stores.faiss_kinds import parse_memory
 
 
 def no_wait_option(fn):
@@ -99,6 +107,10 @@ def main() -> None:
 @click.option("--threads-per-worker", default=None, type=int,
               help="Torch threads per Ray embedding actor [default: cluster CPUs / actors].")  # fmt: skip
 @click.option("--writers", default=1, show_default=True, type=int, help="Ray write actors (Redis, shards).")
+@click.option("--faiss-index", default=None, metavar="KIND",
+              help="FAISS mirror index: Flat (exact), HNSW32, IVF{n},Flat, IVF{n},PQ{m} (e.g. IVF4096,PQ96) or "
+                   "auto (from the count and --faiss-memory) [default: the folder's, Flat for a new one].")  # fmt: skip
+@click.option("--faiss-memory", default="4G", show_default=True, help="Memory budget of auto's FAISS index.")
 @click.option("--checkpoint-every", default=512, show_default=True, type=int,
               help="Images between durable FAISS checkpoints (a crash loses at most this many).")  # fmt: skip
 @no_wait_option
@@ -109,7 +121,8 @@ def main() -> None:
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model,
           channels, z_slices, intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm,
           redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, strict, force, engine, ray_address, concurrency,
-          num_gpus_per_worker, threads_per_worker, writers, checkpoint_every, no_wait, fmt, no_progress, verbose):  # fmt: skip
+          num_gpus_per_worker, threads_per_worker, writers, faiss_index, faiss_memory, checkpoint_every, no_wait, fmt,
+          no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
 
     Images already in the index (same content) are skipped, so a re-run resumes. Unusable images are
@@ -151,6 +164,8 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         force=force,
         flush_every=checkpoint_every,
         wait=not no_wait,
+        faiss_index=faiss_index,
+        faiss_memory=parse_memory(faiss_memory),
     )
     from indexer.build import run_build
 
@@ -204,6 +219,9 @@ def info(index_dir, fmt):
         f"model:      {m['model']['name']} (fingerprint {str(m['model'].get('fingerprint'))[:12]}{built_at})"
     )
     click.echo(f"dim:        {m['dim']}   pooling: {m['pooling']}")
+    f = d["faiss"]
+    tuned = ", ".join(f"{k} {f[k]}" for k in ("nprobe", "efSearch", "recall_at_10") if k in f)
+    click.echo(f"faiss:      {f['index']}{' (' + tuned + ')' if tuned else ''}")
     pre = m["preprocess"]
     click.echo(f"preprocess: intensity {pre['intensity']}, resize {pre['resize']} to {pre['image_size']}")
     click.echo(f"rejected:   {d['rejected']}")
@@ -229,11 +247,16 @@ def _redis_config(redis_url: str | None, redis_index: str, required: bool = True
 @click.option("--redis-index", default="mae", show_default=True)
 @click.option("--sample", default=200, show_default=True, help="Vectors compared and used as queries.")
 @click.option("-k", "k", default=10, show_default=True, help="k of the recall@k check.")
-@click.option("--min-recall", default=0.99, show_default=True, help="Lowest recall@k that passes.")
+@click.option("--min-recall", default=0.99, show_default=True, help="Lowest recall@k of Redis that passes.")
+@click.option("--min-mirror-recall", default=0.0, show_default=True,
+              help="Lowest recall@k of the FAISS mirror's index against exact search that passes.")  # fmt: skip
 @click.option("--seed", default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@faiss_search_options
 @handle_errors
-def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
+def verify(
+    index_dir, redis_url, redis_index, sample, k, min_recall, min_mirror_recall, seed, fmt, nprobe, ef_search
+):
     """Check an index for damage and, with --redis-url, that Redis and the FAISS mirror agree; exit 1 on
     any damage or divergence.
 
@@ -241,26 +264,39 @@ def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
     checksum. With Redis also: the Redis schema, that every hash is indexed and has a sound vector, and
     counts, id sets, manifests, sampled vectors, and recall@k of Redis search against exact FAISS search.
     """
-    from indexer.build import open_stores
     from indexer.mirror import verify_stores
+    from indexer.stores.faiss_store import FaissStore
 
     redis = _redis_config(redis_url, redis_index, required=False)
-    stores = open_stores(index_dir, redis, read_only=True)
+    mirror = FaissStore(index_dir, read_only=True, nprobe=nprobe, ef_search=ef_search)
+    # The mirror's own index against exact search over its shards (1.0 for Flat, by construction).
+    mirror_recall = mirror.measure_recall(k, sample) if not mirror.kind.exact else 1.0
+    mirror_line = (
+        f"recall@{k} of the faiss {mirror.kind.factory} index vs exact: {mirror_recall:.4f} "
+        f"(min {min_mirror_recall}; {', '.join(f'{n} {v}' for n, v in mirror.search_settings.items() if n in ('nprobe', 'efSearch')) or 'exact'})"
+    )
+    mirror_ok = mirror_recall >= min_mirror_recall
     if redis is None:
-        problems = stores[0].check(full=True)
+        problems = mirror.check(full=True)
+        ok = not problems and mirror_ok
         if fmt == "json":
-            click.echo(json.dumps({"ok": not problems, "count": stores[0].count(), "damage": problems}))
+            click.echo(json.dumps({"ok": ok, "count": mirror.count(), "damage": problems,
+                                   "faiss_index": mirror.kind.factory, "mirror_recall_at_k": mirror_recall}))  # fmt: skip
         else:
-            click.echo(f"images: {stores[0].count()}")
+            click.echo(f"images: {mirror.count()}")
             for line in problems:
                 click.echo(f"damaged: {line}")
-            click.echo("OK" if not problems else "DAMAGED")
-        sys.exit(0 if not problems else 1)
-    faiss_store, redis_store = stores
+            click.echo(mirror_line)
+            click.echo("OK" if ok else ("DAMAGED" if problems else "LOW RECALL"))
+        sys.exit(0 if ok else 1)
+    from indexer.stores.redis_store import RedisStore
+
+    redis_store = RedisStore(redis)
     tol = 1e-3 if redis_store.config.dtype == "FLOAT16" else 1e-6
-    report = verify_stores(redis_store, faiss_store, sample=sample, k=k, seed=seed,
-                           vector_tolerance=tol, min_recall=min_recall)  # fmt: skip
+    report = verify_stores(redis_store, mirror, sample=sample, k=k, seed=seed, vector_tolerance=tol,
+                           min_recall=min_recall, exact=mirror.exact_searcher())  # fmt: skip
     d = report.to_dict()
+    d.update(faiss_index=mirror.kind.factory, mirror_recall_at_k=mirror_recall, ok=report.ok and mirror_ok)
     if fmt == "json":
         click.echo(json.dumps(d))
     else:
@@ -275,8 +311,9 @@ def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
             f"sampled vectors: {d['sampled']}, max |diff| {d['max_vector_diff']:.3g} (tolerance {tol:g})"
         )
         click.echo(f"recall@{k} of redis vs exact faiss: {d['recall_at_k']:.4f} (min {min_recall})")
-        click.echo("OK" if report.ok else "DIVERGED")
-    sys.exit(0 if report.ok else 1)
+        click.echo(mirror_line)
+        click.echo("OK" if d["ok"] else "DIVERGED")
+    sys.exit(0 if d["ok"] else 1)
 
 
 @main.command()

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import handle_errors, redis_url_option, runtime_options, setup_logging, verbose_option
+from indexer.cli_common import (
+    faiss_search_options,
+    handle_errors,
+    redis_url_option,
+    runtime_options,
+    setup_logging,
+    verbose_option,
+)
 from indexer.config import RedisConfig
 from indexer.errors import ConfigError
 from indexer.stores.base import Hit, MetadataFilter
@@ -31,8 +38,15 @@ OUTPUT_FIELDS = (
 )
 
 
-def open_store(index_dir: Path | None, redis: RedisConfig | None, backend: str | None):
-    """Open the store to search: Redis when a URL is given (or asked for), else the FAISS folder."""
+def open_store(
+    index_dir: Path | None,
+    redis: RedisConfig | None,
+    backend: str | None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+):
+    """Open the store to search: Redis when a URL is given (or asked for), else the FAISS folder (with
+    ``nprobe``/``ef_search`` overriding its manifest's search parameters)."""
     backend = backend or ("redis" if redis else "faiss")
     if backend == "redis":
         if redis is None:
@@ -44,7 +58,7 @@ def open_store(index_dir: Path | None, redis: RedisConfig | None, backend: str |
         raise ConfigError("--index DIR is required for the FAISS backend")
     from indexer.stores.faiss_store import FaissStore
 
-    return FaissStore(index_dir, read_only=True)
+    return FaissStore(index_dir, read_only=True, nprobe=nprobe, ef_search=ef_search)
 
 
 def hits_to_rows(queries: list[str], results: list[list[Hit]]) -> list[dict]:
@@ -113,6 +127,7 @@ def main() -> None:
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
+@faiss_search_options
 @click.option("--model", default=None, help="Another path to the index's model weights (checked).")
 @runtime_options
 @click.option(
@@ -124,7 +139,8 @@ def main() -> None:
 @verbose_option
 @handle_errors
 def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_distance, backend, redis_url,
-          redis_index, hnsw_ef_runtime, model, device, precision, compile_model, server, fmt, verbose):  # fmt: skip
+          redis_index, hnsw_ef_runtime, nprobe, ef_search, model, device, precision, compile_model, server, fmt,
+          verbose):  # fmt: skip
     """Find the indexed images nearest to IMAGES (TIFF files) or to indexed images given by --id.
 
     Scores are cosine similarity (1.0 = identical).
@@ -149,7 +165,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
     redis = (
         RedisConfig(url=redis_url, index_name=redis_index, ef_runtime=hnsw_ef_runtime) if redis_url else None
     )
-    store = open_store(index_dir, redis, backend)
+    store = open_store(index_dir, redis, backend, nprobe, ef_search)
     try:
         retriever = Retriever.open(store, model, device, precision, compile_model)
         names, results = [], []
@@ -175,6 +191,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--max-upload-mb", default=64, show_default=True, type=int, help="Largest request body.")
+@faiss_search_options
 @click.option("--model", default=None, help="Another path to the index's model weights (checked).")
 @runtime_options
 @verbose_option
@@ -188,6 +205,8 @@ def serve(
     host,
     port,
     max_upload_mb,
+    nprobe,
+    ef_search,
     model,
     device,
     precision,
@@ -209,7 +228,7 @@ def serve(
     redis = (
         RedisConfig(url=redis_url, index_name=redis_index, ef_runtime=hnsw_ef_runtime) if redis_url else None
     )
-    store = open_store(index_dir, redis, backend)
+    store = open_store(index_dir, redis, backend, nprobe, ef_search)
     service = QueryService(Retriever.open(store, model, device, precision, compile_model))
     server = make_server(service, host, port, max_upload_mb * 1024 * 1024)
     service.warm_up()

@@ -201,8 +201,12 @@ def new_index(kind: IndexKind, dim: int) -> Any:
     kind.check(dim)
     base = faiss.index_factory(dim, kind.factory, faiss.METRIC_INNER_PRODUCT)
     if kind.trained:
-        ivf = faiss.extract_index_ivf(base)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(base))
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        if kind.pq_m is not None:
+            # Polysemous training orders the codes for Hamming-threshold search, which is not used
+            # here; it is most of the training time (48 s of 50 for PQ16 on 3,000 vectors).
+            ivf.do_polysemous_training = False
         return base
     return faiss.IndexIDMap2(base)
 

@@ -164,6 +164,37 @@ def _disk_full(e: BaseException) -> bool:
     return "No space left on device" in str(e) or "Disk quota exceeded" in str(e)
 
 
+class ExactSearch:
+    """Exact search over a :class:`FaissStore`'s shards, with the store's ``search`` signature (no filter)."""
+
+    def __init__(self, store: FaissStore) -> None:
+        self.store = store
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        where: MetadataFilter | None = None,
+        max_distance: float | None = None,
+    ) -> list[list[Hit]]:
+        """Exact top-``k`` per query by cosine similarity (ties by id)."""
+        if where is not None and not where.is_empty:
+            raise ValueError("exact search over the shards takes no filter")
+        store = self.store
+        queries = check_queries(queries, k, store.dim if store.count() else None)
+        if not store.count():
+            return [[] for _ in queries]
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+        scores, ids = store.exact_search(queries, k)
+        out = []
+        for row_s, row_i in zip(scores, ids):
+            keep = row_i >= 0
+            if max_distance is not None:
+                keep &= (1.0 - row_s) <= max_distance + 1e-6
+            out.append(rank_hits(row_i[keep], row_s[keep], store._records, k))
+        return out
+
+
 class FaissStore:
     """A :class:`~indexer.stores.base.VectorStore` backed by FAISS (exact inner product) and parquet.
 
@@ -413,6 +444,11 @@ class FaissStore:
             best_s = np.take_along_axis(all_s, order, axis=1)
             best_i = np.take_along_axis(all_i, order, axis=1)
         return best_s, best_i
+
+    def exact_searcher(self) -> ExactSearch:
+        """This folder searched exactly over the shards' float vectors, whatever its index kind (the
+        reference that ``verify`` and ``mae-eval`` measure approximate search against)."""
+        return ExactSearch(self)
 
     def measure_recall(self, k: int = 10, queries: int = TUNE_QUERIES) -> float:
         """Recall@``k`` of the search index against :meth:`exact_search`, with ``queries`` stored vectors
