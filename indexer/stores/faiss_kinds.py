@@ -30,8 +30,10 @@ from indexer.errors import ConfigError
 DEFAULT_KIND = "Flat"
 #: Recall@10 against exact search that ``auto`` tunes nprobe/efSearch for.
 TARGET_RECALL = 0.95
-#: Bytes FAISS keeps per vector besides its code: the int64 id (and IVF's list entry).
+#: Bytes FAISS keeps per vector besides its code: the int64 id.
 ID_BYTES = 8
+#: IVF kinds also keep a hash-table entry per id (id -> list, offset), so ids can be removed.
+DIRECT_MAP_BYTES = 16
 #: k-means points per IVF list used for training (FAISS warns below 39; autofaiss uses 30-256).
 POINTS_PER_LIST = 64
 #: PQ codebooks need 256 centroids per sub-quantizer, trained on at least ~39 points each.
@@ -83,11 +85,12 @@ class IndexKind:
 
     def bytes_per_vector(self, dim: int) -> float:
         """Estimated memory per vector in the index (code + id)."""
+        extra = ID_BYTES + (DIRECT_MAP_BYTES if self.trained else 0)
         if self.pq_m is not None:
-            return self.pq_m * self.pq_bits / 8 + ID_BYTES
+            return self.pq_m * self.pq_bits / 8 + extra
         if self.hnsw_m is not None:
-            return 4 * dim + 2 * self.hnsw_m * 4 + ID_BYTES
-        return 4 * dim + ID_BYTES
+            return 4 * dim + 2 * self.hnsw_m * 4 + extra
+        return 4 * dim + extra
 
     def train_size(self, n: int) -> int:
         """How many vectors to train on (all of them when fewer are stored)."""
@@ -171,10 +174,14 @@ def choose_auto(n: int, dim: int, memory_bytes: int) -> str:
     if n <= AUTO_HNSW_UP_TO and n * hnsw.bytes_per_vector(dim) <= memory_bytes:
         return "HNSW32"
     lists = ivf_lists(n)
-    if floats <= memory_bytes:
+    if n * parse_kind(f"IVF{lists},Flat").bytes_per_vector(dim) <= memory_bytes:
         return f"IVF{lists},Flat"
     for m in (256, 192, 128, 96, 64, 48, 32, 24, 16, 8):
-        if m < dim and dim % m == 0 and n * (m + ID_BYTES) <= memory_bytes:
+        if (
+            m < dim
+            and dim % m == 0
+            and n * parse_kind(f"IVF{lists},PQ{m}").bytes_per_vector(dim) <= memory_bytes
+        ):
             return f"IVF{lists},PQ{m}"
     raise ConfigError(
         f"{n} {dim}-d vectors do not fit a FAISS index in {memory_bytes / 2**20:.0f} MiB even at 8 bytes per "
