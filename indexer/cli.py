@@ -412,8 +412,10 @@ def repair(index_dir, redis_url, redis_index, no_wait, fmt):
 @click.option("--channels", default="1,2", show_default=True)
 @click.option("--z", "z_spec", default="16", show_default=True, help="z-slices: 16 or 10,16,22 or 0-33.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int,
+              help="Processes rendering sites in parallel (the files do not depend on it).")  # fmt: skip
 @handle_errors
-def synth(out, wells, sites, channels, z_spec, seed):
+def synth(out, wells, sites, channels, z_spec, seed, workers):
     """Write a synthetic BBBC006 look-alike (real naming, 696x520 16-bit LZW TIFF, ground-truth CSV)."""
     from indexer.synthetic import SyntheticConfig, generate, well_range
 
@@ -425,7 +427,9 @@ def synth(out, wells, sites, channels, z_spec, seed):
         z_slices=_int_list(z_spec),
         seed=seed,
     )
-    s = generate(config, progress=True)
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    s = generate(config, progress=True, workers=workers)
     click.echo(f"Wrote {s.n_images} images in {s.seconds:.1f} s; ground truth: {s.ground_truth}", err=True)
 
 
