@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import encoded_items, print_table  # noqa: E402
+from indexer.build.local import build_index  # noqa: E402
 from indexer.config import BuildConfig, ModelConfig, PreprocessConfig, SourceConfig  # noqa: E402
 from indexer.decode import decode_tiff  # noqa: E402
 from indexer.encoder import ViTMAEEncoder, resolve_preprocess  # noqa: E402
-from indexer.pipeline import build_index  # noqa: E402
 from indexer.preprocess import preprocess_image  # noqa: E402
 from indexer.stores.faiss_store import FaissStore  # noqa: E402
 

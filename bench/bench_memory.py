@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def child(n: int, model: str) -> None:
     from bench.bench_build import make_model
     from bench.common import lazy_items
+    from indexer.build.local import build_index
     from indexer.config import BuildConfig, ModelConfig, SourceConfig
     from indexer.encoder import ViTMAEEncoder
-    from indexer.pipeline import build_index
     from indexer.stores.faiss_store import FaissStore
 
     tmp = Path(tempfile.mkdtemp(prefix="mae-bench-m-"))

@@ -47,7 +47,7 @@ def main() -> None:
     server = None
     url = args.redis_url
     if url is None:
-        from indexer.redis_server import RedisServer
+        from tests.support.redis_server import RedisServer
 
         server = RedisServer(port=0, data_dir=Path(tempfile.mkdtemp(prefix="mae-bench-r-")))
         server.start()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from indexer.bbbc006 import parse_path
+from indexer.bbbc006.names import parse_path
 from indexer.decode import decode_tiff
 from indexer.sources import SourceItem
 

@@ -111,10 +111,8 @@ def main() -> None:
     server = None
     url = args.redis_url
     if url is None:
-        try:
-            from tests.support.redis_server import RedisServer
-        except ImportError:
-            from indexer.redis_server import RedisServer
+        from tests.support.redis_server import RedisServer
+
         server = RedisServer(port=0, data_dir=work / "redis")
         server.start()
         url = server.url

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import (
+from indexer.cli.options import (
     faiss_search_options,
     handle_errors,
-    redis_url_option,
+    redis_options,
+    require_extra,
     setup_logging,
     verbose_option,
 )
@@ -39,29 +40,34 @@ def _query_ids(path: Path | None) -> tuple[int, ...]:
 
 
 def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out, nprobe=None, ef_search=None):  # fmt: skip
-    from tqdm.auto import tqdm
-
+              device, out, model=None, nprobe=None, ef_search=None):  # fmt: skip
+    require_extra("eval")  # report.py needs scipy, matplotlib and scikit-learn: say so before any query
     from eval import perturb as perturbations
-    from eval.report import format_table, headline_rows, write_report
-    from eval.robustness import NATURAL, RobustnessConfig, run_robustness
-    from indexer.config import RedisConfig
-    from indexer.stores.faiss_store import FaissStore
-    from retriever.search import Retriever
+    from eval.robustness import NATURAL, RobustnessConfig
+    from indexer.stores import open_stores
+    from indexer.stores.binding import redis_config_for
 
     names = tuple(perturb.split(",")) if perturb else (*perturbations.PERTURBATIONS, NATURAL)
     config = RobustnessConfig(perturbations=names, severities=_severities(severities), k=k, n_queries=queries,
                               query_ids=_query_ids(query_list), seed=seed, rbo_p=rbo_p)  # fmt: skip
-    mirror = FaissStore(index_dir, read_only=True, nprobe=nprobe, ef_search=ef_search)
-    store = mirror
+    redis = redis_config_for(index_dir, redis_url, redis_index, writing=False)
+    with open_stores(index_dir, redis, read_only=True, nprobe=nprobe, ef_search=ef_search) as stores:
+        return _evaluate_stores(stores, index_dir, redis_url, config, device, out, model)
+
+
+def _evaluate_stores(stores, index_dir, redis_url, config, device, out, model=None):
+    from tqdm.auto import tqdm
+
+    from eval.report import format_table, headline_rows, write_report
+    from eval.robustness import run_robustness
+    from indexer.stores.binding import store_identity
+    from retriever.search import Retriever
+
+    mirror, store = stores.faiss, stores.primary
     # The reference is exact search over the shards' float vectors, whatever kind the mirror's index is;
     # an approximate mirror searched itself gets its own recall reported.
     exact = mirror if mirror.kind.exact else mirror.exact_searcher()
-    if redis_url:
-        from indexer.stores.redis_store import RedisStore
-
-        store = RedisStore(RedisConfig(url=redis_url, index_name=redis_index))
-    retriever = Retriever.open(store, device=device)
+    retriever = Retriever.open(store, model_override=model, device=device, index_dir=index_dir)
     bar = tqdm(total=1, desc="robustness", unit="step")
 
     def tick(done: int, total: int) -> None:
@@ -70,9 +76,14 @@ def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, s
 
     result = run_robustness(retriever, config, progress=tick, exact=exact if store is not exact else None)
     bar.close()
+    if result.skipped_queries:
+        skipped = result.skipped_queries
+        n = len(skipped) + len(result.query_ids)
+        click.echo(f"Warning: {len(skipped)} of {n} query images cannot be read (moved since the build?) and "
+                   "are left out: " + "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5]), err=True)  # fmt: skip
     manifest = store.read_manifest() or {}
     meta = {"location": str(index_dir), "count": store.count(), "model": manifest.get("model", {}).get("name"),
-            "backend": "redis" if redis_url else "faiss"}  # fmt: skip
+            "backend": "redis" if redis_url else "faiss", "answered_by": store_identity(store)}  # fmt: skip
     rep = write_report(result, out, meta)
     click.echo(format_table(headline_rows(rep["summary"]),
                             ("perturbation", "severity", "n", "self_at_1", "overlap_at_k", "rbo", "drift_normalised")))  # fmt: skip
@@ -91,6 +102,7 @@ _common = [
     click.option("--seed", default=0, show_default=True),
     click.option("--rbo-p", default=0.9, show_default=True),
     click.option("--device", default="auto", show_default=True),
+    click.option("--model", default=None, help="Another path to the index's model weights (checked)."),
 ]
 
 
@@ -125,15 +137,14 @@ def reconstruct(image, model, out, mask_ratio, seed, verbose):
 
 @main.command()
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder.")
-@redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@redis_options
 @_with_common
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder.")
 @faiss_search_options
 @verbose_option
 @handle_errors
 def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-               device, out, nprobe, ef_search, verbose):  # fmt: skip
+               device, model, out, nprobe, ef_search, verbose):  # fmt: skip
     """Top-k consistency and drift of clean vs perturbed queries; writes report.json/CSV/HTML.
 
     With --redis-url the queries go to Redis and its ANN recall@k against the exact FAISS index is
@@ -145,7 +156,7 @@ def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, 
     """
     setup_logging(verbose)
     _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out, nprobe, ef_search)  # fmt: skip
+              device, out, model, nprobe, ef_search)  # fmt: skip
 
 
 @main.command()
@@ -155,7 +166,7 @@ def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, 
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for all reports.")
 @verbose_option
 @handle_errors
-def compare(indexes, queries, query_list, perturb, severities, k, seed, rbo_p, device, out, verbose):
+def compare(indexes, queries, query_list, perturb, severities, k, seed, rbo_p, device, model, out, verbose):
     """Run the same evaluation on several indexes (e.g. one per model) and put them side by side."""
     setup_logging(verbose)
     import json
@@ -166,7 +177,7 @@ def compare(indexes, queries, query_list, perturb, severities, k, seed, rbo_p, d
     for i, idx in enumerate(indexes):
         sub = Path(out) / f"{i:02d}-{Path(idx).name}"
         rep = _evaluate(
-            idx, None, "mae", queries, query_list, perturb, severities, k, seed, rbo_p, device, sub
+            idx, None, None, queries, query_list, perturb, severities, k, seed, rbo_p, device, sub, model
         )
         for row in headline_rows(rep["summary"]):
             combined.append({"index": str(idx), "model": rep["index"]["model"], **row})

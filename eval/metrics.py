@@ -12,8 +12,9 @@ Three families:
   :func:`l2_distance`), put on the scale of the index by :func:`median_nn_distance` and
   :func:`normalised_drift`.
 
-Plus ANN recall of a store against exact search (:func:`recall_at_k`), bootstrap confidence intervals
-(:func:`bootstrap_ci`) and the per-(perturbation, severity) summary (:func:`summarise`).
+Plus bootstrap confidence intervals (:func:`bootstrap_ci`) and the per-(perturbation, severity) summary
+(:func:`summarise`). ANN recall of a store against exact search is
+:func:`indexer.stores.recall.recall_at_k`, shared with ``mae-index verify``.
 """
 
 from __future__ import annotations
@@ -332,49 +333,6 @@ def normalised_drift(drift: float | np.ndarray, scale: float) -> float | np.ndar
         return np.full(np.shape(drift), np.nan) if np.ndim(drift) else math.nan
     out = np.asarray(drift, dtype=np.float64) / scale
     return out if np.ndim(drift) else float(out)
-
-
-# --- ANN recall -------------------------------------------------------------------------------------
-
-
-def recall_at_k(
-    approx_ids: Sequence[Sequence[int]] | np.ndarray, exact_ids: Sequence[Sequence[int]] | np.ndarray, k: int
-) -> float:
-    """ANN recall of a store against exact search: mean over queries of ``|approx[:k] ∩ exact[:k]| / k``.
-
-    Parameters
-    ----------
-    approx_ids : sequence of sequences of int, or (nq, >=k) array
-        Per query, the ids the approximate store returned, best first.
-    exact_ids : sequence of sequences of int, or (nq, >=k) array
-        Per query, the ids of exact (brute-force) search, best first.
-    k : int
-        Depth (>= 1).
-
-    Returns
-    -------
-    float
-        In [0, 1]. Negative ids (FAISS's padding for missing results) are ignored. When exact search
-        finds fewer than ``k`` results (an index smaller than ``k``), the denominator is that number,
-        so a store that returns all of them scores 1. Queries with no exact result are skipped; NaN
-        when none is left.
-
-    Raises
-    ------
-    ValueError
-        If the two have different numbers of queries, or ``k`` < 1.
-    """
-    k = _check_k(k)
-    approx, exact = _ids(approx_ids), _ids(exact_ids)
-    if len(approx) != len(exact):
-        raise ValueError(f"approx and exact have {len(approx)} and {len(exact)} queries")
-    vals = []
-    for a, e in zip(approx, exact):
-        truth = {x for x in _ids(e)[:k] if x >= 0}
-        if truth:
-            found = {x for x in _ids(a)[:k] if x >= 0}
-            vals.append(len(found & truth) / len(truth))
-    return float(np.mean(vals)) if vals else math.nan
 
 
 # --- confidence intervals and summary ---------------------------------------------------------------

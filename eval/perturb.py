@@ -59,13 +59,11 @@ from typing import Any
 
 import numpy as np
 
-#: Full scale of BBBC006 images (12-bit data in 16-bit files).
-SATURATION = 4095
+# BBBC006's full scale (12-bit data in 16-bit files), focal plane and z step, named once for the data set.
+from indexer.bbbc006.constants import FOCUS_Z, SATURATION, Z_STEP_UM
+
 #: Number of severity levels above the identity.
 N_LEVELS = 5
-#: BBBC006's focal plane and z step.
-FOCUS_Z = 16
-Z_STEP_UM = 2.0
 
 PerturbFn = Callable[[np.ndarray, float, np.random.Generator, int], np.ndarray]
 

@@ -19,6 +19,7 @@ import numpy as np
 from eval import perturb
 from eval.robustness import NATURAL, RobustnessResult
 from indexer.atomic import atomic_write_json, atomic_write_text
+from indexer.bbbc006.constants import SATURATION
 
 CURVE_METRICS = (("self_at_1", "self-retrieval@1"), ("overlap_at_k", "overlap@k"), ("rbo", "RBO"),
                  ("drift_normalised", "drift / median NN distance"))  # fmt: skip
@@ -65,6 +66,7 @@ def report_dict(result: RobustnessResult, index_meta: dict[str, Any]) -> dict[st
                 },
             },
             "query_ids": result.query_ids,
+            "skipped_queries": result.skipped_queries,
             "median_nn_distance": result.median_nn_distance,
             "ann_recall_at_k": result.ann_recall,
             "summary": result.summary(),
@@ -205,7 +207,7 @@ def _examples(result: RobustnessResult):
         len(names), len(sevs), figsize=(1.7 * len(sevs), 1.5 * len(names)), squeeze=False
     )
     ref = result.examples.get((names[0], 0))
-    lo, hi = np.percentile(ref, [1, 99.8]) if ref is not None else (0, 4095)
+    lo, hi = np.percentile(ref, [1, 99.8]) if ref is not None else (0, SATURATION)
     for i, n in enumerate(names):
         for j, s in enumerate(sevs):
             ax = axes[i][j]

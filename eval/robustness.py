@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from eval import metrics, perturb
-from indexer.decode import decode_tiff
-from indexer.errors import ConfigError, MaeError
-from indexer.sources import read_path
+from indexer.bbbc006.constants import FOCUS_Z
+from indexer.errors import ConfigError, DecodeError, MaeError
+from indexer.sources import load_image
 from indexer.stores.base import Hit, ImageRecord, MetadataFilter, VectorStore
+from indexer.stores.recall import recall_at_k
 from retriever.search import QueryOptions, Retriever
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class RobustnessConfig:
     query_ids: tuple[int, ...] = ()
     seed: int = 0
     rbo_p: float = 0.9
-    reference_z: int = 16
+    reference_z: int = FOCUS_Z
     where: MetadataFilter = field(default_factory=MetadataFilter)
 
     def __post_init__(self) -> None:
@@ -71,6 +72,7 @@ class RobustnessResult:
     examples: dict[tuple[str, int], np.ndarray]
     ann_recall: float | None = None
     config: RobustnessConfig | None = None
+    skipped_queries: list[dict[str, str]] = field(default_factory=list)  # {path, reason}: unreadable now
 
     def summary(self) -> list[dict[str, Any]]:
         """Means with bootstrap 95 % CIs per (perturbation, severity)."""
@@ -94,6 +96,36 @@ def choose_queries(store: VectorStore, config: RobustnessConfig) -> list[ImageRe
     rng = np.random.default_rng(config.seed)
     idx = np.sort(rng.choice(len(pool), size=min(config.n_queries, len(pool)), replace=False))
     return [pool[i] for i in idx]
+
+
+def read_queries(
+    records: list[ImageRecord],
+) -> tuple[list[ImageRecord], list[np.ndarray], list[dict[str, str]]]:
+    """Read and decode the chosen query images from their recorded paths.
+
+    An image moved or changed since the build is skipped and returned in the third list (the CLI warns,
+    the report lists it); the evaluation goes on with the rest.
+
+    Raises
+    ------
+    MaeError
+        When none of the images can be read.
+    """
+    kept, raws, skipped = [], [], []
+    for rec in records:
+        try:
+            raws.append(load_image(rec.path))
+            kept.append(rec)
+        except (OSError, DecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            skipped.append({"path": rec.path, "reason": reason})
+    if not kept:
+        raise MaeError(
+            f"none of the {len(records)} query images can be read from the paths the index recorded (moved "
+            f"since the build? e.g. {skipped[0]['path']}: {skipped[0]['reason']}). Run from where the "
+            "build ran, or rebuild the index where the images are now."
+        )
+    return kept, raws, skipped
 
 
 def _ids(hits: Sequence[Hit], exclude: int | None = None) -> list[int]:
@@ -123,10 +155,9 @@ def run_robustness(
 ) -> RobustnessResult:
     """Evaluate ``retriever``'s store; ``exact`` (the FAISS mirror) adds ANN recall@k of the store."""
     store = retriever.store
-    queries = choose_queries(store, config)
+    queries, raws, skipped = read_queries(choose_queries(store, config))
     k = config.k
     opts = QueryOptions(k=k + 1)  # one spare: a defocus_z query finds itself first and is dropped
-    raws = [decode_tiff(read_path(r.path)) for r in queries]
     clean_vec = retriever.embed_arrays(raws)
     clean_hits = retriever.search_vectors(clean_vec, opts)
     clean_ids = [_ids(h)[:k] for h in clean_hits]
@@ -180,7 +211,7 @@ def run_robustness(
     if exact is not None:
         approx = [_ids(h)[:k] for h in store.search(clean_vec, k)]
         truth = [_ids(h)[:k] for h in exact.search(clean_vec, k)]
-        ann = metrics.recall_at_k(approx, truth, k)
+        ann = recall_at_k(approx, truth, k)
     return RobustnessResult(
         rows=rows,
         query_ids=[r.id for r in queries],
@@ -190,6 +221,7 @@ def run_robustness(
         examples=examples,
         ann_recall=ann,
         config=config,
+        skipped_queries=skipped,
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from indexer.bbbc006.constants import SATURATION
 from indexer.errors import ConfigError
 
 DEFAULT_MODEL = "facebook/vit-mae-base"
@@ -24,10 +25,14 @@ ResizeMode = Literal["square", "keep-aspect"]
 
 @dataclass(frozen=True)
 class IntensityConfig:
-    """How 16-bit intensities become [0, 1] floats.
+    """How pixel intensities become [0, 1] floats.
 
-    - ``percentile``: per image, ``low``/``high`` percentiles map to 0/1 (default 1 and 99.8).
-    - ``fixed``: a fixed ``window`` (default 0-4095, BBBC006's 12-bit range) maps to 0/1.
+    Images may be unsigned 8- or 16-bit counts or floats; every window is in the image's own units.
+
+    - ``percentile``: per image, ``low``/``high`` percentiles map to 0/1 (default 1 and 99.8). Scale-free:
+      the same picture as 8-bit, 16-bit or float gives the same input. Right for any type.
+    - ``fixed``: a fixed ``window`` maps to 0/1. The default 0-4095 is BBBC006's 12-bit range; give
+      ``0,255`` for 8-bit images, ``0,65535`` for full-range 16-bit ones, ``0,1`` for floats in [0, 1].
     - ``dataset``: ``low``/``high`` percentiles pooled over a sample of the whole data set give one
       window for every image, so defocused slices are not re-stretched; the build computes the window
       and the manifest stores it, so queries use the same one.
@@ -44,7 +49,7 @@ class IntensityConfig:
         if not 0.0 <= self.low < self.high <= 100.0:
             raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
         if self.mode == "fixed" and self.window is None:
-            object.__setattr__(self, "window", (0.0, 4095.0))
+            object.__setattr__(self, "window", (0.0, float(SATURATION)))
         if self.window is not None:
             lo, hi = (float(v) for v in self.window)
             if not hi > lo:
@@ -178,16 +183,20 @@ class RedisConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """Which images to read: folders, zip files or single TIFFs, filtered by channel and z-slice."""
+    """Which images to read: folders, zip files or single TIFFs, filtered by channel and z-slice, with
+    metadata from their names or from a ``metadata`` table (:mod:`indexer.metadata_table`)."""
 
     paths: tuple[Path, ...]
     channels: tuple[str, ...] = ()  # empty = all
     z: tuple[int, ...] = ()  # empty = all
+    metadata: Path | None = None  # a CSV/parquet table: path -> plate, well, site, channel, z, tags
 
     def __post_init__(self) -> None:
         if not self.paths:
             raise ConfigError("give at least one folder, zip or TIFF file to index")
         object.__setattr__(self, "paths", tuple(Path(p) for p in self.paths))
+        if self.metadata is not None:
+            object.__setattr__(self, "metadata", Path(self.metadata))
 
 
 @dataclass(frozen=True)

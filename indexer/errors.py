@@ -53,3 +53,7 @@ class IndexDamagedError(MaeError):
 
 class ShrinkRefusedError(MaeError):
     """A mirror sync would delete vectors from the mirror, and ``--allow-shrink`` was not given."""
+
+
+class EmptyBuildError(MaeError):
+    """A build found no usable image: nothing to index (exit code 1, nothing written)."""

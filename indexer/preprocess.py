@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from indexer.config import IntensityConfig, PreprocessConfig
+from indexer.errors import ConfigError
 
+#: Largest input of torch.quantile (its limit is 2**24 elements); larger float images are subsampled.
+QUANTILE_MAX = 1 << 24
 #: Pixels sampled per image when pooling a data-set intensity window (evenly strided, deterministic).
 DATASET_SAMPLE_PIXELS = 65536
 
@@ -51,10 +54,13 @@ def intensity_window(image: torch.Tensor, config: IntensityConfig) -> tuple[torc
             lo_hi = torch.stack([histogram_quantiles(im, qs) for im in image], dim=1).to(image.device)
         else:
             q = torch.tensor(qs, dtype=image.dtype, device=image.device)
-            lo_hi = torch.quantile(image.reshape(b, -1), q, dim=1)  # (2, B)
+            flat = image.reshape(b, -1)
+            if flat.shape[1] > QUANTILE_MAX:  # torch.quantile's input limit: a regular subsample
+                flat = flat[:, :: math.ceil(flat.shape[1] / QUANTILE_MAX)]
+            lo_hi = torch.quantile(flat, q, dim=1)  # (2, B)
         return lo_hi[0].view(b, 1, 1), lo_hi[1].view(b, 1, 1)
     if config.window is None:
-        raise ValueError("intensity mode 'dataset' needs a window: compute it with dataset_window() first")
+        raise ConfigError("intensity mode 'dataset' needs a window: compute it with dataset_window() first")
     lo = torch.full((b, 1, 1), config.window[0], dtype=image.dtype, device=image.device)
     hi = torch.full((b, 1, 1), config.window[1], dtype=image.dtype, device=image.device)
     return lo, hi
@@ -106,8 +112,9 @@ def preprocess(images: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
 
 
 def preprocess_image(image: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
-    """Preprocess one 2-D uint16 array -> (3, h, w) float32 tensor on the CPU."""
-    t = torch.from_numpy(image.astype(np.int32, copy=False)).unsqueeze(0)
+    """Preprocess one 2-D array (uint8/uint16 counts, or float) -> (3, h, w) float32 tensor on the CPU."""
+    dtype = np.float32 if image.dtype.kind == "f" else np.int32
+    t = torch.from_numpy(image.astype(dtype, copy=False)).unsqueeze(0)
     return preprocess(t, config)[0]
 
 
@@ -124,7 +131,7 @@ def dataset_window(samples: list[np.ndarray], low: float, high: float) -> tuple[
     One window for the whole data set keeps defocused slices dim instead of re-stretching them.
     """
     if not samples:
-        raise ValueError("no images to compute a data-set intensity window from")
+        raise ConfigError("no images to compute a data-set intensity window from")
     pooled = np.concatenate([s.reshape(-1) for s in samples]).astype(np.float64)
     lo, hi = np.percentile(pooled, [low, high])
     if hi <= lo:

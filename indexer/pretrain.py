@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from indexer.atomic import atomic_write_json
+from indexer.atomic import atomic_write_json, new_dir_mode
 from indexer.config import IntensityConfig, SourceConfig
 from indexer.decode import decode_tiff
 from indexer.errors import ConfigError, DecodeError, MaeError, ModelLoadError
@@ -285,6 +285,7 @@ def _save_checkpoint(model, optimizer, scheduler, history, ckpt: Path) -> None:
     # Write a whole new checkpoint folder, then swap it in: a crash leaves the previous one intact.
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=ckpt.parent))
+    tmp.chmod(new_dir_mode())  # mkdtemp makes it 0700; a checkpoint folder is as shareable as any other
     model.save_pretrained(tmp, safe_serialization=True)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "state.pt")
     (tmp / "history.json").write_text(json.dumps(history))

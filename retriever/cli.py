@@ -5,22 +5,24 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 import threading
 from pathlib import Path
 
 import click
 
-from indexer.cli_common import (
+from indexer.cli.options import (
     faiss_search_options,
     handle_errors,
-    redis_url_option,
+    redis_options,
     runtime_options,
     setup_logging,
     verbose_option,
 )
-from indexer.config import RedisConfig
-from indexer.errors import ConfigError
+from indexer.errors import ConfigError, DecodeError
+from indexer.stores import open_stores
 from indexer.stores.base import Hit, MetadataFilter
+from indexer.stores.binding import describe_identity, store_identity
 
 OUTPUT_FIELDS = (
     "query",
@@ -35,59 +37,55 @@ OUTPUT_FIELDS = (
     "site",
     "channel",
     "z",
+    "tags",
+    "store",
+    "index",
 )
 
 
-def open_store(
-    index_dir: Path | None,
-    redis: RedisConfig | None,
-    backend: str | None,
-    nprobe: int | None = None,
-    ef_search: int | None = None,
-):
-    """Open the store to search: Redis when a URL is given (or asked for), else the FAISS folder (with
-    ``nprobe``/``ef_search`` overriding its manifest's search parameters)."""
-    backend = backend or ("redis" if redis else "faiss")
-    if backend == "redis":
-        if redis is None:
-            raise ConfigError("--backend redis needs --redis-url (or MAE_REDIS_URL)")
-        from indexer.stores.redis_store import RedisStore
+def reader_redis(index_dir: Path | None, redis_url: str | None, redis_index: str | None, ef_runtime: int,
+                 backend: str | None):  # fmt: skip
+    """The Redis settings of a reader: none for the FAISS backend or without a URL; the index name given,
+    else the one the --index folder records."""
+    from indexer.stores.binding import redis_config_for
 
-        return RedisStore(redis)
-    if index_dir is None:
-        raise ConfigError("--index DIR is required for the FAISS backend")
-    from indexer.stores.faiss_store import FaissStore
-
-    return FaissStore(index_dir, read_only=True, nprobe=nprobe, ef_search=ef_search)
+    if backend == "faiss" or not redis_url:
+        return None
+    return redis_config_for(index_dir, redis_url, redis_index, writing=False, ef_runtime=ef_runtime)
 
 
-def hits_to_rows(queries: list[str], results: list[list[Hit]]) -> list[dict]:
-    """Flatten per-query hits into rows with the query's name first."""
+def hits_to_rows(queries: list[str], results: list[list[Hit]], identity: dict | None = None) -> list[dict]:
+    """Flatten per-query hits into rows with the query's name first (and the store and index that
+    answered, when given)."""
     rows = []
+    where = {"store": identity["store"], "index": identity["index"]} if identity else {}
     for q, hits in zip(queries, results):
         for h in hits:
-            rows.append({"query": q, **h.to_dict()})
+            rows.append({"query": q, **h.to_dict(), **where})
     return rows
 
 
-def format_rows(rows: list[dict], fmt: str) -> str:
-    """Render rows as an aligned table, JSON (a list of objects) or CSV."""
+def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> str:
+    """Render rows as an aligned table (headed by ``answered_by``, the store and index that answered),
+    JSON (a list of objects) or CSV."""
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if fmt == "csv":
+        rows = [{**r, "tags": ";".join(f"{k}={v}" for k, v in (r.get("tags") or {}).items())} for r in rows]
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=OUTPUT_FIELDS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
         return buf.getvalue().rstrip("\n")
+    head = [f"answered by {answered_by}"] if answered_by else []
     if not rows:
-        return "(no results)"
+        return "\n".join([*head, "(no results)"])
     cols = ("rank", "score", "well", "site", "channel", "z", "id", "path")
     cells = [
         [("" if r[c] is None else f"{r[c]:.4f}" if c == "score" else str(r[c])) for c in cols] for r in rows
     ]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = []
+    lines = list(head)
     current = None
     for r, row in zip(rows, cells):
         if r["query"] != current:
@@ -119,11 +117,13 @@ def main() -> None:
 @click.option("--channel", multiple=True, help="Only these channels: w1, w2 (repeatable).")
 @click.option("--z", "z_slices", multiple=True, type=int, help="Only these z-slices (repeatable).")
 @click.option("--plate", multiple=True, help="Only these plates (repeatable).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
+              help="Only images with this tag, from a --metadata table column (repeatable: OR within a key, "
+                   "AND across keys).")  # fmt: skip
 @click.option("--max-distance", type=float, default=None, help="Only hits within this cosine distance.")
 @click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None,
               help="Store to search (default: redis when a Redis URL is given, else faiss).")  # fmt: skip
-@redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@redis_options
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
@@ -138,7 +138,7 @@ def main() -> None:
 )
 @verbose_option
 @handle_errors
-def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_distance, backend, redis_url,
+def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags, max_distance, backend, redis_url,
           redis_index, hnsw_ef_runtime, nprobe, ef_search, model, device, precision, compile_model, server, fmt,
           verbose):  # fmt: skip
     """Find the indexed images nearest to IMAGES (TIFF files) or to indexed images given by --id.
@@ -150,7 +150,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
         raise ConfigError("give one or more query images, or --id ID")
     from retriever.search import QueryOptions, Retriever
 
-    where = MetadataFilter(well=well, site=site, channel=channel, z=z_slices, plate=plate)
+    where = MetadataFilter(well=well, site=site, channel=channel, z=z_slices, plate=plate, tags=tags)
     options = QueryOptions(k=k, where=where, max_distance=max_distance)
     if server:
         from retriever.server import query_server
@@ -162,29 +162,45 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, max_d
             rows.extend({"query": str(name), **h} for h in hits)
         click.echo(format_rows(rows, fmt))
         return
-    redis = (
-        RedisConfig(url=redis_url, index_name=redis_index, ef_runtime=hnsw_ef_runtime) if redis_url else None
-    )
-    store = open_store(index_dir, redis, backend, nprobe, ef_search)
-    try:
-        retriever = Retriever.open(store, model, device, precision, compile_model)
-        names, results = [], []
+    redis = reader_redis(index_dir, redis_url, redis_index, hnsw_ef_runtime, backend)
+    with open_stores(
+        index_dir, redis, read_only=True, backend=backend or ("redis" if redis else "faiss"), nprobe=nprobe,
+        ef_search=ef_search,
+    ) as stores:  # fmt: skip
+        # Queries by id search with stored vectors: the model loads only when an image needs embedding.
+        retriever = Retriever.open(stores.primary, model, device, precision, compile_model, index_dir=index_dir,
+                                   lazy=not images)  # fmt: skip
+        names, results, failures = [], [], []
         if images:
-            names += [str(p) for p in images]
-            results += retriever.search_files(list(images), options)
+            # With several images, one bad file must not cost the others' results: answer the usable
+            # ones, then name the bad ones and exit 1.
+            vectors, failures = retriever.embed_files_checked(list(images))
+            if len(failures) == len(images) == 1:
+                bad = failures[0]
+                raise (ConfigError if bad.missing else DecodeError)(f"query image {bad.path}: {bad.reason}")
+            failed = {f.path for f in failures}
+            names += [str(p) for p in images if str(p) not in failed]
+            if len(vectors):
+                results += retriever.search_vectors(vectors, options)
         if ids:
             names += [f"id:{i}" for i in ids]
             results += retriever.search_ids(list(ids), options)
-    finally:
-        store.close()
-    click.echo(format_rows(hits_to_rows(names, results), fmt))
+        for warning in retriever.filter_warnings(where):
+            click.echo(f"Warning: {warning}", err=True)
+        identity = store_identity(stores.primary)
+    click.echo(format_rows(hits_to_rows(names, results, identity), fmt, describe_identity(identity)))
+    if failures:
+        for f in failures:
+            click.echo(f"Error: {f.path}: {f.reason}", err=True)
+        click.echo(f"Error: {len(failures)} of {len(images)} query images could not be used.", err=True)
+        # 2 when every bad query is a path that cannot be read (a usage error), else 1 (bad content).
+        sys.exit(2 if all(f.missing for f in failures) else 1)
 
 
 @main.command()
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index folder (FAISS).")
 @click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None)
-@redis_url_option
-@click.option("--redis-index", default="mae", show_default=True)
+@redis_options
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
@@ -225,23 +241,25 @@ def serve(
     from retriever.search import Retriever
     from retriever.server import QueryService, make_server
 
-    redis = (
-        RedisConfig(url=redis_url, index_name=redis_index, ef_runtime=hnsw_ef_runtime) if redis_url else None
-    )
-    store = open_store(index_dir, redis, backend, nprobe, ef_search)
-    service = QueryService(Retriever.open(store, model, device, precision, compile_model))
+    redis = reader_redis(index_dir, redis_url, redis_index, hnsw_ef_runtime, backend)
+    stores = open_stores(index_dir, redis, read_only=True, backend=backend or ("redis" if redis else "faiss"),
+                         nprobe=nprobe, ef_search=ef_search)  # fmt: skip
+    service = QueryService(Retriever.open(stores.primary, model, device, precision, compile_model,
+                                          index_dir=index_dir))  # fmt: skip
     server = make_server(service, host, port, max_upload_mb * 1024 * 1024)
     service.warm_up()
     # HTTP on a side thread; the model and index work on this one, the thread that loaded the model
     # (see QueryService).
     threading.Thread(target=server.serve_forever, name="mae-http", daemon=True).start()
-    click.echo(f"Serving {service.health()['count']} images on http://{host}:{server.server_port}", err=True)
+    answered_by = describe_identity(store_identity(stores.primary))
+    click.echo(f"Serving {service.health()['count']} images of {answered_by} on http://{host}:{server.server_port}",
+               err=True)  # fmt: skip
     try:
         service.run_compute(threading.Event())
     finally:
         server.shutdown()
         server.server_close()
-        store.close()
+        stores.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

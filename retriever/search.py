@@ -6,20 +6,21 @@ and the same preprocessing, so a query vector is comparable with the indexed one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from indexer.bbbc006.constants import VALID_TEXT, is_bbbc006_value
 from indexer.config import ModelConfig, PreprocessConfig
 from indexer.decode import decode_tiff
 from indexer.encoder import Encoder, load_encoder
-from indexer.errors import ConfigError, IndexMismatchError, StoreUnavailableError
+from indexer.errors import ConfigError, DecodeError, IndexMismatchError, StoreUnavailableError
 from indexer.preprocess import preprocess_image
 from indexer.stores.base import Hit, MetadataFilter, VectorStore
-from indexer.stores.manifest import diff_manifests
+from indexer.stores.manifest import diff_manifests, resolve_model_name
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,16 @@ def model_config_from_manifest(
     device: str = "auto",
     precision: str = "auto",
     compile: bool = False,
+    index_dir: Path | None = None,
 ) -> ModelConfig:
     """The :class:`ModelConfig` an index was built with (optionally another path to the same weights),
-    run on ``device`` at ``precision`` (bf16 and fp32 vectors agree to a cosine of 0.99999)."""
+    run on ``device`` at ``precision`` (bf16 and fp32 vectors agree to a cosine of 0.99999).
+
+    The model folder is found from any directory: see :func:`indexer.stores.manifest.resolve_model_name`.
+    """
     m = manifest["model"]
     return ModelConfig(
-        name=model_override or m["name"],
+        name=model_override or resolve_model_name(manifest, index_dir),
         revision=m.get("revision"),
         pooling=manifest["pooling"],
         device=device,
@@ -57,16 +62,88 @@ def model_config_from_manifest(
     )
 
 
+#: Filter fields the query CLI offers, in the order warnings are given.
+_CHECKED_FIELDS = ("plate", "well", "site", "channel", "z", "tags")
+_OPTION = {"tags": "tag"}
+#: Values listed in a warning before "... (N values)".
+_LISTED = 12
+
+
+def filter_warnings(where: MetadataFilter, held: dict[str, list]) -> list[str]:
+    """Warnings for filter values the index does not hold (pure).
+
+    Parameters
+    ----------
+    where
+        The query's filter.
+    held
+        Per field, the distinct values the index holds (:meth:`VectorStore.field_values`).
+
+    Returns
+    -------
+    list of str
+        One line per field with values the index lacks: whether each is a valid BBBC006 value, and the
+        values the index holds.
+    """
+    out = []
+    for name in _CHECKED_FIELDS:
+        asked = getattr(where, name)
+        have = held.get(name, [])
+        missing = [v for v in asked if v not in have]
+        if not missing:
+            continue
+        reasons = []
+        for v in missing:
+            if is_bbbc006_value(name, v) or name in ("plate", "tags"):
+                reasons.append(f"{v} is not in the index" if name != "z" else f"z {v} is not in the index")
+            else:
+                reasons.append(f"{v} is not a BBBC006 {name} ({VALID_TEXT[name]})")
+        listed = ", ".join(str(v) for v in have[:_LISTED])
+        if len(have) > _LISTED:
+            listed += f", ... ({len(have)} values)"
+        label = _OPTION.get(name, name)
+        holds = f"the index holds {label} {listed}" if have else f"the index holds no {label} values"
+        verb = "matches nothing" if len(missing) == len(asked) else "partly matches nothing"
+        values = " ".join(str(v) for v in missing)
+        out.append(f"--{label} {values} {verb}: {'; '.join(reasons)}; {holds}")
+    return out
+
+
+@dataclass(frozen=True)
+class QueryFailure:
+    """A query image that could not be used: its path, why, and whether the file was missing or unreadable."""
+
+    path: str
+    reason: str
+    missing: bool = False
+
+
 class Retriever:
-    """Embeds query images exactly as the index did and searches a :class:`VectorStore`."""
+    """Embeds query images exactly as the index did and searches a :class:`VectorStore`.
+
+    ``encoder`` may be a loaded :class:`Encoder` or a function that loads one: it is then loaded on
+    first use, so queries by id (stored vectors) never load a model.
+    """
 
     def __init__(
-        self, store: VectorStore, encoder: Encoder, preprocess: PreprocessConfig, batch_size: int = 16
+        self,
+        store: VectorStore,
+        encoder: Encoder | Callable[[], Encoder],
+        preprocess: PreprocessConfig,
+        batch_size: int = 16,
     ):
         self.store = store
-        self.encoder = encoder
+        self._encoder = encoder if isinstance(encoder, Encoder) else None
+        self._load = None if isinstance(encoder, Encoder) else encoder
         self.preprocess = preprocess
         self.batch_size = batch_size
+
+    @property
+    def encoder(self) -> Encoder:
+        """The model, loaded (and checked against the index) on first use."""
+        if self._encoder is None:
+            self._encoder = self._load()
+        return self._encoder
 
     @classmethod
     def open(
@@ -76,14 +153,21 @@ class Retriever:
         device: str = "auto",
         precision: str = "auto",
         compile: bool = False,
+        index_dir: Path | None = None,
+        lazy: bool = False,
     ) -> Retriever:
         """Load the model and preprocessing recorded in ``store``'s manifest; run it on ``device`` at
         ``precision`` (see :class:`ModelConfig`).
+
+        ``index_dir`` (default: the store's own folder, for FAISS) is where a model path recorded relative
+        to the index folder starts. With ``lazy`` the model loads at the first image query.
 
         Raises
         ------
         StoreUnavailableError
             If the store has no manifest (nothing was built into it).
+        ModelLoadError
+            If the model cannot be found (moved folder: give ``model_override``) or loaded.
         IndexMismatchError
             If ``model_override`` names different weights than the index was built with.
         """
@@ -92,18 +176,27 @@ class Retriever:
             raise StoreUnavailableError(
                 "the index is empty (no manifest): build it first with `mae-index build`"
             )
-        encoder = load_encoder(
-            model_config_from_manifest(manifest, model_override, device, precision, compile)
-        )
-        current = {**manifest, "model": encoder.info}
-        problems = [p for p in diff_manifests(manifest, current) if p.startswith("model")]
-        if problems:
-            raise IndexMismatchError(
-                "the model given with --model is not the one the index was built with: "
-                + problems[0]
-                + ". Omit --model to use the index's own, or build a new index with this model."
+        if index_dir is None:
+            index_dir = getattr(store, "directory", None)
+
+        def load() -> Encoder:
+            encoder = load_encoder(
+                model_config_from_manifest(manifest, model_override, device, precision, compile, index_dir)
             )
-        return cls(store, encoder, PreprocessConfig.from_dict(manifest["preprocess"]))
+            current = {**manifest, "model": encoder.info}
+            problems = [p for p in diff_manifests(manifest, current) if p.startswith("model")]
+            if problems:
+                raise IndexMismatchError(
+                    "the model given with --model is not the one the index was built with: "
+                    + problems[0]
+                    + ". Omit --model to use the index's own, or build a new index with this model."
+                )
+            return encoder
+
+        retriever = cls(store, load, PreprocessConfig.from_dict(manifest["preprocess"]))
+        if not lazy:
+            retriever.encoder  # noqa: B018 - load now: a server should fail at start, not at its first query
+        return retriever
 
     def embed_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Embed raw 2-D uint16 images; returns (n, dim) float32 unit vectors."""
@@ -119,15 +212,40 @@ class Retriever:
         return np.concatenate(out)
 
     def embed_files(self, paths: Sequence[Path]) -> np.ndarray:
-        """Read, decode and embed image files (raises DecodeError for an unusable one)."""
-        images = []
+        """Read, decode and embed image files.
+
+        Raises
+        ------
+        ConfigError
+            A file does not exist or cannot be read (the message names it).
+        DecodeError
+            A file is not a usable image (the message names it).
+        """
+        vectors, failures = self.embed_files_checked(paths)
+        if failures:
+            bad = failures[0]
+            raise (ConfigError if bad.missing else DecodeError)(f"query image {bad.path}: {bad.reason}")
+        return vectors
+
+    def embed_files_checked(self, paths: Sequence[Path]) -> tuple[np.ndarray, list[QueryFailure]]:
+        """Embed every usable file; return its vectors (in order, usable files only) and the failures."""
+        images, failures = [], []
         for p in paths:
             try:
                 data = Path(p).read_bytes()
             except OSError as e:
-                raise ConfigError(f"cannot read query image {p}: {e.strerror or e}") from e
-            images.append(decode_tiff(data))
-        return self.embed_arrays(images)
+                failures.append(QueryFailure(str(p), f"cannot read: {e.strerror or e}", missing=True))
+                continue
+            try:
+                images.append(decode_tiff(data))
+            except DecodeError as e:
+                failures.append(QueryFailure(str(p), str(e)))
+        return self.embed_arrays(images), failures
+
+    def filter_warnings(self, where: MetadataFilter) -> list[str]:
+        """Warnings for values of ``where`` the index does not hold (see :func:`filter_warnings`)."""
+        held = {name: self.store.field_values(name) for name in _CHECKED_FIELDS if getattr(where, name)}
+        return filter_warnings(where, held)
 
     def search_vectors(self, vectors: np.ndarray, options: QueryOptions) -> list[list[Hit]]:
         """Search the store with query vectors."""
@@ -148,5 +266,8 @@ class Retriever:
         try:
             vectors = self.store.get_vectors(list(ids))
         except KeyError as e:
-            raise ConfigError(f"{e.args[0]}; list ids with `mae-search query ... --format json`") from e
+            raise ConfigError(
+                f"{e.args[0]}; ids are the 'id' field of query results: "
+                "`mae-search query IMAGE --index DIR --format json`"
+            ) from e
         return self.search_vectors(vectors, options)

@@ -2,7 +2,7 @@
 
 Endpoints (JSON responses)::
 
-    GET  /health                    {"status": "ok", "count", "dim", "model"}
+    GET  /health                    {"status": "ok", "count", "dim", "model", "store", "index"[, "server"]}
     GET  /stats                     request counts, latency percentiles (ms), uptime
     POST /query?k=10&well=A01&...   body: one TIFF file (any content type) -> {"hits": [...]}
     POST /query/batch               {"images": [base64 TIFF, ...], "k", "where"} -> {"results": [[...], ...]}
@@ -38,6 +38,7 @@ import torch
 from indexer.decode import decode_tiff
 from indexer.errors import ConfigError, DecodeError
 from indexer.stores.base import MetadataFilter
+from indexer.stores.binding import store_identity
 from retriever.search import QueryOptions, Retriever
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class QueryService:
             "count": self.retriever.store.count(),
             "dim": manifest.get("dim"),
             "model": manifest.get("model", {}).get("name"),
+            **store_identity(self.retriever.store),  # which store and index answer: store, index (server)
         }
 
     def compute(self, fn: Callable[..., Any], *args: Any) -> Any:

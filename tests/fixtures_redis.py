@@ -8,7 +8,7 @@ must never pass by skipping.
 Fixtures
 --------
 redis_server
-    The session's :class:`indexer.redis_server.RedisServer`.
+    The session's :class:`tests.support.redis_server.RedisServer`.
 redis_url
     Its URL.
 redis_config
@@ -41,8 +41,8 @@ def _unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """The session's Redis Stack server (:class:`indexer.redis_server.RedisServer`), with the search module."""
-    from indexer.redis_server import RedisServer
+    """The session's Redis Stack server (:class:`tests.support.redis_server.RedisServer`), with the search module."""
+    from tests.support.redis_server import RedisServer
 
     server = RedisServer(data_dir=tmp_path_factory.mktemp("redis"))
     reason = None
@@ -99,7 +99,7 @@ def start_redis(redis_server, tmp_path: Path) -> Iterator[Callable[..., object]]
 
     It depends on ``redis_server`` so that the install and the skip/fail decision happen once.
     """
-    from indexer.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     started: list[RedisServer] = []
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from indexer.bbbc006 import normalise_channel, normalise_well
+from indexer.bbbc006.names import normalise_channel, normalise_well
 from indexer.errors import ConfigError
 
 #: Metadata fields every store keeps beside a vector, in this order.
@@ -22,6 +22,17 @@ from indexer.errors import ConfigError
 _TRIM = " \t\n\r\f\v"
 
 RECORD_FIELDS = ("path", "plate", "well", "row", "column", "site", "channel", "z")
+
+# --- store rules, named once: every store follows them, so both answer alike ------------------------
+
+#: Extra nearest-neighbour candidates a store fetches beyond ``k``, so that ties at the k-th score are
+#: broken by id the same way in every store (:func:`rank_hits`).
+SPARE_CANDIDATES = 8
+#: Slack on ``max_distance``: Redis computes distances in float32 and prints 12 significant digits, and
+#: FAISS's float32 inner products round alike; a hit at exactly the bound must pass in both.
+DISTANCE_SLACK = 1e-6
+#: Largest difference expected between the same vector read back from two stores, by stored type.
+VECTOR_TOLERANCE = {"FLOAT32": 1e-6, "FLOAT16": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -37,10 +48,21 @@ class ImageRecord:
     site: int | None = None
     channel: str | None = None
     z: int | None = None
+    tags: tuple[tuple[str, str], ...] = ()  # (key, value) pairs, sorted: a metadata table's extra columns
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", normalise_tags(self.tags))
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the record as a plain dict (JSON-ready)."""
-        return asdict(self)
+        """Return the record as a plain dict (JSON-ready; ``tags`` as ``{key: value}``)."""
+        d = asdict(self)
+        d["tags"] = dict(self.tags)
+        return d
+
+    @property
+    def tag_strings(self) -> tuple[str, ...]:
+        """The tags as ``key=value`` strings (what a tag filter names, what Redis stores)."""
+        return tuple(f"{k}={v}" for k, v in self.tags)
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,45 @@ class Hit:
     def to_dict(self) -> dict[str, Any]:
         """Return ``{rank, id, score, path, plate, well, row, column, site, channel, z}``."""
         return {"rank": self.rank, "score": self.score, **self.record.to_dict()}
+
+
+def normalise_tags(tags: Any) -> tuple[tuple[str, str], ...]:
+    """Tags as sorted ``(key, value)`` pairs, from a dict, pairs, or ``key=value`` strings.
+
+    Raises
+    ------
+    ConfigError
+        A key that is empty or holds ``=``; a key or value with control characters.
+    """
+    if not tags:
+        return ()
+    if isinstance(tags, dict):
+        items = tags.items()
+    else:
+        items = [tuple(t.split("=", 1)) if isinstance(t, str) else tuple(t) for t in tags]
+    out = {}
+    for item in items:
+        if len(item) != 2:
+            raise ConfigError(f"a tag is KEY=VALUE, got {item[0]!r}")
+        key, value = (str(x).strip(_TRIM) for x in item)
+        if not key or "=" in key:
+            raise ConfigError(f"invalid tag name {key!r} (not empty, no '=')")
+        if any(unicodedata.category(c) == "Cc" for c in key + value):
+            raise ConfigError(f"tag {key}={value!r} contains control characters")
+        out[key] = value
+    return tuple(sorted(out.items()))
+
+
+def _lenient(normalise):
+    # A value the normaliser does not recognise (a well "99", a channel "DAPI" of your own data) stays
+    # as given, stripped: it matches what the index holds, or nothing, and the query says so.
+    def convert(value: Any) -> str:
+        try:
+            return normalise(value)
+        except ValueError:
+            return str(value).strip(_TRIM)
+
+    return convert
 
 
 def _tuple(values: Any, convert) -> tuple:
@@ -91,21 +152,25 @@ class MetadataFilter:
     z_min: int | None = None
     z_max: int | None = None
     path: tuple[str, ...] = field(default=())
+    tags: tuple[str, ...] = ()  # "key=value": OR among values of one key, AND across keys
 
     def __post_init__(self) -> None:
         conv = {
             "plate": lambda v: str(v).strip(_TRIM),
-            "well": normalise_well,
+            "well": _lenient(normalise_well),
             "row": lambda r: str(r).strip(_TRIM).upper(),
             "column": int,
             "site": int,
-            "channel": normalise_channel,
+            "channel": _lenient(normalise_channel),
             "z": int,
             "path": lambda v: str(v).strip(_TRIM),
         }
         for name, fn in conv.items():
             object.__setattr__(self, name, _tuple(getattr(self, name), fn))
-        for name in ("plate", "row", "path"):
+        tags = self.tags if isinstance(self.tags, (list, tuple, set, frozenset)) else (self.tags,)
+        pairs = [normalise_tags([t])[0] for t in tags]
+        object.__setattr__(self, "tags", tuple(sorted({f"{k}={v}" for k, v in pairs})))
+        for name in ("plate", "well", "row", "channel", "path"):
             for value in getattr(self, name):
                 if not value:
                     raise ConfigError(f"empty {name} filter value")
@@ -130,13 +195,37 @@ class MetadataFilter:
             return False
         if self.z_max is not None and (record.z is None or record.z > self.z_max):
             return False
-        return True
+        return tags_match(self.tag_groups(), record.tag_strings)
+
+    def tag_groups(self) -> dict[str, tuple[str, ...]]:
+        """The tag filter grouped by key: ``{key: ("key=a", "key=b")}`` (OR within, AND across)."""
+        groups: dict[str, list[str]] = {}
+        for t in self.tags:
+            groups.setdefault(t.split("=", 1)[0], []).append(t)
+        return {k: tuple(v) for k, v in groups.items()}
+
+
+def tags_match(groups: dict[str, tuple[str, ...]], tag_strings: Sequence[str]) -> bool:
+    """True when ``tag_strings`` hold one of the values of every key in ``groups``."""
+    have = set(tag_strings)
+    return all(have.intersection(values) for values in groups.values())
 
 
 @runtime_checkable
 class VectorStore(Protocol):
     """What every vector store offers. Ids are non-negative int64, stable across runs (derived from
-    image content), so re-adding an id replaces it (upsert)."""
+    image content), so re-adding an id replaces it (upsert). A store is a context manager: leaving
+    the ``with`` block closes it."""
+
+    @property
+    def location(self) -> str:
+        """Where the store lives, for messages (a folder, or a Redis index and server; never a password)."""
+        ...
+
+    @property
+    def vector_tolerance(self) -> float:
+        """Largest difference between a vector written and the same vector read back (its stored type)."""
+        ...
 
     def add(self, vectors: np.ndarray, records: Sequence[ImageRecord]) -> None:
         """Upsert ``vectors`` (n, dim float32, L2-normalised) with their ``records`` (ids inside)."""
@@ -175,6 +264,10 @@ class VectorStore(Protocol):
         """Delete ``ids``; return how many were present."""
         ...
 
+    def field_values(self, name: str) -> list:
+        """Return the distinct values of metadata field ``name`` the store holds, sorted (None left out)."""
+        ...
+
     def read_manifest(self) -> dict[str, Any] | None:
         """Return the stored index manifest, or ``None`` for a new, empty store."""
         ...
@@ -196,6 +289,14 @@ class VectorStore(Protocol):
 
         The cheap check runs on open; ``full`` also reads everything (checksums, every vector).
         """
+        ...
+
+    def __enter__(self) -> VectorStore:
+        """Return the store itself."""
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the store."""
         ...
 
 
@@ -238,8 +339,8 @@ def check_storable(records: Sequence[ImageRecord]) -> None:
         Naming the record and the field.
     """
     for r in records:
-        for name in ("path", "plate", "well", "row", "channel"):
-            value = getattr(r, name)
+        texts = [(name, getattr(r, name)) for name in ("path", "plate", "well", "row", "channel")]
+        for name, value in texts + [("tag", t) for t in r.tag_strings]:
             if value is None:
                 continue
             try:

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,13 +47,17 @@ from indexer.errors import (
     StoreUnavailableError,
 )
 from indexer.stores.base import (
+    DISTANCE_SLACK,
     RECORD_FIELDS,
+    SPARE_CANDIDATES,
+    VECTOR_TOLERANCE,
     Hit,
     ImageRecord,
     MetadataFilter,
     check_queries,
     check_storable,
     rank_hits,
+    tags_match,
 )
 from indexer.stores.faiss_kinds import (
     DEFAULT_KIND,
@@ -101,6 +106,7 @@ def _arrow_schema(dim: int):
         [("id", pa.int64()), ("vector", pa.list_(pa.float32(), dim)), ("deleted", pa.bool_())]
         + [(f, pa.string()) for f in _STR_FIELDS]
         + [(f, pa.int32()) for f in _INT_FIELDS]
+        + [("tags", pa.string())]  # JSON {key: value}; null without tags (older shards lack the column)
     )
 
 
@@ -119,6 +125,7 @@ def records_to_table(vectors: np.ndarray, records: Sequence[ImageRecord], delete
         cols[f] = pa.array([getattr(r, f) for r in records], pa.string())
     for f in _INT_FIELDS:
         cols[f] = pa.array([getattr(r, f) for r in records], pa.int32())
+    cols["tags"] = pa.array([json.dumps(dict(r.tags)) if r.tags else None for r in records], pa.string())
     return pa.table(cols, schema=_arrow_schema(dim))
 
 
@@ -130,7 +137,13 @@ def table_to_records(table) -> tuple[np.ndarray, np.ndarray, list[ImageRecord], 
     vectors = vec_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
     deleted = table.column("deleted").to_numpy(zero_copy_only=False).astype(bool)
     meta = {f: table.column(f).to_pylist() for f in RECORD_FIELDS}
-    records = [ImageRecord(id=int(ids[i]), **{f: meta[f][i] for f in RECORD_FIELDS}) for i in range(len(ids))]
+    tags = table.column("tags").to_pylist() if "tags" in table.column_names else [None] * len(ids)
+    records = [
+        ImageRecord(
+            id=int(ids[i]), **{f: meta[f][i] for f in RECORD_FIELDS}, tags=json.loads(tags[i] or "{}")
+        )
+        for i in range(len(ids))
+    ]
     return ids.astype(np.int64), vectors, records, deleted
 
 
@@ -279,6 +292,8 @@ class FaissStore:
         if not read_only:
             self._lock = FolderLock(self.directory).acquire(wait=wait, on_wait=log.warning)
         try:
+            if not read_only:
+                self._probe_writable()
             self._load()
             if self.damage:
                 summary = "; ".join(self.damage)
@@ -307,10 +322,32 @@ class FaissStore:
             raise
         self._durable = len(self._records)
 
+    def expect_dim(self, dim: int) -> None:
+        """Check that vectors of ``dim`` fit this index (a new one takes it).
+
+        Raises
+        ------
+        ConfigError
+            The index holds vectors of another dimension.
+        """
+        if self.dim is not None and self.dim != dim:
+            raise ConfigError(f"index at {self.directory} holds {self.dim}-d vectors, not {dim}-d")
+        self.dim = dim
+
     @property
     def location(self) -> str:
         """The index folder, for messages."""
         return str(self.directory)
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """Which store and index this is, for outputs: ``{"store": "faiss", "index": folder}``."""
+        return {"store": "faiss", "index": str(self.directory)}
+
+    @property
+    def vector_tolerance(self) -> float:
+        """Vectors are kept as float32."""
+        return VECTOR_TOLERANCE["FLOAT32"]
 
     # ---------------------------------------------------------------- loading
     def _shard_paths(self) -> list[Path]:
@@ -513,6 +550,22 @@ class FaissStore:
                     pid = temp_file_pid(p.name)
                     if pid is None or not pid_alive(pid):
                         p.unlink(missing_ok=True)
+
+    def _probe_writable(self) -> None:
+        # Before anything is embedded: a folder that takes the lock may still refuse new files
+        # (permissions, a read-only mount). The probe's name is a temp file's, so a sweep removes it.
+        for folder in (self.directory, self.directory / SHARDS):
+            if not folder.is_dir():
+                continue
+            try:
+                fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}-", suffix=".tmp", dir=folder)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as e:
+                raise StoreUnavailableError(
+                    f"index folder {folder} is not writable ({e.strerror or e}): choose another --index "
+                    "folder, or fix its permissions"
+                ) from e
 
     def _read_state(self) -> dict[str, Any] | None:
         path = self.directory / INDEX_STATE
@@ -954,10 +1007,18 @@ class FaissStore:
             out[pos] = self._shard_vectors(name, rows)
         return out
 
+    def field_values(self, name: str) -> list:
+        """Distinct values of metadata field ``name``, sorted (None left out)."""
+        if name == "tags":
+            return sorted({t for r in self._records.values() for t in r.tag_strings})
+        if name not in RECORD_FIELDS:
+            raise ConfigError(f"no metadata field {name!r}")
+        return sorted({v for r in self._records.values() if (v := getattr(r, name)) is not None})
+
     def _frame(self) -> pd.DataFrame:
         if self._meta_frame is None:
-            rows = [r.to_dict() for r in self._records.values()]
-            self._meta_frame = pd.DataFrame(rows, columns=["id", *RECORD_FIELDS])
+            rows = [{**r.to_dict(), "tags": r.tag_strings} for r in self._records.values()]
+            self._meta_frame = pd.DataFrame(rows, columns=["id", *RECORD_FIELDS, "tags"])
         return self._meta_frame
 
     def matching_ids(self, where: MetadataFilter) -> np.ndarray:
@@ -974,6 +1035,9 @@ class FaissStore:
             mask &= (df["z"].astype("float") >= where.z_min).to_numpy()
         if where.z_max is not None:
             mask &= (df["z"].astype("float") <= where.z_max).to_numpy()
+        if where.tags:
+            groups = where.tag_groups()
+            mask &= np.fromiter((tags_match(groups, t) for t in df["tags"]), dtype=bool, count=len(df))
         return df["id"].to_numpy(dtype=np.int64)[mask]
 
     def search(
@@ -1014,15 +1078,14 @@ class FaissStore:
             selector,
             widen=len(self._records) / n_allowed,
         )
-        # A few extra candidates so that ties at the k-th score are broken by id, as in every store.
-        kk = min(n_allowed, k + 8)
+        kk = min(n_allowed, k + SPARE_CANDIDATES)
         index = self._index if params is not None else self._unfiltered_search_index()
         scores, ids = index.search(queries, kk, params=params)
         out = []
         for row_scores, row_ids in zip(scores, ids):
             keep = row_ids >= 0
             if max_distance is not None:
-                keep &= (1.0 - row_scores) <= max_distance + 1e-6
+                keep &= (1.0 - row_scores) <= max_distance + DISTANCE_SLACK
             out.append(rank_hits(row_ids[keep], row_scores[keep], self._records, k))
         return out
 
@@ -1053,7 +1116,9 @@ class FaissStore:
                 f"manifest {p} is not valid JSON ({e}): it was damaged or edited since the build; restore "
                 "it, or rebuild the index into a new folder"
             ) from e
-        return check_manifest(data, str(p))
+        # The faiss section is this folder's own (kind, search parameters: search_settings), not part
+        # of what the index was built with; every store returns the same manifest.
+        return {k: v for k, v in check_manifest(data, str(p)).items() if k != "faiss"}
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write the manifest atomically, sealed with a checksum of its content.
@@ -1063,7 +1128,15 @@ class FaissStore:
         """
         self._check_writable()
         section = self._faiss_section or {"index": self._kind.factory}
-        atomic_write_json(self.directory / MANIFEST, seal_manifest({**manifest, "faiss": section}))
+        try:
+            atomic_write_json(self.directory / MANIFEST, seal_manifest({**manifest, "faiss": section}))
+        except OSError as e:
+            if _disk_full(e):
+                raise StoreFullError(
+                    f"the disk holding {self.directory} is full: the manifest could not be written; free some "
+                    "space and run the same command again"
+                ) from e
+            raise
 
     def close(self) -> None:
         """Flush pending writes, write the search index (:meth:`finalize`) and let the lock go."""
@@ -1078,5 +1151,5 @@ class FaissStore:
     def __enter__(self) -> FaissStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -105,8 +105,11 @@ class FolderLock:
                 told = True
             time.sleep(POLL_SECONDS)
         # Who holds it, for the next writer's message only; the lock itself is the flock.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the note is only for messages
         with _guard:
             _held[key] = (fd, 1)
         self._key = key

@@ -18,10 +18,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
+import uuid
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-from indexer.errors import IndexDamagedError, IndexMismatchError
+from indexer.errors import IndexDamagedError, IndexMismatchError, ModelLoadError
 
 MANIFEST_FORMAT = 1
 
@@ -52,7 +55,74 @@ def build_manifest(
         "dim": int(dim),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),
+        "index_uid": uuid.uuid4().hex,  # one per index; the folder and its Redis index share it
     }
+
+
+def record_model_paths(model: dict[str, Any], index_dir: Path | None) -> dict[str, Any]:
+    """Return the manifest's model record with paths that resolve from anywhere.
+
+    For a local model folder: ``path`` (absolute) and ``path_from_index`` (relative to the index
+    folder, so an index moved or copied together with its model still finds it). A hub id gets neither.
+    """
+    out = dict(model)
+    local = Path(str(model.get("name", "")))
+    if local.is_dir():
+        out["path"] = str(local.resolve())
+        if index_dir is not None:
+            out["path_from_index"] = os.path.relpath(local.resolve(), Path(index_dir).resolve())
+    return out
+
+
+def resolve_model_name(manifest: dict[str, Any], index_dir: Path | None) -> str:
+    """Where to load an index's model from: the first of (index folder + ``path_from_index``, ``path``,
+    ``name``) that is a folder; a hub id as recorded.
+
+    Raises
+    ------
+    ModelLoadError
+        When the index was built from a local folder that none of the recorded paths reaches.
+    """
+    model = manifest.get("model", {})
+    name = str(model.get("name"))
+    tried = []
+    if index_dir is not None and model.get("path_from_index"):
+        tried.append(Path(index_dir) / model["path_from_index"])
+    if model.get("path"):
+        tried.append(Path(model["path"]))
+    tried.append(Path(name))
+    for candidate in tried:
+        if candidate.is_dir():
+            return str(candidate)
+    if model.get("path") or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        places = ", ".join(dict.fromkeys(str(t) for t in tried))
+        raise ModelLoadError(
+            f"the index was built with the model folder {name!r}, which is not at {places} (moved?). "
+            "Give its new place with --model PATH (the weights are checked against the index's fingerprint)."
+        )
+    return name
+
+
+def read_folder_manifest(index_dir: Path) -> dict[str, Any] | None:
+    """The ``manifest.json`` of an index folder (checked by :func:`check_manifest`), or ``None`` when
+    there is none (a new folder).
+
+    Raises
+    ------
+    IndexDamagedError
+        Not valid JSON, not an object, a key missing, or changed since the build.
+    """
+    path = Path(index_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise IndexDamagedError(
+            f"manifest {path} is not valid JSON ({e}): it was damaged or edited since the build; restore it, "
+            "or rebuild the index into a new folder"
+        ) from e
+    return check_manifest(data, str(path))
 
 
 def _model_identity(model: dict[str, Any]) -> tuple[str, str | None]:
@@ -74,9 +144,31 @@ def diff_manifests(stored: dict[str, Any], current: dict[str, Any]) -> list[str]
             f"(fingerprint {str(current.get('model', {}).get('fingerprint'))[:12]})"
         )
     for key in _EMBEDDING_KEYS:
-        if stored.get(key) != current.get(key):
-            problems.append(f"{key}: index has {stored.get(key)!r}, this run has {current.get(key)!r}")
+        problems += _diff_values(key, stored.get(key), current.get(key))
     return problems
+
+
+def _diff_values(name: str, stored: Any, current: Any) -> list[str]:
+    # Nested dicts (preprocess.intensity.mode) are compared field by field, so a message names the
+    # one field that differs instead of printing two dicts.
+    if isinstance(stored, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(stored) | set(current)):
+            out += _diff_values(f"{name}.{key}", stored.get(key), current.get(key))
+        return out
+    if stored != current:
+        return [f"{name}: index has {stored!r}, this run has {current!r}"]
+    return []
+
+
+def same_embedding(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """True when two manifests give comparable vectors (same model, pooling, preprocessing, dimension).
+
+    Two missing manifests (two empty stores) are the same; one missing one is not.
+    """
+    if a is None or b is None:
+        return a is None and b is None
+    return not diff_manifests(a, b)
 
 
 def check_compatible(stored: dict[str, Any] | None, current: dict[str, Any], where: str) -> None:
@@ -92,8 +184,8 @@ def check_compatible(stored: dict[str, Any] | None, current: dict[str, Any], whe
         raise IndexMismatchError(
             f"the index at {where} was built with other settings, so its vectors are not comparable:\n  - "
             + "\n  - ".join(problems)
-            + "\nUse the index's own model and preprocessing (omit --model and preprocessing flags to take "
-            "them from the manifest), or build a new index (another --index folder / Redis index name)."
+            + "\nRe-run without --model, --pooling and the preprocessing flags: a build into an existing index "
+            "takes them from its manifest. Or build a new index (another --index folder)."
         )
 
 
@@ -115,7 +207,7 @@ def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_manifest(data: Any, where: str) -> dict[str, Any]:
-    """Return ``data`` when it is a sound manifest; otherwise say what is wrong with it.
+    """Return ``data`` (without its checksum) when it is a sound manifest; otherwise say what is wrong.
 
     Parameters
     ----------
@@ -146,4 +238,5 @@ def check_manifest(data: Any, where: str) -> dict[str, Any]:
             f"manifest {where} was changed since the build (its checksum does not match its content), so "
             f"queries would no longer embed images as the index did; {fix}"
         )
-    return data
+    # Callers see what was written; writing it again seals it again.
+    return {k: v for k, v in data.items() if k != CHECKSUM_KEY}

@@ -20,7 +20,7 @@ Choices, and why:
   redis-py version (its search helpers and reply shapes changed across 5.x to 8.x).
 
 Queries are ``KNN`` with ``DIALECT 2``; the query vector, ``K``, ``EF_RUNTIME`` and every number of a
-filter are query ``PARAMS``, and every tag value is escaped (:func:`escape_tag`), so no user text can
+filter are query ``PARAMS``, and every tag value is escaped (:mod:`indexer.stores.redis_query`), so no user text can
 change a query's meaning. Redis returns a cosine *distance* in [0, 2]; this store reports
 ``score = 1 - distance``, cosine similarity, like the FAISS store, and breaks ties by id the same way
 (:func:`indexer.stores.base.rank_hits`).
@@ -34,7 +34,6 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -43,11 +42,13 @@ from indexer.errors import (
     ConfigError,
     IndexDamagedError,
     IndexMismatchError,
-    StoreFullError,
     StoreUnavailableError,
 )
 from indexer.stores.base import (
+    DISTANCE_SLACK,
     RECORD_FIELDS,
+    SPARE_CANDIDATES,
+    VECTOR_TOLERANCE,
     Hit,
     ImageRecord,
     MetadataFilter,
@@ -56,13 +57,20 @@ from indexer.stores.base import (
     rank_hits,
 )
 from indexer.stores.manifest import check_manifest, seal_manifest
+from indexer.stores.redis_errors import ENGINE_HINT, redact_url, translate_error
+from indexer.stores.redis_query import (
+    DISTANCE_FIELD,
+    NUMERIC_FIELDS,
+    TAG_FIELDS,
+    TAG_SEPARATOR,
+    TAGS_FIELD,
+    VECTOR_FIELD,
+    pairs,
+    query_params,
+    render_filter,
+    text,
+)
 
-TAG_FIELDS = ("plate", "well", "row", "channel", "path")
-NUMERIC_FIELDS = ("column", "site", "z")
-VECTOR_FIELD = "vector"
-DISTANCE_FIELD = "distance"
-#: Tag separator: the ASCII unit separator, which no path or plate name contains.
-TAG_SEPARATOR = "\x1f"
 #: Hashes per MULTI/EXEC in :meth:`RedisStore.add` (about 1.5 MB of 768-d float32 vectors).
 WRITE_CHUNK = 500
 #: Hashes per pipeline round trip in :meth:`RedisStore.bulk_load` (bench/bench_redis.py: throughput
@@ -71,24 +79,8 @@ BULK_BATCH = 1000
 #: Keys per pipeline round trip when reading, and queries per pipeline round trip when searching.
 READ_CHUNK = 1000
 QUERY_BATCH = 32
-#: Extra KNN candidates, so that ties at the k-th score are broken by id, as in the FAISS store.
-SPARE_CANDIDATES = 8
-#: Slack on ``max_distance``: Redis computes distances in float32 and prints 12 significant digits.
-DISTANCE_SLACK = 1e-6
 
-# Every ASCII character but letters, digits and "_" is query syntax somewhere (space, braces, "|", "-",
-# "@", ":", quotes, "*", "\\", "$", ...), so each gets a backslash, as redisvl's TokenEscaper does.
-# Non-ASCII characters are never syntax and pass through (escaping them would break the match).
-# "_" too: an unescaped lone "_" (a plate named "_") is a syntax error in the query language.
-_TAG_ESCAPE = re.compile(r"([^A-Za-z0-9\u0080-\U0010ffff])")
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
-_NOPERM = re.compile(r"(User \S+ )?has no permissions to (run|access) the '[^']{1,64}' \w+")
-_SECRET_QUERY_KEYS = ("pass", "pwd", "secret", "token", "auth", "credential")
-_ENGINE_HINT = (
-    "it needs the Redis Query Engine with vector search: Redis Stack 7.2+ or Redis 8. Start one with "
-    "`scripts/redis-stack.sh install && scripts/redis-stack.sh start --port 6379 --dir DIR`, or "
-    "`docker compose up -d redis` (docker-compose.yml)"
-)
 
 
 def _redis():
@@ -99,112 +91,21 @@ def _redis():
     return redis
 
 
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``, safe to print and log.
-
-    Host, port, database and options stay, so a message still says which server was meant. A user
-    name without a password (``redis://secret@host``) is hidden too, since some clients take it as
-    the password; so are query options that look like credentials (``?password=...``).
-
-    Parameters
-    ----------
-    url
-        A Redis URL (``redis://``, ``rediss://`` or ``unix://``).
-
-    Returns
-    -------
-    str
-        The URL without secrets; ``"<unparseable Redis URL>"`` when it cannot be parsed.
-    """
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        return "<unparseable Redis URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, hostport = netloc.rsplit("@", 1)
-        user, has_password, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{hostport}" if has_password else f"***@{hostport}"
-    query = parts.query
-    if query:
-        items = []
-        for item in query.split("&"):
-            key, eq, _ = item.partition("=")
-            secret = eq and any(word in key.lower() for word in _SECRET_QUERY_KEYS)
-            items.append(f"{key}=***" if secret else item)
-        query = "&".join(items)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def escape_tag(value: str) -> str:
-    """Escape one tag value for a query, so that it is matched literally.
-
-    Parameters
-    ----------
-    value
-        The value as stored (e.g. a plate name ``"pl ate{x}|y"``).
-
-    Returns
-    -------
-    str
-        The value with a backslash before every ASCII character other than letters and digits.
-    """
-    return _TAG_ESCAPE.sub(r"\\\1", str(value))
-
-
-def render_filter(where: MetadataFilter | None) -> tuple[str, dict[str, Any]]:
-    """Render a filter as the pre-filter of a KNN query, and its parameters.
-
-    Tags become ``@field:{a | b}`` with escaped values; numbers become ranges over query parameters,
-    ``(@site:[$site_0 $site_0] | @site:[$site_1 $site_1])``; ``z_min``/``z_max`` become
-    ``@z:[$z_lo $z_hi]``. Fields are ANDed (juxtaposed).
-
-    Parameters
-    ----------
-    where
-        The filter; ``None`` or an empty filter matches everything.
-
-    Returns
-    -------
-    tuple of (str, dict)
-        The query prefix (``"*"`` when empty) and the parameters it uses.
-    """
-    if where is None or where.is_empty:
-        return "*", {}
-    parts: list[str] = []
-    params: dict[str, Any] = {}
-    for name in TAG_FIELDS:
-        values = getattr(where, name)
-        if values:
-            parts.append(f"@{name}:{{{' | '.join(escape_tag(v) for v in values)}}}")
-    for name in NUMERIC_FIELDS:
-        values = getattr(where, name)
-        if values:
-            alternatives = []
-            for i, v in enumerate(values):
-                params[f"{name}_{i}"] = int(v)
-                alternatives.append(f"@{name}:[${name}_{i} ${name}_{i}]")
-            parts.append("(" + " | ".join(alternatives) + ")")
-    if where.z_min is not None or where.z_max is not None:
-        params["z_lo"] = int(where.z_min) if where.z_min is not None else "-inf"
-        params["z_hi"] = int(where.z_max) if where.z_max is not None else "+inf"
-        parts.append("@z:[$z_lo $z_hi]")
-    return "(" + " ".join(parts) + ")", params
-
-
 #: The fields this tool's queries need, and their types; an index of the same name with others is refused.
-EXPECTED_FIELDS = {**dict.fromkeys(TAG_FIELDS, "TAG"), **dict.fromkeys(NUMERIC_FIELDS, "NUMERIC")}
+EXPECTED_FIELDS = {
+    **dict.fromkeys((*TAG_FIELDS, TAGS_FIELD), "TAG"),
+    **dict.fromkeys(NUMERIC_FIELDS, "NUMERIC"),
+}
 
 
 def _schema_problems(attributes: Iterable[Any]) -> list[str]:
     """Compare an ``FT.INFO`` attribute list with :data:`EXPECTED_FIELDS` (names, types, tag options)."""
     found: dict[str, tuple[str, list[str]]] = {}
     for attr in attributes:
-        raw = [_s(v) for v in attr]
-        fields = {k.lower(): v for k, v in _pairs(attr).items()}
-        name = _s(fields.get("attribute", fields.get("identifier", "")))
-        found[name] = (_s(fields.get("type", "")).upper(), raw)
+        raw = [text(v) for v in attr]
+        fields = {k.lower(): v for k, v in pairs(attr).items()}
+        name = text(fields.get("attribute", fields.get("identifier", "")))
+        found[name] = (text(fields.get("type", "")).upper(), raw)
     problems = []
     for name, kind in EXPECTED_FIELDS.items():
         if name not in found:
@@ -220,25 +121,6 @@ def _schema_problems(attributes: Iterable[Any]) -> list[str]:
                     f"tag field {name!r} with other options (this tool needs SEPARATOR \\x1f CASESENSITIVE)"
                 )
     return problems
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _pairs(items: Iterable[Any]) -> dict[str, Any]:
-    """A flat RESP2 ``[key, value, key, value, ...]`` reply as a dict (a trailing flag is dropped)."""
-    items = list(items)
-    return {_s(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
-
-
-def _params(params: dict[str, Any]) -> list[Any]:
-    if not params:
-        return []
-    flat: list[Any] = ["PARAMS", 2 * len(params)]
-    for key, value in params.items():
-        flat += [key, value]
-    return flat
 
 
 class RedisStore:
@@ -303,6 +185,16 @@ class RedisStore:
         return f"Redis index {self.config.index_name!r} at {redact_url(self.config.url)}"
 
     @property
+    def identity(self) -> dict[str, str]:
+        """Which store and index this is, for outputs (the server without secrets)."""
+        return {"store": "redis", "index": self.config.index_name, "server": redact_url(self.config.url)}
+
+    @property
+    def vector_tolerance(self) -> float:
+        """FLOAT16 vectors come back rounded to about 1e-3; FLOAT32 ones exactly."""
+        return VECTOR_TOLERANCE[self.config.dtype]
+
+    @property
     def _dtype(self) -> np.dtype:
         # Little-endian whatever the machine: the byte layout Redis expects for vector blobs.
         return np.dtype("<f2") if self.config.dtype == "FLOAT16" else np.dtype("<f4")
@@ -316,46 +208,13 @@ class RedisStore:
 
     def _call(self, fn, *args, **kwargs):
         """Run one Redis call, turning connection, credential and memory errors into project errors."""
-        errors = self._errors
         try:
             return fn(*args, **kwargs)
-        except errors.AuthenticationError as e:
-            raise StoreUnavailableError(
-                f"Redis at {redact_url(self.config.url)} refused the credentials: check the user and "
-                "password in the Redis URL"
-            ) from e
-        except (errors.ConnectionError, errors.TimeoutError) as e:
-            raise StoreUnavailableError(
-                f"cannot reach Redis at {redact_url(self.config.url)} after {self.config.retries} retries "
-                f"({type(e).__name__}); start it (scripts/redis-stack.sh start, or docker compose up -d "
-                "redis) or fix the URL"
-            ) from e
-        except errors.ResponseError as e:
-            msg = str(e)
-            # redis-py 4.6+ raises OutOfMemoryError and strips the "OOM" prefix; older ones keep it.
-            if isinstance(e, getattr(errors, "OutOfMemoryError", ())) or msg.startswith("OOM"):
-                # The message is not quoted: redis-py puts the failed command, vector bytes and all, in it.
-                raise StoreFullError(
-                    f"Redis at {redact_url(self.config.url)} is full: a write was refused because used "
-                    "memory exceeds its 'maxmemory'. "
-                    "Raise maxmemory (CONFIG SET maxmemory, or REDIS_ARGS in docker-compose.yml), store "
-                    "FLOAT16 vectors (--redis-dtype float16), or use another Redis. Writes acknowledged "
-                    "before this one are kept."
-                ) from e
-            if "unknown command" in msg.lower() and "FT." in msg.upper():
-                raise StoreUnavailableError(
-                    f"Redis at {redact_url(self.config.url)} has no query engine: {_ENGINE_HINT}"
-                ) from e
-            if isinstance(e, getattr(errors, "NoPermissionError", ())) or "NOPERM" in msg:
-                # Only Redis's own words: a pipeline's message also quotes the command (vector bytes).
-                found = _NOPERM.search(msg)
-                detail = found.group(0) if found else "no permission"
-                raise StoreUnavailableError(
-                    f"the Redis user of {redact_url(self.config.url)} may not run a command this store "
-                    f"needs ({detail}); grant it the FT.* commands (+@search on Redis 8) and +@read +@write "
-                    "+@keyspace +@transaction"
-                ) from e
-            raise
+        except self._errors.RedisError as e:
+            mapped = translate_error(e, self._errors, self.config.url, self.config.retries)
+            if mapped is None:
+                raise
+            raise mapped from e
 
     def _check_credentials(self, redis) -> None:
         """Refuse wrong credentials at once: the client's retries (meant for a restarting server)
@@ -389,11 +248,11 @@ class RedisStore:
                 raise
             version = "?"
             try:
-                version = _s(self.client.info("server").get("redis_version", "?"))
+                version = text(self.client.info("server").get("redis_version", "?"))
             except self._errors.RedisError:
                 pass  # the version only decorates the message
             raise StoreUnavailableError(
-                f"Redis {version} at {redact_url(self.config.url)} has no vector search: {_ENGINE_HINT}"
+                f"Redis {version} at {redact_url(self.config.url)} has no vector search: {ENGINE_HINT}"
             ) from e.__cause__
 
     def _index_info(self) -> dict[str, Any] | None:
@@ -404,7 +263,7 @@ class RedisStore:
             if "unknown index" in text or "no such index" in text or "not found" in text:
                 return None
             raise
-        return _pairs(reply)
+        return pairs(reply)
 
     def _create_index(self, dim: int) -> None:
         c = self.config
@@ -412,7 +271,7 @@ class RedisStore:
         if c.algorithm == "HNSW":
             vector += ["M", c.m, "EF_CONSTRUCTION", c.ef_construction, "EF_RUNTIME", c.ef_runtime]
         schema: list[Any] = []
-        for name in TAG_FIELDS:
+        for name in (*TAG_FIELDS, TAGS_FIELD):
             schema += [name, "TAG", "SEPARATOR", TAG_SEPARATOR, "CASESENSITIVE"]
         for name in NUMERIC_FIELDS:
             schema += [name, "NUMERIC"]
@@ -442,11 +301,11 @@ class RedisStore:
             time.sleep(0.05)
 
     def _check_index(self, info: dict[str, Any], dim: int | None) -> None:
-        definition = _pairs(info.get("index_definition", []))
-        prefixes = [_s(p) for p in definition.get("prefixes", [])]
+        definition = pairs(info.get("index_definition", []))
+        prefixes = [text(p) for p in definition.get("prefixes", [])]
         vector: dict[str, str] | None = None
         for attr in info.get("attributes", []):
-            fields = {k.lower(): _s(v) for k, v in _pairs(attr).items()}
+            fields = {k.lower(): text(v) for k, v in pairs(attr).items()}
             if fields.get("identifier") == VECTOR_FIELD or fields.get("attribute") == VECTOR_FIELD:
                 vector = fields
         if vector is None or vector.get("type", "VECTOR").upper() != "VECTOR":
@@ -455,8 +314,8 @@ class RedisStore:
                 "this tool. Use another --redis-index name."
             )
         problems = []
-        if self.config.prefix not in prefixes or _s(definition.get("key_type", "HASH")).upper() != "HASH":
-            problems.append(f"keys {prefixes} of type {_s(definition.get('key_type'))} "
+        if self.config.prefix not in prefixes or text(definition.get("key_type", "HASH")).upper() != "HASH":
+            problems.append(f"keys {prefixes} of type {text(definition.get('key_type'))} "
                             f"(this tool uses HASH keys under {self.config.prefix!r})")  # fmt: skip
         problems += _schema_problems(info.get("attributes", []))
         if vector.get("distance_metric", "COSINE").upper() != "COSINE":
@@ -475,7 +334,8 @@ class RedisStore:
             raise IndexMismatchError(
                 f"{self.location} already exists with "
                 + ", ".join(problems)
-                + ". Use another --redis-index name, or drop that index (FT.DROPINDEX name) and build again."
+                + ". Use another --redis-index name, or drop this one first (it deletes its vectors): "
+                f"`mae-index drop-redis --redis-index {self.config.index_name}`."
             )
         # A reader (dim=None) adopts the index's own settings; a writer has just been checked against them.
         adopt: dict[str, Any] = {"algorithm": have_algorithm, "dtype": have_dtype}
@@ -562,6 +422,8 @@ class RedisStore:
             value = getattr(rec, name)
             if value is not None and name != "path":
                 mapping[name] = int(value) if name in NUMERIC_FIELDS else str(value)
+        if rec.tags:
+            mapping[TAGS_FIELD] = TAG_SEPARATOR.join(rec.tag_strings)
         return mapping
 
     def delete(self, ids: Sequence[int]) -> int:
@@ -614,7 +476,7 @@ class RedisStore:
     def ids(self) -> np.ndarray:
         """Return every id in the store, sorted, as int64 (a SCAN of the index's keys)."""
         n = len(self.config.prefix)
-        ids = [int(_s(k)[n:]) for k in self._scan_keys() if _s(k)[n:].isdigit()]
+        ids = [int(text(k)[n:]) for k in self._scan_keys() if text(k)[n:].isdigit()]
         return np.array(sorted(ids), dtype=np.int64)
 
     def count(self) -> int:
@@ -624,6 +486,27 @@ class RedisStore:
         reply = self._call(self.client.execute_command, "FT.SEARCH", self.config.index_name, "*",
                            "LIMIT", 0, 0, "DIALECT", 2)  # fmt: skip
         return int(reply[0])
+
+    def field_values(self, name: str) -> list:
+        """Distinct values of metadata field ``name``, sorted (None left out), by a ``GROUPBY``
+        aggregation (exact after deletes, where ``FT.TAGVALS`` may still list values of deleted hashes)."""
+        if name not in (*RECORD_FIELDS, TAGS_FIELD):
+            raise ConfigError(f"no metadata field {name!r}")
+        if self.dim is None:
+            return []
+        reply = self._call(self.client.execute_command, "FT.AGGREGATE", self.config.index_name, "*",
+                           "LOAD", 1, f"@{name}", "GROUPBY", 1, f"@{name}", "DIALECT", 2)  # fmt: skip
+        values = set()
+        for row in reply[1:]:
+            value = pairs(row).get(name)
+            if value is None:
+                continue  # hashes without the field form a group of their own
+            raw = text(value)
+            if name == TAGS_FIELD:  # a group is one hash's whole list of tags
+                values.update(t for t in raw.split(TAG_SEPARATOR) if t)
+            else:
+                values.add(int(float(raw)) if name in NUMERIC_FIELDS else raw)
+        return sorted(values)
 
     def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         out: list[Any] = []
@@ -640,16 +523,19 @@ class RedisStore:
         for name in RECORD_FIELDS:
             value = fields.get(name)
             if value is not None:
-                kw[name] = int(float(_s(value))) if name in NUMERIC_FIELDS else _s(value)
+                kw[name] = int(float(text(value))) if name in NUMERIC_FIELDS else text(value)
         kw.setdefault("path", "")
+        tags = fields.get(TAGS_FIELD)
+        if tags:
+            kw["tags"] = text(tags).split(TAG_SEPARATOR)
         return ImageRecord(id=int(image_id), **kw)
 
     def get(self, ids: Sequence[int]) -> list[ImageRecord | None]:
         """Return the records of ``ids`` (``None`` for an id not in the store)."""
-        replies = self._pipelined([("HMGET", self._key(i), *RECORD_FIELDS) for i in ids])
+        replies = self._pipelined([("HMGET", self._key(i), *RECORD_FIELDS, TAGS_FIELD) for i in ids])
         out: list[ImageRecord | None] = []
         for image_id, values in zip(ids, replies):
-            fields = dict(zip(RECORD_FIELDS, values))
+            fields = dict(zip((*RECORD_FIELDS, TAGS_FIELD), values))
             # add() always writes "path", so a hash without it is no hash at all.
             out.append(None if fields["path"] is None else self._record(int(image_id), fields))
         return out
@@ -709,11 +595,11 @@ class RedisStore:
             return [f"{self.location} has {len(keys)} hashes but no search index"] if len(keys) else []
         problems = []
         num_docs = int(info.get("num_docs", 0) or 0)
-        errors = _pairs(info.get("Index Errors", []))
+        errors = pairs(info.get("Index Errors", []))
         last = ""
         if errors.get("last indexing error"):
-            last = (f" (last indexing error: {_s(errors['last indexing error'])} on key "
-                    f"{_s(errors.get('last indexing error key', b'?'))})")  # fmt: skip
+            last = (f" (last indexing error: {text(errors['last indexing error'])} on key "
+                    f"{text(errors.get('last indexing error key', b'?'))})")  # fmt: skip
         if num_docs != len(keys):
             problems.append(
                 f"{self.location} holds {len(keys)} hashes but indexes {num_docs}: "
@@ -778,13 +664,13 @@ class RedisStore:
         hnsw = self.config.algorithm == "HNSW"
         ef = " EF_RUNTIME $EF" if hnsw else ""
         text = f"{prefix}=>[KNN $K @{VECTOR_FIELD} $BLOB{ef} AS {DISTANCE_FIELD}]"
-        returned = [DISTANCE_FIELD, *RECORD_FIELDS]
+        returned = [DISTANCE_FIELD, *RECORD_FIELDS, TAGS_FIELD]
         commands = []
         for blob in queries.astype(self._dtype):
             p = {**params, "K": kk, "BLOB": blob.tobytes()}
             if hnsw:
                 p["EF"] = max(self.config.ef_runtime, kk)
-            commands.append(("FT.SEARCH", self.config.index_name, text, *_params(p),
+            commands.append(("FT.SEARCH", self.config.index_name, text, *query_params(p),
                              "SORTBY", DISTANCE_FIELD, "ASC", "LIMIT", 0, kk,
                              "RETURN", len(returned), *returned, "DIALECT", 2))  # fmt: skip
         out: list[list[Hit]] = []
@@ -800,11 +686,11 @@ class RedisStore:
         n = len(self.config.prefix)
         ids, scores, records = [], [], {}
         for key, values in zip(reply[1::2], reply[2::2]):
-            fields = _pairs(values)
-            distance = float(_s(fields[DISTANCE_FIELD]))
+            fields = pairs(values)
+            distance = float(text(fields[DISTANCE_FIELD]))
             if max_distance is not None and distance > max_distance + DISTANCE_SLACK:
                 continue
-            image_id = int(_s(key)[n:])
+            image_id = int(text(key)[n:])
             ids.append(image_id)
             scores.append(1.0 - distance)
             records[image_id] = self._record(image_id, fields)

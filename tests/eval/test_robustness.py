@@ -47,9 +47,13 @@ def test_drift_grows_and_consistency_falls_with_noise(result):
     for name in ("gaussian_noise", "gaussian_blur"):
         drift = [summary[(name, s)]["drift_cosine"] for s in (0, 1, 3, 5)]
         assert drift == sorted(drift) and drift[-1] > drift[1]
-        # The 64-px test model averages most native-resolution noise away, so top-k rarely changes here;
-        # the drop in consistency is asserted on the synthetic z-stacks with the 224-px model.
-        assert summary[(name, 5)]["overlap_at_k"] <= summary[(name, 0)]["overlap_at_k"]
+        # The 64-px test model averages most native-resolution noise away, so the top-k set rarely
+        # changes here (the drop in overlap is asserted on the synthetic z-stacks with the 224-px model);
+        # the order within it does: rank-biased overlap falls with severity and is below 1 at the top.
+        rbo = [summary[(name, s)]["rbo"] for s in (0, 1, 3, 5)]
+        assert rbo == sorted(rbo, reverse=True) and rbo[0] == 1.0 and rbo[-1] < 1.0
+        overlap = [summary[(name, s)]["overlap_at_k"] for s in (0, 1, 3, 5)]
+        assert overlap == sorted(overlap, reverse=True)
     assert result.median_nn_distance > 0
 
 

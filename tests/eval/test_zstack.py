@@ -3,11 +3,11 @@
 import pytest
 
 from eval.robustness import NATURAL, RobustnessConfig, run_robustness
+from indexer.bbbc006.synthetic import SyntheticConfig, generate
+from indexer.build.local import build_index
 from indexer.config import BuildConfig, ModelConfig, SourceConfig
 from indexer.encoder import ViTMAEEncoder
-from indexer.pipeline import build_index
 from indexer.stores.faiss_store import FaissStore
-from indexer.synthetic import SyntheticConfig, generate
 from retriever.search import Retriever
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from indexer.build.local import build_index
 from indexer.cli import main
 from indexer.config import BuildConfig, ModelConfig, SourceConfig
 from indexer.encoder import ViTMAEEncoder
 from indexer.errors import IndexDamagedError, IndexMismatchError
-from indexer.pipeline import build_index
 from indexer.stores.faiss_store import FaissStore
 from indexer.stores.redis_store import RedisStore
 from retriever.cli import main as search_main

@@ -61,7 +61,9 @@ def test_dataset_window_pools_samples():
 
 
 def test_dataset_mode_needs_window():
-    with pytest.raises(ValueError, match="dataset"):
+    from indexer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dataset"):
         normalise_intensity(torch.zeros(1, 4, 4), IntensityConfig(mode="dataset"))
 
 

@@ -4,14 +4,14 @@ import threading
 
 import pytest
 
+from indexer.build.local import build_index
 from indexer.config import BuildConfig, ModelConfig, RedisConfig, SourceConfig
 from indexer.encoder import ViTMAEEncoder
 from indexer.errors import StoreUnavailableError
-from indexer.mirror import verify_stores
-from indexer.pipeline import build_index
-from indexer.redis_server import RedisServer
 from indexer.stores.faiss_store import FaissStore
+from indexer.stores.mirror import verify_stores
 from indexer.stores.redis_store import RedisStore
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 

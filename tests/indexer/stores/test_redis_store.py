@@ -3,6 +3,7 @@ plain Redis, a memory cap, a password or TLS). The shared behaviour is in test_s
 
 import json
 import subprocess
+import threading
 import time
 from dataclasses import replace
 
@@ -15,7 +16,9 @@ from hypothesis import strategies as st
 from indexer.config import RedisConfig
 from indexer.errors import ConfigError, IndexMismatchError, StoreFullError, StoreUnavailableError
 from indexer.stores.base import ImageRecord, MetadataFilter
-from indexer.stores.redis_store import RedisStore, escape_tag, redact_url, render_filter
+from indexer.stores.redis_errors import redact_url
+from indexer.stores.redis_query import escape_tag, render_filter
+from indexer.stores.redis_store import RedisStore
 
 needs_redis = pytest.mark.redis
 
@@ -95,8 +98,8 @@ def test_schema_in_ft_info(redis_config, algorithm):
     info = _info(s)
     assert info["definition"]["key_type"] == "HASH" and info["definition"]["prefixes"] == [cfg.prefix]
     fields = info["fields"]
-    assert set(fields) == {"plate", "well", "row", "channel", "path", "column", "site", "z", "vector"}
-    for name in ("plate", "well", "row", "channel", "path"):
+    assert set(fields) == {"plate", "well", "row", "channel", "path", "tags", "column", "site", "z", "vector"}
+    for name in ("plate", "well", "row", "channel", "path", "tags"):
         assert fields[name]["type"] == "TAG" and fields[name]["SEPARATOR"] == "\x1f"
         assert fields[name]["flags"] == ["CASESENSITIVE"]
     for name in ("column", "site", "z"):
@@ -285,12 +288,13 @@ def test_random_text_plates_filter_exactly(redis_config, plates):
 @needs_redis
 def test_unreachable_server_is_named_without_the_password(redis_server):
     url = "redis://user:s3cret@127.0.0.1:1/0"  # nothing listens on port 1
+    # A generous budget, not a speed test: it guards against a hang (the pytest timeout is minutes).
     t = time.monotonic()
     with pytest.raises(
         StoreUnavailableError, match="cannot reach Redis at redis://user:\\*\\*\\*@127.0.0.1:1/0"
     ) as e:
         RedisStore(RedisConfig(url=url, retries=1, socket_timeout=0.5), dim=4)
-    assert time.monotonic() - t < 5
+    assert time.monotonic() - t < 60
     assert "s3cret" not in str(e.value) and "scripts/redis-stack.sh" in str(e.value)
 
 
@@ -300,11 +304,15 @@ def test_auth_url_and_wrong_password(start_redis):
     s = RedisStore(RedisConfig(url=srv.url, index_name="auth"), dim=4)
     s.add(_unit(2, 4), [ImageRecord(id=1, path="a"), ImageRecord(id=2, path="b")])
     assert s.count() == 2 and "pa ss@word" not in s.location and "pa%20ss" not in s.location
+    import redis as redis_py
+
+    admin = redis_py.Redis.from_url(srv.url)
     for bad in (f"redis://:wrong@127.0.0.1:{srv.port}/0", f"redis://127.0.0.1:{srv.port}/0"):
-        t = time.monotonic()
+        admin.config_resetstat()
         with pytest.raises(StoreUnavailableError, match="refused the credentials") as e:
-            RedisStore(RedisConfig(url=bad), dim=4)  # default retries: a refusal is not retried
-        assert time.monotonic() - t < 2 and "wrong" not in str(e.value)
+            RedisStore(RedisConfig(url=bad, retries=5), dim=4)
+        # Counted by the server, not timed: one connection (the probe), not one per retry.
+        assert int(admin.info("stats")["total_connections_received"]) == 1 and "wrong" not in str(e.value)
 
 
 @needs_redis
@@ -351,9 +359,12 @@ def test_server_pause_restart_and_appendonly(start_redis):
     s = RedisStore(RedisConfig(url=srv.url, index_name="durable"), dim=4)
     s.add(_unit(3, 4), [ImageRecord(id=i, path=str(i)) for i in range(3)])
     client = redis_py.Redis.from_url(srv.url, socket_timeout=5)
-    srv.pause(0.5)
-    t = time.monotonic()
-    assert client.ping() and time.monotonic() - t >= 0.3  # answered once the pause was over
+    srv.pause()
+    answered = threading.Event()
+    threading.Thread(target=lambda: client.ping() and answered.set(), daemon=True).start()
+    assert not answered.wait(0.3)  # a frozen server cannot answer, however long we wait
+    srv.resume()
+    assert answered.wait(60)  # answered once the pause was over
     old = srv.pid
     srv.restart()
     assert srv.pid != old
@@ -364,7 +375,7 @@ def test_server_pause_restart_and_appendonly(start_redis):
 def test_the_script_starts_and_stops_a_server_alone(tmp_path, redis_server):
     import redis as redis_py
 
-    from indexer.redis_server import SCRIPT, free_port
+    from tests.support.redis_server import SCRIPT, free_port
 
     port, data = free_port(), tmp_path / "script data"
 

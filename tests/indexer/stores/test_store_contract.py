@@ -233,7 +233,7 @@ def test_ties_break_by_id(store):
 
 def test_manifest_round_trip(store):
     assert store.read_manifest() is None
-    manifest = {"format": 1, "dim": DIM, "model": {"name": "mäe/tiny 板", "fingerprint": None},
+    manifest = {"format": 1, "dim": DIM, "model": {"name": "mäe/tiny 板", "fingerprint": None}, "pooling": "mean",
                 "preprocess": {"image_size": [64, 64], "window": [0.0, 4095.0]}}  # fmt: skip
     store.write_manifest(manifest)
     assert store.read_manifest() == manifest
@@ -245,11 +245,12 @@ def test_a_reopened_store_holds_the_same_index(make_store):
     first = make_store()
     v, recs = _unit(N), _records()
     first.add(v, recs)
-    first.write_manifest({"dim": DIM})
+    manifest = {"dim": DIM, "model": {"name": "m"}, "pooling": "mean", "preprocess": {}}
+    first.write_manifest(manifest)
     first.flush()
     first.close()
     again = make_store(None)
-    assert again.count() == N and again.read_manifest() == {"dim": DIM}
+    assert again.count() == N and again.read_manifest() == manifest
     assert again.get([1007]) == [recs[7]]
     assert [h.id for h in again.search(v[7:8], 3)[0]][0] == 1007
     again.close()
@@ -300,4 +301,49 @@ def test_redis_and_faiss_return_the_same_top10_on_a_flat_index(tmp_path, redis_c
     assert redis_store.ids().tolist() == faiss_store.ids().tolist()
     np.testing.assert_allclose(
         redis_store.get_vectors(ids[:20]), faiss_store.get_vectors(ids[:20]), atol=1e-7
+    )
+
+
+def test_field_values_are_the_distinct_values_held(store):
+    records = _records()
+    store.add(_unit(N), records)
+    for name in ("plate", "well", "row", "column", "site", "channel", "z"):
+        expected = sorted({getattr(r, name) for r in records if getattr(r, name) is not None})
+        assert store.field_values(name) == expected, name
+    store.delete([r.id for r in records if r.channel == "w1"])
+    assert store.field_values("channel") == ["w2"]
+
+
+def test_tags_are_stored_returned_and_filtered_alike(store):
+    v = _unit(6)
+    records = [
+        ImageRecord(id=1, path="a", tags={"treatment": "drug A", "cells": "U2OS"}),
+        ImageRecord(id=2, path="b", tags={"treatment": "drug B", "cells": "U2OS"}),
+        ImageRecord(id=3, path="c", tags={"treatment": "dmso", "cells": "HeLa"}),
+        ImageRecord(id=4, path="d", tags={"treatment": "x=y {z} | w", "cells": "HeLa"}),
+        ImageRecord(id=5, path="e"),
+        ImageRecord(id=6, path="f", tags={"treatment": "drug A"}),
+    ]
+    store.add(v, records)
+    assert store.get([1, 5]) == [records[0], records[4]]
+    assert store.get([1])[0].to_dict()["tags"] == {"cells": "U2OS", "treatment": "drug A"}
+
+    def ids(*tags):
+        (hits,) = store.search(v[:1], 10, MetadataFilter(tags=tags))
+        return sorted(h.id for h in hits)
+
+    assert ids("treatment=drug A") == [1, 6]
+    assert ids("treatment=drug A", "treatment=dmso") == [1, 3, 6]  # OR within a key
+    assert ids("treatment=drug A", "cells=U2OS") == [1]  # AND across keys
+    assert ids("treatment=x=y {z} | w") == [4]  # any value, matched exactly
+    assert ids("cells=u2os") == []
+    assert store.field_values("tags") == sorted(
+        [
+            "cells=HeLa",
+            "cells=U2OS",
+            "treatment=dmso",
+            "treatment=drug A",
+            "treatment=drug B",
+            "treatment=x=y {z} | w",
+        ]  # fmt: skip
     )

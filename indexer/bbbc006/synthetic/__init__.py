@@ -1,0 +1,60 @@
+"""A synthetic BBBC006 look-alike: same folders, file names and TIFF layout, with known phenotypes.
+
+The real set (:mod:`indexer.bbbc006.constants`) is one 384-well plate of U2OS cells, 2 sites per well, Hoechst
+(``w1``) and phalloidin (``w2``) channels, 34 z-slices 2 µm apart with z16 in focus, 696x520 16-bit
+LZW TIFFs with 12-bit values. This module writes images that code reading BBBC006 cannot tell apart
+by layout, plus a ground-truth CSV of what was drawn (phenotype class, cell count, nuclear size, ...),
+so that retrieval by phenotype and robustness to defocus can be measured on data of known content.
+
+How an image is made:
+
+1. Each well draws a phenotype (one of :data:`PHENOTYPE_CLASSES`, plus per-well jitter) from
+   ``(seed, well)``; both sites of a well share it.
+2. Each site draws its geometry once from ``(seed, well, site)``: colonies (a thresholded smooth random
+   field), nuclei placed inside them, each cell's territory (a weighted Voronoi tessellation cut by
+   the colony), actin fibres, rounded bright mitotic cells. This gives a noise-free in-focus image
+   per channel; both channels show the same cells.
+3. Each z-slice blurs that image with a Gaussian whose sigma grows in proportion to ``|z - 16|``
+   (defocus; a little faster above focus than below, see :func:`defocus_sigma`), loses some contrast,
+   then gets Poisson (shot) and Gaussian (read) camera noise on a camera offset and is clipped to
+   12 bits, saturating at 4095. The noise of each image comes from ``(seed, well, site, channel, z)``.
+
+Every random draw is keyed by what it belongs to, never by what else was asked for: a well written
+alone is byte-identical to the same well written in a full plate, and the same seed gives the same
+bytes (on the same numpy build: FFT rounding may differ between builds).
+
+Only numpy and tifffile are needed (blur by FFT), so the core install can run it.
+
+Modules, one job each: :mod:`.spec` (what to write: config, well specs, keyed random streams, file
+names), :mod:`.phenotypes` (what a well looks like, and the ground truth), :mod:`.render` (drawing one
+field of view, no I/O) and :mod:`.write` (TIFFs and the ground-truth CSV).
+"""
+
+from indexer.bbbc006.synthetic.phenotypes import (
+    GROUND_TRUTH_COLUMNS,
+    PHENOTYPE_CLASSES,
+    Phenotype,
+    SiteTruth,
+    well_phenotype,
+)
+from indexer.bbbc006.synthetic.render import RenderedSite, defocus_sigma, render_site
+from indexer.bbbc006.synthetic.spec import SyntheticConfig, file_uuid, image_path, well_range
+from indexer.bbbc006.synthetic.write import GROUND_TRUTH_NAME, GenerationSummary, generate
+
+__all__ = [
+    "GROUND_TRUTH_COLUMNS",
+    "GROUND_TRUTH_NAME",
+    "PHENOTYPE_CLASSES",
+    "GenerationSummary",
+    "Phenotype",
+    "RenderedSite",
+    "SiteTruth",
+    "SyntheticConfig",
+    "defocus_sigma",
+    "file_uuid",
+    "generate",
+    "image_path",
+    "render_site",
+    "well_phenotype",
+    "well_range",
+]

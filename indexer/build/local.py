@@ -1,0 +1,240 @@
+"""The local engine: sources -> worker threads (read, hash, decode, preprocess) -> batches -> encoder
+-> writer thread (stores). Memory is bounded by the number of images in flight, not the data-set size.
+
+This module only wires the stages and times them; the plan and the books (indexed, skipped, rejected,
+duplicates) are :mod:`indexer.build.plan`'s, shared with the Ray engine, and one item's work is
+:func:`indexer.build.prepare.prepare_item`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from indexer.build.plan import BuildSummary, Ledger, make_plan, write_rejected
+from indexer.build.prepare import Prepared, prepare_item
+from indexer.config import BuildConfig
+from indexer.encoder import Encoder, load_encoder
+from indexer.errors import MaeError
+from indexer.preprocess import preprocess, preprocess_image
+from indexer.sources import SourceItem
+from indexer.stores.base import ImageRecord, VectorStore
+
+log = logging.getLogger(__name__)
+
+
+def _single_threaded_torch() -> None:
+    # Each decode worker runs torch with one thread: left alone, every worker's preprocessing starts an
+    # OpenMP pool of its own, and with more pool threads than cores libgomp stops spin-waiting, which
+    # slows the model's forward pass. torch reads a process-wide default when a thread first uses it,
+    # and set_num_threads() writes that default too: get_num_threads() first settles this thread's own
+    # count, so that the model thread resetting the default later (model_threads) cannot undo it.
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+def model_threads(wanted: int) -> int:
+    """Give the calling thread (the one that runs the forward) ``wanted`` torch threads; return its count.
+
+    A decode worker's ``set_num_threads(1)`` also lowers torch's process-wide default, which a thread
+    that has not used torch yet takes on first use: the model would then run on one core.
+    """
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+    return torch.get_num_threads()
+
+
+def _bounded_map(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator:
+    """Ordered ``map`` over a thread pool with at most ``window`` items in flight (bounded memory)."""
+    with ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="mae-decode", initializer=_single_threaded_torch
+    ) as pool:
+        pending: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        in_flight = 0
+        it = iter(items)
+        for item in it:
+            pending.put(pool.submit(fn, item))
+            in_flight += 1
+            if in_flight >= window:
+                yield pending.get().result()
+                in_flight -= 1
+        while in_flight:
+            yield pending.get().result()
+            in_flight -= 1
+
+
+class _Writer:
+    """Writes batches to every store on its own thread, so store I/O overlaps the next forward pass."""
+
+    def __init__(self, stores: Sequence[VectorStore], flush_every: int) -> None:
+        self.stores = stores
+        self.flush_every = flush_every
+        self.seconds = 0.0
+        self.written = 0
+        self._since_flush = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mae-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if self._error is not None:
+                continue
+            vectors, records = job
+            t0 = time.perf_counter()
+            try:
+                for store in self.stores:
+                    store.add(vectors, records)
+                self.written += len(records)
+                self._since_flush += len(records)
+                if self._since_flush >= self.flush_every:
+                    for store in self.stores:
+                        store.flush()
+                    self._since_flush = 0
+            except BaseException as e:  # surfaced in the main thread by put()/close()
+                self._error = e
+            self.seconds += time.perf_counter() - t0
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, vectors: np.ndarray, records: list[ImageRecord]) -> None:
+        """Queue a batch (blocks while 4 batches wait: back-pressure keeps memory bounded)."""
+        self._raise()
+        self._queue.put((vectors, records))
+
+    def close(self) -> None:
+        """Write what is queued, flush every store, and re-raise a write error."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+        t0 = time.perf_counter()
+        for store in self.stores:
+            store.flush()
+        self.seconds += time.perf_counter() - t0
+
+
+def build_index(
+    config: BuildConfig,
+    stores: Sequence[VectorStore],
+    encoder: Encoder | None = None,
+    progress: Callable[[int], None] | None = None,
+    items: Sequence[SourceItem] | None = None,
+) -> BuildSummary:
+    """Embed every image of ``config.sources`` not yet in all ``stores`` and upsert it into each.
+
+    Parameters
+    ----------
+    config
+        The build configuration.
+    stores
+        Open stores to write (the FAISS store first; Redis too when configured).
+    encoder
+        A loaded encoder; loaded from ``config.model`` when omitted.
+    progress
+        Called with the number of images finished after each one (for a progress bar).
+    items
+        Images to index instead of listing ``config.sources`` (benchmarks, other sources).
+
+    Returns
+    -------
+    BuildSummary
+
+    Raises
+    ------
+    IndexMismatchError
+        If a store was built with another model or preprocessing.
+    DecodeError
+        In ``strict`` mode, for the first image that cannot be used.
+    """
+    t_start = time.perf_counter()
+    # The forward runs on this thread with the thread count it has now, before any decode worker starts
+    # (a worker's set_num_threads(1) lowers the default a fresh thread would take).
+    threads = torch.get_num_threads()
+    encoder = encoder or load_encoder(config.model)
+    ledger = Ledger(config.strict)
+    summary = ledger.summary
+    plan = make_plan(config, stores, encoder, ledger, items)
+    summary.runtime = f"{encoder.device.type} {encoder.precision}"
+    pre = plan.preprocess
+    on_device = encoder.device.type == "cuda"
+    writer = _Writer(stores, config.flush_every)
+    timings = {"read_decode_preprocess": 0.0, "model": 0.0}
+    batch: list[Prepared] = []
+
+    def run_batch() -> None:
+        t0 = time.perf_counter()
+        got = model_threads(threads)
+        if got != threads:  # never silently run the model on fewer cores than the process has
+            raise MaeError(f"the model thread runs with {got} torch threads, not {threads}")
+        if on_device:
+            raws = [p.raw for p in batch]
+            if len({(r.shape, r.dtype.kind) for r in raws}) == 1:
+                # Counts as int32 (exact histogram percentiles), float images as float32.
+                dtype = np.float32 if raws[0].dtype.kind == "f" else np.int32
+                x = torch.from_numpy(np.stack(raws).astype(dtype)).pin_memory()
+                pixels = preprocess(x.to(encoder.device, non_blocking=True), pre)
+            else:
+                pixels = torch.stack([preprocess_image(r, pre) for r in raws])
+        else:
+            shapes = {tuple(p.pixels.shape) for p in batch}
+            if len(shapes) == 1:
+                pixels = torch.stack([p.pixels for p in batch])
+            else:  # keep-aspect with mixed input sizes: one forward per size
+                pixels = None
+        if pixels is None:
+            vectors = np.concatenate([encoder.embed(p.pixels.unsqueeze(0)) for p in batch])
+        else:
+            vectors = encoder.embed(pixels)
+        timings["model"] += time.perf_counter() - t0
+        writer.put(vectors, [p.record for p in batch])
+        batch.clear()
+
+    window = max(2 * config.batch_size, 4 * config.workers)
+
+    def work(item: SourceItem) -> list[Prepared]:
+        return prepare_item(item, pre, plan.existing, on_device)
+
+    done = 0
+    try:
+        for planes in _bounded_map(work, plan.items, config.workers, window):
+            for prepared in planes:  # one per plane: a stack gives several images
+                timings["read_decode_preprocess"] += prepared.seconds
+                if prepared.rejected is not None:
+                    r = prepared.rejected
+                    ledger.reject(r.path, r.stage, r.reason)
+                elif prepared.skipped:
+                    ledger.skip_existing()
+                elif ledger.admit(prepared.record.id, prepared.record.path):
+                    batch.append(prepared)
+                    if len(batch) >= config.batch_size:
+                        run_batch()
+            done += 1
+            if progress:
+                progress(done)
+        if batch:
+            run_batch()
+    finally:
+        try:
+            writer.close()
+        finally:
+            model_threads(threads)  # leave torch's default as this build found it
+            if stores:
+                write_rejected(config.index_dir, summary.rejected)
+    timings["write"] = writer.seconds
+    summary.stage_seconds = timings
+    summary.seconds = time.perf_counter() - t_start
+    summary.index_count = stores[0].count() if stores else 0
+    return summary

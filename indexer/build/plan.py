@@ -1,0 +1,335 @@
+"""The plan and the books of a build, shared by both engines (one rule, one place).
+
+:func:`make_plan` lists the images (with a ``--metadata`` table), refuses an empty listing, counts
+images without metadata, settles the manifest with every store (model, pooling and preprocessing
+checked; the folder and its Redis index bound by one ``index_uid``) and finds the ids already in every
+store. :class:`Ledger` keeps the books (indexed, skipped, rejected, duplicate content) in listing order,
+so the local and the Ray engine give the same summary. No store client, FAISS, pandas or click here.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from indexer.atomic import atomic_write
+from indexer.build.prepare import Rejected
+from indexer.config import BuildConfig, PreprocessConfig
+from indexer.errors import DecodeError, EmptyBuildError
+from indexer.sources import SourceItem, SourceProblem, describe_search, iter_sources
+from indexer.stores.base import VectorStore
+from indexer.stores.binding import bind_stores
+from indexer.stores.manifest import build_manifest, check_compatible, record_model_paths
+
+log = logging.getLogger(__name__)
+
+REJECTED_CSV = "rejected.csv"
+#: Images sampled (evenly over the sorted list) to compute a data-set intensity window.
+DATASET_WINDOW_IMAGES = 64
+
+
+@dataclass
+class BuildSummary:
+    """What a build did. ``complete`` is False when images were rejected."""
+
+    found: int = 0
+    indexed: int = 0
+    skipped_existing: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    index_count: int = 0
+    runtime: str = ""  # where the model ran, e.g. "cpu bf16"
+    recovered: int = 0  # Ray: images imported from the shards of a killed run
+    without_metadata: int = 0  # images whose names (and no --metadata table) gave no plate/well/site/channel
+    stores: list[dict] = field(default_factory=list)  # which stores were written (store_identity)
+    store_problems: list[str] = field(default_factory=list)  # the stores' own check after the build
+    duplicates_given: int = 0  # files reached twice through the paths given (indexed once; not a failure)
+    excluded: int = 0  # names without a channel left out by a --channels selection
+
+    @property
+    def images_per_second(self) -> float:
+        """Indexed images per wall-clock second."""
+        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        """True when every image found is in the index, and the stores found nothing wrong after the build."""
+        return not self.rejected and not self.store_problems
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary."""
+        return {
+            "found": self.found,
+            "indexed": self.indexed,
+            "skipped_existing": self.skipped_existing,
+            "rejected": len(self.rejected),
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "index_count": self.index_count,
+            "complete": self.complete,
+            "runtime": self.runtime,
+            "recovered": self.recovered,
+            "without_metadata": self.without_metadata,
+            "stores": self.stores,
+            "store_problems": list(self.store_problems),
+            "duplicates_given": self.duplicates_given,
+            "excluded": self.excluded,
+        }
+
+
+class Ledger:
+    """The books of one build, fed in listing order by either engine.
+
+    ``strict`` turns the first rejection into a :class:`DecodeError`. Content seen twice (same bytes,
+    same id) is indexed once, under the first path listed; the later ones are rejected as duplicates.
+    """
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self.summary = BuildSummary()
+        self._first: dict[int, str] = {}
+
+    def reject(self, path: str, stage: str, reason: str) -> None:
+        """Book an unusable image (raises in strict mode)."""
+        self.summary.rejected.append(Rejected(path, stage, reason))
+        if self.strict:
+            raise DecodeError(f"{path}: {reason} (strict mode)")
+
+    def skip_existing(self) -> None:
+        """Book an image already in every store."""
+        self.summary.skipped_existing += 1
+
+    def admit(self, image_id: int, path: str) -> bool:
+        """Book an image to index; ``False`` (and a duplicate rejection) when its content came before."""
+        if image_id in self._first:
+            self.summary.rejected.append(Rejected(path, "dedupe", f"same content as {self._first[image_id]}"))
+            return False
+        self._first[image_id] = path
+        self.summary.indexed += 1
+        return True
+
+    def first_path(self, image_id: int) -> str:
+        """The path under which content ``image_id`` was admitted."""
+        return self._first[image_id]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a build will do: the images to prepare, the ids to skip, and the preprocessing to use."""
+
+    items: list[SourceItem]
+    existing: frozenset[int]
+    preprocess: PreprocessConfig
+
+
+def list_items(config: BuildConfig) -> tuple[list[SourceItem], list[SourceProblem]]:
+    """List the images of a build: items (with any ``--metadata`` table applied) and listing problems.
+
+    Raises
+    ------
+    EmptyBuildError
+        When nothing at all was found: the message says where, and what was looked for.
+    ConfigError
+        A missing path, or a bad metadata table.
+    """
+    problems: list[SourceProblem] = []
+    table = None
+    if config.sources.metadata is not None:
+        from indexer.metadata_table import load_metadata_table
+
+        table = load_metadata_table(config.sources.metadata)
+    items = list(iter_sources(config.sources, problems, table))
+    if not items and not any(p.kind == "rejected" for p in problems):
+        raise EmptyBuildError(f"no images found: {describe_search(config.sources)}. Nothing was written.")
+    if table is not None and table.unmatched:
+        log.warning(
+            "%d of %d paths in the metadata table %s match no image found (e.g. %s)",
+            len(table.unmatched),
+            len(table.rows),
+            table.source,
+            table.unmatched[0],
+        )
+    return items, problems
+
+
+def count_without_metadata(items: Sequence[SourceItem]) -> int:
+    """Log one warning, with a count and an example, for images without metadata; return the count."""
+    bare = [it for it in items if not it.meta.described]
+    if bare:
+        log.warning(
+            "%d of %d images have names that do not follow the BBBC006 pattern (e.g. %s): they are indexed "
+            "without plate, well, site or channel, so filters on those fields will not find them. Give a "
+            "table with --metadata to add it.",
+            len(bare),
+            len(items),
+            bare[0].path,
+        )
+    return len(bare)
+
+
+def check_not_empty(summary: BuildSummary, index_dir: Path) -> None:
+    """Raise :class:`EmptyBuildError` when images were found but none could be used and the index is empty."""
+    if summary.found and summary.index_count == 0 and summary.indexed == 0 and summary.rejected:
+        raise EmptyBuildError(
+            f"none of the {summary.found} images found could be used, so the index is empty; the reasons "
+            f"are listed in {Path(index_dir) / REJECTED_CSV}"
+        )
+
+
+def store_location(store: VectorStore) -> str:
+    """Where a store lives, for messages (a folder, or a Redis index; never a password)."""
+    return str(getattr(store, "location", type(store).__name__))
+
+
+def compute_dataset_window(items: Sequence[SourceItem], low: float, high: float) -> tuple[float, float]:
+    """Pool pixel samples of up to :data:`DATASET_WINDOW_IMAGES` images spread over ``items``.
+
+    Raises
+    ------
+    EmptyBuildError
+        No image, or none of the sampled ones decodes.
+    """
+    from indexer.decode import decode_planes
+    from indexer.preprocess import dataset_window, sample_pixels
+
+    if not items:
+        raise EmptyBuildError("no images found to compute a data-set intensity window from")
+    step = max(1, len(items) // DATASET_WINDOW_IMAGES)
+    chosen = items[::step][:DATASET_WINDOW_IMAGES]
+    samples = []
+    for item in chosen:
+        try:
+            samples.append(sample_pixels(decode_planes(item.read())[0].image))
+        except (DecodeError, OSError):
+            continue
+    if not samples:
+        raise EmptyBuildError(
+            f"none of the {len(chosen)} images sampled for the data-set intensity window (--intensity "
+            f"dataset) could be decoded (e.g. {chosen[0].path}); check the files, or use --intensity percentile"
+        )
+    return dataset_window(samples, low, high)
+
+
+def resolve_build_preprocess(
+    config: BuildConfig, encoder, items: Sequence[SourceItem], stored_manifest: dict | None
+) -> PreprocessConfig:
+    """The preprocessing of this build: model-given fields from the encoder; a data-set window reused
+    from the stored manifest when resuming, else computed from the images."""
+    from indexer.encoder import resolve_preprocess
+
+    pre = resolve_preprocess(encoder, config.preprocess)
+    inten = pre.intensity
+    if inten.mode == "dataset" and inten.window is None:
+        stored = (stored_manifest or {}).get("preprocess", {}).get("intensity", {})
+        if stored.get("mode") == "dataset" and stored.get("window"):
+            window = tuple(stored["window"])
+        else:
+            window = compute_dataset_window(items, inten.low, inten.high)
+        pre = replace(pre, intensity=replace(inten, window=window))
+    return pre
+
+
+def settle_manifest(
+    config: BuildConfig, encoder, items: Sequence[SourceItem], stores: Sequence[VectorStore]
+) -> PreprocessConfig:
+    """The manifest handshake: check this run's settings against every store's manifest, write the
+    manifest where there is none (the folder and its Redis index bound by one ``index_uid``), and
+    return the preprocessing to use.
+
+    Raises
+    ------
+    IndexMismatchError
+        A store was built with another model, pooling or preprocessing (the message names the field),
+        or the Redis index holds another folder's data.
+    """
+    stored = stores[0].read_manifest() if stores else None
+    pre = resolve_build_preprocess(config, encoder, items, stored)
+    model = record_model_paths(encoder.info, config.index_dir)
+    manifest = build_manifest(model, config.model.pooling, pre.to_dict(), encoder.dim)
+    manifests = [store.read_manifest() for store in stores]
+    for store, have in zip(stores, manifests):
+        check_compatible(have, manifest, store_location(store))
+    bind_stores(stores, manifests, manifest)
+    return pre
+
+
+def make_plan(
+    config: BuildConfig,
+    stores: Sequence[VectorStore],
+    encoder,
+    ledger: Ledger,
+    items: Sequence[SourceItem] | None = None,
+) -> Plan:
+    """Plan a build: list (or take ``items``), book listing problems, settle the manifest, find the
+    ids already in every store (none with ``config.force``).
+
+    Raises
+    ------
+    EmptyBuildError
+        Nothing found.
+    DecodeError
+        Strict mode and a listing problem.
+    IndexMismatchError
+        See :func:`settle_manifest`.
+    """
+    problems: list[SourceProblem] = []
+    if items is None:
+        items, problems = list_items(config)
+    items = list(items)
+    book_listing(ledger, items, problems)
+    ledger.summary.without_metadata = count_without_metadata(items)
+    pre = settle_manifest(config, encoder, items, stores)
+    existing = already_indexed(stores, config.force)
+    return Plan(items=items, existing=frozenset(existing), preprocess=pre)
+
+
+def book_listing(ledger: Ledger, items: Sequence[SourceItem], problems: Sequence[SourceProblem]) -> None:
+    """Book what the listing found: listing problems rejected (raises in strict mode), files given twice
+    and names left out by ``--channels`` counted apart (they are not failures)."""
+    summary = ledger.summary
+    rejected = [p for p in problems if p.kind == "rejected"]
+    summary.found = len(items) + len(rejected)
+    summary.duplicates_given = sum(p.kind == "duplicate" for p in problems)
+    summary.excluded = sum(p.kind == "excluded" for p in problems)
+    for p in rejected:
+        ledger.reject(p.path, "list", p.reason)
+
+
+def already_indexed(stores: Sequence[VectorStore], force: bool = False) -> set[int]:
+    """Ids a build skips: in every store, and with metadata in the first (FAISS) one.
+
+    ``mae-index repair`` can recover an image's vector from ``index.faiss`` without its path and
+    metadata; such an image counts as not indexed, so the same build restores it.
+    """
+    if force or not stores:
+        return set()
+    existing = set(stores[0].ids().tolist())
+    for store in stores[1:]:
+        existing &= set(store.ids().tolist())
+    existing -= {r.id for r in stores[0].get(sorted(existing)) if r is not None and not r.path}
+    return existing
+
+
+def write_rejected(index_dir: Path, rejected: Sequence[Rejected]) -> None:
+    """Write ``rejected.csv`` (path, stage, reason) in the index folder, atomically.
+
+    A failure (often the full disk that stopped the build) is logged, never raised: it must not hide
+    the error that stopped the build.
+    """
+
+    def write(p: Path) -> None:
+        with open(p, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "stage", "reason"])
+            for r in rejected:
+                w.writerow([r.path, r.stage, r.reason])
+
+    try:
+        atomic_write(Path(index_dir) / REJECTED_CSV, write)
+    except OSError as e:
+        log.warning("could not write %s: %s", REJECTED_CSV, e.strerror or e)
