@@ -24,7 +24,9 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
     from indexer.encoder import load_encoder
     from indexer.stores.faiss_store import FaissStore
 
-    items, _ = list_items(config)  # an empty listing or a bad --metadata table fails here, before the model
+    items, problems = list_items(
+        config
+    )  # an empty listing or a bad --metadata table fails here, before the model
     # The folder's write lock, and with it the check that the folder is writable, also come before the
     # model loads and long before anything is embedded.
     faiss = FaissStore(
@@ -52,7 +54,9 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
                 last[0] = done
 
             try:
-                summary = build_index(config, list(stores), encoder=encoder, progress=tick)
+                # The listing made above, not a second one.
+                summary = build_index(config, list(stores), encoder=encoder, progress=tick, items=items,
+                                      problems=problems)  # fmt: skip
             finally:
                 bar.close()
         summary.stores = [store_identity(store) for store in stores]
