@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument(
         "--kill-at", type=float, default=0.5, help="Kill -9 the build at this fraction (0: never)."
     )
+    ap.add_argument("--checkpoint-every", type=int, default=None,
+                    help="The build's --checkpoint-every [default 512, less for small runs so a kill lands "
+                         "between checkpoints].")  # fmt: skip
     ap.add_argument("--eval-queries", type=int, default=50)
     ap.add_argument("--eval-perturb", default="gaussian_noise,gaussian_blur")
     ap.add_argument("--eval-severities", default="0-2")
@@ -152,6 +155,7 @@ def main() -> None:
                  "--redis-algorithm", "HNSW", "--no-progress", "--format", "json"]  # fmt: skip
         if args.faiss_index:
             build += ["--faiss-index", args.faiss_index]
+        build += ["--checkpoint-every", str(args.checkpoint_every or min(512, max(16, n_images // 16)))]
         if args.kill_at > 0:
             target = int(n_images * args.kill_at)
             res, rss = peak_rss_mb_of(build, env, kill_when=lambda: shard_rows(index) >= target)
