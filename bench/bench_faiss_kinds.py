@@ -77,8 +77,9 @@ def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args
         index.add_with_ids(xb[start : start + 100_000], ids[start : start + 100_000])
     build_s = time.perf_counter() - t0
     # Tuned as the store tunes: stored vectors as queries, exact answers, the cheapest setting >= 0.95.
-    tq = xb[np.linspace(0, n - 1, args.tune_queries).astype(np.int64)]
-    tuned = tune_search(index, kind, tq, exact_top(xb, tq, 10), k=10)
+    tq_ids = np.linspace(0, n - 1, args.tune_queries).astype(np.int64)
+    tq = xb[tq_ids]
+    tuned = tune_search(index, kind, tq, exact_top(xb, tq, 11), k=10, query_ids=tq_ids)
     nprobe, ef = tuned.get("nprobe"), tuned.get("efSearch")
     params = search_parameters(kind, nprobe, ef)
     _, found = index.search(xq, 10, params=params)

@@ -174,14 +174,12 @@ def choose_auto(n: int, dim: int, memory_bytes: int) -> str:
     if n <= AUTO_HNSW_UP_TO and n * hnsw.bytes_per_vector(dim) <= memory_bytes:
         return "HNSW32"
     lists = ivf_lists(n)
-    if n * parse_kind(f"IVF{lists},Flat").bytes_per_vector(dim) <= memory_bytes:
+    centroids = lists * dim * 4  # the coarse quantizer, shared by all vectors
+    if n * parse_kind(f"IVF{lists},Flat").bytes_per_vector(dim) + centroids <= memory_bytes:
         return f"IVF{lists},Flat"
     for m in (256, 192, 128, 96, 64, 48, 32, 24, 16, 8):
-        if (
-            m < dim
-            and dim % m == 0
-            and n * parse_kind(f"IVF{lists},PQ{m}").bytes_per_vector(dim) <= memory_bytes
-        ):
+        fits = n * parse_kind(f"IVF{lists},PQ{m}").bytes_per_vector(dim) + centroids <= memory_bytes
+        if m < dim and dim % m == 0 and fits:
             return f"IVF{lists},PQ{m}"
     raise ConfigError(
         f"{n} {dim}-d vectors do not fit a FAISS index in {memory_bytes / 2**20:.0f} MiB even at 8 bytes per "
@@ -258,13 +256,19 @@ def search_ladder(kind: IndexKind) -> list[tuple[str, int]]:
     return []
 
 
-def recall_at(approx: np.ndarray, exact: np.ndarray, k: int) -> float:
-    """Mean over queries of ``|approx[:k] & exact[:k]| / |exact[:k]|`` (negative ids ignored)."""
+def recall_at(approx: np.ndarray, exact: np.ndarray, k: int, exclude: np.ndarray | None = None) -> float:
+    """Mean over queries of ``|approx[:k] & exact[:k]| / |exact[:k]|`` (negative ids ignored).
+
+    ``exclude`` (one id per query) drops that id from both lists first: a stored vector used as a query
+    finds itself at rank 1 in any index, which would flatter the recall of a query that is not stored.
+    """
     vals = []
-    for a, e in zip(approx, exact):
-        truth = {int(x) for x in e[:k] if x >= 0}
+    for row, (a, e) in enumerate(zip(approx, exact)):
+        drop = int(exclude[row]) if exclude is not None else None
+        truth = [int(x) for x in e if x >= 0 and int(x) != drop][:k]
         if truth:
-            vals.append(len(truth & {int(x) for x in a[:k] if x >= 0}) / len(truth))
+            found = [int(x) for x in a if x >= 0 and int(x) != drop][:k]
+            vals.append(len(set(truth) & set(found)) / len(truth))
     return float(np.mean(vals)) if vals else 1.0
 
 
@@ -275,8 +279,12 @@ def tune_search(
     exact_ids: np.ndarray,
     k: int = 10,
     target: float = TARGET_RECALL,
+    query_ids: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The cheapest ``nprobe``/``efSearch`` reaching ``target`` recall@k against ``exact_ids``.
+
+    With ``query_ids`` (the queries are stored vectors), each query's own id is left out of both lists,
+    and ``exact_ids`` should hold ``k + 1`` columns.
 
     Returns ``{"nprobe" or "efSearch": value, "recall_at_10": measured}``; the largest value tried
     when none reaches the target (the measured recall says how far it is). Empty for Flat.
@@ -289,8 +297,8 @@ def tune_search(
         params = search_parameters(
             kind, value if name == "nprobe" else None, value if name == "efSearch" else None
         )
-        _, ids = index.search(queries, k, params=params)
-        r = recall_at(ids, exact_ids, k)
+        _, ids = index.search(queries, k + (query_ids is not None), params=params)
+        r = recall_at(ids, exact_ids, k, exclude=query_ids)
         best = {name: value, f"recall_at_{k}": round(r, 4)}
         if r >= target:
             break

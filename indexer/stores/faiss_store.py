@@ -489,15 +489,17 @@ class FaissStore:
 
     def measure_recall(self, k: int = 10, queries: int = TUNE_QUERIES) -> float:
         """Recall@``k`` of the search index against :meth:`exact_search`, with ``queries`` stored vectors
-        (spread evenly over the ids) as queries, at the current search settings."""
+        (spread evenly over the ids) as queries, at the current search settings. Each query's own id is
+        left out of both lists (any index finds a stored vector itself)."""
         if not self._records:
             return 1.0
-        q = self.get_vectors(self._sample_ids(queries))
-        _, exact = self.exact_search(q, k)
-        approx = [[h.id for h in hits] for hits in self.search(q, k)]
+        q_ids = self._sample_ids(queries)
+        q = self.get_vectors(q_ids)
+        _, exact = self.exact_search(q, k + 1)
+        approx = [[h.id for h in hits] for hits in self.search(q, k + 1)]
         width = max(len(a) for a in approx)
         padded = np.array([a + [-1] * (width - len(a)) for a in approx], dtype=np.int64)
-        return recall_at(padded, exact, k)
+        return recall_at(padded, exact, k, exclude=q_ids)
 
     def finalize(self) -> None:
         """Bring the search index in line with the shards and write it: choose the kind (``auto``), build
@@ -520,9 +522,10 @@ class FaissStore:
         if self._requested_kind == "auto" or self._faiss_section.get("requested") == "auto":
             section.update(requested="auto", memory_bytes=self._memory)
         if self._index is not None and not self._kind.exact:
-            q = self.get_vectors(self._sample_ids(TUNE_QUERIES))
-            _, exact = self.exact_search(q, 10)
-            section.update(tune_search(self._index, self._kind, q, exact, k=10))
+            q_ids = self._sample_ids(TUNE_QUERIES)
+            q = self.get_vectors(q_ids)
+            _, exact = self.exact_search(q, 11)  # each query's own id is left out: 10 others
+            section.update(tune_search(self._index, self._kind, q, exact, k=10, query_ids=q_ids))
             section["tuned_on"] = len(q)
         if self._kind.trained:
             trained = getattr(self, "_trained_on", 0) if rebuilt else self._faiss_section.get("trained_on", 0)
