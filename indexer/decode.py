@@ -18,11 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from indexer.errors import DecodeError
+from indexer.limits import DecodeLimits
 
 #: Smallest side accepted: one ViT patch. Smaller images carry too little to embed.
 MIN_SIDE = 16
-#: Largest number of pixels accepted (a 16k x 16k mosaic); larger files are not single fields of view.
-MAX_PIXELS = 16384 * 16384
+#: The limits the build and the query server apply unless told otherwise (see :mod:`indexer.limits`).
+DEFAULT_LIMITS = DecodeLimits()
 
 
 def content_id(data: bytes) -> int:
@@ -98,18 +99,46 @@ def _plane_axes(tif) -> tuple[str, tuple[int, ...]]:
     return "IYX", (len(tif.pages), *next(iter(shapes)))
 
 
-def decode_planes(data: bytes) -> list[Plane]:
+def check_size(
+    shape: tuple, itemsize: int, file_bytes: int, limits: DecodeLimits | None = None, planes: int = 1
+) -> None:
+    """Refuse an image by its header alone: too many pixels per plane, or a decompression bomb.
+
+    Raises
+    ------
+    DecodeError
+        If a plane's ``height x width`` exceeds ``limits.max_pixels``, or the decoded size of all
+        ``planes`` exceeds ``limits.ratio_floor_bytes`` and ``limits.max_ratio`` times the file's size.
+    """
+    limits = limits or DEFAULT_LIMITS
+    pixels = int(np.prod(shape[-2:], dtype=np.int64))
+    if pixels > limits.max_pixels:
+        raise DecodeError(
+            f"image too large ({shape[-1]}x{shape[-2]} = {pixels / 2**20:.0f} M pixels; the limit is "
+            f"{limits.max_pixels / 2**20:.0f} M pixels)"
+        )
+    decoded = pixels * planes * itemsize
+    if decoded > limits.ratio_floor_bytes and decoded > limits.max_ratio * max(file_bytes, 1):
+        raise DecodeError(
+            f"compression ratio {decoded / max(file_bytes, 1):.0f}:1 is over the limit of "
+            f"{limits.max_ratio:.0f}:1 ({file_bytes} bytes would decode to {decoded / 2**20:.0f} MB); "
+            "not a camera image (a decompression bomb?)"
+        )
+
+
+def decode_planes(data: bytes, limits: DecodeLimits | None = None) -> list[Plane]:
     """Decode a TIFF (single plane, multi-page or OME-TIFF stack) into its 2-D planes.
 
     Each plane gets its position along the file's Z and C axes (:data:`PLANE_AXES`); a single-plane
-    file is one plane with neither.
+    file is one plane with neither. Sizes are checked from the header (:func:`check_size`, ``limits``)
+    before any pixel is decoded.
 
     Raises
     ------
     DecodeError
         Not a readable TIFF; samples per pixel (RGB), a time or other axis; an unsupported pixel type
-        (see :data:`ACCEPTED`); NaN pixels; a plane smaller than one patch or larger than
-        :data:`MAX_PIXELS`.
+        (see :data:`ACCEPTED`); NaN pixels; a plane smaller than one patch; a file over ``limits``
+        (pixels per plane, compression ratio).
     """
     import tifffile
 
@@ -124,8 +153,7 @@ def decode_planes(data: bytes) -> list[Plane]:
                 shape = tuple(page.shape)
                 if len(shape) != 2:
                     raise DecodeError(f"not a single-channel image (shape {shape}); expected height x width")
-                if shape[0] * shape[1] > MAX_PIXELS:
-                    raise DecodeError(f"image too large ({shape[1]}x{shape[0]} pixels)")
+                check_size(shape, page.dtype.itemsize, len(data), limits)
                 image = _libtiff_pixels(data, shape, page.dtype)
                 if image is None:
                     image = page.asarray(maxworkers=1)  # parallelism comes from the callers' workers
@@ -143,8 +171,8 @@ def decode_planes(data: bytes) -> list[Plane]:
                     f"a stack with axes {axes}: only Z (focus) and C (channel) axes are indexed, one plane "
                     "per image; split time series or tiles into files first"
                 )
-            if shape[-1] * shape[-2] > MAX_PIXELS:
-                raise DecodeError(f"image too large ({shape[-1]}x{shape[-2]} pixels)")
+            n_planes = int(np.prod(shape[:-2], dtype=np.int64))
+            check_size(shape, tif.pages[0].dtype.itemsize, len(data), limits, n_planes)
             if len(tif.series) == 1:
                 stack = tif.series[0].asarray(maxworkers=1)
             else:
@@ -164,17 +192,17 @@ def decode_planes(data: bytes) -> list[Plane]:
     return planes
 
 
-def decode_tiff(data: bytes) -> np.ndarray:
+def decode_tiff(data: bytes, limits: DecodeLimits | None = None) -> np.ndarray:
     """Decode one single-plane grayscale TIFF to a 2-D array (uint8, uint16 or float32).
 
     Raises
     ------
     DecodeError
         If the bytes are not a readable TIFF, hold several planes (index those with ``mae-index
-        build``: each plane is one image) or samples, have an unsupported pixel type, or are smaller than
-        one patch or larger than :data:`MAX_PIXELS`.
+        build``: each plane is one image) or samples, have an unsupported pixel type, are smaller than
+        one patch, or break ``limits`` (:func:`check_size`).
     """
-    planes = decode_planes(data)
+    planes = decode_planes(data, limits)
     if len(planes) != 1:
         raise DecodeError(
             f"a stack of {len(planes)} planes; a query is one plane: give one plane's file, or the id of "

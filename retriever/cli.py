@@ -207,6 +207,14 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--max-upload-mb", default=64, show_default=True, type=int, help="Largest request body.")
+@click.option("--max-megapixels", default=64, show_default=True, type=int,
+              help="Largest query image (the build's default limit too).")  # fmt: skip
+@click.option("--request-timeout", default=30.0, show_default=True, type=float,
+              help="Seconds a client may take to send one request (headers and body).")  # fmt: skip
+@click.option("--threads", default=8, show_default=True, type=int, help="HTTP worker threads.")
+@click.option("--reports", "reports", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="A `mae-eval` report folder to link from the page (repeatable; folders beside the "
+              "index holding report.html are found anyway).")  # fmt: skip
 @faiss_search_options
 @click.option("--model", default=None, help="Another path to the index's model weights (checked).")
 @runtime_options
@@ -221,6 +229,10 @@ def serve(
     host,
     port,
     max_upload_mb,
+    max_megapixels,
+    request_timeout,
+    threads,
+    reports,
     nprobe,
     ef_search,
     model,
@@ -229,7 +241,8 @@ def serve(
     compile_model,
     verbose,
 ):
-    """Serve queries over HTTP with the model and index kept loaded (JSON API).
+    """Serve queries over HTTP with the model and index kept loaded: the web explorer at / and the
+    JSON API. Listens on 127.0.0.1 unless --host says otherwise.
 
     \b
     Example:
@@ -238,15 +251,31 @@ def serve(
       curl -s --data-binary @image.tif 'http://127.0.0.1:8000/query?k=5&well=A01'
     """
     setup_logging(max(verbose, 1))
+    from indexer.limits import MB, DecodeLimits, RequestLimits
     from retriever.search import Retriever
     from retriever.server import QueryService, make_server
 
+    limits = RequestLimits(
+        max_body_bytes=max_upload_mb * MB,
+        request_timeout_s=request_timeout,
+        threads=threads,
+        decode=DecodeLimits(max_pixels=max_megapixels * MB),
+    )
     redis = reader_redis(index_dir, redis_url, redis_index, hnsw_ef_runtime, backend)
-    stores = open_stores(index_dir, redis, read_only=True, backend=backend or ("redis" if redis else "faiss"),
-                         nprobe=nprobe, ef_search=ef_search)  # fmt: skip
-    service = QueryService(Retriever.open(stores.primary, model, device, precision, compile_model,
-                                          index_dir=index_dir))  # fmt: skip
-    server = make_server(service, host, port, max_upload_mb * 1024 * 1024)
+    chosen = backend or ("redis" if redis else "faiss")
+    both = redis is not None and index_dir is not None and (Path(index_dir) / "manifest.json").is_file()
+    # Both stores given: the page may search either, and the plate map reads the FAISS copy.
+    stores = open_stores(index_dir, redis, read_only=True, backend=None if both else chosen, nprobe=nprobe,
+                         ef_search=ef_search)  # fmt: skip
+    primary = stores.faiss if chosen == "faiss" and stores.faiss is not None else stores.primary
+    service = QueryService(
+        Retriever.open(primary, model, device, precision, compile_model, index_dir=index_dir), limits
+    )
+    for other in stores:
+        if other is not primary:
+            service.add_backend(other)
+    app = build_app(service, index_dir, list(reports))
+    server = make_server(service, host, port, app=app)
     service.warm_up()
     # HTTP on a side thread; the model and index work on this one, the thread that loaded the model
     # (see QueryService).
@@ -260,6 +289,32 @@ def serve(
         server.shutdown()
         server.server_close()
         stores.close()
+
+
+def build_app(service, index_dir: Path | None, reports: list[Path]):
+    """The server's application: the JSON API, the web explorer, and the routes of installed plugins.
+
+    Plugins are entry points of the group ``mae_microscopy.serve`` (callables taking the app); the eval
+    package registers live robustness this way, so the retriever never imports eval.
+    """
+    import logging
+    from importlib.metadata import entry_points
+
+    from retriever import explorer
+    from retriever.server import App
+
+    app = App(service, service.limits)
+    faiss = service.backends.get("faiss")
+    catalog = explorer.Catalog(service.retriever.store, faiss.store if faiss else None)
+    explorer.register(
+        app, service, catalog, explorer.find_reports(index_dir, reports), sorted(service.backends)
+    )
+    for ep in entry_points(group="mae_microscopy.serve"):
+        try:
+            ep.load()(app)
+        except Exception as e:  # an optional extra missing: the page works without that panel
+            logging.getLogger(__name__).warning("plugin %s not loaded: %s: %s", ep.name, type(e).__name__, e)
+    return app
 
 
 if __name__ == "__main__":  # pragma: no cover

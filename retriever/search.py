@@ -200,9 +200,13 @@ class Retriever:
 
     def embed_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Embed raw 2-D uint16 images; returns (n, dim) float32 unit vectors."""
+        return self.embed_tensors([preprocess_image(im, self.preprocess) for im in images])
+
+    def embed_tensors(self, tensors: Sequence[torch.Tensor]) -> np.ndarray:
+        """Embed preprocessed model inputs (3, h, w) in batches; returns (n, dim) float32 unit vectors."""
         out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = [preprocess_image(im, self.preprocess) for im in images[start : start + self.batch_size]]
+        for start in range(0, len(tensors), self.batch_size):
+            chunk = list(tensors[start : start + self.batch_size])
             if len({tuple(t.shape) for t in chunk}) == 1:
                 out.append(self.encoder.embed(torch.stack(chunk)))
             else:

@@ -16,4 +16,15 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 TORCH_SPEC="$TORCH_SPEC" bash scripts/install-torch.sh .venv
 .venv/bin/python -m pip install -q -e '.[dev]'
 bash scripts/redis-stack.sh install
+# The web explorer's browser tests drive Debian's chromium through Playwright (never `playwright install`,
+# which downloads a browser build of its own).
+if ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null \
+      || echo "warning: could not install chromium; the browser tests need it (apt-get install chromium)" >&2
+  else
+    echo "warning: no apt-get; install chromium for the browser tests" >&2
+  fi
+fi
 echo "Installed. Activate with: . .venv/bin/activate"

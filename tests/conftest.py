@@ -51,3 +51,32 @@ def write_tiff(path: Path, image: np.ndarray, **kwargs) -> Path:
     opts = {"compression": "lzw", "rowsperstrip": 11, "photometric": "minisblack", **kwargs}
     tifffile.imwrite(path, image, **opts)
     return path
+
+
+def zero_bomb(height: int, width: int | None = None, rows_per_strip: int = 512) -> bytes:
+    """A decompression bomb: an LZW TIFF of zeros, ``height x width`` uint16, a few hundred KB.
+
+    One strip is encoded once and repeated, so a 16384 x 16384 bomb (512 MB decoded, ~430 KB on disk)
+    takes ~0.1 s to build.
+    """
+    import io
+
+    import imagecodecs
+
+    width = width or height
+    rows_per_strip = min(rows_per_strip, height)
+    strip = imagecodecs.lzw_encode(np.zeros((rows_per_strip, width), np.uint16).tobytes())
+    n = -(-height // rows_per_strip)
+    last_rows = height - (n - 1) * rows_per_strip
+    last = imagecodecs.lzw_encode(np.zeros((last_rows, width), np.uint16).tobytes())
+    buf = io.BytesIO()
+    tifffile.imwrite(
+        buf,
+        data=iter([strip] * (n - 1) + [last]),
+        shape=(height, width),
+        dtype=np.uint16,
+        rowsperstrip=rows_per_strip,
+        compression="lzw",
+        photometric="minisblack",
+    )
+    return buf.getvalue()

@@ -70,7 +70,7 @@ class FolderLock:
         """
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, like every index file
         except OSError as e:
             raise StoreUnavailableError(
                 f"index folder {self.directory} is not writable ({e.strerror or e}): choose another --index "

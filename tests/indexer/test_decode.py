@@ -77,3 +77,46 @@ def test_files_libtiff_refuses_fall_back_to_tifffile(real_images):
     assert decode_tiff(short).shape == reference.shape
     # a disagreement on shape also falls back
     assert _libtiff_pixels(data, (1, 1), reference.dtype) is None
+
+
+def test_pixel_bomb_is_refused_from_its_header():
+    import time
+
+    from tests.conftest import zero_bomb
+
+    bomb = zero_bomb(16384)  # 512 MB of zeros in ~430 KB
+    t0 = time.perf_counter()
+    with pytest.raises(DecodeError, match="M pixels; the limit is 64 M pixels"):
+        decode_tiff(bomb)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_compression_bomb_within_the_pixel_cap_is_refused():
+    from tests.conftest import zero_bomb
+
+    with pytest.raises(DecodeError, match="compression ratio .* over the limit of 256:1"):
+        decode_tiff(zero_bomb(8192))  # 64 MP: under the pixel cap, 128 MB from ~110 KB
+
+
+def test_limits_are_configurable_and_small_flat_images_pass():
+    from indexer.limits import DecodeLimits
+    from tests.conftest import zero_bomb
+
+    assert decode_tiff(zero_bomb(64)).shape == (64, 64)  # ratio ~1000:1 but 8 KB: exempt
+    with pytest.raises(DecodeError, match="the limit is 1 M pixels"):
+        decode_tiff(zero_bomb(2048), DecodeLimits(max_pixels=1024 * 1024 - 1))
+    assert decode_tiff(zero_bomb(8192), DecodeLimits(max_ratio=2000)).shape == (8192, 8192)
+
+
+def test_a_stack_bomb_is_refused_from_its_header():
+    import imagecodecs
+
+    from indexer.decode import decode_planes
+
+    strip = imagecodecs.lzw_encode(np.zeros((512, 4096), np.uint16).tobytes())
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, data=iter([strip] * 16), shape=(2, 4096, 4096), dtype=np.uint16, rowsperstrip=512,
+                     compression="lzw", photometric="minisblack")  # fmt: skip
+    assert len(buf.getvalue()) < 200_000  # 64 MB of pixels in two planes
+    with pytest.raises(DecodeError, match="compression ratio"):
+        decode_planes(buf.getvalue())

@@ -10,6 +10,7 @@ from indexer.config import BuildConfig, IntensityConfig, ModelConfig, Preprocess
 from indexer.decode import content_id
 from indexer.encoder import ViTMAEEncoder
 from indexer.errors import DecodeError, IndexMismatchError
+from indexer.limits import DecodeLimits
 from indexer.stores.faiss_store import FaissStore
 from tests.conftest import write_tiff
 
@@ -145,7 +146,9 @@ def test_bad_input_matrix_is_skipped_with_reasons(encoder, tmp_path, monkeypatch
     (d / "dangling.tif").symlink_to(d / "missing.tif")
     with zipfile.ZipFile(d / "evil.zip", "w") as zf:
         zf.writestr(zipfile.ZipInfo("../../etc/passwd.tif"), good)
-    monkeypatch.setattr(decode, "MAX_PIXELS", 700 * 700)  # "huge" without writing gigabytes
+    monkeypatch.setattr(
+        decode, "DEFAULT_LIMITS", DecodeLimits(max_pixels=700 * 700)
+    )  # "huge" without writing gigabytes
     s, store = _build(encoder, [d], tmp_path / "idx")
     kept = sorted(r.path.rsplit("/", 1)[-1] for r in store.get(store.ids()))
     # 8-bit images and multi-page stacks are indexed (each page one image); see test_formats.py.
@@ -159,3 +162,17 @@ def test_bad_input_matrix_is_skipped_with_reasons(encoder, tmp_path, monkeypatch
     assert "broken link" in reasons["dangling.tif"] and "int16" in reasons["signed.tif"]
     assert all("\n" not in r for r in reasons.values())
     assert s.found == 14 and len(s.rejected) == 9 and s.indexed == 6
+
+
+def test_build_applies_the_decode_limits_to_bombs(encoder, real_subset, tmp_path):
+    from tests.conftest import zero_bomb
+
+    d = real_subset / "BBBC006_v1_images_z_16"
+    (d / "bomb.tif").write_bytes(zero_bomb(16384))
+    (d / "ratio.tif").write_bytes(zero_bomb(8192))
+    summary, store = _build(encoder, [real_subset], tmp_path / "idx")
+    assert (summary.indexed, len(summary.rejected)) == (6, 2)
+    with open(tmp_path / "idx" / "rejected.csv", newline="") as f:
+        reasons = {r["path"].rsplit("/", 1)[-1]: r["reason"] for r in csv.DictReader(f)}
+    assert "the limit is 64 M pixels" in reasons["bomb.tif"]
+    assert "compression ratio" in reasons["ratio.tif"]

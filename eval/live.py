@@ -1,0 +1,138 @@
+"""Live robustness for the web explorer: one query, one perturbation, one severity, on demand.
+
+This module plugs into ``mae-search serve`` from above: imports run ``eval -> retriever -> indexer``,
+so the retriever cannot import the perturbations or the metrics. Instead the server's application
+takes extra routes (:meth:`retriever.server.App.add`), and the ``eval`` package offers
+:func:`register` under the entry-point group ``mae_microscopy.serve`` (pyproject.toml), which
+``mae-search serve`` loads. Without the eval package (or its extra) the page simply has no
+robustness panel.
+
+The numbers are computed by :func:`compare_one`, which runs the very steps of
+:func:`eval.robustness.run_robustness` for one query: the raw image from the indexed path, the
+seeded perturbation, an unfiltered search for k + 1, the top k of each, then
+:func:`eval.robustness.compare_results`. So they equal ``mae-eval robustness`` for the same query,
+perturbation, severity, k, seed and RBO p.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from http import HTTPStatus
+from typing import Any
+
+from eval import perturb
+from eval.robustness import RobustnessConfig, _ids, compare_results
+from indexer.errors import ConfigError
+from indexer.sources import load_image
+from indexer.stores.base import ImageRecord
+from retriever import render
+from retriever.search import QueryOptions, Retriever
+
+
+def compare_one(
+    retriever: Retriever, record: ImageRecord, name: str, severity: int, k: int, seed: int, rbo_p: float
+) -> dict[str, Any]:
+    """Clean vs perturbed top-k of one indexed image, with the metrics of ``mae-eval robustness``.
+
+    Returns
+    -------
+    dict
+        ``clean`` and ``perturbed`` hit lists (k each), ``metrics`` (self_rank, self_at_1,
+        overlap_at_k, jaccard_at_k, rbo, kendall_tau), ``value`` (the severity's parameter) and the
+        perturbed raw image (``image``, a uint16 array).
+    """
+    RobustnessConfig(perturbations=(name,), severities=(severity,), k=k, seed=seed, rbo_p=rbo_p)
+    raw = load_image(record.path)  # as eval.robustness.read_queries reads it
+    image = perturb.apply(name, raw, severity, perturb.perturbation_rng(seed, record.id, name, severity))
+    vectors = retriever.embed_arrays([raw, image])
+    clean_hits, pert_hits = retriever.search_vectors(vectors, QueryOptions(k=k + 1))
+    clean, perturbed = _ids(clean_hits)[:k], _ids(pert_hits)[:k]
+    by_id = {h.id: h for h in [*clean_hits, *pert_hits]}
+    return {
+        "clean": [by_id[i].to_dict() for i in clean],
+        "perturbed": [{**by_id[i].to_dict(), "rank": n + 1} for n, i in enumerate(perturbed)],
+        "metrics": compare_results(record.id, clean, perturbed, k, rbo_p),
+        "value": perturb.severity_value(name, severity),
+        "image": image,
+    }
+
+
+def _finite(v: float) -> float | None:
+    """JSON has no infinity: the identity of ``poisson_noise`` (infinite photons) goes out as null."""
+    return v if math.isfinite(v) else None
+
+
+def register(app: Any) -> None:
+    """Add ``GET /api/perturbations`` and ``POST /api/perturb`` to a query server's application.
+
+    ``POST /api/perturb`` takes ``{"id", "perturbation", "severity", "k", "seed", "rbo_p"}`` and answers
+    :func:`compare_one`'s result with the perturbed image as a PNG data URL.
+    """
+    from retriever.server import ClientError, json_response, parse_id
+
+    service = app.service
+
+    def perturbations(req: Any) -> Any:
+        return json_response(
+            {
+                "perturbations": [
+                    {
+                        "name": n,
+                        "values": [
+                            _finite(perturb.severity_value(n, s)) for s in range(perturb.N_LEVELS + 1)
+                        ],
+                    }
+                    for n in perturb.PERTURBATIONS
+                ],
+                "defaults": {"k": 10, "seed": 0, "rbo_p": 0.9},
+            }
+        )
+
+    def run(req: Any) -> Any:
+        obj = req.json()
+        allowed = {"id", "perturbation", "severity", "k", "seed", "rbo_p", "backend"}
+        unknown = sorted(set(obj) - allowed)
+        if unknown:
+            raise ClientError(
+                HTTPStatus.BAD_REQUEST, f"unknown key {unknown[0]!r}; takes: {', '.join(sorted(allowed))}"
+            )
+        try:
+            qid, severity = parse_id(obj["id"]), obj.get("severity", 0)
+            k, seed, p = obj.get("k", 10), obj.get("seed", 0), float(obj.get("rbo_p", 0.9))
+            for name, v in (("id", qid), ("severity", severity), ("k", k), ("seed", seed)):
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise ConfigError(f"{name} must be a non-negative integer")
+            if k < 1 or k > 100:
+                raise ConfigError("k must be within 1..100")
+            name = str(obj.get("perturbation", ""))
+            if name not in perturb.PERTURBATIONS:
+                raise ConfigError(
+                    f"unknown perturbation {name!r}; choose from {', '.join(perturb.PERTURBATIONS)}"
+                )
+            retriever = service.pick(obj.get("backend"))
+            record = retriever.store.get([qid])[0]
+        except KeyError as e:
+            raise ClientError(HTTPStatus.BAD_REQUEST, f"missing key {e}") from e
+        except (ConfigError, TypeError, ValueError) as e:
+            raise ClientError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        if record is None:
+            raise ClientError(HTTPStatus.NOT_FOUND, f"id {qid} is not in the index")
+        try:
+            out = service.compute(compare_one, retriever, record, name, severity, k, seed, p)
+        except ConfigError as e:
+            raise ClientError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        except OSError as e:
+            raise ClientError(
+                HTTPStatus.NOT_FOUND, f"the source image of id {qid} cannot be read: {e}"
+            ) from e
+        png = render.render_png(out.pop("image"), retriever.preprocess.intensity, 512)
+        out["image"] = "data:image/png;base64," + base64.b64encode(png).decode()
+        out["metrics"] = {m: _finite(v) if isinstance(v, float) else v for m, v in out["metrics"].items()}
+        out.update(
+            id=qid, perturbation=name, severity=severity, k=k, seed=seed, rbo_p=p, value=_finite(out["value"])
+        )
+        return json_response(out)
+
+    app.add("GET", "/api/perturbations", perturbations)
+    app.add("POST", "/api/perturb", run)

@@ -1,0 +1,453 @@
+"""The web explorer's server side: the page, thumbnails, facets, the plate map and report links.
+
+Everything is added to the query server's :class:`~retriever.server.App` by :func:`register`:
+
+======================  =======================================================================
+``GET /``                the page (``retriever/web/index.html``); ``GET /static/NAME`` its files
+``GET /thumb/{id}``      PNG thumbnail (``?size=32..512``, default 160), the index's intensity window
+``GET /image/{id}``      PNG at full resolution (``?size=`` to shrink)
+``GET /api/facets``      plates, wells, sites, channels and z values, with counts
+``GET /api/record/{id}`` one record, the other channel(s) of its site and z, and its z stack
+``POST /api/plate``      ``{"id" | "image", "plate", "channel", "site"}`` -> best similarity per well
+``GET /api/config``      backends, report folders, whether live robustness is available
+``GET /reports/{i}/{f}`` a file of the i-th report folder (no path from the client: an index and a name)
+======================  =======================================================================
+
+Only ids in the index are served; the source path always comes from the index, never from a request.
+A source that is missing or unreadable gives a placeholder PNG (header ``X-Placeholder``) and a
+logged reason, never a 500. Metadata goes to the page as JSON and the page inserts it as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import mimetypes
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.errors import DecodeError
+from indexer.sources import load_image
+from indexer.stores.base import ImageRecord, VectorStore
+from retriever import render
+from retriever.server import App, ClientError, QueryService, Request, Response, json_response, parse_id
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+ROWS = "ABCDEFGHIJKLMNOP"
+COLUMNS = 24
+#: Content-Security-Policy of every explorer response: no inline script, nothing from elsewhere.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+#: Reports (``mae-eval``'s HTML) carry an inline stylesheet and data: images, and no script: allow the
+#: former, forbid any script.
+REPORT_CSP = (
+    "default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
+)
+_REPORT_TYPES = {".html", ".png", ".svg", ".csv", ".json", ".txt", ".md"}
+
+
+def _sec_headers(csp: str = CSP) -> list[tuple[str, str]]:
+    return [("Content-Security-Policy", csp), ("Referrer-Policy", "no-referrer"), ("X-Frame-Options", "DENY")]
+
+
+def _id_from(path: str, prefix: str) -> int:
+    tail = path[len(prefix) :]
+    if not tail.isdigit() or len(tail) > 19 or int(tail) >= 2**63:
+        raise ClientError(HTTPStatus.BAD_REQUEST, f"bad id {tail[:40]!r}: ids are integers in [0, 2**63)")
+    return int(tail)
+
+
+def _one_int(req: Request, name: str, default: int, lo: int, hi: int) -> int:
+    values = req.query.get(name)
+    if not values:
+        return default
+    try:
+        v = int(values[0])
+    except ValueError as e:
+        raise ClientError(HTTPStatus.BAD_REQUEST, f"{name} must be an integer") from e
+    if not lo <= v <= hi:
+        raise ClientError(HTTPStatus.BAD_REQUEST, f"{name} must be within {lo}..{hi}, got {v}")
+    return v
+
+
+class Catalog:
+    """The index's records and, for the plate map, its vectors: loaded once, on first use.
+
+    ``vectors`` come from ``vector_store`` (the FAISS mirror when there is one: an in-memory copy,
+    exact, no round trips), else from the searched store.
+    """
+
+    def __init__(self, store: VectorStore, vector_store: VectorStore | None = None) -> None:
+        self.store = store
+        self.vector_store = vector_store or store
+        self._lock = threading.Lock()
+        self._records: dict[int, ImageRecord] | None = None
+        self._matrix: tuple[np.ndarray, np.ndarray] | None = None
+        self._layout: dict[str, np.ndarray] | None = None
+        self._facets: dict[str, Any] | None = None
+
+    @property
+    def records(self) -> dict[int, ImageRecord]:
+        """id -> record of every indexed image."""
+        with self._lock:
+            if self._records is None:
+                ids = self.store.ids()
+                self._records = {r.id: r for r in self.store.get(ids) if r is not None}
+            return self._records
+
+    def record(self, image_id: int) -> ImageRecord:
+        """The record of an indexed id (404 otherwise)."""
+        rec = self.records.get(image_id)
+        if rec is None:
+            raise ClientError(HTTPStatus.NOT_FOUND, f"id {image_id} is not in the index")
+        return rec
+
+    def matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of every indexed image, ids sorted."""
+        with self._lock:
+            if self._matrix is None:
+                ids = np.sort(np.asarray(self.vector_store.ids(), dtype=np.int64))
+                self._matrix = (ids, np.ascontiguousarray(self.vector_store.get_vectors(ids), np.float32))
+            return self._matrix
+
+    def facets(self) -> dict[str, Any]:
+        """Counts per plate, well, site, channel and z (values sorted; missing metadata as ``null``).
+
+        Computed once: the served index does not change while it is served.
+        """
+        if self._facets is not None:
+            return self._facets
+        out: dict[str, dict] = {f: {} for f in ("plate", "well", "site", "channel", "z")}
+        for r in self.records.values():
+            for f in out:
+                v = getattr(r, f)
+                out[f][v] = out[f].get(v, 0) + 1
+
+        def ordered(d: dict) -> list[dict[str, Any]]:
+            return [
+                {"value": v, "count": d[v]}
+                for v in sorted(d, key=lambda x: (x is None, str(type(x)), x or 0))
+            ]
+
+        self._facets = {"count": len(self.records), **{f: ordered(d) for f, d in out.items()}}
+        return self._facets
+
+    def layout(self) -> dict[str, Any]:
+        """Per row of :meth:`matrix`: plate well cell (row * 24 + column, -1 if none), plate, channel, site."""
+        with self._lock:
+            if self._layout is not None:
+                return self._layout
+        ids, _ = self.matrix()
+        records = self.records
+        cell = np.full(len(ids), -1, dtype=np.int64)
+        plate = np.full(len(ids), -1, dtype=np.int64)  # codes into plate_names / channel_names
+        channel = np.full(len(ids), -1, dtype=np.int64)
+        site = np.full(len(ids), -1, dtype=np.int64)
+        plate_names: dict[str, int] = {}
+        channel_names: dict[str, int] = {}
+        for n, i in enumerate(ids):
+            r = records.get(int(i))
+            if r is None:
+                continue
+            if r.plate:
+                plate[n] = plate_names.setdefault(r.plate, len(plate_names))
+            if r.channel:
+                channel[n] = channel_names.setdefault(r.channel, len(channel_names))
+            site[n] = -1 if r.site is None else r.site
+            if r.well:
+                row, col = ROWS.find(r.well[0]), int(r.well[1:]) - 1
+                if 0 <= row < len(ROWS) and 0 <= col < COLUMNS:
+                    cell[n] = row * COLUMNS + col
+        # Rows grouped by well once, so a query's per-well maximum is one reduceat (np.maximum.at is ~10x slower).
+        order = np.argsort(cell, kind="stable")
+        order = order[cell[order] >= 0]
+        starts = (
+            np.flatnonzero(np.r_[True, np.diff(cell[order]) != 0]) if len(order) else np.empty(0, np.int64)
+        )
+        counts = np.bincount(plate[plate >= 0], minlength=len(plate_names))
+        common = max(plate_names, key=lambda p: counts[plate_names[p]]) if plate_names else None
+        layout = {"cell": cell, "plate": plate, "channel": channel, "site": site, "plate_names": plate_names,
+                  "channel_names": channel_names, "default_plate": common, "order": order, "starts": starts,
+                  "start_cells": cell[order][starts] if len(order) else np.empty(0, np.int64)}  # fmt: skip
+        with self._lock:
+            self._layout = layout
+        return layout
+
+    def siblings(self, image_id: int) -> dict[str, Any]:
+        """The record, the other channels of its site and z, and its z stack (same site and channel)."""
+        rec = self.record(image_id)
+        same_site = [
+            r for r in self.records.values()
+            if (r.plate, r.well, r.site) == (rec.plate, rec.well, rec.site) and rec.well is not None
+        ]  # fmt: skip
+        others = sorted(
+            (r for r in same_site if r.z == rec.z and r.channel != rec.channel), key=lambda r: str(r.channel)
+        )
+        stack = sorted(
+            (r for r in same_site if r.channel == rec.channel and r.z is not None), key=lambda r: r.z
+        )
+        if not stack:
+            stack = [rec]
+        return {
+            "record": rec.to_dict(),
+            "other_channels": [r.to_dict() for r in others],
+            "stack": [{"id": r.id, "z": r.z} for r in stack],
+        }
+
+    def plate_map(
+        self, query: np.ndarray, plate: str | None, channels: tuple[str, ...], sites: tuple[int, ...]
+    ) -> dict[str, Any]:
+        """Best cosine similarity per well of a 384-well plate (``None`` for wells with no image).
+
+        Only images of ``plate`` (default: the only or the most common plate) and of the given channels
+        and sites count.
+        """
+        ids, vectors = self.matrix()
+        lay = self.layout()
+        plate = plate if plate is not None else lay["default_plate"]
+        keep = (lay["cell"] >= 0) & (lay["plate"] == lay["plate_names"].get(plate, -2))
+        if channels:
+            keep &= np.isin(lay["channel"], [lay["channel_names"].get(c, -2) for c in channels])
+        if sites:
+            keep &= np.isin(lay["site"], list(sites))
+        cell = lay["cell"]
+        q = np.asarray(query, np.float32).reshape(-1)
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        # All rows then mask: a masked copy of the matrix would cost more than the product.
+        scores = np.where(keep, vectors @ q, -np.inf).astype(np.float32)
+        best = np.full(len(ROWS) * COLUMNS, -np.inf, dtype=np.float32)
+        counts = np.bincount(cell[keep], minlength=len(best))
+        if len(lay["order"]):
+            best[lay["start_cells"]] = np.maximum.reduceat(scores[lay["order"]], lay["starts"])
+        wells = {}
+        for c in range(len(best)):
+            well = f"{ROWS[c // COLUMNS]}{c % COLUMNS + 1:02d}"
+            wells[well] = None if counts[c] == 0 else round(float(best[c]), 6)
+        return {
+            "plate": plate,
+            "rows": list(ROWS),
+            "columns": COLUMNS,
+            "wells": wells,
+            "images": {w: int(counts[i]) for i, w in enumerate(wells) if counts[i]},
+        }
+
+
+class ImageCache:
+    """A byte-bounded LRU of rendered PNGs keyed by (id, size)."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple) -> bytes | None:
+        """The cached bytes, or None (counted as a miss)."""
+        with self._lock:
+            data = self._items.get(key)
+            if data is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return data
+
+    def put(self, key: tuple, data: bytes) -> None:
+        """Store ``data``, evicting the least recently used entries past the byte budget."""
+        with self._lock:
+            old = self._items.pop(key, None)
+            self._size -= len(old) if old else 0
+            self._items[key] = data
+            self._size += len(data)
+            while self._size > self.max_bytes and len(self._items) > 1:
+                _, dropped = self._items.popitem(last=False)
+                self._size -= len(dropped)
+
+
+@dataclass
+class Renderer:
+    """Renders indexed images by id with the index's intensity window; caches PNGs; placeholders."""
+
+    catalog: Catalog
+    intensity: Any
+    cache: ImageCache
+    max_pixels: int | None = None
+
+    def etag(self, image_id: int, size: int | None) -> str:
+        """A strong ETag: the id is a hash of the file's bytes, so (id, size, window) fixes the PNG."""
+        key = f"{image_id}:{size}:{self.intensity}".encode()
+        return '"' + hashlib.blake2b(key, digest_size=12).hexdigest() + '"'
+
+    def png(self, image_id: int, size: int | None) -> tuple[bytes, str | None]:
+        """``(png, None)``, or ``(placeholder, reason)`` where the source cannot be read or decoded."""
+        rec = self.catalog.record(image_id)
+        key = (image_id, size)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached, None
+        try:
+            image = load_image(rec.path)  # a file, a zip member or one plane of a stack
+        except (OSError, DecodeError) as e:
+            reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            log.warning("image %d (%r) cannot be shown: %s", image_id, rec.path, reason)
+            return render.placeholder_png(size or 256), reason
+        data = render.render_png(image, self.intensity, size)
+        self.cache.put(key, data)
+        return data, None
+
+
+def find_reports(index_dir: Path | None, extra: list[Path]) -> list[Path]:
+    """Report folders: those given, and any folder beside the index holding ``report.html``."""
+    found = [Path(p).resolve() for p in extra]
+    if index_dir is not None:
+        parent = Path(index_dir).resolve().parent
+        try:
+            found += sorted(d for d in parent.iterdir() if d.is_dir() and (d / "report.html").is_file())
+        except OSError:
+            pass
+    out = []
+    for d in found:
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def register(
+    app: App,
+    service: QueryService,
+    catalog: Catalog,
+    reports: list[Path] | None = None,
+    backends: list[str] | None = None,
+) -> Renderer:
+    """Add the explorer's page and endpoints to ``app``; return its renderer (tests read its cache)."""
+    preprocess = service.retriever.preprocess
+    renderer = Renderer(catalog, preprocess.intensity, ImageCache())
+    reports = reports or []
+    static = {p.name: p for p in WEB_DIR.iterdir() if p.is_file()} if WEB_DIR.is_dir() else {}
+
+    def file_response(path: Path, cache: str = "no-cache", csp: str = CSP) -> Response:
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
+            ctype += "; charset=utf-8"
+        return Response(path.read_bytes(), 200, ctype, [("Cache-Control", cache), *_sec_headers(csp)])
+
+    def page(req: Request) -> Response:
+        return file_response(static["index.html"])
+
+    def static_file(req: Request) -> Response:
+        name = req.path[len("/static/") :]
+        if name not in static:
+            raise ClientError(HTTPStatus.NOT_FOUND, f"no such file: {name[:80]}")
+        return file_response(static[name])
+
+    def picture(req: Request, prefix: str, default_size: int | None) -> Response:
+        image_id = _id_from(req.path, prefix)
+        size = _one_int(req, "size", default_size or 0, 0 if default_size is None else 32, 4096) or None
+        etag = renderer.etag(image_id, size)
+        if req.headers.get("if-none-match") == etag:
+            catalog.record(image_id)  # an unknown id is still a 404
+            return Response(b"", 304, "image/png", [("ETag", etag), ("Cache-Control", "no-cache")])
+        data, problem = renderer.png(image_id, size)
+        headers = [("Cache-Control", "no-cache")]
+        if problem is None:
+            headers.append(("ETag", etag))
+        else:
+            headers.append(("X-Placeholder", problem.encode("ascii", "replace").decode()))
+        return Response(data, 200, "image/png", headers)
+
+    def record(req: Request) -> Response:
+        return json_response(catalog.siblings(_id_from(req.path, "/api/record/")))
+
+    def plate(req: Request) -> Response:
+        obj = req.json()
+        allowed = {"id", "image", "plate", "channel", "site", "backend"}
+        unknown = sorted(set(obj) - allowed)
+        if unknown:
+            raise ClientError(
+                HTTPStatus.BAD_REQUEST, f"unknown key {unknown[0]!r}; takes: {', '.join(sorted(allowed))}"
+            )
+        if "id" in obj:
+            qid = parse_id(obj["id"])
+            catalog.record(qid)
+            ids, vectors = catalog.matrix()
+            pos = int(np.searchsorted(ids, qid))
+            query = vectors[pos]
+        elif isinstance(obj.get("image"), str):
+            try:
+                blob = base64.b64decode(obj["image"], validate=True)
+            except binascii.Error as e:
+                raise ClientError(HTTPStatus.BAD_REQUEST, f"image is not base64: {e}") from e
+            query = service.embed_blobs([blob])[0]
+        else:
+            raise ClientError(HTTPStatus.BAD_REQUEST, "give the query as an indexed id or a base64 image")
+
+        def as_tuple(v: Any, cast) -> tuple:
+            if v in (None, "", []):
+                return ()
+            try:
+                return tuple(cast(x) for x in (v if isinstance(v, list) else [v]))
+            except (TypeError, ValueError) as e:
+                raise ClientError(HTTPStatus.BAD_REQUEST, f"bad filter value {v!r}") from e
+
+        plate_name = obj.get("plate") or None
+        if plate_name is not None and not isinstance(plate_name, str):
+            raise ClientError(HTTPStatus.BAD_REQUEST, "plate must be a string")
+        out = catalog.plate_map(
+            query, plate_name, as_tuple(obj.get("channel"), lambda c: str(c).lower()),
+            as_tuple(obj.get("site"), int),
+        )  # fmt: skip
+        return json_response(out)
+
+    def config(req: Request) -> Response:
+        return json_response(
+            {
+                "count": len(catalog.records),
+                "backends": backends or [],
+                "reports": [{"index": i, "name": d.name} for i, d in enumerate(reports)],
+                "robustness": ("POST", "/api/perturb") in app.routes,
+                "limits": {"max_upload_bytes": service.limits.max_body_bytes},
+            }
+        )
+
+    def report_file(req: Request) -> Response:
+        rest = req.path[len("/reports/") :]
+        num, _, name = rest.partition("/")
+        if not num.isdigit() or int(num) >= len(reports):
+            raise ClientError(HTTPStatus.NOT_FOUND, "no such report folder")
+        name = name or "report.html"
+        folder = reports[int(num)]
+        target = (folder / name).resolve()
+        if (
+            "/" in name
+            or target.parent != folder
+            or target.suffix.lower() not in _REPORT_TYPES
+            or not target.is_file()
+        ):
+            raise ClientError(HTTPStatus.NOT_FOUND, f"no such report file: {name[:80]}")
+        return file_response(target, csp=REPORT_CSP)
+
+    app.add("GET", "/", page, None)
+    app.add("GET", "/index.html", page, None)
+    app.add("GET", "/static/", static_file)
+    app.add("GET", "/thumb/", lambda req: picture(req, "/thumb/", 160), {"size"})
+    app.add("GET", "/image/", lambda req: picture(req, "/image/", None), {"size"})
+    app.add("GET", "/api/facets", lambda req: json_response(catalog.facets()))
+    app.add("GET", "/api/record/", record)
+    app.add("POST", "/api/plate", plate)
+    app.add("GET", "/api/config", config)
+    app.add("GET", "/reports/", report_file)
+    return renderer
