@@ -601,8 +601,13 @@ class FaissStore:
             ids = table.column("id").to_numpy().astype(np.int64)
             deleted = table.column("deleted").to_numpy(zero_copy_only=False).astype(bool)
             meta = {f: table.column(f).to_pylist() for f in RECORD_FIELDS}
+            # Shards written before tags existed lack the column.
+            tags = table.column("tags").to_pylist() if "tags" in table.column_names else [None] * len(ids)
             records = [
-                ImageRecord(id=int(ids[i]), **{f: meta[f][i] for f in RECORD_FIELDS}) for i in range(len(ids))
+                ImageRecord(
+                    id=int(ids[i]), **{f: meta[f][i] for f in RECORD_FIELDS}, tags=json.loads(tags[i] or "{}")
+                )
+                for i in range(len(ids))
             ]
             dim = schema.field("vector").type.list_size
         except Exception as e:  # pyarrow raises ArrowInvalid, OSError and more for a damaged file
