@@ -40,7 +40,7 @@ def _query_ids(path: Path | None) -> tuple[int, ...]:
 
 
 def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out, model=None, nprobe=None, ef_search=None):  # fmt: skip
+              device, out, model=None, exclude="site", nprobe=None, ef_search=None):  # fmt: skip
     require_extra("eval")  # report.py needs scipy, matplotlib and scikit-learn: say so before any query
     from eval import perturb as perturbations
     from eval.robustness import NATURAL, RobustnessConfig
@@ -49,7 +49,7 @@ def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, s
 
     names = tuple(perturb.split(",")) if perturb else (*perturbations.PERTURBATIONS, NATURAL)
     config = RobustnessConfig(perturbations=names, severities=_severities(severities), k=k, n_queries=queries,
-                              query_ids=_query_ids(query_list), seed=seed, rbo_p=rbo_p)  # fmt: skip
+                              query_ids=_query_ids(query_list), seed=seed, rbo_p=rbo_p, exclude=exclude)  # fmt: skip
     redis = redis_config_for(index_dir, redis_url, redis_index, writing=False)
     with open_stores(index_dir, redis, read_only=True, nprobe=nprobe, ef_search=ef_search) as stores:
         return _evaluate_stores(stores, index_dir, redis_url, config, device, out, model)
@@ -58,7 +58,7 @@ def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, s
 def _evaluate_stores(stores, index_dir, redis_url, config, device, out, model=None):
     from tqdm.auto import tqdm
 
-    from eval.report import format_table, headline_rows, write_report
+    from eval.report import TABLE_COLUMNS, format_table, headline_rows, write_report
     from eval.robustness import run_robustness
     from indexer.stores.binding import store_identity
     from retriever.search import Retriever
@@ -85,8 +85,11 @@ def _evaluate_stores(stores, index_dir, redis_url, config, device, out, model=No
     meta = {"location": str(index_dir), "count": store.count(), "model": manifest.get("model", {}).get("name"),
             "backend": "redis" if redis_url else "faiss", "answered_by": store_identity(store)}  # fmt: skip
     rep = write_report(result, out, meta)
-    click.echo(format_table(headline_rows(rep["summary"]),
-                            ("perturbation", "severity", "n", "self_at_1", "overlap_at_k", "rbo", "drift_normalised")))  # fmt: skip
+    click.echo(format_table(headline_rows(rep["summary"]), TABLE_COLUMNS))
+    g = rep["gallery"]
+    click.echo(f"Gallery (--exclude {g['exclude']}): {g['candidates_min']}-{g['candidates_max']} candidates per "
+               f"query of {g['index_size']} images; {len(g['queries_skipped'])} queries skipped (fewer than "
+               f"k + 1 = {g['min_candidates']})", err=True)  # fmt: skip
     click.echo(f"Report: {Path(out) / 'report.html'}", err=True)
     return rep
 
@@ -102,6 +105,14 @@ _common = [
     click.option("--seed", default=0, show_default=True),
     click.option("--rbo-p", default=0.9, show_default=True),
     click.option("--device", default="auto", show_default=True),
+    click.option(
+        "--exclude",
+        type=click.Choice(["none", "image", "site", "well"]),
+        default="site",
+        show_default=True,
+        help="Which of each query's relatives leave BOTH the clean and the perturbed top-k: "
+        "site = its other z-slices and channels (near-duplicates).",
+    ),
     click.option("--model", default=None, help="Another path to the index's model weights (checked)."),
 ]
 
@@ -144,11 +155,13 @@ def reconstruct(image, model, out, mask_ratio, seed, verbose):
 @verbose_option
 @handle_errors
 def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-               device, model, out, nprobe, ef_search, verbose):  # fmt: skip
+               device, exclude, model, out, nprobe, ef_search, verbose):  # fmt: skip
     """Top-k consistency and drift of clean vs perturbed queries; writes report.json/CSV/HTML.
 
     With --redis-url the queries go to Redis and its ANN recall@k against the exact FAISS index is
-    reported too.
+    reported too. Every score comes with its 95 % interval, its chance level (random top-k lists from
+    the same gallery) and the chance-corrected score. A query needs at least k + 1 candidates once
+    its relatives are excluded; one with fewer is reported and skipped.
 
     \b
     Example:
@@ -156,7 +169,7 @@ def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, 
     """
     setup_logging(verbose)
     _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out, model, nprobe, ef_search)  # fmt: skip
+              device, out, model, exclude, nprobe, ef_search)  # fmt: skip
 
 
 @main.command()
@@ -166,7 +179,9 @@ def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, 
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for all reports.")
 @verbose_option
 @handle_errors
-def compare(indexes, queries, query_list, perturb, severities, k, seed, rbo_p, device, model, out, verbose):
+def compare(
+    indexes, queries, query_list, perturb, severities, k, seed, rbo_p, device, exclude, model, out, verbose
+):
     """Run the same evaluation on several indexes (e.g. one per model) and put them side by side."""
     setup_logging(verbose)
     import json
@@ -177,13 +192,27 @@ def compare(indexes, queries, query_list, perturb, severities, k, seed, rbo_p, d
     for i, idx in enumerate(indexes):
         sub = Path(out) / f"{i:02d}-{Path(idx).name}"
         rep = _evaluate(
-            idx, None, None, queries, query_list, perturb, severities, k, seed, rbo_p, device, sub, model
+            idx,
+            None,
+            None,
+            queries,
+            query_list,
+            perturb,
+            severities,
+            k,
+            seed,
+            rbo_p,
+            device,
+            sub,
+            model,
+            exclude,
         )
         for row in headline_rows(rep["summary"]):
             combined.append({"index": str(idx), "model": rep["index"]["model"], **row})
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "compare.json").write_text(json.dumps(combined, indent=2) + "\n")
-    table = format_table(combined, ("index", "perturbation", "severity", "self_at_1", "overlap_at_k", "rbo"))
+    table = format_table(combined, ("index", "perturbation", "severity", "n", "gallery", "self_at_1",
+                                     "overlap_at_k", "overlap_at_k_chance", "rbo", "rbo_chance"))  # fmt: skip
     (Path(out) / "compare.txt").write_text(table + "\n")
     click.echo(table)
 

@@ -10,8 +10,9 @@ robustness panel.
 The numbers are computed by :func:`compare_one`, which runs the very steps of
 :func:`eval.robustness.run_robustness` for one query: the raw image from the indexed path, the
 seeded perturbation, an unfiltered search for k + 1, the top k of each, then
-:func:`eval.robustness.compare_results`. So they equal ``mae-eval robustness`` for the same query,
-perturbation, severity, k, seed and RBO p.
+:func:`eval.robustness.compare_results`. So they equal ``mae-eval robustness --exclude none`` for
+the same query, perturbation, severity, k, seed and RBO p: the panel keeps the query's own site in both
+lists, where the report's default (``--exclude site``) takes it out, and gives no chance level.
 """
 
 from __future__ import annotations

@@ -12,24 +12,18 @@ Three families:
   :func:`l2_distance`), put on the scale of the index by :func:`median_nn_distance` and
   :func:`normalised_drift`.
 
-Plus bootstrap confidence intervals (:func:`bootstrap_ci`) and the per-(perturbation, severity) summary
-(:func:`summarise`). ANN recall of a store against exact search is
-:func:`indexer.stores.recall.recall_at_k`, shared with ``mae-index verify``.
+Chance levels live in :mod:`eval.chance`, intervals in :mod:`eval.intervals`, the
+per-(perturbation, severity) summary in :mod:`eval.summary`. ANN recall of a store against exact search
+is :func:`indexer.stores.recall.recall_at_k`, shared with ``mae-index verify``.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-#: Per-query metrics that :func:`summarise` aggregates by default (the keys of a robustness row).
-METRICS = ("self_at_1", "self_rank", "overlap_at_k", "jaccard_at_k", "rbo", "kendall_tau",
-           "drift_cosine", "drift_l2", "drift_normalised")  # fmt: skip
 
 #: Rows per block in :func:`median_nn_distance`, bounding memory at ``block x n`` similarities.
 _NN_BLOCK = 1024
@@ -213,7 +207,7 @@ def kendall_tau_intersection(a: Sequence[int] | np.ndarray, b: Sequence[int] | n
     float
         In [-1, 1]; exactly 1.0 when the shared ids are in the same order. NaN when fewer than 2 ids
         are shared: with no pair to compare the order is undefined (not perfect, not random), and a NaN
-        is dropped by :func:`bootstrap_ci` rather than pulling a mean either way.
+        is dropped by :func:`eval.summary.summarise` rather than pulling a mean either way.
     """
     from scipy.stats import kendalltau
 
@@ -314,6 +308,30 @@ def median_nn_distance(vectors: np.ndarray) -> float:
     return float(np.median(np.clip(1.0 - best, 0.0, 2.0)))
 
 
+def median_pairwise_cosine(vectors: np.ndarray) -> float:
+    """Median cosine similarity over all pairs of distinct rows.
+
+    How spread out an index is: near 1 means the embeddings are nearly parallel, so tiny drifts reorder
+    neighbours (the shipped small model gives about 0.9 on BBBC006-like images).
+
+    Parameters
+    ----------
+    vectors : np.ndarray
+        ``(n, d)``, n >= 2 (pass a seeded sample for a large index: this is O(n^2 d)).
+
+    Returns
+    -------
+    float
+        The median of the ``n (n - 1) / 2`` pairwise cosine similarities.
+    """
+    v = np.asarray(vectors, dtype=np.float64)
+    if v.ndim != 2 or len(v) < 2:
+        raise ValueError(f"need an (n, d) array with n >= 2, got shape {v.shape}")
+    v = v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-12)
+    sims = v @ v.T
+    return float(np.median(sims[np.triu_indices(len(v), k=1)]))
+
+
 def normalised_drift(drift: float | np.ndarray, scale: float) -> float | np.ndarray:
     """Drift in units of ``scale`` (the index's median nearest-neighbour distance).
 
@@ -333,117 +351,3 @@ def normalised_drift(drift: float | np.ndarray, scale: float) -> float | np.ndar
         return np.full(np.shape(drift), np.nan) if np.ndim(drift) else math.nan
     out = np.asarray(drift, dtype=np.float64) / scale
     return out if np.ndim(drift) else float(out)
-
-
-# --- confidence intervals and summary ---------------------------------------------------------------
-
-
-def _rng_kwarg(fn: Any, seed: int) -> dict[str, np.random.Generator]:
-    # scipy >= 1.15 names the generator ``rng``; older releases (pyproject allows 1.11) ``random_state``.
-    name = "rng" if "rng" in inspect.signature(fn).parameters else "random_state"
-    return {name: np.random.default_rng(seed)}
-
-
-def bootstrap_ci(
-    values: Sequence[float | None] | np.ndarray,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """Mean and percentile-bootstrap confidence interval of the mean (``scipy.stats.bootstrap``).
-
-    Percentile rather than BCa: the metrics are bounded and often take few distinct values (self@1 is
-    0 or 1), where BCa's acceleration estimate degenerates and scipy returns NaN with a warning.
-
-    Parameters
-    ----------
-    values : sequence of float or None
-        Per-query values; ``None`` and NaN (e.g. an undefined Kendall tau) are dropped.
-    confidence : float
-        Confidence level in (0, 1).
-    n_resamples : int
-        Bootstrap resamples.
-    seed : int
-        Seed of the resampling, so a report can be repeated.
-
-    Returns
-    -------
-    tuple of float
-        ``(mean, low, high)``. All equal when the finite values are all equal (or only one is left): the
-        bootstrap distribution is then a single point. ``(nan, nan, nan)`` when no finite value is left.
-    """
-    from scipy.stats import bootstrap
-
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    x = np.asarray([v for v in _ids(values) if v is not None], dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if not len(x):
-        return (math.nan, math.nan, math.nan)
-    mean = float(x.mean())
-    if np.all(x == x[0]):
-        return (mean, mean, mean)
-    with warnings.catch_warnings():
-        # scipy warns when the resampled means take few distinct values (e.g. two 0/1 values); the
-        # percentile interval is still well defined there.
-        warnings.simplefilter("ignore")
-        res = bootstrap(
-            (x,),
-            np.mean,
-            confidence_level=confidence,
-            n_resamples=n_resamples,
-            method="percentile",
-            **_rng_kwarg(bootstrap, seed),
-        )
-    return (mean, float(res.confidence_interval.low), float(res.confidence_interval.high))
-
-
-def summarise(
-    rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS, seed: int = 0
-) -> list[dict[str, Any]]:
-    """Group per-query rows by (perturbation, severity): each metric's mean and 95 % bootstrap CI.
-
-    Parameters
-    ----------
-    rows : sequence of dict
-        One per (query, perturbation, severity), with keys ``perturbation``, ``severity``, optionally
-        ``value`` (the severity's parameter), and one key per metric (missing, ``None`` or NaN = no
-        value; ``self_rank`` is ``None`` when the source was not retrieved).
-    metrics : sequence of str
-        The metric keys to aggregate.
-    seed : int
-        Bootstrap seed (see :func:`bootstrap_ci`).
-
-    Returns
-    -------
-    list of dict
-        One dict per group, sorted by perturbation then severity::
-
-            {"perturbation": str, "severity": int, "value": float | None, "n": int,
-             "<metric>": mean, "<metric>_low": float, "<metric>_high": float, "<metric>_n": int, ...}
-
-        ``n`` counts the group's rows and ``<metric>_n`` the finite values behind the metric's mean
-        (fewer than ``n`` for Kendall tau, and for ``self_rank``, whose mean covers only the queries that
-        retrieved their source: the misses are what ``self_at_1`` counts). ``value`` is the rows' common
-        ``value``, or ``None`` when they differ (``defocus_z`` groups ``|dz|``, mixing slices above and
-        below focus).
-    """
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["perturbation"], r["severity"]), []).append(r)
-    out = []
-    for (name, sev), members in sorted(groups.items()):
-        values = {r.get("value") for r in members}
-        entry: dict[str, Any] = {
-            "perturbation": name,
-            "severity": sev,
-            "value": values.pop() if len(values) == 1 else None,
-            "n": len(members),
-        }
-        for m in metrics:
-            vals = np.asarray([r.get(m) for r in members if r.get(m) is not None], dtype=np.float64)
-            vals = vals[np.isfinite(vals)]
-            mean, low, high = bootstrap_ci(vals, seed=seed)
-            entry[m], entry[f"{m}_low"], entry[f"{m}_high"], entry[f"{m}_n"] = mean, low, high, len(vals)
-        out.append(entry)
-    return out

@@ -21,18 +21,52 @@ def _ranked(vectors: np.ndarray) -> np.ndarray:
     return np.stack([np.lexsort((np.arange(n), -sims[i]))[:-1] for i in range(n)])
 
 
-def mean_average_precision(vectors: np.ndarray, labels: Sequence) -> float:
-    """Mean over queries of average precision, relevant = same label (queries with no positive skipped)."""
+def average_precisions(vectors: np.ndarray, labels: Sequence) -> np.ndarray:
+    """Average precision of each item as a query, relevant = same label (NaN where it has no positive).
+
+    As copairs computes it: the query itself is left out, ranks by cosine similarity, ties by index.
+    """
     labels = np.asarray(labels)
     order = _ranked(vectors)
-    aps = []
+    aps = np.full(len(labels), np.nan)
     for i, row in enumerate(order):
         rel = labels[row] == labels[i]
-        if not rel.any():
-            continue
-        hits = np.cumsum(rel)
-        aps.append(float((hits[rel] / (np.flatnonzero(rel) + 1)).mean()))
-    return float(np.mean(aps)) if aps else float("nan")
+        if rel.any():
+            hits = np.cumsum(rel)
+            aps[i] = float((hits[rel] / (np.flatnonzero(rel) + 1)).mean())
+    return aps
+
+
+def mean_average_precision(vectors: np.ndarray, labels: Sequence) -> float:
+    """Mean over queries of average precision, relevant = same label (queries with no positive skipped)."""
+    aps = average_precisions(vectors, labels)
+    return float(np.nanmean(aps)) if np.isfinite(aps).any() else float("nan")
+
+
+def map_interval(
+    vectors: np.ndarray, labels: Sequence, groups: Sequence, seed: int = 0
+) -> tuple[float, float, float]:
+    """mAP with a 95 % interval that resamples ``groups`` (wells): ``(mAP, low, high)``.
+
+    Images of one well share its phenotype draw, so the well, not the image, is the independent unit:
+    the per-query APs are bootstrapped with one cluster per well (:func:`eval.intervals.cluster_bootstrap`).
+    """
+    from eval.intervals import cluster_bootstrap
+
+    est = cluster_bootstrap(average_precisions(vectors, labels), list(groups), (0.0, 1.0), seed=seed)
+    return est.mean, est.low, est.high
+
+
+def chance_map(labels: Sequence) -> float:
+    """Expected mAP of a random ranking: per query, the share of the other items that are relevant.
+
+    (Exact in the limit of many items; for n items the expected AP of a random ranking is a little
+    above the prevalence, so this is the usual floor, as copairs reports it.)
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    prev = [((labels == c).sum() - 1) / (n - 1) for c in labels]
+    return float(np.mean([p for p in prev if p > 0]))
 
 
 def precision_at_k(vectors: np.ndarray, labels: Sequence, k: int) -> float:

@@ -16,13 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from eval import perturb
+from eval import intervals, perturb
 from eval.robustness import NATURAL, RobustnessResult
 from indexer.atomic import atomic_write_json, atomic_write_text
 from indexer.bbbc006.constants import SATURATION
 
 CURVE_METRICS = (("self_at_1", "self-retrieval@1"), ("overlap_at_k", "overlap@k"), ("rbo", "RBO"),
                  ("drift_normalised", "drift / median NN distance"))  # fmt: skip
+#: Y-axis label of each curve.
+Y_LABELS = {
+    "self_at_1": "share of queries whose source ranks 1st",
+    "overlap_at_k": "share of top-k shared with the clean list",
+    "rbo": "rank-biased overlap (p)",
+    "drift_normalised": "cosine drift / median NN distance",
+}
 HEADLINE = (
     "self_at_1",
     "overlap_at_k",
@@ -32,6 +39,12 @@ HEADLINE = (
     "drift_cosine",
     "drift_normalised",
 )
+#: Metrics whose chance level and chance-corrected score the headline shows.
+HEADLINE_CHANCE = ("self_at_1", "overlap_at_k", "jaccard_at_k", "rbo")
+#: Columns of the headline table printed by the CLI and written into the HTML.
+TABLE_COLUMNS = ("perturbation", "severity", "n", "gallery", "self_at_1", "self_at_1_chance", "overlap_at_k",
+                 "overlap_at_k_chance", "overlap_at_k_corrected", "rbo", "rbo_chance", "rbo_corrected",
+                 "drift_normalised")  # fmt: skip
 
 
 def _clean(x: Any) -> Any:
@@ -61,6 +74,7 @@ def report_dict(result: RobustnessResult, index_meta: dict[str, Any]) -> dict[st
                 "seed": cfg.seed,
                 "rbo_p": cfg.rbo_p,
                 "reference_z": cfg.reference_z,
+                "exclude": cfg.exclude,
                 "ladders": {
                     n: {"unit": p.unit, "levels": list(p.levels)} for n, p in perturb.PERTURBATIONS.items()
                 },
@@ -68,10 +82,20 @@ def report_dict(result: RobustnessResult, index_meta: dict[str, Any]) -> dict[st
             "query_ids": result.query_ids,
             "skipped_queries": result.skipped_queries,
             "median_nn_distance": result.median_nn_distance,
+            "gallery": result.gallery,
             "ann_recall_at_k": result.ann_recall,
+            "ann_recall_interval": _ann_interval(result),
             "summary": result.summary(),
         }
     )
+
+
+def _ann_interval(result: RobustnessResult) -> list[float] | None:
+    # ANN recall is a proportion per query; the queries are the independent units (clusters of k).
+    if result.ann_recall is None or not np.isfinite(result.ann_recall):
+        return None
+    n = len(result.query_ids)
+    return list(intervals.proportion_ci(result.ann_recall * n, n))
 
 
 def _png(fig) -> str:
@@ -83,31 +107,45 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _series(pts: list[dict], key: str) -> np.ndarray:
+    return np.array([e.get(key) if e.get(key) is not None else np.nan for e in pts], dtype=float)
+
+
+def _plot_metric(ax, pts: list[dict], x: list[float], metric: str, label: str, color=None) -> None:
+    y, lo, hi = (_series(pts, metric + s) for s in ("", "_low", "_high"))
+    (line,) = ax.plot(x, y, marker="o", label=label, color=color)
+    ax.fill_between(x, lo, hi, alpha=0.15, color=line.get_color())
+    chance = _series(pts, metric + "_chance")
+    if np.isfinite(chance).any():
+        ax.plot(x, chance, ls="--", lw=1, color=line.get_color(), alpha=0.8)
+    small = [i for i, e in enumerate(pts) if e.get("small_n")]
+    if small:  # n < 5: drawn hollow, read as anecdotes
+        ax.scatter(
+            [x[i] for i in small], y[small], s=60, facecolors="white", edgecolors=line.get_color(), zorder=3
+        )
+
+
 def _curves(summary: list[dict], perturbations: list[str]):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4.2 * len(CURVE_METRICS), 3.4))
+    names = [n for n in perturbations if n != NATURAL and any(e["perturbation"] == n for e in summary)]
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4.2 * len(CURVE_METRICS), 3.6))
     for ax, (metric, label) in zip(axes, CURVE_METRICS):
-        for name in perturbations:
+        for name in names:
             pts = [e for e in summary if e["perturbation"] == name]
-            if not pts:
-                continue
-            x = [e["severity"] for e in pts]
-            y = np.array([e[metric] if e[metric] is not None else np.nan for e in pts], dtype=float)
-            lo = np.array(
-                [e[f"{metric}_low"] if e[f"{metric}_low"] is not None else np.nan for e in pts], float
-            )
-            hi = np.array(
-                [e[f"{metric}_high"] if e[f"{metric}_high"] is not None else np.nan for e in pts], float
-            )
-            ax.plot(x, y, marker="o", label=name)
-            ax.fill_between(x, lo, hi, alpha=0.2)
+            _plot_metric(ax, pts, [e["severity"] for e in pts], metric, name)
         ax.set_title(label)
-        ax.set_xlabel("severity (defocus_z: |z-16| slices)")
+        ax.set_xlabel("severity level (0 = clean)")
+        ax.set_ylabel(Y_LABELS[metric])
         ax.grid(alpha=0.3)
         if metric != "drift_normalised":
             ax.set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=7)
+    fig.suptitle(
+        "Mean and 95 % interval per severity; dashed: chance level of random top-k lists", fontsize=9
+    )
     fig.tight_layout()
     return fig
 
@@ -115,20 +153,25 @@ def _curves(summary: list[dict], perturbations: list[str]):
 def _defocus_curve(summary: list[dict]):
     import matplotlib.pyplot as plt
 
-    pts = [e for e in summary if e["perturbation"] == NATURAL]
-    if not pts:
+    all_pts = [e for e in summary if e["perturbation"] == NATURAL]
+    if not all_pts:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    um = [2.0 * e["severity"] for e in pts]
-    for metric, label in CURVE_METRICS[:3]:
-        ax.errorbar(um, [e[metric] for e in pts],
-                    yerr=[[e[metric] - e[f"{metric}_low"] for e in pts], [e[f"{metric}_high"] - e[metric] for e in pts]],
-                    marker="o", capsize=3, label=label)  # fmt: skip
-    ax.set_xlabel("distance from focal plane |z - 16| x 2 um")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Real defocus (same site, other z-slice)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    # One panel per provenance: a real stack and a synthetic one are different experiments, and each
+    # curve is labelled by what it contains.
+    curves = sorted({e.get("curve") or "unknown" for e in all_pts}, key=lambda c: (c != "real", c))
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 3.6), squeeze=False)
+    for ax, curve in zip(axes[0], curves):
+        pts = [e for e in all_pts if (e.get("curve") or "unknown") == curve]
+        um = [perturb.Z_STEP_UM * e["severity"] for e in pts]
+        for metric, label in CURVE_METRICS[:3]:
+            _plot_metric(ax, pts, um, metric, label)
+        ax.set_xlabel(f"distance from the focal plane |dz| (um, {perturb.Z_STEP_UM:g} um per slice)")
+        ax.set_ylabel("score (dashed: chance level)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"Defocus, {curve} z-stacks ({max(e['n_queries'] for e in pts)} sites)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig
 
 
@@ -228,28 +271,56 @@ def _examples(result: RobustnessResult):
 
 
 def headline_rows(summary: list[dict]) -> list[dict]:
-    """Per perturbation, its worst severity (the largest evaluated), for the terminal and README table."""
+    """Per perturbation, its worst severity (the largest evaluated), for the terminal and README table.
+
+    Each row keeps the metric's interval (``<m>_low``, ``<m>_high``), its chance level and
+    chance-corrected score, the number of rows ``n`` and of queries, ``small_n`` and the median gallery
+    size behind the lists (``gallery``).
+    """
     out = []
-    for name in sorted({e["perturbation"] for e in summary}):
-        pts = [e for e in summary if e["perturbation"] == name]
+    for name, curve in sorted({(e["perturbation"], e.get("curve") or "") for e in summary}):
+        pts = [e for e in summary if e["perturbation"] == name and (e.get("curve") or "") == curve]
         worst = max(pts, key=lambda e: e["severity"])
-        out.append({"perturbation": name, "severity": worst["severity"], "value": worst["value"], "n": worst["n"],
-                    **{m: worst[m] for m in HEADLINE}})  # fmt: skip
+        label = f"{name} ({curve})" if curve else name
+        row = {"perturbation": label, "severity": worst["severity"], "value": worst["value"], "n": worst["n"],
+               "source": worst.get("source"),
+               "n_queries": worst.get("n_queries"), "small_n": worst.get("small_n", False),
+               "gallery": worst.get("candidates")}  # fmt: skip
+        for m in HEADLINE:
+            row[m] = worst[m]
+            row[f"{m}_low"], row[f"{m}_high"] = worst.get(f"{m}_low"), worst.get(f"{m}_high")
+        for m in HEADLINE_CHANCE:
+            row[f"{m}_chance"] = worst.get(f"{m}_chance")
+            row[f"{m}_corrected"] = worst.get(f"{m}_corrected")
+        out.append(row)
     return out
 
 
 def format_table(rows: list[dict], columns: tuple[str, ...]) -> str:
-    """A plain-text table of rows (floats to 3 decimals)."""
+    """A plain-text table of rows: floats to 3 decimals, a metric with an interval as ``x [low, high]``,
+    and ``n`` marked ``*`` where the group has fewer than 5 queries."""
 
     def fmt(v):
         if v is None:
             return "-"
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    def cell(r: dict, c: str) -> str:
+        v = r.get(c)
+        if c == "n" and r.get("small_n"):
+            return f"{v}*"
+        if c == "gallery" and isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        if c in HEADLINE and r.get(f"{c}_low") is not None and v is not None:
+            return f"{v:.3f} [{r[f'{c}_low']:.3f}, {r[f'{c}_high']:.3f}]"
+        return fmt(v)
+
+    cells = [[cell(r, c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(x[i]) for x in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in cells]
+    if any(r.get("small_n") for r in rows):
+        lines.append("* fewer than 5 queries: an anecdote, not a result")
     return "\n".join(lines)
 
 
@@ -278,16 +349,18 @@ def write_report(result: RobustnessResult, out_dir: Path, index_meta: dict[str, 
     _write_csv(out_dir / "summary.csv", rep["summary"])
     perturbations = list(result.config.perturbations)
     figures: list[tuple[str, Any]] = [
-        ("Metric vs severity (mean, 95 % bootstrap CI)", _curves(rep["summary"], perturbations))
+        ("Metric vs severity (mean, 95 % interval; dashed: chance)", _curves(rep["summary"], perturbations))
     ]
-    figures.append(("Real defocus curve", _defocus_curve(rep["summary"])))
+    figures.append(("Defocus curve (metric vs |dz|)", _defocus_curve(rep["summary"])))
     figures.append(("Drift at the highest severity", _drift_hist(result.rows, perturbations)))
     heat, key = _heatmap(result)
     figures.append(("Clean vs perturbed embeddings", heat))
     figures.append(("t-SNE", _tsne(result, result.config.seed)))
     figures.append(("Example images", _examples(result)))
     head = headline_rows(rep["summary"])
-    table = html.escape(format_table(head, ("perturbation", "severity", "value", "n", *HEADLINE)))
+    table = html.escape(format_table(head, TABLE_COLUMNS))
+    g = result.gallery or {}
+    ann = rep.get("ann_recall_interval")
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Retrieval robustness report</title>",
         "<style>body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em}"
@@ -300,16 +373,44 @@ def write_report(result: RobustnessResult, out_dir: Path, index_meta: dict[str, 
         f"RBO p = {result.config.rbo_p}. Median nearest-neighbour cosine distance in the index: "
         f"{result.median_nn_distance:.4g}."
         + (
-            f" ANN recall@{result.config.k} of the store vs exact FAISS: {result.ann_recall:.4f}."
+            f" ANN recall@{result.config.k} of the store vs exact FAISS: {result.ann_recall:.4f}"
+            + (f" [{ann[0]:.4f}, {ann[1]:.4f}]." if ann else ".")
             if result.ann_recall is not None
             else ""
         )
         + "</p>",
+        "<h2>Gallery</h2>",
+        f"<p>Exclusion <code>{html.escape(str(g.get('exclude')))}</code>: each query's "
+        + {
+            "none": "own image stays in both lists",
+            "image": "own image leaves both lists",
+            "site": "whole site (every z-slice and channel) leaves both lists",
+            "well": "whole well leaves both lists",
+        }.get(str(g.get("exclude")), "")  # fmt: skip
+        + f". Candidates per query: {g.get('candidates_min')} to {g.get('candidates_max')} (median "
+        f"{g.get('candidates_median')}) of {g.get('index_size')} indexed images. A query needs at least "
+        f"k + 1 = {g.get('min_candidates')}; {len(g.get('queries_skipped', []))} skipped"
+        + (
+            f", {len(g.get('queries_without_known_group', []))} with no known {g.get('exclude')} "
+            "excluded only themselves"
+            if g.get("queries_without_known_group")
+            else ""
+        )
+        + f". Median pairwise cosine similarity of the index: {g.get('median_pairwise_cosine', float('nan')):.3f}"
+        + " (near 1: embeddings nearly parallel, so small drifts reorder neighbours)"
+        + ". Queries by provenance: "
+        + ", ".join(f"{v} {html.escape(k)}" for k, v in g.get("query_sources", {}).items())
+        + ".</p>",
         "<h2>Headline: each perturbation at its highest severity</h2>",
         f"<pre>{table}</pre>",
-        "<p>self_at_1: the clean source image is the first result of the perturbed query. overlap/jaccard/RBO/"
-        "kendall_tau: agreement of the perturbed query's top-k with the clean query's top-k. drift: cosine "
-        "distance between clean and perturbed embeddings; normalised by the median nearest-neighbour distance.</p>",
+        "<p>n: rows (queries x slices); gallery: median candidates per list. Intervals are 95 %: "
+        "Clopper-Pearson for self_at_1, a studentised bootstrap over queries for the means. _chance: the "
+        "expected score of two random top-k lists from the same gallery (self_at_1: 1 / (gallery + 1), the "
+        "source counted); "
+        "_corrected: (x - chance) / (1 - chance), 0 at chance and 1 when perfect. self_at_1: the clean "
+        "source image is the first result of the perturbed query. overlap/jaccard/RBO/kendall_tau: agreement "
+        "of the perturbed query's top-k with the clean query's top-k. drift: cosine distance between clean "
+        "and perturbed embeddings, normalised by the median nearest-neighbour distance.</p>",
     ]
     for title, fig in figures:
         if fig is None:

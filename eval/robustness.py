@@ -3,7 +3,12 @@
 For every query image (sampled from the index, seeded) and every perturbation and severity, the
 perturbed raw image is embedded with the index's own settings and searched; its results are compared
 with the clean query's results. The natural perturbation ``defocus_z`` uses the same site at another
-real z-slice of the index (severity = |z - 16| slices, 2 um each) instead of a simulated blur.
+z-slice of the index (severity = |z - 16| slices, 2 um each) instead of a simulated blur.
+
+Both lists are cut from the same gallery: the query's relatives named by ``exclude`` (see
+:mod:`eval.gallery`; default its whole site) leave the clean and the perturbed list alike, and so does
+the defocused slice of a ``defocus_z`` row. Each row records how many candidates its lists were drawn
+from, which sets its chance level. A query with fewer than ``k + 1`` candidates is skipped and listed.
 
 Everything here is deterministic for a given seed: sorted ids, seeded sampling, per-(seed, image,
 perturbation, severity) RNGs.
@@ -18,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from eval import metrics, perturb
+from eval import gallery, metrics, perturb
+from eval.summary import summarise
 from indexer.bbbc006.constants import FOCUS_Z
 from indexer.errors import ConfigError, DecodeError, MaeError
 from indexer.sources import load_image
@@ -46,8 +52,11 @@ class RobustnessConfig:
     rbo_p: float = 0.9
     reference_z: int = FOCUS_Z
     where: MetadataFilter = field(default_factory=MetadataFilter)
+    exclude: str = "site"
 
     def __post_init__(self) -> None:
+        if self.exclude not in gallery.EXCLUDE:
+            raise ConfigError(f"unknown --exclude {self.exclude!r}; choose from {', '.join(gallery.EXCLUDE)}")
         unknown = [p for p in self.perturbations if p != NATURAL and p not in perturb.PERTURBATIONS]
         if unknown:
             valid = ", ".join([*perturb.PERTURBATIONS, NATURAL])
@@ -72,11 +81,13 @@ class RobustnessResult:
     examples: dict[tuple[str, int], np.ndarray]
     ann_recall: float | None = None
     config: RobustnessConfig | None = None
+    gallery: dict[str, Any] = field(default_factory=dict)
     skipped_queries: list[dict[str, str]] = field(default_factory=list)  # {path, reason}: unreadable now
 
     def summary(self) -> list[dict[str, Any]]:
-        """Means with bootstrap 95 % CIs per (perturbation, severity)."""
-        return metrics.summarise(self.rows)
+        """Per (perturbation, severity): means, 95 % intervals, chance levels (see :mod:`eval.summary`)."""
+        cfg = self.config or RobustnessConfig()
+        return summarise(self.rows, k=cfg.k, p=cfg.rbo_p, seed=cfg.seed)
 
 
 def choose_queries(store: VectorStore, config: RobustnessConfig) -> list[ImageRecord]:
@@ -133,10 +144,20 @@ def _ids(hits: Sequence[Hit], exclude: int | None = None) -> list[int]:
 
 
 def compare_results(
-    source_id: int, clean: list[int], perturbed: list[int], k: int, p: float
+    source_id: int,
+    clean: list[int],
+    perturbed: list[int],
+    k: int,
+    p: float,
+    self_list: list[int] | None = None,
 ) -> dict[str, float | int | None]:
-    """Metrics of one perturbed query against its clean counterpart."""
-    rank = metrics.self_rank(perturbed, source_id)
+    """Metrics of one perturbed query against its clean counterpart.
+
+    ``clean`` and ``perturbed`` are the two top-k lists with the excluded relatives already removed;
+    ``self_list`` (default ``perturbed``) is the perturbed list in which the source image is kept, for
+    self-retrieval.
+    """
+    rank = metrics.self_rank(perturbed if self_list is None else self_list, source_id)
     return {
         "self_rank": rank,
         "self_at_1": float(rank == 1),
@@ -147,27 +168,96 @@ def compare_results(
     }
 
 
+@dataclass(frozen=True)
+class _Query:
+    """One scored query: its record, what leaves its lists, and its clean results (long enough to cut)."""
+
+    record: ImageRecord
+    excluded: frozenset[int]
+    clean_hits: list[int]
+
+
+def _row(
+    q: _Query, extra: frozenset[int], hits: list[int], n_index: int, cfg: RobustnessConfig
+) -> dict[str, Any]:
+    # ``extra``: ids that leave both lists for this row only (the defocused slice itself).
+    drop = q.excluded | extra
+    self_drop = drop - {q.record.id}
+    candidates = n_index - len(drop)
+    return {
+        "candidates": candidates,
+        "self_candidates": n_index - len(self_drop),
+        **compare_results(
+            q.record.id,
+            gallery.cut(q.clean_hits, drop, cfg.k),
+            gallery.cut(hits, drop, cfg.k),
+            cfg.k,
+            cfg.rbo_p,
+            self_list=gallery.cut(hits, self_drop, cfg.k),
+        ),
+    }
+
+
 def run_robustness(
     retriever: Retriever,
     config: RobustnessConfig,
     progress: Callable[[int, int], None] | None = None,
     exact: VectorStore | None = None,
 ) -> RobustnessResult:
-    """Evaluate ``retriever``'s store; ``exact`` (the FAISS mirror) adds ANN recall@k of the store."""
+    """Evaluate ``retriever``'s store; ``exact`` (the FAISS mirror) adds ANN recall@k of the store.
+
+    Raises
+    ------
+    ConfigError
+        If no query has a gallery of at least ``k + 1`` candidates once its relatives are excluded.
+    """
     store = retriever.store
-    queries, raws, skipped = read_queries(choose_queries(store, config))
+    records = [r for r in store.get(store.ids()) if r is not None]
+    by_id = {r.id: r for r in records}
+    n_index = len(records)
+    # Images moved or changed since the build are skipped and listed first (the report names them), so
+    # that "none can be read" is the error a user sees when every file has moved.
+    chosen, raws_all, unreadable = read_queries(choose_queries(store, config))
     k = config.k
-    opts = QueryOptions(k=k + 1)  # one spare: a defocus_z query finds itself first and is dropped
+    excl = gallery.exclusions(records, [r.id for r in chosen], config.exclude)
+    if excl.fallback:
+        log.warning(
+            "%d queries have no known %s (file names say nothing): only the image itself is excluded for them",
+            len(excl.fallback), config.exclude,
+        )  # fmt: skip
+    # A query needs k + 1 candidates: with exactly k both lists are the whole gallery and agree by
+    # construction (chance level 1), so nothing would be measured. +1 more leaves room for a defocus slice.
+    skipped = [
+        {"query_id": r.id, "candidates": n_index - len(excl.excluded[r.id])}
+        for r in chosen
+        if n_index - len(excl.excluded[r.id]) < k + 1
+    ]
+    queries = [r for r in chosen if n_index - len(excl.excluded[r.id]) >= k + 1]
+    if not queries:
+        worst = max((n_index - len(excl.excluded[r.id]) for r in chosen), default=0)
+        raise ConfigError(
+            f"no query has a gallery of at least k + 1 = {k + 1} images: the index holds {n_index}, and "
+            f"after excluding each query's own {config.exclude if config.exclude != 'none' else 'nothing'} "
+            f"at most {worst} are left; index more images, lower -k, or choose a milder --exclude"
+        )
+    for s in skipped:
+        log.warning(
+            "query %d skipped: %d candidates, fewer than k + 1 = %d", s["query_id"], s["candidates"], k + 1
+        )
+    # Deep enough that k results survive the largest exclusion (+1 for a defocus slice, +1 for the source).
+    depth = min(n_index, k + max(len(excl.excluded[r.id]) for r in queries) + 2)
+    opts = QueryOptions(k=depth)
+    raws = [raw for r, raw in zip(chosen, raws_all) if n_index - len(excl.excluded[r.id]) >= k + 1]
     clean_vec = retriever.embed_arrays(raws)
     clean_hits = retriever.search_vectors(clean_vec, opts)
-    clean_ids = [_ids(h)[:k] for h in clean_hits]
+    qs = [_Query(r, excl.excluded[r.id], _ids(h)) for r, h in zip(queries, clean_hits)]
 
     sample_ids = store.ids()
     if len(sample_ids) > NN_SAMPLE:
         sample_ids = np.sort(np.random.default_rng(config.seed).choice(sample_ids, NN_SAMPLE, replace=False))
-    nn_scale = (
-        metrics.median_nn_distance(store.get_vectors(sample_ids)) if len(sample_ids) > 1 else float("nan")
-    )
+    sample_vec = store.get_vectors(sample_ids) if len(sample_ids) > 1 else None
+    nn_scale = metrics.median_nn_distance(sample_vec) if sample_vec is not None else float("nan")
+    spread = metrics.median_pairwise_cosine(sample_vec) if sample_vec is not None else float("nan")
 
     rows: list[dict[str, Any]] = []
     perturbed_vectors: dict[tuple[str, int], np.ndarray] = {}
@@ -187,23 +277,26 @@ def run_robustness(
             hits = retriever.search_vectors(vec, opts)
             cos = metrics.cosine_distance(clean_vec, vec)
             l2 = metrics.l2_distance(clean_vec, vec)
-            for i, rec in enumerate(queries):
-                row = {
-                    "query_id": rec.id,
-                    "perturbation": name,
-                    "severity": sev,
-                    "value": perturb.severity_value(name, sev),
-                    **compare_results(rec.id, clean_ids[i], _ids(hits[i])[:k], k, config.rbo_p),
-                    "drift_cosine": float(cos[i]),
-                    "drift_l2": float(l2[i]),
-                    "drift_normalised": float(metrics.normalised_drift(cos[i], nn_scale)),
-                }
-                rows.append(row)
+            for i, q in enumerate(qs):
+                rows.append(
+                    {
+                        "query_id": q.record.id,
+                        "perturbation": name,
+                        "severity": sev,
+                        "value": perturb.severity_value(name, sev),
+                        "identity": sev == 0,
+                        "source": q.record.source,
+                        **_row(q, frozenset(), _ids(hits[i]), n_index, config),
+                        "drift_cosine": float(cos[i]),
+                        "drift_l2": float(l2[i]),
+                        "drift_normalised": float(metrics.normalised_drift(cos[i], nn_scale)),
+                    }
+                )
             done += 1
             if progress:
                 progress(done, total)
     if NATURAL in config.perturbations:
-        rows.extend(_defocus_rows(retriever, queries, clean_vec, clean_ids, config, nn_scale))
+        rows.extend(_defocus_rows(retriever, records, by_id, qs, clean_vec, config, nn_scale, opts, n_index))
         done += 1
         if progress:
             progress(done, total)
@@ -212,6 +305,20 @@ def run_robustness(
         approx = [_ids(h)[:k] for h in store.search(clean_vec, k)]
         truth = [_ids(h)[:k] for h in exact.search(clean_vec, k)]
         ann = recall_at_k(approx, truth, k)
+    cands = [n_index - len(q.excluded) for q in qs]
+    gallery_facts = {
+        "exclude": config.exclude,
+        "index_size": n_index,
+        "min_candidates": k + 1,
+        "candidates_min": int(min(cands)),
+        "candidates_median": float(np.median(cands)),
+        "candidates_max": int(max(cands)),
+        "queries_scored": len(qs),
+        "queries_skipped": skipped,
+        "queries_without_known_group": list(excl.fallback),
+        "query_sources": _count(r.source or "unknown" for r in queries),
+        "median_pairwise_cosine": float(spread),
+    }
     return RobustnessResult(
         rows=rows,
         query_ids=[r.id for r in queries],
@@ -221,40 +328,60 @@ def run_robustness(
         examples=examples,
         ann_recall=ann,
         config=config,
-        skipped_queries=skipped,
+        gallery=gallery_facts,
+        skipped_queries=unreadable,
     )
 
 
-def _defocus_rows(retriever, queries, clean_vec, clean_ids, config, nn_scale) -> list[dict[str, Any]]:
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _defocus_rows(
+    retriever, records, by_id, qs, clean_vec, config, nn_scale, opts, n_index
+) -> list[dict[str, Any]]:
     store = retriever.store
-    records = [r for r in store.get(store.ids()) if r is not None]
     pairs = perturb.z_pairs([asdict(r) for r in records], reference_z=config.reference_z)
     rows = []
-    k = config.k
-    for i, rec in enumerate(queries):
-        others = sorted(pairs.get(rec.id, []), key=lambda t: (t[1], t[0]))
+    short = 0
+    for i, q in enumerate(qs):
+        others = sorted(pairs.get(q.record.id, []), key=lambda t: (t[1], t[0]))
         if not others:
             continue
         ids = [o for o, _ in others]
         vec = store.get_vectors(ids)
-        hits = retriever.search_vectors(vec, QueryOptions(k=k + 1))
+        hits = retriever.search_vectors(vec, opts)
         cos = metrics.cosine_distance(np.repeat(clean_vec[i : i + 1], len(ids), 0), vec)
         l2 = metrics.l2_distance(np.repeat(clean_vec[i : i + 1], len(ids), 0), vec)
         for j, (other_id, dz) in enumerate(others):
+            # The defocused slice is the perturbed query itself: it leaves BOTH lists, or the perturbed
+            # list would lose a neighbour (itself, first) that the clean list may keep.
+            extra = frozenset({other_id})
+            if n_index - len(q.excluded | extra) < config.k + 1:
+                short += 1
+                continue
             rows.append(
                 {
-                    "query_id": rec.id,
+                    "query_id": q.record.id,
                     "perturbation": NATURAL,
                     "severity": int(dz),
                     "value": float(perturb.defocus_offset_um(config.reference_z + dz, config.reference_z)),
-                    **compare_results(
-                        rec.id, clean_ids[i], _ids(hits[j], exclude=other_id)[:k], k, config.rbo_p
-                    ),
+                    "identity": False,
+                    "slice_id": int(other_id),
+                    # Real and synthetic stacks are different experiments: each gets its own curve.
+                    "source": by_id[other_id].source,
+                    "curve": by_id[other_id].source or "unknown",
+                    **_row(q, extra, _ids(hits[j]), n_index, config),
                     "drift_cosine": float(cos[j]),
                     "drift_l2": float(l2[j]),
                     "drift_normalised": float(metrics.normalised_drift(cos[j], nn_scale)),
                 }
             )
+    if short:
+        log.warning("defocus_z: %d slice pairs skipped, their gallery fell below k + 1", short)
     if not rows:
         log.warning("defocus_z: no query has the same site at another z-slice in the index")
     return rows

@@ -209,3 +209,34 @@ def decode_tiff(data: bytes, limits: DecodeLimits | None = None) -> np.ndarray:
             "an indexed plane (mae-index build indexes each plane as one image)"
         )
     return planes[0].image
+
+
+#: What ``mae-index synth`` writes into the TIFF ImageDescription tag, so a synthetic image says so
+#: wherever it is copied: the index records it as ``source = synthetic``.
+SYNTHETIC_MARKER = "source=synthetic"
+
+
+def image_source(data: bytes) -> str:
+    """Where an image came from, by its TIFF ImageDescription: ``"synthetic"`` or ``"real"``.
+
+    ``mae-index synth`` writes :data:`SYNTHETIC_MARKER` into the description; every other image (the
+    BBBC006 files carry no description) counts as real. Reads the first page's tags only.
+
+    Parameters
+    ----------
+    data : bytes
+        The TIFF file's bytes (already decoded once, so readable).
+
+    Returns
+    -------
+    str
+        ``"synthetic"`` or ``"real"``.
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            description = tif.pages[0].description if len(tif.pages) else ""
+    except Exception:  # a file decode_tiff accepted: any trouble here only means "no marker"
+        return "real"
+    return "synthetic" if SYNTHETIC_MARKER in (description or "") else "real"

@@ -79,7 +79,8 @@ def test_every_cli_answers_help_without_the_extras():
 def test_pure_modules_import_no_store_client_faiss_or_click():
     pure = ("indexer.bbbc006.constants", "indexer.bbbc006.names", "indexer.bbbc006.synthetic.spec",
             "indexer.stores.recall", "indexer.stores.redis_query", "indexer.stores.redis_errors",
-            "indexer.build.plan", "eval.perturb", "eval.metrics")  # fmt: skip
+            "indexer.build.plan", "eval.perturb", "eval.metrics", "eval.chance", "eval.intervals",
+            "eval.gallery", "eval.summary")  # fmt: skip
     for module in pure:
         out = _run(
             f"""

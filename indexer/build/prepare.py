@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from indexer.config import PreprocessConfig
-from indexer.decode import Plane, content_id, decode_planes, plane_id
+from indexer.decode import Plane, content_id, decode_planes, image_source, plane_id
 from indexer.errors import DecodeError
 from indexer.preprocess import preprocess_image
 from indexer.sources import SourceItem, plane_path
@@ -84,6 +84,7 @@ def prepare_item(
             return [Prepared(image_record(item, file_id), skipped=True, seconds=time.perf_counter() - t0)]
         stage = "decode"
         planes = decode_planes(data)
+        source = image_source(data)  # a synthetic TIFF says so in its ImageDescription
         stage = "preprocess"
         out = []
         for plane in planes:
@@ -91,6 +92,7 @@ def prepare_item(
                 record = image_record(item, file_id)
             else:
                 record = image_record(item, plane_id(file_id, plane.index), plane)
+            record = replace(record, source=source)
             if record.id in existing:
                 out.append(Prepared(record, skipped=True))
             elif on_device:

@@ -36,6 +36,9 @@ from indexer.config import BuildConfig, PreprocessConfig, RedisConfig
 from indexer.errors import ConfigError, MaeError
 from indexer.stores.base import RECORD_FIELDS, ImageRecord
 
+#: What a file name says (the listing's metadata); ``source`` is what decoding finds, per image.
+_NAME_FIELDS = tuple(f for f in RECORD_FIELDS if f not in ("path", "source"))
+
 SHARD_DIR = "ray-shards"
 #: Per-row seconds each stage reports, summed into the build summary under the local build's names.
 _STAGE_COLUMNS = {"t_prepare": "read_decode_preprocess", "t_embed": "model", "t_write": "write"}
@@ -129,7 +132,7 @@ def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[
     try:
         for order, path, meta in zip(batch["order"], batch["path"], batch["meta"]):
             path = str(path)
-            fields = {f: meta.get(f) for f in RECORD_FIELDS if f != "path"}
+            fields = {f: meta.get(f) for f in _NAME_FIELDS}
             tags = tuple(json.loads(meta.get("tags") or "{}").items())
             item = SourceItem(path, reader(path), ImageMeta(**fields, tags=tags))
             for p in prepare_item(item, config, existing, on_device=False):  # one row per plane
@@ -273,7 +276,10 @@ def _rewrite_first_listed(stores: list, ledger: Ledger, duplicated: set[int], it
     if not len(ids):
         return
     vectors = stores[0].get_vectors(ids)
-    records = [image_record(items[ledger.first_path(int(i))], int(i)) for i in ids]
+    # The listing knows names, not provenance: keep the ``source`` decoding recorded for each id.
+    known = {r.id: r.source for r in stores[0].get(ids.tolist()) if r is not None}
+    records = [replace(image_record(items[ledger.first_path(int(i))], int(i)), source=known.get(int(i)))
+               for i in ids]  # fmt: skip
     for store in stores:
         store.add(vectors, records)
         store.flush()
@@ -312,7 +318,7 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
                  include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)  # fmt: skip
     try:
         items = [{"order": n, "path": it.path,
-                  "meta": {**{f: getattr(it.meta, f) for f in RECORD_FIELDS if f != "path"},
+                  "meta": {**{f: getattr(it.meta, f) for f in _NAME_FIELDS},
                            "tags": json.dumps(dict(it.meta.tags))}}
                  for n, it in enumerate(plan.items)]  # fmt: skip
         ds = ray.data.from_items(items)

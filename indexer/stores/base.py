@@ -21,7 +21,10 @@ from indexer.errors import ConfigError
 #: Whitespace Redis trims around tag values (ASCII only: Unicode spaces are kept, and so are they here).
 _TRIM = " \t\n\r\f\v"
 
-RECORD_FIELDS = ("path", "plate", "well", "row", "column", "site", "channel", "z")
+RECORD_FIELDS = ("path", "plate", "well", "row", "column", "site", "channel", "z", "source")
+#: Values of :attr:`ImageRecord.source`: where the pixels came from (``None``: an index built before it was
+#: recorded).
+SOURCES = ("real", "synthetic")
 
 # --- store rules, named once: every store follows them, so both answer alike ------------------------
 
@@ -48,6 +51,7 @@ class ImageRecord:
     site: int | None = None
     channel: str | None = None
     z: int | None = None
+    source: str | None = None
     tags: tuple[tuple[str, str], ...] = ()  # (key, value) pairs, sorted: a metadata table's extra columns
 
     def __post_init__(self) -> None:
@@ -79,7 +83,7 @@ class Hit:
         return self.record.id
 
     def to_dict(self) -> dict[str, Any]:
-        """Return ``{rank, id, score, path, plate, well, row, column, site, channel, z}``."""
+        """Return ``{rank, id, score, path, plate, well, row, column, site, channel, z, source}``."""
         return {"rank": self.rank, "score": self.score, **self.record.to_dict()}
 
 
@@ -152,6 +156,7 @@ class MetadataFilter:
     z_min: int | None = None
     z_max: int | None = None
     path: tuple[str, ...] = field(default=())
+    source: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()  # "key=value": OR among values of one key, AND across keys
 
     def __post_init__(self) -> None:
@@ -164,9 +169,13 @@ class MetadataFilter:
             "channel": _lenient(normalise_channel),
             "z": int,
             "path": lambda v: str(v).strip(_TRIM),
+            "source": lambda v: str(v).strip(_TRIM).lower(),
         }
         for name, fn in conv.items():
             object.__setattr__(self, name, _tuple(getattr(self, name), fn))
+        bad = [s for s in self.source if s not in SOURCES]
+        if bad:
+            raise ConfigError(f"unknown source filter {bad[0]!r}; choose from {', '.join(SOURCES)}")
         tags = self.tags if isinstance(self.tags, (list, tuple, set, frozenset)) else (self.tags,)
         pairs = [normalise_tags([t])[0] for t in tags]
         object.__setattr__(self, "tags", tuple(sorted({f"{k}={v}" for k, v in pairs})))
@@ -185,7 +194,7 @@ class MetadataFilter:
 
     def matches(self, record: ImageRecord) -> bool:
         """The reference semantics of the filter, for one record."""
-        for name in ("plate", "well", "row", "column", "site", "channel", "z", "path"):
+        for name in ("plate", "well", "row", "column", "site", "channel", "z", "path", "source"):
             allowed = getattr(self, name)
             value = getattr(record, name)
             value = value.strip(_TRIM) if isinstance(value, str) else value

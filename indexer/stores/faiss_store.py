@@ -79,7 +79,7 @@ SHARDS = "shards"
 INDEX = "index.faiss"
 INDEX_STATE = "index.state.json"
 _SHARD_RE = re.compile(r"^part-(\d{6})\.parquet$")
-_STR_FIELDS = ("path", "plate", "well", "row", "channel")
+_STR_FIELDS = ("path", "plate", "well", "row", "channel", "source")
 _TRIM = " \t\n\r\f\v"
 _INT_FIELDS = ("column", "site", "z")
 _UNTRIED = object()  # no GPU copy made yet (None: tried, CPU only)
@@ -136,7 +136,11 @@ def table_to_records(table) -> tuple[np.ndarray, np.ndarray, list[ImageRecord], 
     dim = vec_col.type.list_size
     vectors = vec_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
     deleted = table.column("deleted").to_numpy(zero_copy_only=False).astype(bool)
-    meta = {f: table.column(f).to_pylist() for f in RECORD_FIELDS}
+    # Shards written before a field existed (``source``) lack its column: the value is unknown.
+    meta = {
+        f: table.column(f).to_pylist() if f in table.column_names else [None] * len(ids)
+        for f in RECORD_FIELDS
+    }
     tags = table.column("tags").to_pylist() if "tags" in table.column_names else [None] * len(ids)
     records = [
         ImageRecord(
@@ -1033,7 +1037,7 @@ class FaissStore:
         """Ids of records matching ``where`` (vectorised version of :meth:`MetadataFilter.matches`)."""
         df = self._frame()
         mask = np.ones(len(df), dtype=bool)
-        for name in ("plate", "well", "row", "column", "site", "channel", "z", "path"):
+        for name in ("plate", "well", "row", "column", "site", "channel", "z", "path", "source"):
             allowed = getattr(where, name)
             if allowed:
                 # Surrounding ASCII whitespace is not significant, as in Redis tags.

@@ -13,7 +13,7 @@ from typing import Any
 
 from indexer.stores.base import MetadataFilter
 
-TAG_FIELDS = ("plate", "well", "row", "channel", "path")
+TAG_FIELDS = ("plate", "well", "row", "channel", "path", "source")
 #: A metadata table's extra columns: one TAG field of "key=value" entries (filters: @tags:{key\=value}).
 TAGS_FIELD = "tags"
 NUMERIC_FIELDS = ("column", "site", "z")

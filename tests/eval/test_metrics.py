@@ -252,74 +252,9 @@ def test_normalised_drift():
     assert np.isnan(m.normalised_drift(np.array([0.1, 0.2]), 0.0)).all()
 
 
-# --- bootstrap and summary -----------------------------------------------------------------------------
-
-
-def test_bootstrap_ci_basics():
-    mean, lo, hi = m.bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0] * 4, seed=0)
-    assert mean == 3.0 and 1.0 <= lo < 3.0 < hi <= 5.0
-    assert m.bootstrap_ci([0.5] * 5) == (0.5, 0.5, 0.5)  # constant: scipy would warn and give NaN
-    assert m.bootstrap_ci([0.5, None, float("nan"), 0.5]) == (0.5, 0.5, 0.5)  # NaN and None dropped
-    assert m.bootstrap_ci([2.0]) == (2.0, 2.0, 2.0)
-    assert all(math.isnan(x) for x in m.bootstrap_ci([float("nan"), None]))
-    assert all(math.isnan(x) for x in m.bootstrap_ci([]))
-    assert m.bootstrap_ci([1.0, 2.0, 3.0], seed=3) == m.bootstrap_ci([1.0, 2.0, 3.0], seed=3)
-    assert m.bootstrap_ci(np.array([0.0, 1.0, 1.0, 1.0]))[0] == 0.75
-    with pytest.raises(ValueError, match="confidence"):
-        m.bootstrap_ci([1.0, 2.0], confidence=95)
-
-
-def test_bootstrap_ci_matches_normal_theory():
-    # 400 draws of N(10, 2): the 95 % CI of the mean is about mean +- 1.96 * s / sqrt(n) = +- 0.196
-    x = np.random.default_rng(6).normal(10, 2, 400)
-    mean, lo, hi = m.bootstrap_ci(x, seed=1)
-    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))
-    assert mean == pytest.approx(x.mean())
-    assert lo == pytest.approx(mean - half, abs=0.03) and hi == pytest.approx(mean + half, abs=0.03)
-    _, lo80, hi80 = m.bootstrap_ci(x, confidence=0.8, seed=1)
-    assert lo < lo80 < mean < hi80 < hi  # a lower confidence gives a narrower interval
-    # binary values (self@1): a proportion of 0.7 over 100 queries, CI about +- 0.09
-    b = np.array([1.0] * 70 + [0.0] * 30)
-    mean, lo, hi = m.bootstrap_ci(b, seed=0)
-    assert mean == 0.7 and lo == pytest.approx(0.61, abs=0.02) and hi == pytest.approx(0.79, abs=0.02)
-
-
-def test_summarise_by_hand():
-    rows = [
-        {
-            "perturbation": "blur",
-            "severity": 3,
-            "value": 2.0,
-            "self_at_1": 0.0,
-            "rbo": 0.5,
-            "self_rank": None,
-        },
-        {"perturbation": "blur", "severity": 0, "value": 0.0, "self_at_1": 1.0, "rbo": 1.0, "self_rank": 1},
-        {"perturbation": "blur", "severity": 0, "value": 0.0, "self_at_1": 1.0, "rbo": 1.0, "self_rank": 1},
-        {"perturbation": "blur", "severity": 3, "value": 2.0, "self_at_1": 1.0, "rbo": 0.7, "self_rank": 1},
-        {"perturbation": "blur", "severity": 3, "value": 2.0, "self_at_1": 1.0, "rbo": 0.9, "self_rank": 3},
-        {"perturbation": "defocus_z", "severity": 2, "value": -4.0, "self_at_1": 1.0, "rbo": float("nan")},
-        {"perturbation": "defocus_z", "severity": 2, "value": 4.0, "self_at_1": 0.0, "rbo": 0.2},
-    ]
-    s = m.summarise(rows, metrics=("self_at_1", "rbo", "self_rank"))
-    assert [(e["perturbation"], e["severity"], e["n"]) for e in s] == [
-        ("blur", 0, 2),
-        ("blur", 3, 3),
-        ("defocus_z", 2, 2),
-    ]
-    zero, three, dz = s
-    assert (
-        zero["value"] == 0.0 and zero["self_at_1"] == zero["self_at_1_low"] == zero["self_at_1_high"] == 1.0
-    )
-    assert zero["rbo"] == 1.0 and zero["rbo_n"] == 2
-    # blur 3: self@1 (0 + 1 + 1) / 3; RBO (0.5 + 0.7 + 0.9) / 3 = 0.7; self_rank over the 2 found: (1 + 3) / 2
-    assert three["self_at_1"] == pytest.approx(2 / 3) and three["rbo"] == pytest.approx(0.7)
-    assert three["self_rank"] == 2.0 and three["self_rank_n"] == 2 and three["self_at_1_n"] == 3
-    assert three["rbo_low"] <= three["rbo"] <= three["rbo_high"] and three["rbo_low"] >= 0.5
-    # defocus_z: |dz| = 2 mixes -4 and +4 um, so no single value; the NaN RBO is dropped
-    assert dz["value"] is None and dz["rbo"] == 0.2 and dz["rbo_n"] == 1
-    # a metric no row has: NaN with n = 0
-    missing = m.summarise(rows[:1], metrics=("drift_l2",))[0]
-    assert math.isnan(missing["drift_l2"]) and missing["drift_l2_n"] == 0
-    assert m.summarise([]) == []
-    assert m.summarise(rows, metrics=("rbo",), seed=4) == m.summarise(rows, metrics=("rbo",), seed=4)
+def test_median_pairwise_cosine():
+    v = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    # pairs: 0, 1/sqrt(2), 1/sqrt(2)
+    assert m.median_pairwise_cosine(v) == pytest.approx(1 / math.sqrt(2))
+    with pytest.raises(ValueError):
+        m.median_pairwise_cosine(v[:1])

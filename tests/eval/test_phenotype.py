@@ -29,3 +29,21 @@ def test_hand_cases():
     # mAP = (1/3 + 1/2 + 1/3 + 1/2) / 4 = 5/12.
     assert mean_average_precision(v, ["a", "b", "a", "b"]) == pytest.approx(5 / 12)
     assert precision_at_k(v, ["a", "b", "a", "b"], 1) == 0.0
+
+
+def test_per_query_ap_and_well_interval():
+    from eval.phenotype import average_precisions, chance_map, map_interval
+
+    v = np.array([[1, 0], [0.99, 0.1], [0, 1], [0.1, 0.99]])
+    aps = average_precisions(v, ["a", "b", "a", "b"])
+    assert aps.tolist() == pytest.approx([1 / 3, 1 / 2, 1 / 3, 1 / 2])
+    rng = np.random.default_rng(1)
+    labels = np.repeat(["x", "y", "z"], 20)
+    wells = np.repeat(np.arange(30), 2)  # two images (sites) per well
+    vecs = (
+        rng.normal(size=(60, 8))
+        + 3 * (labels[:, None] == np.array(["x", "y", "z"])[None, :]).repeat(3, 1)[:, :8]
+    )
+    m, lo, hi = map_interval(vecs, labels, wells)
+    assert lo < m < hi and m == pytest.approx(np.nanmean(average_precisions(vecs, labels)))
+    assert chance_map(labels) == pytest.approx(19 / 59)

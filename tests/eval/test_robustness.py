@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -97,3 +98,74 @@ def test_compare_puts_two_models_side_by_side(index_dir, tmp_path, real_images):
     rows = json.loads((out / "compare.json").read_text())
     assert {r["index"] for r in rows} == {str(index_dir), str(other)}
     assert len(list(out.glob("*/report.html"))) == 2
+
+
+def _build(folder, idx, model):
+    r = CliRunner().invoke(index_main, ["build", str(folder), "--index", str(idx), "--model", str(model),
+                                        "--device", "cpu", "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    return idx
+
+
+def test_one_image_index_is_refused_with_a_hint(tmp_path, tiny_model_dir, real_images):
+    # Issue 16 item 14: eval on a 1-image index reported every metric as 1.000 with no warning.
+    import shutil
+
+    (tmp_path / "one").mkdir()
+    shutil.copy(real_images[0], tmp_path / "one" / real_images[0].name)
+    idx = _build(tmp_path / "one", tmp_path / "idx1", tiny_model_dir)
+    args = ["robustness", "--index", str(idx), "--perturb", "gaussian_noise", "--severities", "0,5",
+            "--device", "cpu", "--out", str(tmp_path / "rep")]  # fmt: skip
+    r = CliRunner().invoke(eval_main, args)
+    assert r.exit_code == 2, r.output
+    assert (
+        "k + 1 = 11" in r.output and "holds 1" in r.output and not (tmp_path / "rep" / "report.json").exists()
+    )
+
+
+def test_small_gallery_hint_followed(tmp_path, tiny_model_dir, real_subset):
+    # 6 images, --exclude image: 5 candidates per query. k = 5 needs 6, so the run is refused; following
+    # the hint (lower -k) works, and the report says how many candidates each query had.
+    idx = _build(real_subset, tmp_path / "idx6", tiny_model_dir)
+    base = ["robustness", "--index", str(idx), "--perturb", "gaussian_noise", "--severities", "0,5",
+            "--device", "cpu", "--exclude", "image", "--queries", "6"]  # fmt: skip
+    r = CliRunner().invoke(eval_main, [*base, "-k", "5", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "lower -k" in r.output
+    r = CliRunner().invoke(eval_main, [*base, "-k", "4", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert rep["gallery"]["candidates_min"] == rep["gallery"]["candidates_max"] == 5
+    assert rep["gallery"]["queries_skipped"] == [] and rep["config"]["exclude"] == "image"
+
+
+def test_report_gives_chance_levels_everywhere(index_dir, tmp_path):
+    # Issue 14: on a small index random top-k lists score far above 0, and the report gave no floor.
+    args = ["robustness", "--index", str(index_dir), "--queries", "8", "--perturb", "brightness,gaussian_noise",
+            "--severities", "0,5", "-k", "10", "--device", "cpu", "--exclude", "image",
+            "--out", str(tmp_path / "r")]  # fmt: skip
+    r = CliRunner().invoke(eval_main, args)
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    g = rep["gallery"]
+    assert g["index_size"] == 20 and g["candidates_median"] == 19
+    for e in rep["summary"]:
+        assert e["overlap_at_k_chance"] == pytest.approx(10 / 19, abs=1e-6)
+        assert e["self_at_1_chance"] == pytest.approx(1 / 20, abs=1e-6)
+        assert e["rbo_chance"] is not None and e["jaccard_at_k_chance"] is not None
+        assert e["kendall_tau_chance"] == 0.0
+        if e["overlap_at_k_corrected"] is not None and e["severity"] == 5:
+            c = e["overlap_at_k_chance"]
+            assert e["overlap_at_k_corrected"] == pytest.approx((e["overlap_at_k"] - c) / (1 - c), abs=1e-5)
+    header = (tmp_path / "r" / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {"overlap_at_k_chance", "rbo_corrected", "self_at_1_low", "n_queries", "candidates"} <= set(header)
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "overlap_at_k_chance" in html and "Gallery" in html and "Candidates per query: 19 to 19" in html
+    assert re.search(r"perturbation\s+severity\s+n\s+gallery", r.output) and "rbo_corrected" in r.output
+
+
+def test_unknown_exclusion_is_a_usage_error(index_dir, tmp_path):
+    r = CliRunner().invoke(eval_main, ["robustness", "--index", str(index_dir), "--exclude", "plate",
+                                       "--out", str(tmp_path / "x")])  # fmt: skip
+    assert r.exit_code == 2 and "site" in r.output
+    with pytest.raises(ConfigError, match="exclude"):
+        RobustnessConfig(exclude="plate")

@@ -14,8 +14,12 @@ How an image is made:
    field), nuclei placed inside them, each cell's territory (a weighted Voronoi tessellation cut by
    the colony), actin fibres, rounded bright mitotic cells. This gives a noise-free in-focus image
    per channel; both channels show the same cells.
-3. Each z-slice blurs that image with a Gaussian whose sigma grows in proportion to ``|z - 16|``
-   (defocus; a little faster above focus than below, see :func:`defocus_sigma`), loses some contrast,
+3. Each z-slice blurs that image with the widefield defocus point-spread function of geometric optics,
+   a uniform disk whose radius grows in proportion to ``|z - 16|`` (the cone of light of an NA 0.45
+   objective, cut by a plane ``dz`` from focus), convolved with the in-focus spot (a little faster
+   above focus than below, see :func:`defocus_radius`). Unlike a Gaussian, whose transfer function
+   only fades, the disk's transfer function (an Airy-like ``2 J1(x) / x``) fades *and* flips the
+   contrast of fine structure, as real defocus does. Each slice also loses some contrast to haze,
    then gets Poisson (shot) and Gaussian (read) camera noise on a camera offset and is clipped to
    12 bits, saturating at 4095. The noise of each image comes from ``(seed, well, site, channel, z)``.
 
@@ -23,7 +27,8 @@ Every random draw is keyed by what it belongs to, never by what else was asked f
 alone is byte-identical to the same well written in a full plate, and the same seed gives the same
 bytes (on the same numpy build: FFT rounding may differ between builds).
 
-Only numpy and tifffile are needed (blur by FFT), so the core install can run it.
+Only numpy and tifffile are needed (blur by FFT), so the core install can run it. Every TIFF says
+it is synthetic in its ImageDescription (:data:`indexer.decode.SYNTHETIC_MARKER`).
 
 Modules, one job each: :mod:`.spec` (what to write: config, well specs, keyed random streams, file
 names), :mod:`.phenotypes` (what a well looks like, and the ground truth), :mod:`.render` (drawing one
@@ -37,7 +42,7 @@ from indexer.bbbc006.synthetic.phenotypes import (
     SiteTruth,
     well_phenotype,
 )
-from indexer.bbbc006.synthetic.render import RenderedSite, defocus_sigma, render_site
+from indexer.bbbc006.synthetic.render import RenderedSite, defocus_radius, defocus_transfer, render_site
 from indexer.bbbc006.synthetic.spec import SyntheticConfig, file_uuid, image_path, well_range
 from indexer.bbbc006.synthetic.write import GROUND_TRUTH_NAME, GenerationSummary, generate
 
@@ -50,7 +55,8 @@ __all__ = [
     "RenderedSite",
     "SiteTruth",
     "SyntheticConfig",
-    "defocus_sigma",
+    "defocus_radius",
+    "defocus_transfer",
     "file_uuid",
     "generate",
     "image_path",

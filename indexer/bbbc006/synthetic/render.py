@@ -39,15 +39,19 @@ _OFFSET = 200.0
 _GAIN = 0.65  # ADU per photo-electron
 _READ_NOISE = 4.0  # ADU
 
-# Optics: 20x NA 0.45 with 2x binning is 0.645 µm per pixel; a 2 µm step of defocus widens the blur
-# by roughly one pixel. Sigmas are in pixels. Real defocus is not symmetric (the cells sit on the glass,
-# the objective has some spherical aberration), so slices above focus blur a little faster than the
-# same distance below, and z = 16 - k and 16 + k are different images.
-_PSF_SIGMA = 0.6
-_DEFOCUS_SIGMA_BELOW = 0.85  # px per slice, z < 16
-_DEFOCUS_SIGMA_ABOVE = 1.0  # px per slice, z > 16
+# Optics: 20x NA 0.45 with 2x binning is 0.645 µm per pixel. Out of focus by dz, the light of a point
+# fills a disk of radius dz * tan(asin(NA)) = 0.504 dz (geometric optics, objective in air): 1.0 µm =
+# 1.56 px per 2 µm slice. Real defocus is not symmetric (the cells sit on the glass, the objective has
+# some spherical aberration), so slices below focus spread a little slower than the same distance
+# above, and z = 16 - k and 16 + k are different images.
+_PSF_SIGMA = 0.6  # px, the in-focus spot
+_UM_PER_PX = 0.645
+_Z_STEP_UM = 2.0
+_NA = 0.45
+_DISK_PX_PER_SLICE = _Z_STEP_UM * float(np.tan(np.arcsin(_NA))) / _UM_PER_PX  # 1.56
+_BELOW_FOCUS_FACTOR = 0.85  # below focus the disk grows at 0.85 of the rate above
 _CONTRAST_LOSS_PER_SLICE = 0.03  # out-of-focus haze flattens the image beyond what blur alone does
-_PAD = 68  # reflect padding before the FFT blur: 4 sigma of the blurriest slice (z33)
+_PAD = 68  # reflect padding before the FFT blur: beyond the widest disk (z33, 26.5 px) and its spot
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,11 @@ class _Blurrer:
 
     def blur(self, sigma: float) -> np.ndarray:
         """Return the image blurred by a Gaussian of ``sigma`` pixels (same shape)."""
-        out = np.fft.irfft2(self.spectrum * _gaussian_transfer(self.padded_shape, sigma), s=self.padded_shape)
+        return self.filter(_gaussian_transfer(self.padded_shape, sigma))
+
+    def filter(self, transfer: np.ndarray) -> np.ndarray:
+        """Return the image filtered by ``transfer`` (an ``rfft2``-grid transfer function; same shape)."""
+        out = np.fft.irfft2(self.spectrum * transfer, s=self.padded_shape)
         h, w = self.shape
         return out[_PAD : _PAD + h, _PAD : _PAD + w]
 
@@ -438,14 +446,40 @@ def _camera(expected: np.ndarray, rng: np.random.Generator | None) -> np.ndarray
     return np.clip(np.rint(adu), 0, SATURATION).astype(np.uint16)
 
 
-def defocus_sigma(z: int) -> float:
-    """Gaussian blur in pixels of slice ``z``: the in-focus PSF widened in proportion to ``|z - 16|``.
+def defocus_radius(z: int) -> float:
+    """Radius in pixels of the geometric defocus disk of slice ``z`` (0 at focus).
 
-    0.6 px at z16; 0.85 px more per slice below focus and 1.0 px per slice above (about 13.6 px at
-    z0 and 17.0 px at z33).
+    ``|z - 16| x 2 µm x tan(asin(0.45)) / 0.645 µm per px``: 1.56 px per slice above focus, 0.85 of
+    that below (about 21.3 px at z0 and 26.5 px at z33).
     """
-    per_slice = _DEFOCUS_SIGMA_ABOVE if z > FOCUS_Z else _DEFOCUS_SIGMA_BELOW
-    return float(np.hypot(_PSF_SIGMA, per_slice * abs(z - FOCUS_Z)))
+    per_slice = _DISK_PX_PER_SLICE * (1.0 if z >= FOCUS_Z else _BELOW_FOCUS_FACTOR)
+    return float(per_slice * abs(z - FOCUS_Z))
+
+
+def _disk_transfer(shape: tuple[int, int], radius: float, oversample: int = 4) -> np.ndarray:
+    """The ``rfft2``-grid transfer function of a unit-sum uniform disk of ``radius`` pixels.
+
+    The disk is drawn on the pixel grid with ``oversample``-fold sub-pixel coverage (so a small
+    radius grows smoothly, not pixel by pixel) and transformed; numpy only (no Bessel function needed).
+    """
+    if radius <= 0:
+        return np.ones((shape[0], shape[1] // 2 + 1))
+    reach = int(np.ceil(radius)) + 1
+    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+    offs = np.arange(-reach, reach + 1)
+    yy = (offs[:, None, None, None] + sub[None, None, :, None]) ** 2
+    xx = (offs[None, :, None, None] + sub[None, None, None, :]) ** 2
+    kernel = ((yy + xx) <= radius**2).mean(axis=(2, 3))
+    kernel /= kernel.sum()
+    grid = np.zeros(shape)
+    for i, dy in enumerate(offs):  # centred on pixel (0, 0), wrapped: a zero-phase filter
+        grid[dy % shape[0], offs % shape[1]] += kernel[i]
+    return np.fft.rfft2(grid)
+
+
+def defocus_transfer(shape: tuple[int, int], z: int) -> np.ndarray:
+    """Transfer function of slice ``z``: the in-focus spot times the defocus disk (``rfft2`` grid)."""
+    return _gaussian_transfer(shape, _PSF_SIGMA) * _disk_transfer(shape, defocus_radius(z))
 
 
 def render_site(well: str, site: int, *, seed: int = 0, channels: Sequence[int] = (1, 2),
@@ -515,7 +549,8 @@ def render_site(well: str, site: int, *, seed: int = 0, channels: Sequence[int] 
         mean = float(clean[channel].mean())
         for z in z_slices:
             dz = abs(z - FOCUS_Z)
-            expected = mean + (blurrer.blur(defocus_sigma(z)) - mean) / (1.0 + _CONTRAST_LOSS_PER_SLICE * dz)
+            blurred = blurrer.filter(defocus_transfer(blurrer.padded_shape, z))
+            expected = mean + (blurred - mean) / (1.0 + _CONTRAST_LOSS_PER_SLICE * dz)
             rng = _rng(seed, _STREAM_NOISE, row, col, site, channel, z) if noise else None
             images[(channel, z)] = _camera(expected, rng)
     return RenderedSite(truth=truth, images=images)

@@ -15,6 +15,7 @@ from indexer.bbbc006.names import parse_path, z_folder_name
 from indexer.bbbc006.synthetic.phenotypes import GROUND_TRUTH_COLUMNS, SiteTruth
 from indexer.bbbc006.synthetic.render import render_site
 from indexer.bbbc006.synthetic.spec import SyntheticConfig, image_path
+from indexer.decode import SYNTHETIC_MARKER
 from indexer.errors import ConfigError
 
 GROUND_TRUTH_NAME = "BBBC006_synthetic_ground_truth.csv"
@@ -35,11 +36,17 @@ class GenerationSummary:
         return 60.0 * self.n_images / self.seconds if self.seconds > 0 else float("inf")
 
 
+#: The ImageDescription of every synthetic TIFF (see :func:`indexer.decode.image_source`).
+SYNTHETIC_DESCRIPTION = f"mae-microscopy synthetic BBBC006 look-alike ({SYNTHETIC_MARKER}); not a real image"
+
+
 def _write_tiff(path: Path, image: np.ndarray) -> None:
     """Write ``image`` with the real BBBC006 TIFF layout, atomically (temp name, then os.replace).
 
-    Little-endian, LZW without predictor, 11 rows per strip, 72 dpi, orientation tag, and no
-    ImageDescription or Software tag (tifffile writes both unless told not to).
+    Little-endian, LZW without predictor, 11 rows per strip, 72 dpi, orientation tag, no Software tag,
+    and one difference from the real files: an ImageDescription that says the image is synthetic
+    (:data:`~indexer.decode.SYNTHETIC_MARKER`), so an index, a report or a user who copies the file
+    elsewhere can tell it from a real one.
     """
     import tifffile
 
@@ -53,7 +60,7 @@ def _write_tiff(path: Path, image: np.ndarray) -> None:
             compression="lzw",
             predictor=False,
             rowsperstrip=11,
-            description=None,
+            description=SYNTHETIC_DESCRIPTION,
             metadata=None,
             software=False,
             resolution=(72.0, 72.0),

@@ -18,13 +18,14 @@ from indexer.bbbc006.synthetic import (
     GROUND_TRUTH_NAME,
     PHENOTYPE_CLASSES,
     SyntheticConfig,
-    defocus_sigma,
+    defocus_radius,
     generate,
     image_path,
     render_site,
     well_phenotype,
     well_range,
 )
+from indexer.decode import image_source
 from indexer.errors import ConfigError
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -78,7 +79,8 @@ def test_names_parse_back_to_what_was_asked(small_set):
 
 def test_tiff_layout_matches_the_real_files(small_set, real_images):
     _, out = small_set
-    for p in [*sorted(out.rglob("*.tif"))[:3], real_images[0]]:
+    synthetic = sorted(out.rglob("*.tif"))[:3]
+    for p in [*synthetic, real_images[0]]:
         with tifffile.TiffFile(p) as tif:
             page = tif.pages[0]
             assert tif.byteorder == "<" and len(tif.pages) == 1
@@ -86,8 +88,15 @@ def test_tiff_layout_matches_the_real_files(small_set, real_images):
             assert page.compression == 5 and page.predictor == 1  # LZW, no predictor
             assert page.rowsperstrip == 11
             names = {t.name for t in page.tags.values()}
-            assert "ImageDescription" not in names and "Software" not in names
+            assert "Software" not in names
             assert page.tags["XResolution"].value[0] / page.tags["XResolution"].value[1] == 72
+            # The one difference: a synthetic image says so (issue 14, provenance); a real one has no
+            # description at all.
+            if p in synthetic:
+                assert "source=synthetic" in page.description
+            else:
+                assert "ImageDescription" not in names
+        assert image_source(p.read_bytes()) == ("synthetic" if p in synthetic else "real")
 
 
 def test_values_are_12_bit_and_saturate(phenotype_renders):
@@ -160,7 +169,9 @@ def test_blur_grows_with_distance_from_focus():
     assert (
         energy == sorted(energy, reverse=True) and energy[0] > 2 * energy[1] and energy[2] > 1.5 * energy[3]
     )
-    assert [defocus_sigma(z) for z in (16, 19, 24, 31)] == sorted(defocus_sigma(z) for z in (16, 19, 24, 31))
+    assert [defocus_radius(z) for z in (16, 19, 24, 31)] == sorted(
+        defocus_radius(z) for z in (16, 19, 24, 31)
+    )
     # Defocus blurs, it does not dim: the mean level stays within a few percent.
     means = [r.images[(2, z)].mean() for z in (16, 19, 24, 31)]
     assert max(means) / min(means) < 1.05
@@ -282,3 +293,20 @@ def test_refuses_to_mix_seeds_in_one_folder(tmp_path):
     with pytest.raises(ConfigError, match="another seed"):
         generate(SyntheticConfig(tmp_path, wells=("A01",), sites=(1,), channels=(1,), seed=3))
     assert len(list(tmp_path.rglob("*.tif"))) == 1
+
+
+def test_defocus_psf_is_a_growing_disk_that_flips_fine_contrast():
+    # Issue 14: synthetic z-stacks follow a physical defocus model. Geometric optics (NA 0.45 in air,
+    # 2 um slices, 0.645 um px): a disk of radius 1.56 px per slice above focus, 0.85 of that below.
+    from indexer.bbbc006.synthetic import defocus_transfer
+
+    assert defocus_radius(16) == 0.0
+    assert defocus_radius(26) == pytest.approx(10 * 2.0 * np.tan(np.arcsin(0.45)) / 0.645)
+    assert defocus_radius(6) == pytest.approx(0.85 * defocus_radius(26))
+    shape = (256, 256)
+    near, far = defocus_transfer(shape, 18), defocus_transfer(shape, 28)
+    assert near[0, 0].real == pytest.approx(1.0) and far[0, 0].real == pytest.approx(1.0)  # keeps the light
+    # Fine structure: a Gaussian only fades it; a defocus disk also reverses its contrast (negative lobes),
+    # and more of the spectrum is lost the further from focus.
+    assert far.real.min() < -0.05
+    assert np.abs(far).mean() < np.abs(near).mean()

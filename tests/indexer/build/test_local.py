@@ -9,8 +9,9 @@ from indexer.build.local import build_index
 from indexer.config import BuildConfig, IntensityConfig, ModelConfig, PreprocessConfig, SourceConfig
 from indexer.decode import content_id
 from indexer.encoder import ViTMAEEncoder
-from indexer.errors import DecodeError, IndexMismatchError
+from indexer.errors import ConfigError, DecodeError, IndexMismatchError
 from indexer.limits import DecodeLimits
+from indexer.stores.base import MetadataFilter
 from indexer.stores.faiss_store import FaissStore
 from tests.conftest import write_tiff
 
@@ -162,6 +163,31 @@ def test_bad_input_matrix_is_skipped_with_reasons(encoder, tmp_path, monkeypatch
     assert "broken link" in reasons["dangling.tif"] and "int16" in reasons["signed.tif"]
     assert all("\n" not in r for r in reasons.values())
     assert s.found == 14 and len(s.rejected) == 9 and s.indexed == 6
+
+
+def test_provenance_is_recorded_in_both_stores(encoder, real_subset, tmp_path, redis_config):
+    # Issue 14: a synthetic image says it is synthetic, and both stores keep source = real | synthetic.
+    from indexer.bbbc006.synthetic import SyntheticConfig, generate
+    from indexer.stores.redis_store import RedisStore
+
+    generate(SyntheticConfig(out_dir=tmp_path / "synth", wells=("A01",), sites=(1,), channels=(2,),
+                             z_slices=(16, 20), seed=0))  # fmt: skip
+    cfg = BuildConfig(sources=SourceConfig(paths=(real_subset, tmp_path / "synth")), index_dir=tmp_path / "idx",
+                      model=encoder.config)  # fmt: skip
+    faiss, redis = FaissStore(tmp_path / "idx", dim=encoder.dim), RedisStore(redis_config)
+    build_index(cfg, [faiss, redis], encoder=encoder)
+    faiss.close()
+    for store in (FaissStore(tmp_path / "idx", read_only=True), redis):
+        recs = store.get(store.ids())
+        by_source = {s: sorted(r.path.endswith(".tif") and "/synth/" in r.path for r in recs if r.source == s)
+                     for s in ("real", "synthetic")}  # fmt: skip
+        assert by_source == {"real": [False] * 6, "synthetic": [True] * 2}, type(store).__name__
+        hit = store.search(store.get_vectors([recs[0].id]), 1)[0][0]
+        assert hit.record.source == recs[0].source
+        only = store.search(store.get_vectors([recs[0].id]), 10, MetadataFilter(source="synthetic"))[0]
+        assert len(only) == 2 and {h.record.source for h in only} == {"synthetic"}
+    with pytest.raises(ConfigError, match="real, synthetic"):
+        MetadataFilter(source="fake")
 
 
 def test_build_applies_the_decode_limits_to_bombs(encoder, real_subset, tmp_path):

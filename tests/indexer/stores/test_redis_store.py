@@ -98,8 +98,9 @@ def test_schema_in_ft_info(redis_config, algorithm):
     info = _info(s)
     assert info["definition"]["key_type"] == "HASH" and info["definition"]["prefixes"] == [cfg.prefix]
     fields = info["fields"]
-    assert set(fields) == {"plate", "well", "row", "channel", "path", "tags", "column", "site", "z", "vector"}
-    for name in ("plate", "well", "row", "channel", "path", "tags"):
+    assert set(fields) == {"plate", "well", "row", "channel", "path", "source", "tags", "column", "site", "z",
+                           "vector"}  # fmt: skip
+    for name in ("plate", "well", "row", "channel", "path", "source", "tags"):
         assert fields[name]["type"] == "TAG" and fields[name]["SEPARATOR"] == "\x1f"
         assert fields[name]["flags"] == ["CASESENSITIVE"]
     for name in ("column", "site", "z"):
