@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from indexer.cli.options import handle_errors, redis_options, require_extra, setup_logging, verbose_option
+from indexer.cli.options import (
+    faiss_search_options,
+    handle_errors,
+    redis_options,
+    require_extra,
+    setup_logging,
+    verbose_option,
+)
 from indexer.errors import ConfigError
 
 
@@ -33,7 +40,7 @@ def _query_ids(path: Path | None) -> tuple[int, ...]:
 
 
 def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out, model=None, exclude="site"):  # fmt: skip
+              device, out, model=None, exclude="site", nprobe=None, ef_search=None):  # fmt: skip
     require_extra("eval")  # report.py needs scipy, matplotlib and scikit-learn: say so before any query
     from eval import perturb as perturbations
     from eval.robustness import NATURAL, RobustnessConfig
@@ -44,7 +51,7 @@ def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, s
     config = RobustnessConfig(perturbations=names, severities=_severities(severities), k=k, n_queries=queries,
                               query_ids=_query_ids(query_list), seed=seed, rbo_p=rbo_p, exclude=exclude)  # fmt: skip
     redis = redis_config_for(index_dir, redis_url, redis_index, writing=False)
-    with open_stores(index_dir, redis, read_only=True) as stores:
+    with open_stores(index_dir, redis, read_only=True, nprobe=nprobe, ef_search=ef_search) as stores:
         return _evaluate_stores(stores, index_dir, redis_url, config, device, out, model)
 
 
@@ -56,7 +63,10 @@ def _evaluate_stores(stores, index_dir, redis_url, config, device, out, model=No
     from indexer.stores.binding import store_identity
     from retriever.search import Retriever
 
-    exact, store = stores.faiss, stores.primary
+    mirror, store = stores.faiss, stores.primary
+    # The reference is exact search over the shards' float vectors, whatever kind the mirror's index is;
+    # an approximate mirror searched itself gets its own recall reported.
+    exact = mirror if mirror.kind.exact else mirror.exact_searcher()
     retriever = Retriever.open(store, model_override=model, device=device, index_dir=index_dir)
     bar = tqdm(total=1, desc="robustness", unit="step")
 
@@ -141,10 +151,11 @@ def reconstruct(image, model, out, mask_ratio, seed, verbose):
 @redis_options
 @_with_common
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder.")
+@faiss_search_options
 @verbose_option
 @handle_errors
 def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-               device, exclude, model, out, verbose):  # fmt: skip
+               device, exclude, model, out, nprobe, ef_search, verbose):  # fmt: skip
     """Top-k consistency and drift of clean vs perturbed queries; writes report.json/CSV/HTML.
 
     With --redis-url the queries go to Redis and its ANN recall@k against the exact FAISS index is
@@ -158,7 +169,7 @@ def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, 
     """
     setup_logging(verbose)
     _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out, model, exclude)  # fmt: skip
+              device, out, model, exclude, nprobe, ef_search)  # fmt: skip
 
 
 @main.command()

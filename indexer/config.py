@@ -215,6 +215,8 @@ class BuildConfig:
     flush_every: int = 512  # images between durable FAISS checkpoints
     progress: bool = True
     wait: bool = True  # wait for another writer of the index folder (False: fail at once)
+    faiss_index: str | None = None  # FAISS factory string or "auto"; None keeps the folder's (Flat if new)
+    faiss_memory: int | None = None  # auto's memory budget for the FAISS index, bytes (default 4 GiB)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -224,3 +226,9 @@ class BuildConfig:
         if self.flush_every < 1:
             raise ConfigError(f"checkpoint interval must be >= 1, got {self.flush_every}")
         object.__setattr__(self, "index_dir", Path(self.index_dir))
+        if self.faiss_index is not None and self.faiss_index != "auto":
+            from indexer.stores.faiss_kinds import parse_kind
+
+            object.__setattr__(self, "faiss_index", parse_kind(self.faiss_index).factory)
+        if self.faiss_memory is not None and self.faiss_memory <= 0:
+            raise ConfigError(f"--faiss-memory must be positive, got {self.faiss_memory}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from indexer.cli.options import (
+    faiss_search_options,
     handle_errors,
     redis_options,
     runtime_options,
@@ -126,6 +127,7 @@ def main() -> None:
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
+@faiss_search_options
 @click.option("--model", default=None, help="Another path to the index's model weights (checked).")
 @runtime_options
 @click.option(
@@ -137,7 +139,8 @@ def main() -> None:
 @verbose_option
 @handle_errors
 def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags, max_distance, backend, redis_url,
-          redis_index, hnsw_ef_runtime, model, device, precision, compile_model, server, fmt, verbose):  # fmt: skip
+          redis_index, hnsw_ef_runtime, nprobe, ef_search, model, device, precision, compile_model, server, fmt,
+          verbose):  # fmt: skip
     """Find the indexed images nearest to IMAGES (TIFF files) or to indexed images given by --id.
 
     Scores are cosine similarity (1.0 = identical).
@@ -161,8 +164,9 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
         return
     redis = reader_redis(index_dir, redis_url, redis_index, hnsw_ef_runtime, backend)
     with open_stores(
-        index_dir, redis, read_only=True, backend=backend or ("redis" if redis else "faiss")
-    ) as stores:
+        index_dir, redis, read_only=True, backend=backend or ("redis" if redis else "faiss"), nprobe=nprobe,
+        ef_search=ef_search,
+    ) as stores:  # fmt: skip
         # Queries by id search with stored vectors: the model loads only when an image needs embedding.
         retriever = Retriever.open(stores.primary, model, device, precision, compile_model, index_dir=index_dir,
                                    lazy=not images)  # fmt: skip
@@ -211,6 +215,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
 @click.option("--reports", "reports", multiple=True, type=click.Path(path_type=Path, file_okay=False),
               help="A `mae-eval` report folder to link from the page (repeatable; folders beside the "
               "index holding report.html are found anyway).")  # fmt: skip
+@faiss_search_options
 @click.option("--model", default=None, help="Another path to the index's model weights (checked).")
 @runtime_options
 @verbose_option
@@ -228,6 +233,8 @@ def serve(
     request_timeout,
     threads,
     reports,
+    nprobe,
+    ef_search,
     model,
     device,
     precision,
@@ -258,7 +265,8 @@ def serve(
     chosen = backend or ("redis" if redis else "faiss")
     both = redis is not None and index_dir is not None and (Path(index_dir) / "manifest.json").is_file()
     # Both stores given: the page may search either, and the plate map reads the FAISS copy.
-    stores = open_stores(index_dir, redis, read_only=True, backend=None if both else chosen)
+    stores = open_stores(index_dir, redis, read_only=True, backend=None if both else chosen, nprobe=nprobe,
+                         ef_search=ef_search)  # fmt: skip
     primary = stores.faiss if chosen == "faiss" and stores.faiss is not None else stores.primary
     service = QueryService(
         Retriever.open(primary, model, device, precision, compile_model, index_dir=index_dir), limits

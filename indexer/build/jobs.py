@@ -24,10 +24,14 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
     from indexer.encoder import load_encoder
     from indexer.stores.faiss_store import FaissStore
 
-    items, _ = list_items(config)  # an empty listing or a bad --metadata table fails here, before the model
+    items, problems = list_items(
+        config
+    )  # an empty listing or a bad --metadata table fails here, before the model
     # The folder's write lock, and with it the check that the folder is writable, also come before the
     # model loads and long before anything is embedded.
-    faiss = FaissStore(config.index_dir, wait=config.wait)
+    faiss = FaissStore(
+        config.index_dir, wait=config.wait, kind=config.faiss_index, memory=config.faiss_memory
+    )
     try:
         encoder = load_encoder(config.model)
         opened = open_stores(config.index_dir, config.redis, dim=encoder.dim, faiss_store=faiss)
@@ -50,7 +54,9 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
                 last[0] = done
 
             try:
-                summary = build_index(config, list(stores), encoder=encoder, progress=tick)
+                # The listing made above, not a second one.
+                summary = build_index(config, list(stores), encoder=encoder, progress=tick, items=items,
+                                      problems=problems)  # fmt: skip
             finally:
                 bar.close()
         summary.stores = [store_identity(store) for store in stores]
@@ -84,6 +90,7 @@ def _describe(index_dir: Path, store) -> dict[str, Any]:
     values["tags"] = sorted({t for r in records for t in r.tag_strings})
     return {
         "count": store.count(),
+        "faiss": store.search_settings,
         "manifest": manifest,
         "rejected": rejected,
         "values": values,

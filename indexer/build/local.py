@@ -132,6 +132,7 @@ def build_index(
     encoder: Encoder | None = None,
     progress: Callable[[int], None] | None = None,
     items: Sequence[SourceItem] | None = None,
+    problems: Sequence = (),
 ) -> BuildSummary:
     """Embed every image of ``config.sources`` not yet in all ``stores`` and upsert it into each.
 
@@ -146,7 +147,10 @@ def build_index(
     progress
         Called with the number of images finished after each one (for a progress bar).
     items
-        Images to index instead of listing ``config.sources`` (benchmarks, other sources).
+        Images to index instead of listing ``config.sources`` (benchmarks, other sources, or a listing
+        the caller already made: listing 52,224 files twice costs seconds).
+    problems
+        The listing problems that came with ``items``.
 
     Returns
     -------
@@ -166,7 +170,7 @@ def build_index(
     encoder = encoder or load_encoder(config.model)
     ledger = Ledger(config.strict)
     summary = ledger.summary
-    plan = make_plan(config, stores, encoder, ledger, items)
+    plan = make_plan(config, stores, encoder, ledger, items, problems)
     summary.runtime = f"{encoder.device.type} {encoder.precision}"
     pre = plan.preprocess
     on_device = encoder.device.type == "cuda"

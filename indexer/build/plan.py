@@ -264,6 +264,7 @@ def make_plan(
     encoder,
     ledger: Ledger,
     items: Sequence[SourceItem] | None = None,
+    problems: Sequence[SourceProblem] = (),
 ) -> Plan:
     """Plan a build: list (or take ``items``), book listing problems, settle the manifest, find the
     ids already in every store (none with ``config.force``).
@@ -277,7 +278,7 @@ def make_plan(
     IndexMismatchError
         See :func:`settle_manifest`.
     """
-    problems: list[SourceProblem] = []
+    problems = list(problems)
     if items is None:
         items, problems = list_items(config)
     items = list(items)

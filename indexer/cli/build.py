@@ -31,6 +31,7 @@ from indexer.config import (
 )
 from indexer.errors import ConfigError
 from indexer.stores.binding import describe_identity
+from indexer.stores.faiss_kinds import parse_memory
 from indexer.stores.manifest import read_folder_manifest, resolve_model_name
 
 
@@ -160,6 +161,10 @@ ray_options = option_group(
 @click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
 @click.option("--force", is_flag=True, help="Re-embed images already in the index.")
 @ray_options
+@click.option("--faiss-index", default=None, metavar="KIND",
+              help="FAISS mirror index: Flat (exact), HNSW32, IVF{n},Flat, IVF{n},PQ{m} (e.g. IVF4096,PQ96) or "
+                   "auto (from the count and --faiss-memory) [default: the folder's, Flat for a new one].")  # fmt: skip
+@click.option("--faiss-memory", default="4G", show_default=True, help="Memory budget of auto's FAISS index.")
 @click.option("--checkpoint-every", default=512, show_default=True, type=int,
               help="Images between durable FAISS checkpoints (a crash loses at most this many).")  # fmt: skip
 @no_wait_option
@@ -170,7 +175,8 @@ ray_options = option_group(
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model,
           channels, z_slices, metadata, intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm,
           redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, strict, force, engine, ray_address, concurrency,
-          num_gpus_per_worker, threads_per_worker, writers, checkpoint_every, no_wait, fmt, no_progress, verbose):  # fmt: skip
+          num_gpus_per_worker, threads_per_worker, writers, faiss_index, faiss_memory, checkpoint_every, no_wait, fmt,
+          no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
 
     Images already in the index (same content) are skipped, so a re-run resumes. Unusable images are
@@ -226,6 +232,8 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         force=force,
         flush_every=checkpoint_every,
         wait=not no_wait,
+        faiss_index=faiss_index,
+        faiss_memory=parse_memory(faiss_memory),
     )
     from indexer.build.jobs import run_build
 
@@ -286,6 +294,9 @@ def info(index_dir, fmt):
         f"model:      {m['model']['name']} (fingerprint {str(m['model'].get('fingerprint'))[:12]}{built_at})"
     )
     click.echo(f"dim:        {m['dim']}   pooling: {m['pooling']}")
+    f = d["faiss"]
+    tuned = ", ".join(f"{k} {f[k]}" for k in ("nprobe", "efSearch", "recall_at_10") if k in f)
+    click.echo(f"faiss:      {f['index']}{' (' + tuned + ')' if tuned else ''}")
     pre = m["preprocess"]
     click.echo(f"preprocess: intensity {pre['intensity']}, resize {pre['resize']} to {pre['image_size']}")
     click.echo(f"rejected:   {d['rejected']}")

@@ -49,8 +49,10 @@ def int_list(spec: str) -> tuple[int, ...]:
     help="Phenotype family: classic (counts, size, brightness) or one whose classes share the intensity "
     "distribution and differ only in nuclear size/shape, actin fibres vs cortex, or cell clustering.",
 )
+@click.option("--workers", default=1, show_default=True, type=int,
+              help="Processes rendering sites in parallel (the files do not depend on it).")  # fmt: skip
 @handle_errors
-def synth(out, wells, sites, channels, z_spec, seed, family):
+def synth(out, wells, sites, channels, z_spec, seed, family, workers):
     """Write a synthetic BBBC006 look-alike (real naming, 696x520 16-bit LZW TIFF, ground-truth CSV)."""
     from indexer.bbbc006.synthetic import SyntheticConfig, generate, well_range
 
@@ -63,7 +65,9 @@ def synth(out, wells, sites, channels, z_spec, seed, family):
         seed=seed,
         family=family,
     )
-    s = generate(config, progress=True)
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    s = generate(config, progress=True, workers=workers)
     click.echo(f"Wrote {s.n_images} images in {s.seconds:.1f} s; ground truth: {s.ground_truth}", err=True)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from indexer.cli.options import (
+    faiss_search_options,
     format_option,
     handle_errors,
     no_wait_option,
@@ -30,41 +31,60 @@ mirror_index_option = click.option(
 @redis_options
 @click.option("--sample", default=200, show_default=True, help="Vectors compared and used as queries.")
 @click.option("-k", "k", default=10, show_default=True, help="k of the recall@k check.")
-@click.option("--min-recall", default=0.99, show_default=True, help="Lowest recall@k that passes.")
+@click.option("--min-recall", default=0.99, show_default=True, help="Lowest recall@k of Redis that passes.")
+@click.option("--min-mirror-recall", default=0.0, show_default=True,
+              help="Lowest recall@k of the FAISS mirror's index against exact search that passes.")  # fmt: skip
 @click.option("--seed", default=0, show_default=True)
 @format_option("text", "json")
+@faiss_search_options
 @handle_errors
-def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
+def verify(
+    index_dir, redis_url, redis_index, sample, k, min_recall, min_mirror_recall, seed, fmt, nprobe, ef_search
+):
     """Check an index for damage and, with --redis-url, that Redis and the FAISS mirror agree; exit 1 on
     any damage or divergence.
 
     Without Redis: every shard against its recorded size, rows and SHA-256, the snapshot, the manifest's
     checksum. With Redis also: the Redis schema, that every hash is indexed and has a sound vector, and
     counts, id sets, manifests, sampled vectors, and recall@k of Redis search against exact FAISS search.
+    Always: recall@k of the FAISS mirror's own index (HNSW, IVF, PQ) against exact search over the
+    shards' float vectors, on --sample stored vectors as queries (1.0 for the exact Flat kind).
     """
     from indexer.stores import open_stores
     from indexer.stores.mirror import verify_stores
 
     if not redis_url:
-        with open_stores(index_dir, None, read_only=True) as stores:
+        with open_stores(index_dir, None, read_only=True, nprobe=nprobe, ef_search=ef_search) as stores:
             problems, count = stores.faiss.check(full=True), stores.faiss.count()
+            kind, mirror_recall, line = _mirror_recall(stores.faiss, k, sample, min_mirror_recall)
+        ok = not problems and mirror_recall >= min_mirror_recall
         if fmt == "json":
-            click.echo(json.dumps({"ok": not problems, "count": count, "damage": problems}))
+            click.echo(json.dumps({"ok": ok, "count": count, "damage": problems, "faiss_index": kind,
+                                   "mirror_recall_at_k": mirror_recall}))  # fmt: skip
         else:
             click.echo(f"images: {count}")
-            for line in problems:
-                click.echo(f"damaged: {line}")
-            click.echo("OK" if not problems else "DAMAGED")
-        sys.exit(0 if not problems else 1)
+            for line_ in problems:
+                click.echo(f"damaged: {line_}")
+            click.echo(line)
+            click.echo("OK" if ok else ("DAMAGED" if problems else "LOW RECALL"))
+        sys.exit(0 if ok else 1)
     redis = redis_config_for(index_dir, redis_url, redis_index, writing=False)
     # Another folder's Redis index is refused by index uid; counts and ids are what verify reports.
-    with open_stores(index_dir, redis, read_only=True, pair_check="uid") as stores:
+    with open_stores(
+        index_dir, redis, read_only=True, pair_check="uid", nprobe=nprobe, ef_search=ef_search
+    ) as stores:
         tol = stores.redis.vector_tolerance
-        report = verify_stores(stores.redis, stores.faiss, sample=sample, k=k, seed=seed,
-                               vector_tolerance=tol, min_recall=min_recall)  # fmt: skip
+        report = verify_stores(stores.redis, stores.faiss, sample=sample, k=k, seed=seed, vector_tolerance=tol,
+                               min_recall=min_recall, exact=stores.faiss.exact_searcher())  # fmt: skip
         primary, mirror = stores.redis.identity, stores.faiss.identity
+        kind, mirror_recall, line = _mirror_recall(stores.faiss, k, sample, min_mirror_recall)
     d = report.to_dict()
     d["primary"], d["mirror"] = primary, mirror
+    d.update(
+        faiss_index=kind,
+        mirror_recall_at_k=mirror_recall,
+        ok=report.ok and mirror_recall >= min_mirror_recall,
+    )
     if fmt == "json":
         click.echo(json.dumps(d))
     else:
@@ -80,8 +100,20 @@ def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
             f"sampled vectors: {d['sampled']}, max |diff| {d['max_vector_diff']:.3g} (tolerance {tol:g})"
         )
         click.echo(f"recall@{k} of redis vs exact faiss: {d['recall_at_k']:.4f} (min {min_recall})")
-        click.echo("OK" if report.ok else "DIVERGED")
-    sys.exit(0 if report.ok else 1)
+        click.echo(line)
+        click.echo("OK" if d["ok"] else "DIVERGED")
+    sys.exit(0 if d["ok"] else 1)
+
+
+def _mirror_recall(store, k: int, sample: int, floor: float) -> tuple[str, float, str]:
+    """``(kind, recall@k of its index against exact search, a line for the report)``."""
+    recall = store.measure_recall(k, sample) if not store.kind.exact else 1.0
+    settings = ", ".join(f"{n} {v}" for n, v in store.search_settings.items() if n in ("nprobe", "efSearch"))
+    line = (
+        f"recall@{k} of the faiss {store.kind.factory} index vs exact: {recall:.4f} "
+        f"(min {floor}; {settings or 'exact'})"
+    )
+    return store.kind.factory, recall, line
 
 
 @click.command()

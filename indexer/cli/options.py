@@ -98,6 +98,22 @@ def no_wait_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def faiss_search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--nprobe`` and ``--ef-search``: override the FAISS mirror's search parameters (from its manifest)."""
+    fn = click.option(
+        "--ef-search",
+        type=int,
+        default=None,
+        help="FAISS HNSW search breadth [default: the value the build tuned, in the manifest].",
+    )(fn)
+    return click.option(
+        "--nprobe",
+        type=int,
+        default=None,
+        help="FAISS IVF lists searched per query [default: the value the build tuned, in the manifest].",
+    )(fn)
+
+
 def verbose_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``-v``/``-vv`` for more logging on stderr."""
     return click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")(fn)

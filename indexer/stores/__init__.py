@@ -60,6 +60,8 @@ def open_stores(
     pair_check: str = "full",
     wait: bool = True,
     faiss_store: VectorStore | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
 ) -> OpenStores:
     """Open the FAISS store at ``index_dir`` and the Redis store of ``redis``, as a caller asks.
 
@@ -86,6 +88,8 @@ def open_stores(
     faiss_store
         A FAISS store the caller already opened on ``index_dir`` (a build takes the folder's lock
         before it loads the model), used instead of opening another.
+    nprobe, ef_search
+        A FAISS reader's search parameters, overriding the ones its manifest records.
 
     Returns
     -------
@@ -109,7 +113,9 @@ def open_stores(
     if index_dir is not None and backend != "redis":
         from indexer.stores.faiss_store import FaissStore
 
-        faiss = faiss_store or FaissStore(index_dir, dim=dim, read_only=read_only, wait=wait)
+        faiss = faiss_store or FaissStore(
+            index_dir, dim=dim, read_only=read_only, wait=wait, nprobe=nprobe, ef_search=ef_search
+        )
         if faiss_store is not None and dim is not None:
             faiss_store.expect_dim(dim)
     if redis is not None and backend != "faiss":

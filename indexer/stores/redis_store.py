@@ -73,6 +73,9 @@ from indexer.stores.redis_query import (
 
 #: Hashes per MULTI/EXEC in :meth:`RedisStore.add` (about 1.5 MB of 768-d float32 vectors).
 WRITE_CHUNK = 500
+#: Hashes per pipeline round trip in :meth:`RedisStore.bulk_load` (bench/bench_redis.py: throughput
+#: is flat from 500 to 5,000 at 768-d; 1,000 keeps a round trip near 3 MB).
+BULK_BATCH = 1000
 #: Keys per pipeline round trip when reading, and queries per pipeline round trip when searching.
 READ_CHUNK = 1000
 QUERY_BATCH = 32
@@ -383,17 +386,45 @@ class RedisStore:
         for start in range(0, len(records), WRITE_CHUNK):
             pipe = self.client.pipeline(transaction=True)
             for blob, rec in zip(blobs[start : start + WRITE_CHUNK], records[start : start + WRITE_CHUNK]):
-                mapping: dict[str, Any] = {VECTOR_FIELD: blob.tobytes(), "path": str(rec.path)}
-                for name in RECORD_FIELDS:
-                    value = getattr(rec, name)
-                    if value is not None and name != "path":
-                        mapping[name] = int(value) if name in NUMERIC_FIELDS else str(value)
-                if rec.tags:
-                    mapping[TAGS_FIELD] = TAG_SEPARATOR.join(rec.tag_strings)
                 key = self._key(rec.id)
                 pipe.delete(key)
-                pipe.hset(key, mapping=mapping)
+                pipe.hset(key, mapping=self._mapping(blob, rec))
             self._call(pipe.execute)
+
+    def bulk_load(self, vectors: np.ndarray, records: Sequence[ImageRecord], batch: int = BULK_BATCH) -> None:
+        """Load ``records`` whose ids are not stored yet: one ``HSET`` per hash, ``batch`` hashes per
+        pipeline round trip, no MULTI/EXEC and no ``DEL`` (nothing to clear); the server adds each hash
+        to the index (FLAT or HNSW) as it arrives.
+
+        For an id that may exist use :meth:`add`: a field that became ``None`` would survive here.
+        Raises as :meth:`add` does.
+        """
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(records):
+            raise ValueError("vectors must be (n, dim) with one record per row")
+        if not len(records):
+            return
+        check_storable(records)
+        if self.dim is None:
+            self._create_index(vectors.shape[1])
+        if vectors.shape[1] != self.dim:
+            raise ConfigError(f"vectors are {vectors.shape[1]}-d but {self.location} is {self.dim}-d")
+        blobs = vectors.astype(self._dtype)
+        for start in range(0, len(records), max(1, batch)):
+            pipe = self.client.pipeline(transaction=False)
+            for blob, rec in zip(blobs[start : start + batch], records[start : start + batch]):
+                pipe.hset(self._key(rec.id), mapping=self._mapping(blob, rec))
+            self._call(pipe.execute)
+
+    def _mapping(self, blob: np.ndarray, rec: ImageRecord) -> dict[str, Any]:
+        mapping: dict[str, Any] = {VECTOR_FIELD: blob.tobytes(), "path": str(rec.path)}
+        for name in RECORD_FIELDS:
+            value = getattr(rec, name)
+            if value is not None and name != "path":
+                mapping[name] = int(value) if name in NUMERIC_FIELDS else str(value)
+        if rec.tags:
+            mapping[TAGS_FIELD] = TAG_SEPARATOR.join(rec.tag_strings)
+        return mapping
 
     def delete(self, ids: Sequence[int]) -> int:
         """Delete ``ids``; return how many were present (an id given twice counts once).

@@ -123,7 +123,24 @@ def _write_ground_truth(path: Path, truths: Sequence[SiteTruth]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def generate(config: SyntheticConfig, progress: bool = False) -> GenerationSummary:
+def _write_site(config: SyntheticConfig, well: str, site: int) -> tuple[SiteTruth, int]:
+    """Render one field of view and write its images; return its truth and the number written.
+
+    Everything drawn depends on ``(seed, well, site[, channel, z])`` only, so sites can be written in
+    any order, by any number of processes, with the same bytes.
+    """
+    rendered = render_site(well, site, seed=config.seed, channels=config.channels,
+                           z_slices=config.z_slices, plate=config.plate, family=config.family)  # fmt: skip
+    for (channel, z), image in rendered.images.items():
+        _write_tiff(image_path(config.out_dir, well, site, channel, z, config.seed, config.plate), image)
+    return rendered.truth, len(rendered.images)
+
+
+def _write_site_job(job: tuple[SyntheticConfig, str, int]) -> tuple[SiteTruth, int]:
+    return _write_site(*job)
+
+
+def generate(config: SyntheticConfig, progress: bool = False, workers: int = 1) -> GenerationSummary:
     """Write the images of ``config`` and the ground-truth CSV; return what was written.
 
     Images go to ``out_dir/BBBC006_v1_images_z_XX/<plate>_<well>_s<site>_w<channel><uuid>.tif``
@@ -138,6 +155,9 @@ def generate(config: SyntheticConfig, progress: bool = False) -> GenerationSumma
         What to write.
     progress : bool
         Show a tqdm progress bar on stderr.
+    workers : int
+        Processes rendering sites in parallel. The files do not depend on it: each image's random
+        draws come from ``(seed, well, site, channel, z)``, never from the order sites are done in.
 
     Returns
     -------
@@ -158,16 +178,20 @@ def generate(config: SyntheticConfig, progress: bool = False) -> GenerationSumma
     with tqdm(
         total=config.n_images, unit="img", desc="synth", disable=not progress, dynamic_ncols=True
     ) as bar:
-        for well in config.wells:
-            for site in config.sites:
-                rendered = render_site(well, site, seed=config.seed, channels=config.channels,
-                                       z_slices=config.z_slices, plate=config.plate, family=config.family)  # fmt: skip
-                truths.append(rendered.truth)
-                for (channel, z), image in rendered.images.items():
-                    _write_tiff(
-                        image_path(config.out_dir, well, site, channel, z, config.seed, config.plate), image
-                    )
-                    bar.update(1)
+        jobs = [(config, well, site) for well in config.wells for site in config.sites]
+        if workers > 1 and len(jobs) > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                # map() returns in submission order, so the ground truth is ordered as with one worker.
+                for truth, written in pool.map(_write_site_job, jobs):
+                    truths.append(truth)
+                    bar.update(written)
+        else:
+            for job in jobs:
+                truth, written = _write_site_job(job)
+                truths.append(truth)
+                bar.update(written)
     ground_truth = config.out_dir / GROUND_TRUTH_NAME
     _write_ground_truth(ground_truth, truths)
     return GenerationSummary(

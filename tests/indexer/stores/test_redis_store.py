@@ -134,6 +134,29 @@ def test_hnsw_float16_stores_half_precision(redis_config):
 
 
 @needs_redis
+@pytest.mark.parametrize("dtype", ["FLOAT32", "FLOAT16"])
+def test_bulk_load_stores_what_add_stores(redis_config, dtype):
+    """bulk_load (pipelined HSETs in batches, no MULTI/DEL) gives the same hashes, index and answers."""
+    v = _unit(250, 48, seed=3)
+    recs = [ImageRecord(id=i, path=f"p{i}.tif", well="A01", site=1 + i % 2, z=i % 5, tags={"k": str(i % 3)})
+            for i in range(250)]  # fmt: skip
+    cfg = replace(redis_config, algorithm="HNSW", dtype=dtype)
+    bulk = RedisStore(replace(cfg, index_name=cfg.index_name + "b"), dim=48)
+    bulk.bulk_load(v, recs, batch=64)  # 4 round trips, the last one short
+    ref = RedisStore(replace(cfg, index_name=cfg.index_name + "a"), dim=48)
+    ref.add(v, recs)
+    assert bulk.count() == ref.count() == 250
+    assert bulk.get(list(range(250))) == ref.get(list(range(250))) == recs
+    np.testing.assert_array_equal(bulk.get_vectors([7, 249]), ref.get_vectors([7, 249]))
+    where = MetadataFilter(site=[2], z_max=3)
+    assert [[h.id for h in hits] for hits in bulk.search(v[:10], 5, where)] == [
+        [h.id for h in hits] for hits in ref.search(v[:10], 5, where)
+    ]
+    with pytest.raises(ValueError, match="one record per row"):
+        bulk.bulk_load(v[:3], recs[:2])
+
+
+@needs_redis
 def test_existing_index_with_other_settings_is_refused(redis_config):
     RedisStore(redis_config, dim=16)
     with pytest.raises(IndexMismatchError, match="DIM 16 \\(this model gives 32\\)"):
