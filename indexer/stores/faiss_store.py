@@ -42,6 +42,7 @@ from indexer.stores.base import (
 )
 
 MANIFEST = "manifest.json"
+TRANSFORM = "normalize.npz"
 SHARDS = "shards"
 INDEX = "index.faiss"
 INDEX_STATE = "index.state.json"
@@ -440,6 +441,16 @@ class FaissStore:
         """Write the manifest atomically."""
         self._check_writable()
         atomic_write_json(self.directory / MANIFEST, manifest)
+
+    def read_transform(self) -> bytes | None:
+        """The fitted normalisation (``normalize.npz`` beside the manifest), or ``None``."""
+        p = self.directory / TRANSFORM
+        return p.read_bytes() if p.is_file() else None
+
+    def write_transform(self, data: bytes) -> None:
+        """Write the fitted normalisation atomically as ``normalize.npz``."""
+        self._check_writable()
+        atomic_write(self.directory / TRANSFORM, lambda p: p.write_bytes(data))
 
     def close(self) -> None:
         """Flush pending writes."""

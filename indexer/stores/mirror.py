@@ -102,12 +102,15 @@ def verify_stores(
 def sync_mirror(
     source: VectorStore, target: VectorStore, batch: int = 1000, progress: Callable[[int], None] | None = None
 ) -> int:
-    """Make ``target`` hold exactly what ``source`` holds (ids, vectors, records, manifest).
+    """Make ``target`` hold exactly what ``source`` holds (ids, vectors, records, manifest, normalisation).
 
     Ids in the target but not in the source are deleted. Returns the number of vectors copied.
     """
     manifest = source.read_manifest()
     if manifest is not None:
+        transform = source.read_transform()  # the vectors copied were made by it: it travels with them
+        if transform is not None:
+            target.write_transform(transform)
         target.write_manifest(manifest)
     src_ids = source.ids()
     stale = sorted(set(target.ids().tolist()) - set(src_ids.tolist()))
