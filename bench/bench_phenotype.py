@@ -11,7 +11,7 @@ nearest other image is the other site of the same well.
     for s in 0 1 2; do mae-index synth runs/heldout-s$s --wells I01:P12 --sites 1,2 --channels 2 --z 16 --seed $s; done
     mae-index init-model --out runs/mae-tiny-random --size tiny --seed 0
     python bench/bench_phenotype.py runs/heldout-s0 runs/heldout-s1 runs/heldout-s2 \
-        --model examples/models/mae-tiny-bbbc006 --random runs/mae-tiny-random
+        --model examples/models/mae-tiny-bbbc006 --random runs/mae-tiny-random --normalize none,center,whiten
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from eval.phenotype import chance_map, map_interval, precision_at_k  # noqa: E40
 from indexer.config import ModelConfig, PreprocessConfig, SourceConfig  # noqa: E402
 from indexer.decode import decode_tiff  # noqa: E402
 from indexer.encoder import ViTMAEEncoder, resolve_preprocess  # noqa: E402
+from indexer.normalize import check_kind, fit_transform  # noqa: E402
 from indexer.preprocess import normalise_intensity, preprocess_image  # noqa: E402
 from indexer.sources import iter_sources  # noqa: E402
 
@@ -84,16 +85,26 @@ def main() -> None:
         "--random", required=True, help="Same architecture, random weights (mae-index init-model)."
     )
     ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--normalize", default="none",
+                    help="Comma list of mae-index build --normalize kinds for the MAE rows, each fitted on the "
+                         "data set's own vectors as a build fits on its index (e.g. none,center,whiten).")  # fmt: skip
     args = ap.parse_args()
-    names = ["mean, std of raw counts", "histogram of the model input (64 bins)", "pixels 32x32 (windowed)",
-             "MAE random init (same architecture)", f"MAE trained ({Path(args.model).name})"]  # fmt: skip
+    kinds = [check_kind(k.strip()) for k in args.normalize.split(",")]
+    mae = ["MAE random init (same architecture)", f"MAE trained ({Path(args.model).name})"]
+    names = ["mean, std of raw counts", "histogram of the model input (64 bins)", "pixels 32x32 (windowed)"]
+    names += [n if k == "none" else f"{n}, --normalize {k}" for n in mae for k in kinds]
     results: dict[str, list[tuple[float, float, float, float, float]]] = {n: [] for n in names}
     chances = []
     for data in args.data:
         images, labels, wells = load(data)
         chances.append(chance_map(labels))
-        embeddings = dict(zip(names, [first_order(images), input_histogram(images), raw_pixels(images, 32),
-                                      embed(args.random, images), embed(args.model, images)]))  # fmt: skip
+        raw = [embed(args.random, images), embed(args.model, images)]
+        vectors = [first_order(images), input_histogram(images), raw_pixels(images, 32)]
+        for r in raw:
+            for k in kinds:
+                t = fit_transform(r, k)
+                vectors.append(r if t is None else t.apply(r))
+        embeddings = dict(zip(names, vectors))
         for name, vec in embeddings.items():
             v = vec / np.linalg.norm(vec, axis=1, keepdims=True).clip(1e-12)
             sims = v @ v.T

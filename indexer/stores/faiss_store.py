@@ -3,6 +3,7 @@
 Folder layout::
 
     manifest.json          what the index was built with (indexer.stores.manifest)
+    normalize.npz          the fitted --normalize transform, when there is one (indexer.normalize)
     shards/part-NNNNNN.parquet
                            the source of truth: append-only shards of (id, vector, deleted, metadata),
                            each written atomically; a later shard overrides an earlier one per id

@@ -130,3 +130,16 @@ def test_fit_on_a_subset_and_center(tmp_path, tiny_model_dir, real_images, redis
     r = CliRunner().invoke(index_main, [*args, "--fit-on", "site=2"])
     assert r.exit_code == 0, r.output
     assert json.loads((bad / "manifest.json").read_text())["normalize"]["fit_on"] == "site=2"
+
+
+def test_server_and_explorer_path_apply_the_transform(whitened, redis_config, real_images):
+    from retriever.server import QueryService
+
+    retriever = Retriever.open(FaissStore(whitened, read_only=True), device="cpu")
+    service = QueryService(retriever)
+    service.add_backend(RedisStore(redis_config))
+    blobs = [p.read_bytes() for p in real_images[:3]]
+    np.testing.assert_allclose(service.embed_blobs(blobs), retriever.embed_files(real_images[:3]), atol=1e-6)
+    for backend in ("faiss", "redis"):
+        hits = service.pick(backend).search_vectors(service.embed_blobs(blobs), QueryOptions(k=1))
+        assert [row[0].record.path for row in hits] == [str(p) for p in real_images[:3]]
