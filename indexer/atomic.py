@@ -10,11 +10,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+TEMP_SUFFIX = ".tmp"
+_TEMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)-[^.]+\.tmp$")
+
+
+def temp_file_pid(name: str) -> int | None:
+    """The pid of the process that made temporary file ``name`` (``None``: not ours, or an old name)."""
+    m = _TEMP_RE.match(name)
+    return int(m.group("pid")) if m else None
+
 
 _UMASK_LOCK = threading.Lock()
 
@@ -54,7 +65,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's pid is in the name, so a sweep can tell a dead writer's leftovers from live work.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

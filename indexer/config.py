@@ -232,6 +232,7 @@ class BuildConfig:
     force: bool = False
     flush_every: int = 512  # images between durable FAISS checkpoints
     progress: bool = True
+    wait: bool = True  # wait for another writer of the index folder (False: fail at once)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
 
     def __post_init__(self) -> None:

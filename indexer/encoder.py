@@ -194,6 +194,57 @@ def weights_fingerprint(folder: Path) -> str:
     return h.hexdigest()
 
 
+#: Checkpoint tensors a ViT-MAE encoder does not use: the pretraining decoder.
+_UNUSED_PREFIXES = ("decoder.",)
+
+
+def _raise_load_error(name: str, e: Exception) -> None:
+    if isinstance(e, OSError):
+        if Path(name).exists():
+            raise ModelLoadError(
+                f"cannot load model from folder {name!r}: {str(e).splitlines()[0]} "
+                "(a ViT-MAE folder needs config.json and model.safetensors)"
+            ) from e
+        raise ModelLoadError(_offline_hint(name)) from e
+    raise ModelLoadError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from e
+
+
+def _names(keys: list) -> str:
+    keys = [k if isinstance(k, str) else str(k[0]) for k in keys]
+    shown = ", ".join(sorted(keys)[:8])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > 8 else ''})"
+
+
+def _check_loading_info(name: str, loading: dict[str, list]) -> None:
+    """Refuse a checkpoint that does not fill the model exactly: a missing tensor would be left at its
+    random initial value (different in every process), an unexpected one silently dropped.
+
+    Raises
+    ------
+    ModelLoadError
+        Listing the missing, unexpected (other than the pretraining decoder) and mismatched tensors.
+    """
+    missing = list(loading.get("missing_keys", []))
+    unexpected = [k for k in loading.get("unexpected_keys", []) if not str(k).startswith(_UNUSED_PREFIXES)]
+    mismatched = list(loading.get("mismatched_keys", []))
+    errors = [str(e).splitlines()[0] for e in loading.get("error_msgs", []) if str(e).strip()]
+    parts = []
+    if missing:
+        parts.append(f"missing from the weights: {_names(missing)}")
+    if unexpected:
+        parts.append(f"in the weights but not in config.json's model: {_names(unexpected)}")
+    if mismatched:
+        parts.append(f"of another shape than config.json says: {_names(mismatched)}")
+    if errors:
+        parts.append(f"errors: {'; '.join(errors[:3])}")
+    if parts:
+        raise ModelLoadError(
+            f"model {name!r} does not match its config.json, so some layers would be random: "
+            + "; ".join(parts)
+            + ". Use the config.json saved with these weights (num_hidden_layers, hidden_size, ...)"
+        )
+
+
 class ViTMAEEncoder(Encoder):
     """Any ViT-MAE checkpoint (hub id or local folder), run without masking and without shuffling.
 
@@ -216,23 +267,26 @@ class ViTMAEEncoder(Encoder):
             elif not _hub_reachable():
                 raise ModelLoadError(_offline_hint(config.name))
         try:
-            model = ViTMAEModel.from_pretrained(
+            model, loading = ViTMAEModel.from_pretrained(
                 config.name,
                 revision=config.revision,
                 mask_ratio=0.0,
                 use_safetensors=True,
                 local_files_only=local_only,
+                output_loading_info=True,
             )
-        except OSError as e:
-            text = str(e)
-            if Path(config.name).exists():
+        except Exception as e:
+            if type(e).__name__ == "SafetensorError" or "ignore_mismatched_sizes" in str(e):
+                # A truncated or empty file, or tensors of other shapes than the config says.
                 raise ModelLoadError(
-                    f"cannot load model from folder {config.name!r}: {text.splitlines()[0]} "
-                    "(a ViT-MAE folder needs config.json and model.safetensors)"
-                ) from e
-            raise ModelLoadError(_offline_hint(config.name)) from e
-        except ValueError as e:
-            raise ModelLoadError(f"cannot load model {config.name!r}: {str(e).splitlines()[0]}") from e
+                    f"cannot load model {config.name!r}: its weights do not fit "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); the safetensors file is damaged or "
+                    "does not belong to this config.json"
+                ) from None
+            if not isinstance(e, (OSError, ValueError)):
+                raise
+            _raise_load_error(config.name, e)
+        _check_loading_info(config.name, loading)
         if getattr(model.config, "model_type", None) != "vit_mae":
             raise ModelLoadError(f"{config.name!r} is a {model.config.model_type!r} model, not a ViT-MAE")
         self.model = model.to(self.device).eval()

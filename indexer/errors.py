@@ -36,5 +36,24 @@ class StoreFullError(MaeError):
     """The store refused a write because it is out of memory or space."""
 
 
+class IndexBusyError(MaeError):
+    """Another writer holds the index folder's write lock (``--no-wait``)."""
+
+
+class IndexDamagedError(MaeError):
+    """Part of an index (a shard, the snapshot, the manifest, Redis hashes) is missing or corrupt.
+
+    ``ids`` names the damaged images where the damage is per image (Redis hashes).
+    """
+
+    def __init__(self, message: str, ids: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.ids = tuple(ids)
+
+
+class ShrinkRefusedError(MaeError):
+    """A mirror sync would delete vectors from the mirror, and ``--allow-shrink`` was not given."""
+
+
 class EmptyBuildError(MaeError):
     """A build found no usable image: nothing to index (exit code 1, nothing written)."""

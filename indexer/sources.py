@@ -7,6 +7,7 @@ them. Reading is separate from decoding so that a worker pool can do both off th
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import zipfile
@@ -16,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from indexer.bbbc006.names import ImageMeta, parse_path
+from indexer.bbbc006.names import ImageMeta, name_problem, parse_path
 from indexer.config import SourceConfig
 from indexer.errors import ConfigError
 
@@ -35,10 +36,45 @@ class SourceItem:
 
 @dataclass(frozen=True)
 class SourceProblem:
-    """Something found that cannot be indexed (a broken zip, an unsafe member name)."""
+    """Something found while listing that is not indexed, and why.
+
+    ``kind`` says how a build counts it: ``rejected`` (cannot be indexed: a broken zip, an unsafe
+    member name, a near-miss BBBC006 name; the result is incomplete), ``duplicate`` (the same file
+    reached twice through the paths given, or a link to a folder already listed: indexed once), or
+    ``excluded`` (left out by a ``--channels`` selection because its name has no channel).
+    """
 
     path: str
     reason: str
+    kind: str = "rejected"
+
+
+def display_path(path: Path | str) -> str:
+    """The path as stored and shown: valid UTF-8 whatever the file system holds.
+
+    A file name that is not valid UTF-8 reaches Python with each undecodable byte as a lone surrogate
+    (``surrogateescape``), which Redis, parquet and UTF-8 CSV refuse. Such bytes are written as
+    ``\\xNN`` (backslash, x, two lower-case hex digits), e.g. ``caf\\xe9.tif`` for the Latin-1 name
+    ``café.tif``; :func:`read_path` undoes it. Valid names are returned unchanged.
+    """
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+_BYTE_ESCAPE = re.compile(rb"\\x([0-9a-f]{2})")
+
+
+def file_path(display: str) -> Path:
+    """The file a :func:`display_path` names (the literal path when it exists, else unescaped)."""
+    p = Path(display)
+    if p.exists() or "\\x" not in display:
+        return p
+    raw = _BYTE_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), display.encode("utf-8"))
+    return Path(os.fsdecode(raw))
 
 
 class _ZipReader:
@@ -68,7 +104,7 @@ def _unsafe_member(name: str) -> str | None:
 
 
 def _wanted(meta: ImageMeta, config: SourceConfig) -> bool:
-    if config.channels and meta.channel is not None and meta.channel not in config.channels:
+    if config.channels and meta.channel not in config.channels:
         return False
     if config.z and meta.z not in config.z:
         return False
@@ -80,31 +116,99 @@ def _meta(display: str, parse_from: str, table) -> ImageMeta:
     return table.apply(display, meta) if table is not None else meta
 
 
-def _iter_zip(
-    path: Path, config: SourceConfig, problems: list[SourceProblem], table=None
-) -> Iterator[SourceItem]:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = sorted(i.filename for i in zf.infolist() if not i.is_dir())
-    except (zipfile.BadZipFile, OSError) as e:
-        problems.append(SourceProblem(str(path), f"cannot open zip: {e}"))
-        return
-    reader = _ZipReader(path)
-    for name in names:
-        if not name.lower().endswith(IMAGE_SUFFIXES):
-            continue
-        unsafe = _unsafe_member(name)
-        display = f"{path}/{name}"
-        if unsafe:
-            problems.append(SourceProblem(display, unsafe))
-            continue
-        meta = _meta(display, display, table)
-        if _wanted(meta, config):
-            yield SourceItem(display, reader.reader(name), meta)
+class _Lister:
+    """Lists the images under the paths of one :class:`SourceConfig`, each file once."""
 
+    def __init__(self, config: SourceConfig, problems: list[SourceProblem], table=None) -> None:
+        self.config = config
+        self.problems = problems
+        self.table = table
+        self.seen_files: dict[str, str] = {}  # real path (or zip, member) -> display path listed
+        self.seen_dirs: dict[str, str] = {}
 
-def _file_item(path: Path, table=None) -> SourceItem:
-    return SourceItem(str(path), path.read_bytes, _meta(str(path), str(path.resolve()), table))
+    def _first_time(self, key: str, display: str) -> bool:
+        first = self.seen_files.get(key)
+        if first is not None:
+            reason = f"the same file as {first}, reached twice through the paths given; indexed once"
+            self.problems.append(SourceProblem(display, reason, "duplicate"))
+            return False
+        self.seen_files[key] = display
+        return True
+
+    def _select(self, display: str, meta: ImageMeta) -> bool:
+        from indexer.metadata_table import path_key
+
+        # A metadata table's row replaces what the name says, so the name need not be a BBBC006 one.
+        listed = self.table is not None and path_key(display) in self.table.rows
+        problem = None if listed else name_problem(display)
+        if problem:
+            self.problems.append(SourceProblem(display, problem))
+            return False
+        if self.config.channels and meta.channel is None:
+            self.problems.append(SourceProblem(
+                display, f"no BBBC006 channel in the name; --channels {','.join(self.config.channels)} selects "
+                "parsed names only", "excluded"))  # fmt: skip
+            return False
+        return _wanted(meta, self.config)
+
+    def file(self, path: Path, display: str) -> Iterator[SourceItem]:
+        if not self._first_time(os.path.realpath(path), display):
+            return
+        meta = _meta(display, display_path(path.resolve()), self.table)
+        if self._select(display, meta):
+            yield SourceItem(display, path.read_bytes, meta)
+
+    def zip(self, path: Path, display: str) -> Iterator[SourceItem]:
+        if not self._first_time(os.path.realpath(path), display):
+            return
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = sorted(i.filename for i in zf.infolist() if not i.is_dir())
+        except (zipfile.BadZipFile, OSError) as e:
+            self.problems.append(SourceProblem(display, f"cannot open zip: {e}"))
+            return
+        reader = _ZipReader(path)
+        for name in names:
+            if not name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            unsafe = _unsafe_member(name)
+            member = f"{display}/{name}"
+            if unsafe:
+                self.problems.append(SourceProblem(member, unsafe))
+                continue
+            meta = _meta(member, member, self.table)
+            if self._select(member, meta):
+                yield SourceItem(member, reader.reader(name), meta)
+
+    def folder(self, root: Path) -> Iterator[SourceItem]:
+        """Walk ``root``, following links to folders once each (a loop, or a second link to a folder
+        already walked, is listed as a duplicate), in sorted order."""
+        found: list[tuple[str, Path]] = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            shown = display_path(dirpath)
+            if real in self.seen_dirs:
+                self.problems.append(SourceProblem(
+                    shown, f"the same folder as {self.seen_dirs[real]}, already listed (given twice, or a link); "
+                    "its images are listed once", "duplicate"))  # fmt: skip
+                dirnames[:] = []
+                continue
+            self.seen_dirs[real] = shown
+            dirnames.sort()
+            for name in filenames:
+                p = Path(dirpath) / name
+                suffix = p.suffix.lower()
+                if suffix not in IMAGE_SUFFIXES + (".zip",):
+                    continue
+                if not p.exists():
+                    self.problems.append(SourceProblem(display_path(p), "unreadable: broken link"))
+                    continue
+                found.append((display_path(p), p))
+        for shown, p in sorted(found):
+            if p.suffix.lower() == ".zip":
+                yield from self.zip(p, shown)
+            else:
+                yield from self.file(p, shown)
 
 
 def iter_sources(
@@ -112,7 +216,11 @@ def iter_sources(
 ) -> Iterator[SourceItem]:
     """Yield every image under ``config.paths`` (folders recursively, zips in place), sorted by path.
 
-    Problems found while listing (broken zips, unsafe zip members) are appended to ``problems``.
+    Each file is listed once, however many of the paths given reach it. Links to folders are followed,
+    each real folder once (so a link loop ends). What is found but not yielded (broken zips, unsafe zip
+    members, near-miss BBBC006 names, broken links, duplicates, names without a channel under a
+    ``--channels`` selection) is appended to ``problems``, each with its :attr:`SourceProblem.kind`.
+    Paths are :func:`display_path` strings: valid UTF-8 whatever the file names are.
     ``table`` (a :class:`~indexer.metadata_table.MetadataTable`) puts its values over the names'; by
     default ``config.metadata`` is loaded.
 
@@ -124,31 +232,20 @@ def iter_sources(
     problems = problems if problems is not None else []
     for root in config.paths:
         if not root.exists():
-            raise ConfigError(f"no such file or folder: {root}")
+            raise ConfigError(f"no such file or folder: {display_path(root)}")
     if table is None and config.metadata is not None:
         from indexer.metadata_table import load_metadata_table
 
         table = load_metadata_table(config.metadata)
+    lister = _Lister(config, problems, table)
     for root in config.paths:
         if root.is_file():
             if root.suffix.lower() == ".zip":
-                yield from _iter_zip(root, config, problems, table)
+                yield from lister.zip(root, display_path(root))
             else:
-                item = _file_item(root, table)
-                if _wanted(item.meta, config):
-                    yield item
+                yield from lister.file(root, display_path(root))
             continue
-        for p in sorted(root.rglob("*")):
-            if not p.is_file():
-                if p.is_symlink() and p.suffix.lower() in IMAGE_SUFFIXES + (".zip",):
-                    problems.append(SourceProblem(str(p), "unreadable: broken link"))
-                continue
-            if p.suffix.lower() == ".zip":
-                yield from _iter_zip(p, config, problems, table)
-            elif p.suffix.lower() in IMAGE_SUFFIXES:
-                item = _file_item(p, table)
-                if _wanted(item.meta, config):
-                    yield item
+        yield from lister.folder(root)
 
 
 def describe_search(config: SourceConfig) -> str:
@@ -204,7 +301,7 @@ def read_path(path: str) -> bytes:
     FileNotFoundError
         If neither a file nor a zip member exists at ``path``.
     """
-    p = Path(path)
+    p = file_path(path)
     if p.is_file():
         return p.read_bytes()
     lowered = path.lower()

@@ -10,7 +10,8 @@ Endpoints (JSON responses)::
     POST /query/ids                 {"ids": [int, ...], "k", "where"} -> {"results": [[...], ...]}
 
 ``where`` holds the filter fields of :class:`~indexer.stores.base.MetadataFilter` (well, site, channel,
-z, plate, row, column, z_min, z_max); query-string filters may repeat (``?well=A01&well=A02``). Bad
+z, plate, row, column, z_min, z_max, source = real|synthetic, tags = "key=value" from a ``--metadata``
+table); query-string filters may repeat (``?well=A01&well=A02``). Bad
 input answers 4xx with ``{"error": reason}``: 400 for a body that is not a usable image, bad JSON, a
 malformed id, an unknown parameter or key, or a request over a limit of
 :class:`~indexer.limits.RequestLimits`; 404 for an unknown path or id; 413 for a body over the size
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 #: Default largest request body (see :class:`~indexer.limits.RequestLimits`).
 DEFAULT_MAX_BODY = RequestLimits().max_body_bytes
-_FILTER_FIELDS = ("plate", "well", "row", "column", "site", "channel", "z")
+_FILTER_FIELDS = ("plate", "well", "row", "column", "site", "channel", "z", "source", "tags")
 
 
 class ClientError(Exception):

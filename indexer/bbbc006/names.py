@@ -11,11 +11,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from indexer.bbbc006.constants import CHANNELS, N_COLUMNS, PLATE_ROWS, SITES, VALID_TEXT, Z_SLICES
+
 _FILE_RE = re.compile(
     r"^(?P<plate>.+?)_(?P<well>[a-pA-P](?:0[1-9]|1[0-9]|2[0-4]))_s(?P<site>[1-9])"
     r"_w(?P<channel>[1-9])(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
     r"\.[tT][iI][fF][fF]?$"
 )
+# A name built like a BBBC006 one (plate_<well>_s<site>_w<channel>...) whatever its values: a near miss of
+# _FILE_RE ("q25", "a00", "s9", "w3") is refused with a reason instead of indexed without metadata.
+_SHAPE_RE = re.compile(
+    r"^(?P<plate>.+?)_(?P<well>[A-Za-z]\d{1,3})_s(?P<site>\d+)_w(?P<channel>\d)(?P<rest>.*?)\.[tT][iI][fF][fF]?$"
+)
+
 # The z-slice lives in the folder or zip name: BBBC006_v1_images_z_16(.zip). Older links say
 # BBBC006_v1_z16_images; accept both spellings.
 _Z_RE = re.compile(r"(?:_images_z_(?P<a>\d{1,3})|_z(?P<b>\d{1,3})_images)(?:\.zip)?$", re.IGNORECASE)
@@ -109,6 +117,39 @@ def parse_path(path: str) -> ImageMeta:
         channel=f"w{m.group('channel')}",
         z=z,
     )
+
+
+def name_problem(path: str) -> str | None:
+    """Why a path that looks like a BBBC006 image cannot be one, or ``None``.
+
+    A file name built like a BBBC006 name (``plate_<well>_s<site>_w<channel><uuid>.tif``) whose well,
+    site or channel is impossible, or a z-slice folder outside 0-33, is a near miss: indexing it
+    would give empty or impossible metadata. Names of another shape entirely are not BBBC006 names and
+    give ``None`` (they are indexed without metadata).
+    """
+    parts = [p for p in re.split(r"[\\/]", path) if p]
+    if not parts:
+        return None
+    problems = []
+    z = parse_z(parts[:-1])
+    if z is not None and z not in Z_SLICES:
+        problems.append(f"z-slice {z} is outside {VALID_TEXT['z']}")
+    m = _SHAPE_RE.match(parts[-1])
+    if m:
+        well = m.group("well")
+        if well[0].upper() not in PLATE_ROWS or not 1 <= int(well[1:]) <= N_COLUMNS or len(well) != 3:
+            problems.append(
+                f"well {well!r} is outside {VALID_TEXT['well']} (a letter a-p and two digits 01-24)"
+            )
+        if int(m.group("site")) not in SITES:
+            problems.append(f"site s{m.group('site')} is not one of {', '.join(f's{s}' for s in SITES)}")
+        if int(m.group("channel")) not in CHANNELS:
+            problems.append(
+                f"channel w{m.group('channel')} is not one of {', '.join(f'w{c}' for c in CHANNELS)}"
+            )
+    if not problems:
+        return None
+    return "looks like a BBBC006 name but " + "; ".join(problems)
 
 
 def bbbc006_file_name(

@@ -22,10 +22,19 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
     from tqdm.auto import tqdm
 
     from indexer.encoder import load_encoder
+    from indexer.stores.faiss_store import FaissStore
 
     items, _ = list_items(config)  # an empty listing or a bad --metadata table fails here, before the model
-    encoder = load_encoder(config.model)
-    with open_stores(config.index_dir, config.redis, dim=encoder.dim) as stores:
+    # The folder's write lock, and with it the check that the folder is writable, also come before the
+    # model loads and long before anything is embedded.
+    faiss = FaissStore(config.index_dir, wait=config.wait)
+    try:
+        encoder = load_encoder(config.model)
+        opened = open_stores(config.index_dir, config.redis, dim=encoder.dim, faiss_store=faiss)
+    except BaseException:
+        faiss.close()
+        raise
+    with opened as stores:
         if ray is not None:
             from indexer.build.ray_engine import run_ray_build
 
@@ -45,6 +54,9 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
             finally:
                 bar.close()
         summary.stores = [store_identity(store) for store in stores]
+        for store in stores:  # each store's own check (Redis: every hash indexed, no new indexing failure)
+            store.flush()
+            summary.store_problems += store.check()
     check_not_empty(summary, config.index_dir)
     return summary
 
@@ -70,4 +82,10 @@ def _describe(index_dir: Path, store) -> dict[str, Any]:
         values[field] = sorted({getattr(r, field) for r in records if getattr(r, field) is not None})
     values["distinct wells"] = [len({r.well for r in records if r.well})]
     values["tags"] = sorted({t for r in records for t in r.tag_strings})
-    return {"count": store.count(), "manifest": manifest, "rejected": rejected, "values": values}
+    return {
+        "count": store.count(),
+        "manifest": manifest,
+        "rejected": rejected,
+        "values": values,
+        "damage": store.check(),
+    }

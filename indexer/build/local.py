@@ -278,10 +278,12 @@ def build_index(
         if plan.fit is not None and held:
             fit_and_write(plan.fit, held, stores, writer, config.batch_size)
     finally:
-        writer.close()
-        model_threads(threads)  # leave torch's default as this build found it
-        if stores:
-            write_rejected(config.index_dir, summary.rejected)
+        try:
+            writer.close()
+        finally:
+            model_threads(threads)  # leave torch's default as this build found it
+            if stores:
+                write_rejected(config.index_dir, summary.rejected)
     timings["write"] = writer.seconds
     summary.stage_seconds = timings
     summary.seconds = time.perf_counter() - t_start

@@ -52,6 +52,9 @@ class BuildSummary:
     recovered: int = 0  # Ray: images imported from the shards of a killed run
     without_metadata: int = 0  # images whose names (and no --metadata table) gave no plate/well/site/channel
     stores: list[dict] = field(default_factory=list)  # which stores were written (store_identity)
+    store_problems: list[str] = field(default_factory=list)  # the stores' own check after the build
+    duplicates_given: int = 0  # files reached twice through the paths given (indexed once; not a failure)
+    excluded: int = 0  # names without a channel left out by a --channels selection
 
     @property
     def images_per_second(self) -> float:
@@ -60,8 +63,8 @@ class BuildSummary:
 
     @property
     def complete(self) -> bool:
-        """True when every image found is in the index."""
-        return not self.rejected
+        """True when every image found is in the index, and the stores found nothing wrong after the build."""
+        return not self.rejected and not self.store_problems
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
@@ -79,6 +82,9 @@ class BuildSummary:
             "recovered": self.recovered,
             "without_metadata": self.without_metadata,
             "stores": self.stores,
+            "store_problems": list(self.store_problems),
+            "duplicates_given": self.duplicates_given,
+            "excluded": self.excluded,
         }
 
 
@@ -221,7 +227,7 @@ def list_items(config: BuildConfig) -> tuple[list[SourceItem], list[SourceProble
 
         table = load_metadata_table(config.sources.metadata)
     items = list(iter_sources(config.sources, problems, table))
-    if not items and not problems:
+    if not items and not any(p.kind == "rejected" for p in problems):
         raise EmptyBuildError(f"no images found: {describe_search(config.sources)}. Nothing was written.")
     if table is not None and table.unmatched:
         log.warning(
@@ -387,23 +393,47 @@ def make_plan(
     if items is None:
         items, problems = list_items(config)
     items = list(items)
-    summary = ledger.summary
-    summary.found = len(items) + len(problems)
-    for p in problems:
-        ledger.reject(p.path, "list", p.reason)
-    summary.without_metadata = count_without_metadata(items)
+    book_listing(ledger, items, problems)
+    ledger.summary.without_metadata = count_without_metadata(items)
     pre, record = settle_manifest(config, encoder, items, stores)
     transform, fit = settle_transform(stores, record) if stores else (None, None)
-    existing: set[int] = set()
-    if not config.force and stores:
-        existing = set(stores[0].ids().tolist())
-        for store in stores[1:]:
-            existing &= set(store.ids().tolist())
+    existing = already_indexed(stores, config.force)
     return Plan(items=items, existing=frozenset(existing), preprocess=pre, transform=transform, fit=fit)
 
 
+def book_listing(ledger: Ledger, items: Sequence[SourceItem], problems: Sequence[SourceProblem]) -> None:
+    """Book what the listing found: listing problems rejected (raises in strict mode), files given twice
+    and names left out by ``--channels`` counted apart (they are not failures)."""
+    summary = ledger.summary
+    rejected = [p for p in problems if p.kind == "rejected"]
+    summary.found = len(items) + len(rejected)
+    summary.duplicates_given = sum(p.kind == "duplicate" for p in problems)
+    summary.excluded = sum(p.kind == "excluded" for p in problems)
+    for p in rejected:
+        ledger.reject(p.path, "list", p.reason)
+
+
+def already_indexed(stores: Sequence[VectorStore], force: bool = False) -> set[int]:
+    """Ids a build skips: in every store, and with metadata in the first (FAISS) one.
+
+    ``mae-index repair`` can recover an image's vector from ``index.faiss`` without its path and
+    metadata; such an image counts as not indexed, so the same build restores it.
+    """
+    if force or not stores:
+        return set()
+    existing = set(stores[0].ids().tolist())
+    for store in stores[1:]:
+        existing &= set(store.ids().tolist())
+    existing -= {r.id for r in stores[0].get(sorted(existing)) if r is not None and not r.path}
+    return existing
+
+
 def write_rejected(index_dir: Path, rejected: Sequence[Rejected]) -> None:
-    """Write ``rejected.csv`` (path, stage, reason) in the index folder, atomically."""
+    """Write ``rejected.csv`` (path, stage, reason) in the index folder, atomically.
+
+    A failure (often the full disk that stopped the build) is logged, never raised: it must not hide
+    the error that stopped the build.
+    """
 
     def write(p: Path) -> None:
         with open(p, "w", newline="", encoding="utf-8") as f:
@@ -412,4 +442,7 @@ def write_rejected(index_dir: Path, rejected: Sequence[Rejected]) -> None:
             for r in rejected:
                 w.writerow([r.path, r.stage, r.reason])
 
-    atomic_write(Path(index_dir) / REJECTED_CSV, write)
+    try:
+        atomic_write(Path(index_dir) / REJECTED_CSV, write)
+    except OSError as e:
+        log.warning("could not write %s: %s", REJECTED_CSV, e.strerror or e)

@@ -109,7 +109,7 @@ def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[
 
     from indexer.bbbc006.names import ImageMeta
     from indexer.build.prepare import prepare_item
-    from indexer.sources import SourceItem
+    from indexer.sources import SourceItem, file_path
 
     config = PreprocessConfig.from_dict(pre)
     out: dict[str, list] = {k: [] for k in ("order", "id", "path", "pixels", "status", "stage", "reason",
@@ -119,7 +119,7 @@ def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[
     def reader(path: str):
         member = _zip_member(path)
         if member is None:
-            return Path(path).read_bytes
+            return file_path(path).read_bytes  # a name that is not UTF-8 is stored escaped
         archive, name = member
 
         def read() -> bytes:

@@ -12,6 +12,7 @@ from indexer.cli.options import (
     channels_tuple,
     format_option,
     handle_errors,
+    no_wait_option,
     option_group,
     redis_options,
     require_extra,
@@ -184,6 +185,7 @@ ray_options = option_group(
 @ray_options
 @click.option("--checkpoint-every", default=512, show_default=True, type=int,
               help="Images between durable FAISS checkpoints (a crash loses at most this many).")  # fmt: skip
+@no_wait_option
 @format_option("text", "json")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @verbose_option
@@ -191,7 +193,7 @@ ray_options = option_group(
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model,
           channels, z_slices, metadata, intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm,
           redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, normalize, normalize_eps, fit_on, strict, force, engine, ray_address, concurrency,
-          num_gpus_per_worker, threads_per_worker, writers, checkpoint_every, fmt, no_progress, verbose):  # fmt: skip
+          num_gpus_per_worker, threads_per_worker, writers, checkpoint_every, no_wait, fmt, no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
 
     Images already in the index (same content) are skipped, so a re-run resumes. Unusable images are
@@ -247,6 +249,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         force=force,
         flush_every=checkpoint_every,
         normalize=NormalizeConfig(kind=normalize, eps=normalize_eps, fit_on=tuple(fit_on)),
+        wait=not no_wait,
     )
     from indexer.build.jobs import run_build
 
@@ -257,6 +260,8 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         ray = RayConfig(address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker,
                         threads_per_worker=threads_per_worker, writers=writers)  # fmt: skip
     summary = run_build(config, progress=not no_progress, ray=ray)
+    for line in summary.store_problems:
+        click.echo(f"Error: after the build, {line}", err=True)
     if fmt == "json":
         click.echo(json.dumps(summary.to_dict()))
     else:
@@ -271,11 +276,17 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         if s.stage_seconds:
             stages = ", ".join(f"{k.replace('_', '/')} {v:.1f} s" for k, v in s.stage_seconds.items())
             click.echo(f"Stage time, summed over workers: {stages}.", err=True)
+        if s.duplicates_given:
+            click.echo(f"{s.duplicates_given} files were reached twice through the paths given (indexed once).",
+                       err=True)  # fmt: skip
+        if s.excluded:
+            click.echo(f"{s.excluded} files without a BBBC006 channel in their name were left out by --channels.",
+                       err=True)  # fmt: skip
         if s.recovered:
             click.echo(f"Recovered {s.recovered} images from the shards of an interrupted Ray run.", err=True)
         if s.rejected:
             click.echo(f"Rejected images are listed in {index_dir / 'rejected.csv'}.", err=True)
-    sys.exit(0)
+    sys.exit(1 if summary.store_problems else 0)
 
 
 @click.command()
@@ -302,6 +313,8 @@ def info(index_dir, fmt):
     pre = m["preprocess"]
     click.echo(f"preprocess: intensity {pre['intensity']}, resize {pre['resize']} to {pre['image_size']}")
     click.echo(f"rejected:   {d['rejected']}")
+    for line in d["damage"]:
+        click.echo(f"damaged:    {line}")
     record = m.get("redis")
     click.echo(
         f"redis:      {describe_identity({'store': 'redis', **record}) if record else 'none recorded'}"

@@ -1,4 +1,5 @@
-"""``mae-index verify`` and ``mae-index sync``: keep Redis and its FAISS mirror in step."""
+"""``mae-index verify``, ``sync``, ``repair`` and ``drop-redis``: check an index, keep Redis and its FAISS
+mirror in step, rebuild what is damaged."""
 
 from __future__ import annotations
 
@@ -8,8 +9,15 @@ from pathlib import Path
 
 import click
 
-from indexer.cli.options import format_option, handle_errors, redis_config, redis_options, redis_url_option
-from indexer.errors import ConfigError
+from indexer.cli.options import (
+    format_option,
+    handle_errors,
+    no_wait_option,
+    redis_config,
+    redis_options,
+    redis_url_option,
+)
+from indexer.errors import ConfigError, IndexDamagedError
 from indexer.stores.binding import describe_identity, redis_config_for, redis_record
 
 mirror_index_option = click.option(
@@ -27,16 +35,27 @@ mirror_index_option = click.option(
 @format_option("text", "json")
 @handle_errors
 def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
-    """Check that Redis and the FAISS mirror agree; exit 1 on any divergence.
+    """Check an index for damage and, with --redis-url, that Redis and the FAISS mirror agree; exit 1 on
+    any damage or divergence.
 
-    Compares counts, id sets, manifests, sampled vectors, and recall@k of Redis search against exact
-    FAISS search on sampled queries.
+    Without Redis: every shard against its recorded size, rows and SHA-256, the snapshot, the manifest's
+    checksum. With Redis also: the Redis schema, that every hash is indexed and has a sound vector, and
+    counts, id sets, manifests, sampled vectors, and recall@k of Redis search against exact FAISS search.
     """
     from indexer.stores import open_stores
     from indexer.stores.mirror import verify_stores
 
     if not redis_url:
-        raise ConfigError("this command needs --redis-url (or MAE_REDIS_URL)")
+        with open_stores(index_dir, None, read_only=True) as stores:
+            problems, count = stores.faiss.check(full=True), stores.faiss.count()
+        if fmt == "json":
+            click.echo(json.dumps({"ok": not problems, "count": count, "damage": problems}))
+        else:
+            click.echo(f"images: {count}")
+            for line in problems:
+                click.echo(f"damaged: {line}")
+            click.echo("OK" if not problems else "DAMAGED")
+        sys.exit(0 if not problems else 1)
     redis = redis_config_for(index_dir, redis_url, redis_index, writing=False)
     # Another folder's Redis index is refused by index uid; counts and ids are what verify reports.
     with open_stores(index_dir, redis, read_only=True, pair_check="uid") as stores:
@@ -50,6 +69,8 @@ def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
         click.echo(json.dumps(d))
     else:
         click.echo(f"{describe_identity(primary)} vs {describe_identity(mirror)}")
+        for line in d["damage_primary"] + d["damage_mirror"]:
+            click.echo(f"damaged: {line}")
         click.echo(f"counts: redis {d['count_primary']}, faiss {d['count_mirror']}")
         click.echo(
             f"ids missing: in redis {d['missing_in_primary_count']}, in faiss {d['missing_in_mirror_count']}"
@@ -66,31 +87,108 @@ def verify(index_dir, redis_url, redis_index, sample, k, min_recall, seed, fmt):
 @click.command()
 @mirror_index_option
 @redis_options
+@click.option("--allow-shrink", is_flag=True, help="Let the mirror lose images that Redis no longer has.")
+@no_wait_option
 @handle_errors
-def sync(index_dir, redis_url, redis_index):
-    """Rebuild the FAISS mirror at --index from Redis (e.g. on a second machine)."""
+def sync(index_dir, redis_url, redis_index, allow_shrink, no_wait):
+    """Rebuild the FAISS mirror at --index from Redis (e.g. on a second machine, or after damage).
+
+    Refuses to delete images from the mirror that Redis lacks unless --allow-shrink; the old shards
+    are compacted away only once the new mirror is verified against Redis.
+    """
     from tqdm.auto import tqdm
 
     from indexer.stores import open_stores
-    from indexer.stores.mirror import sync_mirror
+    from indexer.stores.faiss_store import FaissStore
+    from indexer.stores.mirror import sync_and_compact
 
     if not redis_url:
         raise ConfigError("this command needs --redis-url (or MAE_REDIS_URL)")
-    redis = redis_config_for(index_dir, redis_url, redis_index, writing=False)
+    redis = _redis_for_damaged_folder(index_dir, redis_url, redis_index)
     with open_stores(None, redis) as source:
         manifest = source.redis.read_manifest()
         if manifest is None:
             raise ConfigError(f"{source.redis.location} has no manifest: nothing was built into it")
         identity = source.redis.identity
-        with open_stores(index_dir, None, dim=manifest["dim"]) as target:
+        # A damaged mirror may be synced: the sync rewrites it from Redis.
+        target = FaissStore(index_dir, dim=manifest["dim"], wait=not no_wait, allow_damage=True)
+        try:
             with tqdm(total=source.redis.count(), unit="vec", desc="sync") as bar:
-                n = sync_mirror(source.redis, target.faiss, progress=lambda done: bar.update(done - bar.n))
+                report = sync_and_compact(source.redis, target, progress=lambda done: bar.update(done - bar.n),
+                                          allow_shrink=allow_shrink)  # fmt: skip
             # The folder now mirrors this Redis index: record it, so readers need no --redis-index.
-            target.faiss.write_manifest(
-                {**manifest, "redis": redis_record(identity["index"], identity["server"])}
-            )
-            target.faiss.compact()
-    click.echo(f"Mirrored {n} vectors from {describe_identity(identity)} into {index_dir}.", err=True)
+            target.write_manifest({**manifest, "redis": redis_record(identity["index"], identity["server"])})
+        finally:
+            target.close()
+    deleted = f" (deleted {report.deleted})" if report.deleted else ""
+    click.echo(f"Mirrored {report.copied} vectors from {describe_identity(identity)} into {index_dir}{deleted}.",
+               err=True)  # fmt: skip
+    if report.damaged_in_source:
+        ids = report.damaged_in_source
+        click.echo(f"Damaged in Redis (missing or corrupt vector), not copied: {len(ids)} images, ids {ids[:20]}; "
+                   f"`mae-index repair --index {index_dir} --redis-url URL` rewrites them from the mirror.",
+                   err=True)  # fmt: skip
+        sys.exit(1)
+
+
+def _redis_for_damaged_folder(index_dir: Path, redis_url: str | None, redis_index: str | None):
+    """The Redis index to use with a folder whose manifest may be damaged (it then cannot say which)."""
+    try:
+        return redis_config_for(index_dir, redis_url, redis_index, writing=False)
+    except IndexDamagedError:
+        if not redis_index:
+            raise ConfigError(
+                f"the manifest of {index_dir} is damaged, so it cannot say which Redis index it mirrors: "
+                "give --redis-index NAME"
+            ) from None
+        return redis_config(redis_url, redis_index)
+
+
+@click.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder.")
+@redis_options
+@no_wait_option
+@format_option("text", "json")
+@handle_errors
+def repair(index_dir, redis_url, redis_index, no_wait, fmt):
+    """Rebuild a damaged index folder from whatever is intact: its sound shards, Redis (--redis-url),
+    and index.faiss. With Redis, hashes lost from Redis or with a missing or corrupt vector are rewritten
+    from the folder.
+
+    \b
+    Example:
+      mae-index verify --index runs/idx          # names the damaged part
+      mae-index repair --index runs/idx --redis-url redis://127.0.0.1:6379/0
+    """
+    from indexer.repair import repair_index
+
+    redis = _redis_for_damaged_folder(index_dir, redis_url, redis_index) if redis_url else None
+    report = repair_index(index_dir, redis, wait=not no_wait)
+    if fmt == "json":
+        click.echo(json.dumps(report.to_dict()))
+        return
+    if not report.damage and not report.redis_rewritten:
+        click.echo(f"Nothing to repair: {index_dir} is sound ({report.total} images).", err=True)
+        return
+    for line in report.damage:
+        click.echo(f"damaged: {line}", err=True)
+    if report.damage:
+        click.echo(
+            f"Rebuilt {index_dir}: {report.total} images ({report.from_shards} from sound shards, "
+            f"{report.from_redis} from Redis, {report.from_snapshot} from index.faiss without metadata); old "
+            f"shards moved to {index_dir / 'damaged'}.",
+            err=True,
+        )
+    if report.redis_rewritten:
+        click.echo(
+            f"Rewrote {report.redis_rewritten} damaged or lost Redis hashes from the folder.", err=True
+        )
+    if report.from_snapshot:
+        click.echo(
+            f"{report.from_snapshot} images have their vector but no path or metadata: run the same "
+            "`mae-index build` again to restore them.",
+            err=True,
+        )
 
 
 @click.command("drop-redis")

@@ -89,6 +89,15 @@ def redis_url_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def no_wait_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--no-wait``: fail at once when another writer holds the index folder (default: wait for it)."""
+    return click.option(
+        "--no-wait",
+        is_flag=True,
+        help="Fail at once if another build/sync/repair is writing this index (default: wait for it).",
+    )(fn)
+
+
 def verbose_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``-v``/``-vv`` for more logging on stderr."""
     return click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")(fn)

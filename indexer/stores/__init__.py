@@ -58,6 +58,8 @@ def open_stores(
     read_only: bool = False,
     backend: str | None = None,
     pair_check: str = "full",
+    wait: bool = True,
+    faiss_store: VectorStore | None = None,
 ) -> OpenStores:
     """Open the FAISS store at ``index_dir`` and the Redis store of ``redis``, as a caller asks.
 
@@ -78,6 +80,12 @@ def open_stores(
         For readers given a folder and a Redis index: ``"full"`` refuses a Redis index that is not the
         folder's (by index uid, else by count and ids); ``"uid"`` by uid only (verify, which reports
         counts itself); ``"off"``. A build checks the pair when it settles the manifest.
+    wait
+        A FAISS writer waits for another writer of the folder (else fails at once with
+        :class:`~indexer.errors.IndexBusyError`).
+    faiss_store
+        A FAISS store the caller already opened on ``index_dir`` (a build takes the folder's lock
+        before it loads the model), used instead of opening another.
 
     Returns
     -------
@@ -101,7 +109,9 @@ def open_stores(
     if index_dir is not None and backend != "redis":
         from indexer.stores.faiss_store import FaissStore
 
-        faiss = FaissStore(index_dir, dim=dim, read_only=read_only)
+        faiss = faiss_store or FaissStore(index_dir, dim=dim, read_only=read_only, wait=wait)
+        if faiss_store is not None and dim is not None:
+            faiss_store.expect_dim(dim)
     if redis is not None and backend != "faiss":
         from indexer.stores.redis_store import RedisStore
 

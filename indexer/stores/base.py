@@ -301,6 +301,13 @@ class VectorStore(Protocol):
         """Flush and release resources."""
         ...
 
+    def check(self, full: bool = False) -> list[str]:
+        """Return what is damaged in the store, one line each (empty: sound).
+
+        The cheap check runs on open; ``full`` also reads everything (checksums, every vector).
+        """
+        ...
+
     def __enter__(self) -> VectorStore:
         """Return the store itself."""
         ...
@@ -335,6 +342,31 @@ def check_queries(queries: np.ndarray, k: int, dim: int | None) -> np.ndarray:
     if bad.size:
         raise ValueError(f"query rows {bad[:10].tolist()} are zero or not finite: no cosine similarity")
     return queries
+
+
+def check_storable(records: Sequence[ImageRecord]) -> None:
+    """Refuse records whose text cannot be stored as UTF-8 (Redis tags, parquet strings, JSON, CSV).
+
+    Paths of files whose names are not UTF-8 are escaped by :func:`indexer.sources.display_path`
+    before they get here; this check keeps any other caller from half-writing a batch.
+
+    Raises
+    ------
+    ValueError
+        Naming the record and the field.
+    """
+    for r in records:
+        texts = [(name, getattr(r, name)) for name in ("path", "plate", "well", "row", "channel")]
+        for name, value in texts + [("tag", t) for t in r.tag_strings]:
+            if value is None:
+                continue
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(
+                    f"record {r.id}: {name} {value!r} is not valid UTF-8 (escape it with "
+                    "indexer.sources.display_path)"
+                ) from e
 
 
 def rank_hits(ids: np.ndarray, scores: np.ndarray, records: dict[int, ImageRecord], k: int) -> list[Hit]:

@@ -8,7 +8,8 @@ Folder layout::
                            the source of truth: append-only shards of (id, vector, deleted, metadata),
                            each written atomically; a later shard overrides an earlier one per id
     index.faiss            a snapshot of the FAISS index (IDMap2 over Flat inner product)
-    index.state.json       which shards that snapshot covers
+    index.state.json       which shards that snapshot covers, with each shard's size, rows and SHA-256
+    .write.lock            the writers' lock (indexer.stores.lock)
 
 Writes are buffered and become durable at :meth:`FaissStore.flush` as one new shard. A crash can lose
 only unflushed rows, never corrupt what was flushed; on open, a stale or missing ``index.faiss`` is
@@ -17,18 +18,30 @@ rebuilt from the shards.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from indexer.atomic import atomic_write, atomic_write_json
-from indexer.errors import ConfigError, StoreUnavailableError
+from indexer.atomic import atomic_write, atomic_write_json, temp_file_pid
+from indexer.errors import (
+    ConfigError,
+    IndexDamagedError,
+    MaeError,
+    StoreFullError,
+    StoreUnavailableError,
+)
 from indexer.stores.base import (
     DISTANCE_SLACK,
     RECORD_FIELDS,
@@ -38,9 +51,14 @@ from indexer.stores.base import (
     ImageRecord,
     MetadataFilter,
     check_queries,
+    check_storable,
     rank_hits,
     tags_match,
 )
+from indexer.stores.lock import FolderLock, pid_alive
+from indexer.stores.manifest import check_manifest, seal_manifest
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TRANSFORM = "normalize.npz"
@@ -52,6 +70,8 @@ _STR_FIELDS = ("path", "plate", "well", "row", "channel", "source")
 _TRIM = " \t\n\r\f\v"
 _INT_FIELDS = ("column", "site", "z")
 _UNTRIED = object()  # no GPU copy made yet (None: tried, CPU only)
+STATE_FORMAT = 2
+_SHARD_NAMES = threading.Lock()
 
 
 def _faiss():
@@ -114,6 +134,36 @@ def table_to_records(table) -> tuple[np.ndarray, np.ndarray, list[ImageRecord], 
     return ids.astype(np.int64), vectors, records, deleted
 
 
+@dataclass(frozen=True)
+class ShardInfo:
+    """What the state file records about one shard: enough to notice a missing, truncated or changed one."""
+
+    name: str
+    bytes: int
+    rows: int
+    sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"name": self.name, "bytes": self.bytes, "rows": self.rows, "sha256": self.sha256}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    # faiss reports a failed write as a RuntimeError carrying the C library's message.
+    return "No space left on device" in str(e) or "Disk quota exceeded" in str(e)
+
+
 class FaissStore:
     """A :class:`~indexer.stores.base.VectorStore` backed by FAISS (exact inner product) and parquet.
 
@@ -124,14 +174,30 @@ class FaissStore:
     dim
         Vector dimension. Needed for a new index; checked against an existing one.
     read_only
-        Open for queries only (no shard or snapshot is written).
+        Open for queries only (no lock taken; no shard or snapshot is written).
     gpu
         Run unfiltered searches on a GPU copy of the index where faiss has GPU support and the copy
         passes a probe search (:mod:`indexer.stores.faiss_gpu`); otherwise, or when False, on the CPU.
+    wait
+        A writer waits for another writer of the folder to finish (saying so once, as a warning); with
+        ``False`` it fails at once with :class:`IndexBusyError`.
+    allow_damage
+        Open a damaged index for writing (``repair`` and ``sync`` rebuild it); other writers refuse.
+
+    On open the folder checks itself cheaply against ``index.state.json`` (the shard list, each
+    shard's size and row count): :attr:`damage` lists what is missing or unreadable. A reader serves
+    the sound shards with a warning; a writer refuses with :class:`IndexDamagedError` unless
+    ``allow_damage``. :meth:`check` with ``full=True`` also compares every shard's SHA-256.
     """
 
     def __init__(
-        self, directory: Path, dim: int | None = None, read_only: bool = False, gpu: bool = True
+        self,
+        directory: Path,
+        dim: int | None = None,
+        read_only: bool = False,
+        gpu: bool = True,
+        wait: bool = True,
+        allow_damage: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.read_only = read_only
@@ -147,13 +213,54 @@ class FaissStore:
         self._pending_deletes: list[ImageRecord] = []
         self._meta_frame: pd.DataFrame | None = None
         self._index = None
+        self._shard_info: dict[str, ShardInfo] = {}
+        self.damage: list[str] = []
         self.dim = dim
-        self._load()
-        if self.dim is None:
-            manifest = self.read_manifest()
-            self.dim = manifest["dim"] if manifest else None
-        if dim is not None and self.dim is not None and dim != self.dim:
+        self._lock: FolderLock | None = None
+        if not read_only:
+            self._lock = FolderLock(self.directory).acquire(wait=wait, on_wait=log.warning)
+        try:
+            if not read_only:
+                self._probe_writable()
+            self._load()
+            if self.damage:
+                summary = "; ".join(self.damage)
+                if not read_only and not allow_damage:
+                    raise IndexDamagedError(
+                        f"the index at {self.directory} is damaged: {summary}. Run `mae-index repair --index "
+                        f"{self.directory}` (add --redis-url to recover from Redis too) before writing to it"
+                    )
+                log.warning(
+                    "the index at %s is damaged: %s. Serving the %d images of the sound shards; run "
+                    "`mae-index repair --index %s` to rebuild it",
+                    self.directory, summary, len(self._records), self.directory,
+                )  # fmt: skip
+            if self.dim is None:
+                try:
+                    manifest = self.read_manifest()
+                except IndexDamagedError:
+                    if not allow_damage:
+                        raise
+                    manifest = None  # repair takes the dimension from index.faiss or Redis
+                self.dim = manifest["dim"] if manifest else None
+            if dim is not None and self.dim is not None and dim != self.dim:
+                raise ConfigError(f"index at {self.directory} holds {self.dim}-d vectors, not {dim}-d")
+        except BaseException:
+            self._release()
+            raise
+        self._durable = len(self._records)
+
+    def expect_dim(self, dim: int) -> None:
+        """Check that vectors of ``dim`` fit this index (a new one takes it).
+
+        Raises
+        ------
+        ConfigError
+            The index holds vectors of another dimension.
+        """
+        if self.dim is not None and self.dim != dim:
             raise ConfigError(f"index at {self.directory} holds {self.dim}-d vectors, not {dim}-d")
+        self.dim = dim
 
     @property
     def location(self) -> str:
@@ -177,30 +284,111 @@ class FaissStore:
             return []
         return sorted(p for p in d.iterdir() if _SHARD_RE.match(p.name))
 
-    def _iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray, list[ImageRecord], np.ndarray]]:
-        import pyarrow.parquet as pq
-
-        for p in self._shard_paths():
-            yield table_to_records(pq.read_table(p))
-
     def _new_index(self, dim: int):
         faiss = _faiss()
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
     def _remove_stale_temp_files(self) -> None:
         # A process killed inside atomic_write leaves its temp file behind; it is never part of the index.
+        # Only a dead writer's: the lock keeps other writers out, but this process may have a write in
+        # flight on another thread, and a writer that ignores the lock must not lose its work either.
         for folder in (self.directory, self.directory / SHARDS):
             if folder.is_dir():
                 for p in folder.glob(".*.tmp"):
-                    p.unlink(missing_ok=True)
+                    pid = temp_file_pid(p.name)
+                    if pid is None or not pid_alive(pid):
+                        p.unlink(missing_ok=True)
+
+    def _probe_writable(self) -> None:
+        # Before anything is embedded: a folder that takes the lock may still refuse new files
+        # (permissions, a read-only mount). The probe's name is a temp file's, so a sweep removes it.
+        for folder in (self.directory, self.directory / SHARDS):
+            if not folder.is_dir():
+                continue
+            try:
+                fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}-", suffix=".tmp", dir=folder)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as e:
+                raise StoreUnavailableError(
+                    f"index folder {folder} is not writable ({e.strerror or e}): choose another --index "
+                    "folder, or fix its permissions"
+                ) from e
+
+    def _read_state(self) -> dict[str, Any] | None:
+        path = self.directory / INDEX_STATE
+        if not path.exists():
+            return None
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(state, dict) or not isinstance(state.get("shards"), list):
+                raise ValueError("not an object with a shard list")
+            return state
+        except (OSError, ValueError) as e:
+            self.damage.append(f"{INDEX_STATE} is unreadable ({e})")
+            return None
+
+    def _read_shard(self, path: Path, expected: ShardInfo | None):
+        """Read one shard, or note it as damaged and return ``None``."""
+        import pyarrow.parquet as pq
+
+        size = path.stat().st_size
+        if expected is not None and expected.bytes != size:
+            self.damage.append(
+                f"shard {SHARDS}/{path.name} has {size} bytes, the state file says {expected.bytes} "
+                f"(truncated or overwritten; it held {expected.rows} rows)"
+            )
+            return None
+        try:
+            table = pq.read_table(path)
+            parsed = table_to_records(table)
+        except Exception as e:  # pyarrow raises ArrowInvalid, OSError and more for a damaged file
+            held = f"; it held {expected.rows} rows" if expected is not None else ""
+            self.damage.append(
+                f"shard {SHARDS}/{path.name} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}{held})"
+            )
+            return None
+        if expected is not None and expected.rows != len(parsed[0]):
+            self.damage.append(
+                f"shard {SHARDS}/{path.name} has {len(parsed[0])} rows, the state file says {expected.rows}"
+            )
+            return None
+        if self.dim is not None and parsed[1].size and parsed[1].shape[1] != self.dim:
+            self.damage.append(
+                f"shard {SHARDS}/{path.name} holds {parsed[1].shape[1]}-d vectors, not {self.dim}-d"
+            )
+            return None
+        self._shard_info[path.name] = ShardInfo(
+            path.name, size, len(parsed[0]), expected.sha256 if expected is not None else None
+        )
+        return parsed
 
     def _load(self) -> None:
         faiss = _faiss()
         if not self.read_only:
             self._remove_stale_temp_files()
-        shards = [p.name for p in self._shard_paths()]
+        state = self._read_state()
+        recorded: dict[str, ShardInfo] = {}
+        if state is not None:
+            for entry in state["shards"]:
+                if isinstance(entry, dict):  # format 2; format 1 listed names only
+                    recorded[entry["name"]] = ShardInfo(
+                        entry["name"], int(entry["bytes"]), int(entry["rows"]), entry.get("sha256")
+                    )
+        paths = self._shard_paths()
+        on_disk = {p.name for p in paths}
+        for name, info in recorded.items():
+            if name not in on_disk:
+                self.damage.append(f"shard {SHARDS}/{name} is missing (it held {info.rows} rows)")
+        index_path = self.directory / INDEX
+        if state is None and not paths and index_path.exists():
+            self.damage.append(f"{INDEX} exists but every shard and {INDEX_STATE} are missing")
         latest: dict[int, tuple[ImageRecord, np.ndarray | None]] = {}
-        for ids, vectors, records, deleted in self._iter_shards():
+        for p in paths:
+            parsed = self._read_shard(p, recorded.get(p.name))
+            if parsed is None:
+                continue
+            ids, vectors, records, deleted = parsed
             if self.dim is None and vectors.size:
                 self.dim = vectors.shape[1]
             for i, rec in enumerate(records):
@@ -208,12 +396,11 @@ class FaissStore:
         self._records = {i: rec for i, (rec, vec) in latest.items() if vec is not None}
         if self.dim is None:
             return
-        state_path = self.directory / INDEX_STATE
-        index_path = self.directory / INDEX
-        if index_path.exists() and state_path.exists():
+        shards = [p.name for p in paths]
+        if not self.damage and index_path.exists() and state is not None:
+            names = [e["name"] if isinstance(e, dict) else e for e in state["shards"]]
             try:
-                state = json.loads(state_path.read_text())
-                if state.get("shards") == shards:
+                if names == shards:
                     index = faiss.read_index(str(index_path))
                     if index.ntotal == len(self._records) and index.d == self.dim:
                         self._index = index
@@ -225,8 +412,9 @@ class FaissStore:
             if live:
                 ids = np.array([i for i, _ in live], dtype=np.int64)
                 self._index.add_with_ids(np.stack([v for _, v in live]).astype(np.float32), ids)
-            if not self.read_only and shards:
-                self._write_snapshot(shards)
+            # Never over a damaged folder: index.faiss may be what ``repair`` recovers from.
+            if not self.read_only and shards and not self.damage:
+                self._write_snapshot()
 
     # ---------------------------------------------------------------- writes
     def _ensure_index(self, dim: int) -> None:
@@ -238,13 +426,21 @@ class FaissStore:
             self._index = self._new_index(self.dim)
 
     def add(self, vectors: np.ndarray, records: Sequence[ImageRecord]) -> None:
-        """Upsert vectors and their records (durable at the next :meth:`flush`)."""
+        """Upsert vectors and their records (durable at the next :meth:`flush`).
+
+        Raises
+        ------
+        ValueError
+            Shapes do not match, an id repeats, or a text field is not valid UTF-8 (checked before
+            anything is changed, so a caller writing several stores can keep them in step).
+        """
         self._check_writable()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(records):
             raise ValueError("vectors must be (n, dim) with one record per row")
         if not len(records):
             return
+        check_storable(records)
         self._ensure_index(vectors.shape[1])
         ids = np.array([r.id for r in records], dtype=np.int64)
         if len(set(ids.tolist())) != len(ids):
@@ -273,12 +469,46 @@ class FaissStore:
         self._meta_frame = None
         return len(present)
 
+    def _write_shard(self, table) -> None:
+        """Write ``table`` as the next shard, atomically, and record its size, rows and checksum.
+
+        The name is allocated while this process holds the folder's write lock, so two writers never
+        pick the same one (the thread lock covers two stores of one folder in one process).
+        """
+        import pyarrow.parquet as pq
+
+        def write(p: Path) -> None:
+            pq.write_table(table, p)
+            info[0] = ShardInfo(shard.name, p.stat().st_size, table.num_rows, file_sha256(p))
+
+        with _SHARD_NAMES:
+            existing = self._shard_paths()
+            next_no = int(_SHARD_RE.match(existing[-1].name).group(1)) + 1 if existing else 0
+            shard = self.directory / SHARDS / f"part-{next_no:06d}.parquet"
+            info: list[ShardInfo | None] = [None]
+            try:
+                atomic_write(shard, write)
+            except (OSError, RuntimeError) as e:
+                if _disk_full(e):
+                    raise StoreFullError(
+                        f"the disk holding {self.directory} is full: {table.num_rows} rows could not be "
+                        f"written. The index keeps the {self._durable} images written before; free some "
+                        "space and run the same command again to add the rest"
+                    ) from e
+                raise
+        self._shard_info[shard.name] = info[0]
+
     def flush(self) -> None:
-        """Write buffered rows as one new shard (atomically), then refresh the FAISS snapshot."""
+        """Write buffered rows as one new shard (atomically), then refresh the FAISS snapshot.
+
+        Raises
+        ------
+        StoreFullError
+            The disk is full; nothing flushed before is lost, and the rows stay buffered.
+        """
         if self.read_only or (not self._pending_records and not self._pending_deletes):
             return
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         tables = []
         if self._pending_records:
@@ -286,43 +516,127 @@ class FaissStore:
         if self._pending_deletes:
             zeros = np.zeros((len(self._pending_deletes), self.dim), dtype=np.float32)
             tables.append(records_to_table(zeros, self._pending_deletes, deleted=True))
-        table = pa.concat_tables(tables)
-        existing = self._shard_paths()
-        next_no = int(_SHARD_RE.match(existing[-1].name).group(1)) + 1 if existing else 0
-        shard = self.directory / SHARDS / f"part-{next_no:06d}.parquet"
-        atomic_write(shard, lambda p: pq.write_table(table, p))
+        self._write_shard(pa.concat_tables(tables))
         self._pending_vectors, self._pending_records, self._pending_deletes = [], [], []
-        self._write_snapshot([p.name for p in self._shard_paths()])
+        self._durable = len(self._records)
+        self._write_snapshot()
 
-    def _write_snapshot(self, shards: list[str]) -> None:
+    def _write_snapshot(self) -> None:
+        if self._index is None:
+            return
         faiss = _faiss()
-        atomic_write(self.directory / INDEX, lambda p: faiss.write_index(self._index, str(p)))
-        atomic_write_json(self.directory / INDEX_STATE, {"shards": shards, "ntotal": int(self._index.ntotal)})
+        names = [p.name for p in self._shard_paths()]
+        for name in names:
+            if name not in self._shard_info:  # written by a crashed writer after our open: describe it
+                p = self.directory / SHARDS / name
+                import pyarrow.parquet as pq
+
+                self._shard_info[name] = ShardInfo(name, p.stat().st_size, pq.read_metadata(p).num_rows)
+        state = {
+            "format": STATE_FORMAT,
+            "shards": [self._shard_info[n].to_dict() for n in names],
+            "ntotal": int(self._index.ntotal),
+        }
+        try:
+            atomic_write(self.directory / INDEX, lambda p: faiss.write_index(self._index, str(p)))
+            atomic_write_json(self.directory / INDEX_STATE, state)
+        except (OSError, RuntimeError) as e:
+            if not _disk_full(e):
+                raise
+            # The shards are the truth and are written; a stale snapshot is rebuilt from them on open.
+            log.warning("disk full: %s not refreshed; it is rebuilt from the shards on the next open", INDEX)
 
     def compact(self) -> None:
         """Rewrite all shards as one (drops overridden and deleted rows)."""
         self._check_writable()
         self.flush()
-        old = self._shard_paths()
-        if len(old) <= 1 or not self._records:
+        if len(self._shard_paths()) <= 1 or not self._records:
             return
         ids = self.ids()
-        vectors = self.get_vectors(ids)
-        import pyarrow.parquet as pq
+        self.replace_all(self.get_vectors(ids), [self._records[int(i)] for i in ids])
 
-        table = records_to_table(vectors, [self._records[int(i)] for i in ids])
-        next_no = int(_SHARD_RE.match(old[-1].name).group(1)) + 1
-        atomic_write(
-            self.directory / SHARDS / f"part-{next_no:06d}.parquet", lambda p: pq.write_table(table, p)
-        )
+    def replace_all(
+        self, vectors: np.ndarray, records: Sequence[ImageRecord], keep_old_in: str | None = None
+    ) -> None:
+        """Make the index hold exactly ``records`` (one new shard), then drop every older shard.
+
+        Parameters
+        ----------
+        keep_old_in
+            Move the old shards into this sub-folder instead of deleting them (``repair`` keeps the
+            damaged ones for inspection).
+        """
+        self._check_writable()
+        check_storable(records)
+        old = self._shard_paths()
+        self._pending_vectors, self._pending_records, self._pending_deletes = [], [], []
+        index = self._new_index(self.dim) if self.dim is not None else None
+        if len(records):
+            index.add_with_ids(
+                np.ascontiguousarray(vectors, dtype=np.float32),
+                np.array([r.id for r in records], dtype=np.int64),
+            )
+            self._write_shard(records_to_table(vectors, records))
+        self._index, self._gpu_index, self._meta_frame = index, _UNTRIED, None
+        self._records = {r.id: r for r in records}
         # Oldest first, so a tombstone is never removed before the older row it hides.
         for p in old:
-            os.unlink(p)
-        self._write_snapshot([p.name for p in self._shard_paths()])
+            if keep_old_in:
+                dest = self.directory / keep_old_in
+                dest.mkdir(exist_ok=True)
+                os.replace(p, dest / p.name)
+            else:
+                os.unlink(p)
+            self._shard_info.pop(p.name, None)
+        self.damage = []
+        self._durable = len(self._records)
+        self._write_snapshot()
+
+    def snapshot_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` held by ``index.faiss`` on disk, whatever the shards say (``repair``).
+
+        Returns empty arrays when the snapshot is missing or unreadable.
+        """
+        path = self.directory / INDEX
+        empty = (np.zeros(0, dtype=np.int64), np.zeros((0, self.dim or 0), dtype=np.float32))
+        if not path.exists():
+            return empty
+        try:
+            faiss = _faiss()
+            index = faiss.read_index(str(path))
+            ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+            vectors = np.stack([index.reconstruct(int(i)) for i in ids]) if len(ids) else empty[1]
+        except (RuntimeError, AttributeError, ValueError) as e:
+            log.warning("%s cannot be read (%s)", path, e)
+            return empty
+        return ids, vectors.astype(np.float32)
+
+    def check(self, full: bool = False) -> list[str]:
+        """Problems found in the folder: those noticed on open, and with ``full`` every shard whose
+        SHA-256 differs from the one recorded when it was written, and the manifest's checksum."""
+        problems = list(self.damage)
+        if not full:
+            return problems
+        for name, info in sorted(self._shard_info.items()):
+            p = self.directory / SHARDS / name
+            if info.sha256 is not None and p.exists() and file_sha256(p) != info.sha256:
+                problems.append(
+                    f"shard {SHARDS}/{name} does not match its recorded SHA-256 (changed since written)"
+                )
+        try:
+            self.read_manifest()
+        except MaeError as e:
+            problems.append(str(e))
+        return problems
 
     def _check_writable(self) -> None:
         if self.read_only:
             raise StoreUnavailableError(f"index at {self.directory} was opened read-only")
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ---------------------------------------------------------------- reads
     def count(self) -> int:
@@ -434,14 +748,26 @@ class FaissStore:
         if not p.exists():
             return None
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(p.read_text(encoding="utf-8"))
         except ValueError as e:
-            raise StoreUnavailableError(f"manifest {p} is not valid JSON: {e}") from e
+            raise IndexDamagedError(
+                f"manifest {p} is not valid JSON ({e}): it was damaged or edited since the build; restore "
+                "it, or rebuild the index into a new folder"
+            ) from e
+        return check_manifest(data, str(p))
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Write the manifest atomically."""
+        """Write the manifest atomically, sealed with a checksum of its content."""
         self._check_writable()
-        atomic_write_json(self.directory / MANIFEST, manifest)
+        try:
+            atomic_write_json(self.directory / MANIFEST, seal_manifest(manifest))
+        except OSError as e:
+            if _disk_full(e):
+                raise StoreFullError(
+                    f"the disk holding {self.directory} is full: the manifest could not be written; free some "
+                    "space and run the same command again"
+                ) from e
+            raise
 
     def read_transform(self) -> bytes | None:
         """The fitted normalisation (``normalize.npz`` beside the manifest), or ``None``."""
@@ -454,8 +780,11 @@ class FaissStore:
         atomic_write(self.directory / TRANSFORM, lambda p: p.write_bytes(data))
 
     def close(self) -> None:
-        """Flush pending writes."""
-        self.flush()
+        """Flush pending writes and let the folder's write lock go."""
+        try:
+            self.flush()
+        finally:
+            self._release()
 
     def __enter__(self) -> FaissStore:
         return self

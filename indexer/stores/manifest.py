@@ -10,19 +10,25 @@ A manifest is a plain JSON dict::
 ``normalize`` is checked by :func:`indexer.build.plan.settle_normalize` and the fitted arrays by
 :mod:`indexer.stores.transform_file` (missing = ``none``, for indexes built before it).
 
-The count is not stored here; stores report it live.
+The count is not stored here; stores report it live. A stored manifest also carries ``"checksum":
+"sha256:..."`` over the rest of its content (:func:`seal_manifest`), so a manifest edited by hand
+after the build (another pooling or preprocessing would silently change what queries mean) is refused
+when it is read (:func:`check_manifest`). Manifests written before the checksum existed have none and
+are accepted as they are.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import os
 import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import IndexMismatchError, ModelLoadError
+from indexer.errors import IndexDamagedError, IndexMismatchError, ModelLoadError
 
 MANIFEST_FORMAT = 1
 
@@ -102,18 +108,25 @@ def resolve_model_name(manifest: dict[str, Any], index_dir: Path | None) -> str:
 
 
 def read_folder_manifest(index_dir: Path) -> dict[str, Any] | None:
-    """The ``manifest.json`` of an index folder, or ``None`` when there is none (a new folder)."""
-    import json
+    """The ``manifest.json`` of an index folder (checked by :func:`check_manifest`), or ``None`` when
+    there is none (a new folder).
 
-    from indexer.errors import StoreUnavailableError
-
+    Raises
+    ------
+    IndexDamagedError
+        Not valid JSON, not an object, a key missing, or changed since the build.
+    """
     path = Path(index_dir) / "manifest.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise StoreUnavailableError(f"manifest {path} is not valid JSON: {e}") from e
+        raise IndexDamagedError(
+            f"manifest {path} is not valid JSON ({e}): it was damaged or edited since the build; restore it, "
+            "or rebuild the index into a new folder"
+        ) from e
+    return check_manifest(data, str(path))
 
 
 def _model_identity(model: dict[str, Any]) -> tuple[str, str | None]:
@@ -178,3 +191,56 @@ def check_compatible(stored: dict[str, Any] | None, current: dict[str, Any], whe
             + "\nRe-run without --model, --pooling and the preprocessing flags: a build into an existing index "
             "takes them from its manifest. Or build a new index (another --index folder)."
         )
+
+
+#: Keys every manifest has; a missing one means the file was damaged or edited.
+REQUIRED_KEYS = ("model", "pooling", "preprocess", "dim")
+CHECKSUM_KEY = "checksum"
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """``sha256:`` over the manifest's canonical JSON (sorted keys), the checksum itself left out."""
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``manifest`` carrying the checksum of its content."""
+    return {**manifest, CHECKSUM_KEY: manifest_checksum(manifest)}
+
+
+def check_manifest(data: Any, where: str) -> dict[str, Any]:
+    """Return ``data`` (without its checksum) when it is a sound manifest; otherwise say what is wrong.
+
+    Parameters
+    ----------
+    data
+        The parsed JSON.
+    where
+        The file or Redis key, for the message.
+
+    Raises
+    ------
+    IndexDamagedError
+        Not a JSON object, a required key missing, or a checksum that does not match the content
+        (the manifest was changed since the build).
+    """
+    fix = "restore it from a backup, or rebuild the index into a new folder / Redis index name"
+    if not isinstance(data, dict):
+        raise IndexDamagedError(
+            f"manifest {where} is a JSON {type(data).__name__}, not an object: it was damaged or edited; {fix}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise IndexDamagedError(
+            f"manifest {where} lacks {', '.join(missing)}: it was damaged or edited; {fix}"
+        )
+    stored = data.get(CHECKSUM_KEY)
+    if stored is not None and stored != manifest_checksum(data):
+        raise IndexDamagedError(
+            f"manifest {where} was changed since the build (its checksum does not match its content), so "
+            f"queries would no longer embed images as the index did; {fix}"
+        )
+    # Callers see what was written; writing it again seals it again.
+    return {k: v for k, v in data.items() if k != CHECKSUM_KEY}

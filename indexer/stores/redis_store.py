@@ -31,14 +31,19 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from indexer.config import RedisConfig
-from indexer.errors import ConfigError, IndexMismatchError, StoreUnavailableError
+from indexer.errors import (
+    ConfigError,
+    IndexDamagedError,
+    IndexMismatchError,
+    StoreUnavailableError,
+)
 from indexer.stores.base import (
     DISTANCE_SLACK,
     RECORD_FIELDS,
@@ -48,8 +53,10 @@ from indexer.stores.base import (
     ImageRecord,
     MetadataFilter,
     check_queries,
+    check_storable,
     rank_hits,
 )
+from indexer.stores.manifest import check_manifest, seal_manifest
 from indexer.stores.redis_errors import ENGINE_HINT, redact_url, translate_error
 from indexer.stores.redis_query import (
     DISTANCE_FIELD,
@@ -79,6 +86,38 @@ def _redis():
     except ImportError as e:  # pragma: no cover - redis is a core dependency
         raise StoreUnavailableError("the Redis client is not installed: pip install redis") from e
     return redis
+
+
+#: The fields this tool's queries need, and their types; an index of the same name with others is refused.
+EXPECTED_FIELDS = {
+    **dict.fromkeys((*TAG_FIELDS, TAGS_FIELD), "TAG"),
+    **dict.fromkeys(NUMERIC_FIELDS, "NUMERIC"),
+}
+
+
+def _schema_problems(attributes: Iterable[Any]) -> list[str]:
+    """Compare an ``FT.INFO`` attribute list with :data:`EXPECTED_FIELDS` (names, types, tag options)."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for attr in attributes:
+        raw = [text(v) for v in attr]
+        fields = {k.lower(): v for k, v in pairs(attr).items()}
+        name = text(fields.get("attribute", fields.get("identifier", "")))
+        found[name] = (text(fields.get("type", "")).upper(), raw)
+    problems = []
+    for name, kind in EXPECTED_FIELDS.items():
+        if name not in found:
+            problems.append(f"no {kind} field {name!r}")
+            continue
+        have, raw = found[name]
+        if have != kind:
+            problems.append(f"field {name!r} of type {have} (this tool needs {kind})")
+        elif kind == "TAG":
+            separator = raw[raw.index("SEPARATOR") + 1] if "SEPARATOR" in raw[:-1] else ","
+            if separator != TAG_SEPARATOR or "CASESENSITIVE" not in raw:
+                problems.append(
+                    f"tag field {name!r} with other options (this tool needs SEPARATOR \\x1f CASESENSITIVE)"
+                )
+    return problems
 
 
 class RedisStore:
@@ -111,6 +150,7 @@ class RedisStore:
         self.config = config
         self._errors = redis.exceptions
         self.dim: int | None = None
+        self._failures_at_open = 0
         try:
             # RESP2 on purpose: its reply shapes are stable across redis-py versions, and parsed here.
             self.client = redis.Redis.from_url(
@@ -274,6 +314,7 @@ class RedisStore:
         if self.config.prefix not in prefixes or text(definition.get("key_type", "HASH")).upper() != "HASH":
             problems.append(f"keys {prefixes} of type {text(definition.get('key_type'))} "
                             f"(this tool uses HASH keys under {self.config.prefix!r})")  # fmt: skip
+        problems += _schema_problems(info.get("attributes", []))
         if vector.get("distance_metric", "COSINE").upper() != "COSINE":
             problems.append(f"distance metric {vector.get('distance_metric')} (this tool uses COSINE)")
         have_dim = int(vector.get("dim", 0))
@@ -301,6 +342,7 @@ class RedisStore:
                     adopt[key] = int(vector[name])
         self.config = replace(self.config, **adopt)
         self.dim = have_dim
+        self._failures_at_open = int(info.get("hash_indexing_failures", 0) or 0)
 
     # ---------------------------------------------------------------- writes
     def add(self, vectors: np.ndarray, records: Sequence[ImageRecord]) -> None:
@@ -332,6 +374,7 @@ class RedisStore:
             return
         if len({r.id for r in records}) != len(records):
             raise ValueError("duplicate ids in one add() call")
+        check_storable(records)
         if self.dim is None:
             self._create_index(vectors.shape[1])
         if vectors.shape[1] != self.dim:
@@ -476,11 +519,73 @@ class RedisStore:
         """
         replies = self._pipelined([("HGET", self._key(i), VECTOR_FIELD) for i in ids])
         out = np.empty((len(ids), self.dim or 0), dtype=np.float32)
+        size = (self.dim or 0) * self._dtype.itemsize
+        absent, corrupt = [], []
         for row, (image_id, blob) in enumerate(zip(ids, replies)):
             if blob is None:
-                raise KeyError(f"id {image_id} is not in {self.location}")
-            out[row] = np.frombuffer(blob, dtype=self._dtype)
+                absent.append(int(image_id))
+            elif len(blob) != size:
+                corrupt.append(int(image_id))
+            else:
+                out[row] = np.frombuffer(blob, dtype=self._dtype)
+        if absent:
+            exists = self._pipelined([("EXISTS", self._key(i)) for i in absent])
+            no_vector = [i for i, e in zip(absent, exists) if int(e)]
+            if len(no_vector) < len(absent):
+                missing = [i for i, e in zip(absent, exists) if not int(e)]
+                raise KeyError(f"id {missing[0]} is not in {self.location}")
+            corrupt += no_vector
+        if corrupt:
+            raise IndexDamagedError(
+                f"{self.location}: {len(corrupt)} hashes have a missing or corrupt vector: ids "
+                f"{sorted(corrupt)[:20]}",
+                ids=tuple(sorted(corrupt)),
+            )
         return out
+
+    def damaged_ids(self) -> list[int]:
+        """Ids whose hash has no vector, or a vector of the wrong byte length (a full scan)."""
+        ids = self.ids()
+        size = (self.dim or 0) * self._dtype.itemsize
+        lengths = self._pipelined([("HSTRLEN", self._key(i), VECTOR_FIELD) for i in ids])
+        return [int(i) for i, n in zip(ids, lengths) if int(n) != size]
+
+    def check(self, full: bool = False) -> list[str]:
+        """What is damaged in this Redis index, one line each (empty: sound).
+
+        The schema is checked on open (a mismatch refuses the index). Here: every hash under the prefix
+        is indexed (``num_docs`` equals the number of keys), and no write since this store was opened
+        failed to index (``hash_indexing_failures`` did not grow). With ``full``, every hash's vector
+        is checked: present, and of the index's byte length.
+        """
+        info = self._index_info()
+        keys = self.ids()
+        if info is None:
+            return [f"{self.location} has {len(keys)} hashes but no search index"] if len(keys) else []
+        problems = []
+        num_docs = int(info.get("num_docs", 0) or 0)
+        errors = pairs(info.get("Index Errors", []))
+        last = ""
+        if errors.get("last indexing error"):
+            last = (f" (last indexing error: {text(errors['last indexing error'])} on key "
+                    f"{text(errors.get('last indexing error key', b'?'))})")  # fmt: skip
+        if num_docs != len(keys):
+            problems.append(
+                f"{self.location} holds {len(keys)} hashes but indexes {num_docs}: "
+                f"{abs(len(keys) - num_docs)} are not searchable{last}"
+            )
+        failures = int(info.get("hash_indexing_failures", 0) or 0) - self._failures_at_open
+        if failures > 0:
+            problems.append(
+                f"{self.location} failed to index {failures} hashes written since it was opened{last}"
+            )
+        if full:
+            bad = self.damaged_ids()
+            if bad:
+                problems.append(
+                    f"{self.location}: {len(bad)} hashes have a missing or corrupt vector: ids {bad[:20]}"
+                )
+        return problems
 
     def search(
         self,
@@ -566,14 +671,18 @@ class RedisStore:
         raw = self._call(self.client.get, self._manifest_key)
         if raw is None:
             return None
+        where = f"{self._manifest_key!r} of {self.location}"
         try:
-            return json.loads(raw)
+            data = json.loads(raw)
         except ValueError as e:
-            raise StoreUnavailableError(f"the manifest of {self.location} is not valid JSON: {e}") from e
+            raise IndexDamagedError(
+                f"manifest {where} is not valid JSON ({e}): it was damaged or edited"
+            ) from e
+        return check_manifest(data, where)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Store the manifest as JSON at ``<index_name>:manifest``."""
-        self._call(self.client.set, self._manifest_key, json.dumps(manifest, sort_keys=True))
+        """Store the manifest as JSON at ``<index_name>:manifest``, sealed with a checksum of its content."""
+        self._call(self.client.set, self._manifest_key, json.dumps(seal_manifest(manifest), sort_keys=True))
 
     @property
     def _transform_key(self) -> str:

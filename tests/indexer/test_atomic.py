@@ -48,5 +48,5 @@ def test_index_files_follow_the_umask(tmp_path, umask):
     store.add(np.eye(4, dtype=np.float32)[:2], [ImageRecord(id=1, path="a"), ImageRecord(id=2, path="b")])
     store.close()
     files = [p for p in (tmp_path / "idx").rglob("*") if p.is_file()]
-    assert len(files) == 4  # manifest, shard, snapshot, state
+    assert len(files) == 5  # manifest, shard, snapshot, state, the writers' lock
     assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}

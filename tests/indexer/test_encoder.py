@@ -177,3 +177,60 @@ def test_pickle_only_checkpoint_is_refused(tiny_model_dir, tmp_path):
         )
     with pytest.raises(ModelLoadError):
         ViTMAEEncoder(ModelConfig(name=str(folder), device="cpu"))
+
+
+def _edited_checkpoint(src, dst, config_edit=None, drop=None, truncate=None):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = dst / "model.safetensors"
+    if drop:
+        tensors = {k: v for k, v in load_file(weights).items() if drop not in k}
+        save_file(tensors, weights, metadata={"format": "pt"})
+    if truncate is not None:
+        weights.write_bytes(weights.read_bytes()[:truncate])
+    if config_edit:
+        cfg = json.loads((dst / "config.json").read_text())
+        config_edit(cfg)
+        (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            dict(config_edit=lambda c: c.update(num_hidden_layers=c["num_hidden_layers"] + 1)),
+            "missing from the weights",
+        ),
+        (
+            dict(config_edit=lambda c: c.update(num_hidden_layers=c["num_hidden_layers"] - 1)),
+            "in the weights but not",
+        ),
+        (dict(drop="layer.0.attention"), "missing from the weights"),
+        (dict(config_edit=lambda c: c.update(intermediate_size=c["intermediate_size"] + 4)), "do not fit"),
+        (dict(truncate=0), "do not fit"),
+        (dict(truncate=1000), "do not fit"),
+    ],
+    ids=[
+        "more-layers-in-config",
+        "fewer-layers-in-config",
+        "missing-tensors",
+        "mismatched",
+        "empty",
+        "truncated",
+    ],
+)
+def test_checkpoint_that_does_not_fill_the_model_is_refused(tiny_model_dir, tmp_path, edit, message):
+    from safetensors.torch import load_file
+
+    if "drop" in edit:  # the checkpoint's own key names (they carry the pretraining model's prefix)
+        keys = list(load_file(tiny_model_dir / "model.safetensors"))
+        assert any(edit["drop"] in k for k in keys), keys[:5]
+    folder = _edited_checkpoint(tiny_model_dir, tmp_path / "m", **edit)
+    with pytest.raises(ModelLoadError, match=message) as e:
+        ViTMAEEncoder(ModelConfig(name=str(folder), device="cpu"))
+    assert "\n" not in str(e.value)

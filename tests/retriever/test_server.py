@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from indexer.model_presets import create_model
+from indexer.stores.base import MetadataFilter
 from indexer.stores.faiss_store import FaissStore
 from retriever.search import QueryOptions, Retriever
 from retriever.server import QueryService, make_server, query_server
@@ -135,3 +136,20 @@ def test_service_without_a_compute_loop_runs_inline_and_loop_stops_cleanly(serve
     loop.join(timeout=5)
     assert not loop.is_alive()
     assert service.query_images([real_images[2].read_bytes()], QueryOptions(k=1))[0][0]["score"] > 0.999
+
+
+def test_the_client_sends_source_and_tag_filters_and_the_server_applies_them(server, real_images):
+    """`mae-search query --server URL --tag KEY=VALUE` (and a provenance filter) reach the server's stores."""
+    url = f"http://127.0.0.1:{server.server_port}"
+    [real] = query_server(url, [real_images[0]], QueryOptions(k=3, where=MetadataFilter(source=("real",))))
+    assert len(real) == 3 and all(h["source"] == "real" for h in real)
+    [synthetic] = query_server(
+        url, [real_images[0]], QueryOptions(k=3, where=MetadataFilter(source=("synthetic",)))
+    )
+    assert synthetic == []
+    [tagged] = query_server(
+        url, [real_images[0]], QueryOptions(k=3, where=MetadataFilter(tags=("plate_map=p1",)))
+    )
+    assert tagged == []  # no image carries that tag: an empty answer, not a refused request
+    status, data = _request(server, "POST", "/query?k=2&source=real", real_images[0].read_bytes())
+    assert status == 200 and [h["source"] for h in data["hits"]] == ["real", "real"]

@@ -8,6 +8,7 @@ import redis as redis_py
 from click.testing import CliRunner
 
 from indexer.cli import main as index_main
+from indexer.stores.manifest import seal_manifest
 from indexer.stores.redis_store import redact_url
 from retriever.cli import main as search_main
 
@@ -76,7 +77,8 @@ def test_a_folder_and_another_folders_redis_index_are_refused(env_url, tmp_path,
     # ... and a folder whose record leads to another folder's Redis index is refused (exit 1).
     m = json.loads((b / "manifest.json").read_text())
     m["redis"]["index"] = name_a
-    (b / "manifest.json").write_text(json.dumps(m))
+    # Sealed again, as a writer would: an unsealed edit is refused as "changed since the build".
+    (b / "manifest.json").write_text(json.dumps(seal_manifest(m)))
     r = _query(real_images[0], b)
     assert (
         r.exit_code == 1 and "another index folder" in r.output and name_a in r.output and str(b) in r.output
@@ -92,12 +94,12 @@ def test_a_legacy_folder_without_a_record_is_checked_by_count(env_url, tmp_path,
     assert _build(real_images[5:8], b, tiny_model_dir, "--redis-index", "legacyB").exit_code == 0
     for folder in (a, b):  # what a folder built before this change looks like
         m = json.loads((folder / "manifest.json").read_text())
-        m.pop("redis"), m.pop("index_uid")
+        m.pop("redis"), m.pop("index_uid"), m.pop("checksum")
         (folder / "manifest.json").write_text(json.dumps(m))
     client = redis_py.Redis.from_url(env_url)
     for name in ("legacyA", "legacyB"):
         m = json.loads(client.get(f"{name}:manifest"))
-        m.pop("redis"), m.pop("index_uid")
+        m.pop("redis"), m.pop("index_uid"), m.pop("checksum")
         client.set(f"{name}:manifest", json.dumps(m))
     r = _query(real_images[0], a)
     assert r.exit_code == 2 and "records no Redis index" in r.output and "--redis-index" in r.output

@@ -233,7 +233,7 @@ def test_ties_break_by_id(store):
 
 def test_manifest_round_trip(store):
     assert store.read_manifest() is None
-    manifest = {"format": 1, "dim": DIM, "model": {"name": "mäe/tiny 板", "fingerprint": None},
+    manifest = {"format": 1, "dim": DIM, "model": {"name": "mäe/tiny 板", "fingerprint": None}, "pooling": "mean",
                 "preprocess": {"image_size": [64, 64], "window": [0.0, 4095.0]}}  # fmt: skip
     store.write_manifest(manifest)
     assert store.read_manifest() == manifest
@@ -245,11 +245,12 @@ def test_a_reopened_store_holds_the_same_index(make_store):
     first = make_store()
     v, recs = _unit(N), _records()
     first.add(v, recs)
-    first.write_manifest({"dim": DIM})
+    manifest = {"dim": DIM, "model": {"name": "m"}, "pooling": "mean", "preprocess": {}}
+    first.write_manifest(manifest)
     first.flush()
     first.close()
     again = make_store(None)
-    assert again.count() == N and again.read_manifest() == {"dim": DIM}
+    assert again.count() == N and again.read_manifest() == manifest
     assert again.get([1007]) == [recs[7]]
     assert [h.id for h in again.search(v[7:8], 3)[0]][0] == 1007
     again.close()
