@@ -22,6 +22,8 @@ resamples (seed, well) clusters.
     done
     mae-index init-model --out runs/mae-tiny-random --size tiny --seed 0
     python bench/bench_phenotype.py runs/fam-*-s? --model examples/models/mae-tiny-bbbc006 --random runs/mae-tiny-random
+    python bench/bench_phenotype.py runs/heldout-s0 runs/heldout-s1 runs/heldout-s2 \
+        --model examples/models/mae-tiny-bbbc006 --random runs/mae-tiny-random --normalize none,center,whiten
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from eval.phenotype import average_precisions, chance_map, map_interval, precisi
 from indexer.config import ModelConfig, PreprocessConfig, SourceConfig  # noqa: E402
 from indexer.decode import decode_tiff  # noqa: E402
 from indexer.encoder import ViTMAEEncoder, resolve_preprocess  # noqa: E402
+from indexer.normalize import check_kind, fit_transform  # noqa: E402
 from indexer.preprocess import normalise_intensity, preprocess_image, to_model_input  # noqa: E402
 from indexer.sources import iter_sources  # noqa: E402
 
@@ -126,12 +129,18 @@ def main() -> None:
     )
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--no-views", action="store_true", help="Skip the centre-crop and tiles rows.")
+    ap.add_argument("--normalize", default="none",
+                    help="Comma list of mae-index build --normalize kinds for the MAE rows, each fitted on the "
+                         "data set's own vectors as a build fits on its index (e.g. none,center,whiten).")  # fmt: skip
     args = ap.parse_args()
+    kinds = [check_kind(k.strip()) for k in args.normalize.split(",")]
+    extra = [k for k in kinds if k != "none"]
     trained = Path(args.model).name
     names = ["mean, std of raw counts", "histogram of the model input (64 bins)", "pixels 32x32 (windowed)",
              "MAE random init (same architecture)", f"MAE trained ({trained})"]  # fmt: skip
     if not args.no_views:
         names += [f"MAE trained, centre square ({trained})", f"MAE trained, native 224 tiles avg ({trained})"]
+    names += [f"{n}, --normalize {k}" for n in names[3:5] for k in extra]
     # family -> name -> per data set (mAP, lo, hi, precision@k, nearest = same well)
     results: dict[str, dict[str, list[tuple[float, float, float, float, float]]]] = {}
     pooled: dict[str, dict[str, list[np.ndarray]]] = {}  # family -> name -> per data set APs
@@ -150,6 +159,7 @@ def main() -> None:
                    embed(args.random, images), embed(args.model, images)]  # fmt: skip
         if not args.no_views:
             vectors += [embed(args.model, images, "centre"), embed(args.model, images, "tiles")]
+        vectors += [fit_transform(raw, k).apply(raw) for raw in vectors[3:5] for k in extra]
         for name, vec in zip(names, vectors):
             v = vec / np.linalg.norm(vec, axis=1, keepdims=True).clip(1e-12)
             sims = v @ v.T

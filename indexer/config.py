@@ -200,6 +200,24 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class NormalizeConfig:
+    """``--normalize``: the kind (``None`` = the index's own, or none for a new index), the whitening
+    ridge, and the subset to fit on (``("well=A01,A02", "site=1")``: fields of the query filters)."""
+
+    kind: str | None = None
+    eps: float | None = None
+    fit_on: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from indexer.normalize import check_kind
+
+        if self.kind is not None:
+            check_kind(self.kind)
+        if self.eps is not None and self.eps < 0:
+            raise ConfigError(f"--normalize-eps must be >= 0, got {self.eps}")
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     """One ``mae-index build`` run."""
 
@@ -217,6 +235,7 @@ class BuildConfig:
     wait: bool = True  # wait for another writer of the index folder (False: fail at once)
     faiss_index: str | None = None  # FAISS factory string or "auto"; None keeps the folder's (Flat if new)
     faiss_memory: int | None = None  # auto's memory budget for the FAISS index, bytes (default 4 GiB)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -18,9 +18,11 @@ from indexer.config import ModelConfig, PreprocessConfig
 from indexer.decode import decode_tiff
 from indexer.encoder import Encoder, load_encoder
 from indexer.errors import ConfigError, DecodeError, IndexMismatchError, StoreUnavailableError
+from indexer.normalize import EmbeddingTransform
 from indexer.preprocess import preprocess_image
 from indexer.stores.base import Hit, MetadataFilter, VectorStore
 from indexer.stores.manifest import diff_manifests, resolve_model_name
+from indexer.stores.transform_file import load_transform
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,11 @@ class Retriever:
         encoder: Encoder | Callable[[], Encoder],
         preprocess: PreprocessConfig,
         batch_size: int = 16,
+        transform: EmbeddingTransform | None = None,
     ):
         self.store = store
+        # The index's fitted --normalize transform: every query vector goes through it, as the stored did.
+        self.transform = transform
         self._encoder = encoder if isinstance(encoder, Encoder) else None
         self._load = None if isinstance(encoder, Encoder) else encoder
         self.preprocess = preprocess
@@ -193,7 +198,9 @@ class Retriever:
                 )
             return encoder
 
-        retriever = cls(store, load, PreprocessConfig.from_dict(manifest["preprocess"]))
+        where = str(getattr(store, "location", index_dir))
+        transform = load_transform(store, manifest, where)
+        retriever = cls(store, load, PreprocessConfig.from_dict(manifest["preprocess"]), transform=transform)
         if not lazy:
             retriever.encoder  # noqa: B018 - load now: a server should fail at start, not at its first query
         return retriever
@@ -213,7 +220,8 @@ class Retriever:
                 out.extend(self.encoder.embed(t.unsqueeze(0)) for t in chunk)
         if not out:
             return np.empty((0, self.encoder.dim), dtype=np.float32)
-        return np.concatenate(out)
+        vectors = np.concatenate(out)
+        return vectors if self.transform is None else self.transform.apply(vectors)
 
     def embed_files(self, paths: Sequence[Path]) -> np.ndarray:
         """Read, decode and embed image files.

@@ -265,7 +265,9 @@ class QueryService:
     def add_backend(self, store: Any) -> None:
         """Make a second store (the FAISS mirror of a Redis index, or the reverse) searchable by name."""
         r = self.retriever
-        self.backends[_store_name(store)] = Retriever(store, r.encoder, r.preprocess, r.batch_size)
+        self.backends[_store_name(store)] = Retriever(
+            store, r.encoder, r.preprocess, r.batch_size, r.transform
+        )
 
     def pick(self, backend: str | None) -> Retriever:
         """The retriever of ``backend`` (default: the served store); 400 for one that is not open."""

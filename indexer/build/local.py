@@ -22,7 +22,7 @@ from indexer.build.plan import BuildSummary, Ledger, make_plan, write_rejected
 from indexer.build.prepare import Prepared, prepare_item
 from indexer.config import BuildConfig
 from indexer.encoder import Encoder, load_encoder
-from indexer.errors import MaeError
+from indexer.errors import ConfigError, MaeError
 from indexer.preprocess import preprocess, preprocess_image
 from indexer.sources import SourceItem
 from indexer.stores.base import ImageRecord, VectorStore
@@ -126,6 +126,50 @@ class _Writer:
         self.seconds += time.perf_counter() - t0
 
 
+def fit_and_write(
+    record: dict,
+    held: list[tuple[np.ndarray, list[ImageRecord]]],
+    stores: Sequence[VectorStore],
+    writer: _Writer,
+    batch_size: int,
+) -> None:
+    """Fit the normalisation of a first build on its raw vectors (or the ``--fit-on`` subset), store it
+    and its fingerprint in every store, then queue the transformed vectors for writing.
+
+    The transform and manifest are written before any vector, so a store never holds vectors that its
+    manifest's transform did not make.
+
+    Raises
+    ------
+    ConfigError
+        The ``--fit-on`` subset holds fewer than 2 of the images.
+    """
+    from indexer.build.plan import parse_fit_on
+    from indexer.normalize import fit_transform
+    from indexer.stores.transform_file import encode_transform, fitted_record
+
+    vectors = np.concatenate([v for v, _ in held])
+    records = [r for _, rs in held for r in rs]
+    where = parse_fit_on(tuple(record["fit_on"].split())) if record.get("fit_on") else None
+    chosen = vectors if where is None else vectors[[where.matches(r) for r in records]]
+    if where is not None and len(chosen) < 2:
+        raise ConfigError(
+            f"--fit-on {record['fit_on']} matches {len(chosen)} of the {len(records)} images: the "
+            "normalisation needs at least 2 to fit on"
+        )
+    transform = fit_transform(chosen, record["kind"], record.get("eps") or 0.0)
+    data = encode_transform(transform)
+    fitted = fitted_record(transform, record.get("fit_on"))
+    for store in stores:
+        store.write_transform(data)
+        store.write_manifest({**store.read_manifest(), "normalize": fitted})
+    out = transform.apply(vectors)
+    log.info("fitted --normalize %s on %d of %d vectors", record["kind"], len(chosen), len(records))
+    for start in range(0, len(records), batch_size):
+        writer.put(out[start : start + batch_size], records[start : start + batch_size])
+    held.clear()
+
+
 def build_index(
     config: BuildConfig,
     stores: Sequence[VectorStore],
@@ -177,6 +221,7 @@ def build_index(
     writer = _Writer(stores, config.flush_every)
     timings = {"read_decode_preprocess": 0.0, "model": 0.0}
     batch: list[Prepared] = []
+    held: list[tuple[np.ndarray, list[ImageRecord]]] = []
 
     def run_batch() -> None:
         t0 = time.perf_counter()
@@ -203,7 +248,11 @@ def build_index(
         else:
             vectors = encoder.embed(pixels)
         timings["model"] += time.perf_counter() - t0
-        writer.put(vectors, [p.record for p in batch])
+        records = [p.record for p in batch]
+        if plan.fit is not None:  # a first --normalize build: fit on every raw vector before writing
+            held.append((vectors, records))
+        else:
+            writer.put(vectors if plan.transform is None else plan.transform.apply(vectors), records)
         batch.clear()
 
     window = max(2 * config.batch_size, 4 * config.workers)
@@ -230,6 +279,8 @@ def build_index(
                 progress(done)
         if batch:
             run_batch()
+        if plan.fit is not None and held:
+            fit_and_write(plan.fit, held, stores, writer, config.batch_size)
     finally:
         try:
             writer.close()

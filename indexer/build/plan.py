@@ -17,16 +17,22 @@ from pathlib import Path
 
 from indexer.atomic import atomic_write
 from indexer.build.prepare import Rejected
-from indexer.config import BuildConfig, PreprocessConfig
-from indexer.errors import DecodeError, EmptyBuildError
+from indexer.config import BuildConfig, NormalizeConfig, PreprocessConfig
+from indexer.errors import ConfigError, DecodeError, EmptyBuildError, IndexMismatchError
+from indexer.normalize import DEFAULT_EPS, EmbeddingTransform
 from indexer.sources import SourceItem, SourceProblem, describe_search, iter_sources
-from indexer.stores.base import VectorStore
+from indexer.stores.base import MetadataFilter, VectorStore
 from indexer.stores.binding import bind_stores
 from indexer.stores.manifest import build_manifest, check_compatible, record_model_paths
+from indexer.stores.transform_file import load_transform, normalize_record
 
 log = logging.getLogger(__name__)
 
 REJECTED_CSV = "rejected.csv"
+#: ``--normalize`` of a new index when the flag is not given (chosen by the README's measurement).
+DEFAULT_NORMALIZE = "none"
+#: Fields ``--fit-on`` accepts (those of the query filters; tags as ``tag=key=value``).
+_FIT_FIELDS = ("plate", "well", "row", "column", "site", "channel", "z", "source", "tag")
 #: Images sampled (evenly over the sorted list) to compute a data-set intensity window.
 DATASET_WINDOW_IMAGES = 64
 
@@ -120,11 +126,88 @@ class Ledger:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a build will do: the images to prepare, the ids to skip, and the preprocessing to use."""
+    """What a build will do: the images to prepare, the ids to skip, the preprocessing to use, and the
+    normalisation: ``transform`` (fitted, applied to every batch) or ``fit`` (a first build: keep the raw
+    vectors, fit on them, then write)."""
 
     items: list[SourceItem]
     existing: frozenset[int]
     preprocess: PreprocessConfig
+    transform: EmbeddingTransform | None = None
+    fit: dict | None = None  # the manifest's normalize record to fit (kind, eps, fit_on)
+
+
+def parse_fit_on(specs: Sequence[str]) -> MetadataFilter | None:
+    """``--fit-on`` values (``well=A01,A02``, ``site=1``, ``tag=treatment=dmso``) as one filter (AND across
+    options, OR among one option's values); ``None`` for none given.
+
+    Raises
+    ------
+    ConfigError
+        A value without ``=``, an unknown field, or a value the field cannot take.
+    """
+    if not specs:
+        return None
+    fields: dict[str, list] = {}
+    for spec in specs:
+        name, sep, values = str(spec).partition("=")
+        name = name.strip().lower()
+        if not sep or name not in _FIT_FIELDS or not values.strip():
+            raise ConfigError(
+                f"--fit-on {spec!r}: give FIELD=VALUE[,VALUE...] with FIELD one of {', '.join(_FIT_FIELDS)}"
+            )
+        key = "tags" if name == "tag" else name
+        parts = [values.strip()] if key == "tags" else [v.strip() for v in values.split(",") if v.strip()]
+        fields.setdefault(key, []).extend(parts)
+    try:
+        return MetadataFilter(**{k: tuple(v) for k, v in fields.items()})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--fit-on {' '.join(specs)}: {e}") from e
+
+
+def settle_normalize(requested: NormalizeConfig, stored: dict | None) -> dict:
+    """The manifest's ``normalize`` record for this build: the stored one for an existing index (a
+    different ``--normalize``, ridge or subset is refused), else a new, not yet fitted one.
+
+    Raises
+    ------
+    IndexMismatchError
+        The flags differ from the index's manifest (the message names the field).
+    """
+    have = normalize_record(stored)
+    # A first build that stopped before its fit (a --fit-on that matched too few images) fitted nothing:
+    # its re-run may ask again, the flags it leaves out taken from the record.
+    if stored is not None and have.get("kind") != "none" and not have.get("sha256"):
+        requested = NormalizeConfig(
+            kind=requested.kind or have["kind"],
+            eps=have.get("eps") if requested.eps is None else requested.eps,
+            fit_on=requested.fit_on or tuple((have.get("fit_on") or "").split()),
+        )
+        stored = None
+    if stored is not None:
+        asked = {"kind": requested.kind, "eps": requested.eps, "fit_on": " ".join(requested.fit_on) or None}
+        for key, value in asked.items():
+            if (
+                value is not None
+                and (key != "eps" or have.get("kind") == "whiten")
+                and have.get(key) != value
+            ):
+                raise IndexMismatchError(
+                    f"normalize.{key}: the index has {have.get(key)!r}, this run asks for {value!r}. The "
+                    "transform is fitted once, at the first build: omit --normalize to reuse it, or build a "
+                    "new index (another --index folder)."
+                )
+        return have
+    kind = requested.kind or DEFAULT_NORMALIZE
+    if kind == "none":
+        return {"kind": "none"}
+    parse_fit_on(requested.fit_on)  # refuse a bad subset before any image is read
+    eps = DEFAULT_EPS if requested.eps is None else requested.eps
+    return {
+        "kind": kind,
+        "eps": eps if kind == "whiten" else None,
+        "fit_on": " ".join(requested.fit_on) or None,
+    }
 
 
 def list_items(config: BuildConfig) -> tuple[list[SourceItem], list[SourceProblem]]:
@@ -236,7 +319,7 @@ def resolve_build_preprocess(
 
 def settle_manifest(
     config: BuildConfig, encoder, items: Sequence[SourceItem], stores: Sequence[VectorStore]
-) -> PreprocessConfig:
+) -> tuple[PreprocessConfig, dict]:
     """The manifest handshake: check this run's settings against every store's manifest, write the
     manifest where there is none (the folder and its Redis index bound by one ``index_uid``), and
     return the preprocessing to use.
@@ -254,8 +337,37 @@ def settle_manifest(
     manifests = [store.read_manifest() for store in stores]
     for store, have in zip(stores, manifests):
         check_compatible(have, manifest, store_location(store))
+    manifest["normalize"] = settle_normalize(config.normalize, stored)
     bind_stores(stores, manifests, manifest)
-    return pre
+    return pre, manifest["normalize"]
+
+
+def settle_transform(
+    stores: Sequence[VectorStore], record: dict
+) -> tuple[EmbeddingTransform | None, dict | None]:
+    """The fitted transform every store holds (the same in each), or the record still to fit.
+
+    Raises
+    ------
+    IndexMismatchError
+        A store lacks the transform, holds another one, or holds vectors but no fitted transform.
+    """
+    if record.get("kind", "none") == "none":
+        return None, None
+    if not record.get("sha256"):
+        if any(store.count() for store in stores):
+            raise IndexMismatchError(
+                f"the index at {store_location(stores[0])} holds vectors but its --normalize "
+                f"{record['kind']} transform was never fitted: rebuild it into a new --index folder"
+            )
+        return None, record
+    first = stores[0]
+    transform = load_transform(first, first.read_manifest(), store_location(first))
+    for store in stores[1:]:
+        if store.read_transform() is None:  # a Redis index added to a folder later gets the folder's
+            store.write_transform(first.read_transform())
+        load_transform(store, store.read_manifest(), store_location(store))
+    return transform, None
 
 
 def make_plan(
@@ -284,9 +396,10 @@ def make_plan(
     items = list(items)
     book_listing(ledger, items, problems)
     ledger.summary.without_metadata = count_without_metadata(items)
-    pre = settle_manifest(config, encoder, items, stores)
+    pre, record = settle_manifest(config, encoder, items, stores)
+    transform, fit = settle_transform(stores, record) if stores else (None, None)
     existing = already_indexed(stores, config.force)
-    return Plan(items=items, existing=frozenset(existing), preprocess=pre)
+    return Plan(items=items, existing=frozenset(existing), preprocess=pre, transform=transform, fit=fit)
 
 
 def book_listing(ledger: Ledger, items: Sequence[SourceItem], problems: Sequence[SourceProblem]) -> None:

@@ -303,6 +303,10 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
     ledger = Ledger(config.strict)
     summary = ledger.summary
     plan = make_plan(config, stores, encoder, ledger)
+    if plan.transform is not None or plan.fit is not None:
+        raise ConfigError(
+            "the Ray engine does not apply --normalize yet: build this index with --engine local"
+        )
 
     stage_seconds = dict.fromkeys(_STAGE_COLUMNS.values(), 0.0)
     device = "cuda" if ray_config.num_gpus_per_worker > 0 else "cpu"

@@ -26,6 +26,7 @@ from indexer.config import (
     BuildConfig,
     IntensityConfig,
     ModelConfig,
+    NormalizeConfig,
     PreprocessConfig,
     SourceConfig,
 )
@@ -158,6 +159,28 @@ ray_options = option_group(
               help="CSV or parquet table: path -> plate, well, site, channel, z; other columns become tags.")  # fmt: skip
 @preprocess_options
 @redis_index_options
+@click.option(
+    "--normalize",
+    "normalize",
+    type=click.Choice(["none", "center", "whiten"]),
+    default=None,
+    help="Fit a centering or PCA whitening on this first build's vectors; stored with the index and "
+    "applied to every stored and query vector [default: none; an existing index: its own].",
+)
+@click.option(
+    "--normalize-eps",
+    "normalize_eps",
+    type=float,
+    default=None,
+    help="Whitening ridge added to each covariance eigenvalue [default: 1e-6].",
+)
+@click.option(
+    "--fit-on",
+    "fit_on",
+    multiple=True,
+    help="Fit the normalisation on a subset only: FIELD=VALUE[,VALUE] (well, site, plate, channel, "
+    "z, row, column, source, tag=KEY=VALUE); repeat to AND fields.",
+)
 @click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
 @click.option("--force", is_flag=True, help="Re-embed images already in the index.")
 @ray_options
@@ -174,9 +197,9 @@ ray_options = option_group(
 @handle_errors
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model,
           channels, z_slices, metadata, intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm,
-          redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, strict, force, engine, ray_address, concurrency,
-          num_gpus_per_worker, threads_per_worker, writers, faiss_index, faiss_memory, checkpoint_every, no_wait, fmt,
-          no_progress, verbose):  # fmt: skip
+          redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, normalize, normalize_eps, fit_on, strict, force,
+          engine, ray_address, concurrency, num_gpus_per_worker, threads_per_worker, writers, faiss_index, faiss_memory,
+          checkpoint_every, no_wait, fmt, no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
 
     Images already in the index (same content) are skipped, so a re-run resumes. Unusable images are
@@ -231,6 +254,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         strict=strict,
         force=force,
         flush_every=checkpoint_every,
+        normalize=NormalizeConfig(kind=normalize, eps=normalize_eps, fit_on=tuple(fit_on)),
         wait=not no_wait,
         faiss_index=faiss_index,
         faiss_memory=parse_memory(faiss_memory),

@@ -285,6 +285,14 @@ class VectorStore(Protocol):
         """Store the index manifest (what the index was built with)."""
         ...
 
+    def read_transform(self) -> bytes | None:
+        """Return the fitted embedding normalisation (``.npz`` bytes), or ``None`` when there is none."""
+        ...
+
+    def write_transform(self, data: bytes) -> None:
+        """Store the fitted embedding normalisation (``.npz`` bytes) beside the manifest."""
+        ...
+
     def flush(self) -> None:
         """Make every write so far durable (FAISS: atomic file write; Redis: no-op)."""
         ...

@@ -3,6 +3,7 @@
 Folder layout::
 
     manifest.json          what the index was built with (indexer.stores.manifest)
+    normalize.npz          the fitted --normalize transform, when there is one (indexer.normalize)
     shards/part-NNNNNN.parquet
                            the source of truth: append-only shards of (id, vector, deleted, metadata),
                            each written atomically; a later shard overrides an earlier one per id
@@ -75,6 +76,7 @@ from indexer.stores.manifest import check_manifest, seal_manifest
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+TRANSFORM = "normalize.npz"
 SHARDS = "shards"
 INDEX = "index.faiss"
 INDEX_STATE = "index.state.json"
@@ -1149,6 +1151,16 @@ class FaissStore:
                     "space and run the same command again"
                 ) from e
             raise
+
+    def read_transform(self) -> bytes | None:
+        """The fitted normalisation (``normalize.npz`` beside the manifest), or ``None``."""
+        p = self.directory / TRANSFORM
+        return p.read_bytes() if p.is_file() else None
+
+    def write_transform(self, data: bytes) -> None:
+        """Write the fitted normalisation atomically as ``normalize.npz``."""
+        self._check_writable()
+        atomic_write(self.directory / TRANSFORM, lambda p: p.write_bytes(data))
 
     def close(self) -> None:
         """Flush pending writes, write the search index (:meth:`finalize`) and let the lock go."""

@@ -4,7 +4,11 @@ A manifest is a plain JSON dict::
 
     {"format": 1, "model": {"name", "revision", "fingerprint", "family"}, "pooling": "mean",
      "preprocess": {...PreprocessConfig.to_dict()...}, "dim": 768, "created": ISO time,
-     "versions": {"torch": ..., "transformers": ..., "faiss": ..., "mae_microscopy": ...}}
+     "versions": {"torch": ..., "transformers": ..., "faiss": ..., "mae_microscopy": ...},
+     "normalize": {"kind": "none"} or {"kind", "eps", "fit_on", "n_fit", "sha256"}}
+
+``normalize`` is checked by :func:`indexer.build.plan.settle_normalize` and the fitted arrays by
+:mod:`indexer.stores.transform_file` (missing = ``none``, for indexes built before it).
 
 The count is not stored here; stores report it live. A stored manifest also carries ``"checksum":
 "sha256:..."`` over the rest of its content (:func:`seal_manifest`), so a manifest edited by hand

@@ -151,7 +151,7 @@ def sync_mirror(
     progress: Callable[[int], None] | None = None,
     allow_shrink: bool = False,
 ) -> SyncReport:
-    """Make ``target`` hold what ``source`` holds (ids, vectors, records, manifest).
+    """Make ``target`` hold what ``source`` holds (ids, vectors, records, manifest, normalisation).
 
     A source hash that is damaged (no vector, or a corrupt one) is not copied; the target keeps its
     own copy of that image, and the report names it.
@@ -181,6 +181,9 @@ def sync_mirror(
     report = SyncReport()
     manifest = source.read_manifest()
     if manifest is not None:
+        transform = source.read_transform()  # the vectors copied were made by it: it travels with them
+        if transform is not None:
+            target.write_transform(transform)
         target.write_manifest(manifest)
     if stale:
         report.deleted = target.delete(stale)

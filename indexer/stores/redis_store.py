@@ -464,7 +464,7 @@ class RedisStore:
             keys = self._scan_keys()
             for start in range(0, len(keys), READ_CHUNK):
                 self._call(self.client.delete, *keys[start : start + READ_CHUNK])
-            self._call(self.client.delete, self._manifest_key)
+            self._call(self.client.delete, self._manifest_key, self._transform_key)
         self.dim = None
 
     # ---------------------------------------------------------------- reads
@@ -714,6 +714,18 @@ class RedisStore:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Store the manifest as JSON at ``<index_name>:manifest``, sealed with a checksum of its content."""
         self._call(self.client.set, self._manifest_key, json.dumps(seal_manifest(manifest), sort_keys=True))
+
+    @property
+    def _transform_key(self) -> str:
+        return f"{self.config.index_name}:normalize"
+
+    def read_transform(self) -> bytes | None:
+        """The fitted normalisation (``.npz`` bytes) at ``<index_name>:normalize``, or ``None``."""
+        return self._call(self.client.get, self._transform_key)
+
+    def write_transform(self, data: bytes) -> None:
+        """Store the fitted normalisation (``.npz`` bytes) beside the manifest."""
+        self._call(self.client.set, self._transform_key, data)
 
     def __enter__(self) -> RedisStore:
         return self
