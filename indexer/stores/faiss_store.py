@@ -71,7 +71,7 @@ from indexer.stores.faiss_kinds import (
     tune_search,
 )
 from indexer.stores.lock import FolderLock, pid_alive
-from indexer.stores.manifest import check_manifest, seal_manifest
+from indexer.stores.manifest import read_folder_manifest, seal_manifest
 
 log = logging.getLogger(__name__)
 
@@ -1120,19 +1120,12 @@ class FaissStore:
     # ---------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any] | None:
         """The index manifest, or ``None`` for a new folder."""
-        p = self.directory / MANIFEST
-        if not p.exists():
+        data = read_folder_manifest(self.directory)
+        if data is None:
             return None
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise IndexDamagedError(
-                f"manifest {p} is not valid JSON ({e}): it was damaged or edited since the build; restore "
-                "it, or rebuild the index into a new folder"
-            ) from e
         # The faiss section is this folder's own (kind, search parameters: search_settings), not part
         # of what the index was built with; every store returns the same manifest.
-        return {k: v for k, v in check_manifest(data, str(p)).items() if k != "faiss"}
+        return {k: v for k, v in data.items() if k != "faiss"}
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write the manifest atomically, sealed with a checksum of its content.
