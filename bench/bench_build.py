@@ -36,7 +36,8 @@ from indexer.stores.faiss_store import FaissStore  # noqa: E402
 
 
 def make_model(kind: str, folder: Path) -> Path:
-    """A random-weight ViT-MAE: ``tiny`` (the shipped preset) or ``base`` (ViT-B/16 shape)."""
+    """A random-weight ViT-MAE: a preset of :mod:`indexer.model_presets` (``tiny`` is the shipped shape,
+    ``small`` ViT-S/16) or ``base`` (ViT-B/16 shape)."""
     from transformers import ViTMAEConfig, ViTMAEModel
 
     from indexer.model_presets import create_model
@@ -79,7 +80,7 @@ def naive_loop(model_dir: Path, items) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["test", "tiny", "base"], default="tiny")
+    ap.add_argument("--model", choices=["test", "tiny", "small", "base"], default="tiny")
     ap.add_argument("--images", type=int, default=192)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
@@ -127,7 +128,7 @@ def main() -> None:
                 f"{args.workers} workers, {torch.get_num_threads()} torch threads, best of {args.repeats}",
                 rows, ("pipeline", "seconds", "img/s", "x model-only"))  # fmt: skip
     print(f"\nbuild / model-only = {t_model / t_build:.2f}   (target >= 0.90)")
-    print(f"build / naive      = {t_naive / t_build:.2f}   (target >= 1.60)")
+    print(f"build / naive      = {t_naive / t_build:.2f}   (target >= 1.30)")
     print(f"stage seconds of the last build (summed over threads): {summary.to_dict()['stage_seconds']}")
     print(f"first batch (warm-up{compiled}): {t_warm:.1f} s")
     if encoder.precision == "bf16":
