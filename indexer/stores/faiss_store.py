@@ -9,6 +9,9 @@ Folder layout::
                            each written atomically; a later shard overrides an earlier one per id
     index.faiss            a snapshot of the search index, of the kind the manifest's ``faiss`` section
                            names (Flat by default; HNSW, IVF-Flat, IVF-PQ: indexer.stores.faiss_kinds)
+    index.rerank           PQ kinds only: float16 vectors by id, memory-mapped, re-scoring the codes'
+                           candidates (indexer.stores.rerank_file; derived from the shards like
+                           index.faiss, and rebuilt when it does not match them)
     index.state.json       every shard's size, rows and SHA-256, and which shards the snapshot covers
     .write.lock            the writers' lock (indexer.stores.lock)
 
@@ -70,7 +73,9 @@ from indexer.stores.faiss_kinds import (
     search_parameters,
     tune_search,
 )
+from indexer.stores.faiss_rerank import candidates, rerank, reranks, tune_rerank
 from indexer.stores.lock import FolderLock, pid_alive
+from indexer.stores.rerank_file import RerankFile, RerankKeeper
 from indexer.stores.manifest import read_folder_manifest, seal_manifest
 
 log = logging.getLogger(__name__)
@@ -239,8 +244,9 @@ class FaissStore:
         is built from the shards when the writer closes.
     memory
         ``auto``'s memory budget for the index, in bytes (default 4 GiB).
-    nprobe, ef_search
-        Search parameters overriding the ones the build chose and the manifest records.
+    nprobe, ef_search, rerank
+        Search parameters overriding the ones the build chose and the manifest records (``rerank``: a
+        PQ kind's candidates per result re-scored with the float vectors; 0 ranks by the codes).
 
     On open the folder checks itself cheaply against ``index.state.json`` (the shard list, each
     shard's size and row count): :attr:`damage` lists what is missing or unreadable. A reader serves
@@ -260,16 +266,17 @@ class FaissStore:
         memory: int | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        rerank: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         if kind is not None and kind != "auto":
             parse_kind(kind)  # a typo fails before anything is opened
         self._requested_kind = kind
         self._memory = memory if memory is not None else DEFAULT_MEMORY
-        self._overrides = {"nprobe": nprobe, "efSearch": ef_search}
+        self._overrides = {"nprobe": nprobe, "efSearch": ef_search, "rerank": rerank}
         for name, value in self._overrides.items():
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
+            if value is not None and value < (0 if name == "rerank" else 1):
+                raise ConfigError(f"{name} must be >= {0 if name == 'rerank' else 1}, got {value}")
         self._faiss_section: dict[str, Any] = {}
         self._where: dict[int, tuple[str, int]] = {}
         self._changed = False  # something to write to index.faiss when this writer closes
@@ -279,6 +286,8 @@ class FaissStore:
         self._snap_kind: str | None = None
         self._kind = parse_kind(DEFAULT_KIND)
         self.read_only = read_only
+        self._rerank = RerankKeeper(self.directory, writable=not read_only)
+        self._snap_rerank: dict[str, Any] = {}  # what the state file records of index.rerank
         self.gpu = gpu
         self._gpu_index: Any = _UNTRIED
         if read_only and not (self.directory / SHARDS).is_dir() and not (self.directory / MANIFEST).exists():
@@ -457,6 +466,18 @@ class FaissStore:
             index.add_with_ids(self._shard_vectors(name, rows), ids)
         return index
 
+    def _ensure_rerank(self) -> RerankFile:
+        """The re-rank file matching the index, rebuilt from the shards (one at a time) when it does not."""
+        current = self._rerank.current
+        if current is not None:
+            return current
+        if self._pending_records or self._pending_deletes:
+            self.flush()
+        names = [p.name for p in self._shard_paths()]
+        live = self._live_by_shard()
+        parts = ((ids, self._shard_vectors(name, rows)) for name, (rows, ids) in live.items())
+        return self._rerank.build(self.ids(), self.dim, parts, names[-1] if names else "")
+
     def _ensure_search_index(self) -> None:
         """Make the in-memory index hold every stored row (a writer's pending rows are flushed first)."""
         if self._index is not None or not self._records or self.dim is None:
@@ -466,6 +487,7 @@ class FaissStore:
         self._index = self._build_from_shards(self._kind)
         self._gpu_index = _UNTRIED
         self._changed = True
+        self._rerank.invalidate()
 
     def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` inner products of ``queries`` over every stored float vector, read from the
@@ -531,7 +553,12 @@ class FaissStore:
             q_ids = self._sample_ids(TUNE_QUERIES)
             q = self.get_vectors(q_ids)
             _, exact = self.exact_search(q, 11)  # each query's own id is left out: 10 others
-            section.update(tune_search(self._index, self._kind, q, exact, k=10, query_ids=q_ids))
+            if reranks(self._kind):
+                scores = self._ensure_rerank().scores
+                n = len(self._records)
+                section.update(tune_rerank(self._index, self._kind, q, exact, scores, n, k=10, query_ids=q_ids))
+            else:
+                section.update(tune_search(self._index, self._kind, q, exact, k=10, query_ids=q_ids))
             section["tuned_on"] = len(q)
         if self._kind.trained:
             trained = getattr(self, "_trained_on", 0) if rebuilt else self._faiss_section.get("trained_on", 0)
@@ -713,6 +740,7 @@ class FaissStore:
                         self._index.add_with_ids(self._shard_vectors(name, rows), ids)
             index = self._index
             self._changed = True
+            self._rerank.invalidate()
         if index is not None and index.ntotal != len(self._records):
             index = None
         self._index = index
@@ -721,6 +749,12 @@ class FaissStore:
             self._changed = True
         if self._kind.factory != snap_kind or self._index is None:
             self._changed = True
+        self._snap_rerank = dict(snap.get("rerank") or {}) if covered else {}
+        if reranks(self._kind) and self._index is not None and not self._changed:
+            # index.faiss is the snapshot as written: its re-rank file is usable if it matches too.
+            if not self._rerank.adopt(self._snap_rerank, len(self._records), self.dim, snap_names[-1]):
+                log.info("%s does not match the shards: it is rebuilt from them", self._rerank.path.name)
+                self._changed = True
 
     def _shard_ids(self, name: str) -> np.ndarray:
         """The ids of one shard's rows, for catching a snapshot up."""
@@ -763,6 +797,7 @@ class FaissStore:
             self._index.add_with_ids(vectors, ids)
         self._gpu_index = _UNTRIED
         self._changed = True
+        self._rerank.invalidate()
         for r in records:
             self._records[r.id] = r
         if self._pending_deletes:  # a delete then a re-add before one flush: the re-add wins
@@ -781,6 +816,7 @@ class FaissStore:
         self._remove(np.array(present, dtype=np.int64))
         self._gpu_index = _UNTRIED
         self._changed = True
+        self._rerank.invalidate()
         for i in present:
             self._pending_deletes.append(self._records.pop(i))
         self._meta_frame = None
@@ -865,6 +901,12 @@ class FaissStore:
             if snapshot and self._index is not None:
                 atomic_write(self.directory / INDEX, lambda p: faiss.write_index(self._index, str(p)))
                 self._snap_names, self._snap_kind = names, self._kind.factory
+                self._snap_rerank = {}
+                if reranks(self._kind):
+                    self._ensure_rerank()
+                    self._snap_rerank = self._rerank.state_entry()
+                else:
+                    self._rerank.drop()
             state = {
                 "format": STATE_FORMAT,
                 "shards": [self._shard_info[n].to_dict() for n in names],
@@ -872,6 +914,7 @@ class FaissStore:
                     "shards": list(self._snap_names),
                     "index": self._snap_kind,
                     "faiss": self._faiss_section,
+                    **({"rerank": self._snap_rerank} if self._snap_rerank else {}),
                 },
                 "ntotal": len(self._records),
             }
@@ -925,6 +968,7 @@ class FaissStore:
             )
         self._index, self._gpu_index, self._meta_frame = index, _UNTRIED, None
         self._changed = True
+        self._rerank.invalidate()
         # Oldest first, so a tombstone is never removed before the older row it hides.
         for p in old:
             if keep_old_in:
@@ -971,6 +1015,7 @@ class FaissStore:
                 problems.append(
                     f"shard {SHARDS}/{name} does not match its recorded SHA-256 (changed since written)"
                 )
+        problems.extend(self._rerank.problems(self._snap_rerank))
         try:
             self.read_manifest()
         except MaeError as e:
@@ -982,6 +1027,7 @@ class FaissStore:
             raise StoreUnavailableError(f"index at {self.directory} was opened read-only")
 
     def _release(self) -> None:
+        self._rerank.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -1093,8 +1139,13 @@ class FaissStore:
             widen=len(self._records) / n_allowed,
         )
         kk = min(n_allowed, k + SPARE_CANDIDATES)
+        factor = settings.get("rerank") if reranks(self._kind) else None
         index = self._index if params is not None else self._unfiltered_search_index()
-        scores, ids = index.search(queries, kk, params=params)
+        scores, ids = index.search(queries, candidates(kk, factor, n_allowed), params=params)
+        if factor:
+            # The codes chose the candidates; their float vectors (on disk) decide the order.
+            rescored = self._ensure_rerank().scores(queries, ids)
+            scores, ids = rerank(queries, ids, rescored, kk)
         out = []
         for row_scores, row_ids in zip(scores, ids):
             keep = row_ids >= 0

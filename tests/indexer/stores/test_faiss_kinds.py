@@ -63,7 +63,7 @@ def test_parse_kind_accepts_factory_strings_and_names_the_ones_it_knows():
     assert parse_kind("IVF1024,PQ96").pq_m == 96 and parse_kind("IVF1024,PQ96").nlist == 1024
     assert parse_kind("hnsw").factory == "HNSW32" and parse_kind("flat").exact
     assert parse_kind("IVF256,PQ64x4").pq_bits == 4 and parse_kind("OPQ64_256,IVF256,PQ64").opq
-    assert parse_kind("IVF64,PQ32").bytes_per_vector(768) == 32 + 8 + 16  # code, id, direct-map entry
+    assert parse_kind("IVF64,PQ32").bytes_per_vector(768) == 32 + 8 + 40  # code, id, direct-map entry
     assert parse_kind("HNSW32").bytes_per_vector(768) == 768 * 4 + 256 + 8
     for bad in ("IVF", "PQ64", "LSH", "IVF12,SQ8", "HNSW2"):
         with pytest.raises(ConfigError, match="FAISS index kind|HNSW M"):
@@ -80,8 +80,8 @@ def test_auto_follows_size_and_memory_budget():
         "PQ256"
     )
     assert choose_auto(10_000_000, 768, 40 * gib) == f"IVF{ivf_lists(10_000_000)},Flat"
-    # 10M vectors in 1.5 GiB: the largest code that fits is 128 bytes (+24 for the id): 1.42 GiB
-    assert choose_auto(10_000_000, 768, int(1.5 * gib)) == f"IVF{ivf_lists(10_000_000)},PQ128"
+    # 10M vectors in 1.5 GiB: the largest code that fits is 96 bytes (+48 for the id and direct map)
+    assert choose_auto(10_000_000, 768, int(1.5 * gib)) == f"IVF{ivf_lists(10_000_000)},PQ96"
     assert ivf_lists(1_000_000) == 4096 and ivf_lists(100) == 2
     with pytest.raises(ConfigError, match="--faiss-memory"):
         choose_auto(10_000_000, 768, 10 << 20)
@@ -200,8 +200,8 @@ def test_auto_chooses_from_the_count_and_the_memory_budget(tmp_path):
     with FaissStore(tmp_path / "big", dim=DIM, kind="auto", memory=1 << 30) as s:
         s.add(v, recs)
     assert FaissStore(tmp_path / "big", read_only=True).kind.factory == "Flat"
-    # 3000 x 45 B fits PQ16 (+24 B id and direct map) but not the float vectors (136 B each)
-    budget = 3000 * 45
+    # 3000 x 70 B fits PQ16 (+48 B id and direct map) but not the float vectors (136 B each)
+    budget = 3000 * 70
     with FaissStore(tmp_path / "small", dim=DIM, kind="auto", memory=budget) as s:
         s.add(v, recs)
     small = FaissStore(tmp_path / "small", read_only=True)
