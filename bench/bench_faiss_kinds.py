@@ -1,22 +1,31 @@
-"""FAISS mirror kinds on synthetic clustered vectors: build time, bytes per vector, p50 query, recall@10.
+"""FAISS mirror kinds on synthetic clustered vectors: build time, RAM and disk per vector, p50 query, recall@10.
 
 The vectors are clustered, not uniform: ``--clusters`` centres, each point its centre plus noise with a
 decaying spectrum in a random orientation (embeddings have a few strong directions and many weak
 ones), L2-normalised. Recall@10 is against exact search over the same vectors, with held-out points as
 queries. Each kind is built the way the store builds it (:mod:`indexer.stores.faiss_kinds`: trained on
 ``train_size`` sampled vectors, then filled), its nprobe/efSearch tuned by :func:`tune_search` on
-training-set queries, then measured on other queries. ``--filter-fraction`` adds the recall and
-latency of a filtered search (an IDSelector keeping that fraction, nprobe/efSearch widened as the store
-widens them).
+training-set queries, then measured on other queries. PQ kinds re-rank as the store does
+(:mod:`indexer.stores.faiss_rerank`): a float16 re-rank file written to ``--workdir`` and
+memory-mapped, the (nprobe, rerank) pair tuned by :func:`tune_rerank`; the query time includes reading
+the candidates' rows. ``ram_bytes_per_vector`` is what the index keeps in memory (the kind's estimate
+plus the shared centroids; ``rss_bytes_per_vector`` is the process's RSS growth while filling it, with
+the allocator's growth slack), ``disk_bytes_per_vector`` is ``index.faiss`` plus the re-rank file.
+``--filter-fraction`` adds the recall and latency of a filtered search (an IDSelector keeping that
+fraction, nprobe/efSearch widened as the store widens them).
 
-    python bench/bench_faiss_kinds.py --n 200000 --kinds 'Flat;auto;HNSW32' --hnsw-n 50000
+    python bench/bench_faiss_kinds.py --n 1000000 --kinds 'auto;Flat;IVF1024,PQ64;HNSW32' --hnsw-n 100000
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -50,6 +59,16 @@ def exact_top(xb: np.ndarray, xq: np.ndarray, k: int, keep: np.ndarray | None = 
     return ids[index.search(xq, k)[1]]
 
 
+def rss_bytes() -> int:
+    """Resident set size now, after handing freed heap back to the OS (glibc)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args) -> dict:
     import faiss
 
@@ -61,6 +80,8 @@ def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args
         search_parameters,
         tune_search,
     )
+    from indexer.stores.faiss_rerank import candidates, rerank, reranks, tune_rerank
+    from indexer.stores.rerank_file import RerankFile
 
     n, dim = xb.shape
     factory = choose_auto(n, dim, int(args.memory_bytes_per_vector * n)) if kind_text == "auto" else kind_text
@@ -72,32 +93,68 @@ def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args
     if kind.trained:
         sample = xb[np.linspace(0, n - 1, kind.train_size(n)).astype(np.int64)]
         index.train(sample)
+        del sample
         train_s = time.perf_counter() - t0
+    rss0 = rss_bytes()
     for start in range(0, n, 100_000):
         index.add_with_ids(xb[start : start + 100_000], ids[start : start + 100_000])
+    rss_fill = rss_bytes() - rss0
+    rerank_file, rerank_s = None, 0.0
+    if reranks(kind):
+        # The store writes it shard by shard; here 100k rows at a time, in shuffled id order as a build's are.
+        t = time.perf_counter()
+        chunks = np.array_split(np.random.default_rng(0).permutation(n), max(1, n // 100_000))
+        rerank_file = RerankFile.write(
+            Path(args.workdir) / f"{kind.factory}.rerank", ids, dim, ((c, xb[c]) for c in chunks), "bench"
+        )
+        rerank_s = time.perf_counter() - t
     build_s = time.perf_counter() - t0
     # Tuned as the store tunes: stored vectors as queries, exact answers, the cheapest setting >= 0.95.
     tq_ids = np.linspace(0, n - 1, args.tune_queries).astype(np.int64)
     tq = xb[tq_ids]
-    tuned = tune_search(index, kind, tq, exact_top(xb, tq, 11), k=10, query_ids=tq_ids)
-    nprobe, ef = tuned.get("nprobe"), tuned.get("efSearch")
+    t = time.perf_counter()
+    if rerank_file is not None:
+        tuned = tune_rerank(
+            index, kind, tq, exact_top(xb, tq, 11), rerank_file.scores, n, k=10, query_ids=tq_ids
+        )
+    else:
+        tuned = tune_search(index, kind, tq, exact_top(xb, tq, 11), k=10, query_ids=tq_ids)
+    tune_s = time.perf_counter() - t
+    nprobe, ef, factor = tuned.get("nprobe"), tuned.get("efSearch"), tuned.get("rerank")
+
+    def search(q: np.ndarray, params, available: int = n) -> np.ndarray:
+        found = index.search(q, candidates(10, factor, available), params=params)[1]
+        if factor:
+            found = rerank(q, found, rerank_file.scores(q, found), 10)[1]
+        return found
+
     params = search_parameters(kind, nprobe, ef)
-    _, found = index.search(xq, 10, params=params)
-    recall = recall_at(found, gt, 10)
+    recall = recall_at(search(xq, params), gt, 10)
     lat = []
     for q in xq[: args.latency_queries]:
         t = time.perf_counter()
-        index.search(q[None], 10, params=params)
+        search(q[None], params)
         lat.append(time.perf_counter() - t)
+    index_path = Path(args.workdir) / f"{kind.factory}.faiss"
+    faiss.write_index(index, str(index_path))
+    disk = index_path.stat().st_size + (rerank_file.path.stat().st_size if rerank_file is not None else 0)
+    index_path.unlink()
+    centroids = (kind.nlist or 0) * dim * 4
     row = {
         "kind": factory,
         "requested": kind_text,
         "n": n,
         "train_s": round(train_s, 1),
+        **({"rerank_write_s": round(rerank_s, 1)} if rerank_file is not None else {}),
         "build_s": round(build_s, 1),
-        "bytes_per_vector": round(len(faiss.serialize_index(index)) / n, 1),
+        "tune_s": round(tune_s, 1),
+        "ram_bytes_per_vector": round(kind.bytes_per_vector(dim) + centroids / n, 1),
+        "rss_bytes_per_vector": round(rss_fill / n, 1),
+        "disk_bytes_per_vector": round(disk / n, 1),
         **({"nprobe": nprobe} if nprobe else {}),
+        **({"rerank": factor} if factor is not None else {}),
         **({"efSearch": ef} if ef else {}),
+        "tuned_recall_at_10": tuned.get("recall_at_10"),
         "recall_at_10": round(recall, 4),
         "p50_query_ms": round(float(np.median(lat)) * 1e3, 3),
     }
@@ -107,12 +164,13 @@ def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args
         sel = faiss.IDSelectorBatch(np.flatnonzero(keep).astype(np.int64))
         widen = n / keep.sum()
         fparams = search_parameters(kind, nprobe, ef, sel, widen=widen)
-        _, ffound = index.search(xq, 10, params=fparams)
+        allowed = int(keep.sum())
+        ffound = search(xq, fparams, allowed)
         row["filtered_recall_at_10"] = round(recall_at(ffound, exact_top(xb, xq, 10, keep), 10), 4)
         flat = []
         for q in xq[: args.latency_queries]:
             t = time.perf_counter()
-            index.search(q[None], 10, params=fparams)
+            search(q[None], fparams, allowed)
             flat.append(time.perf_counter() - t)
         row["filtered_p50_query_ms"] = round(float(np.median(flat)) * 1e3, 3)
     return row
@@ -135,7 +193,14 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads.")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--workdir", default=None, help="Where PQ kinds' re-rank files go [default: a temp folder]."
+    )
     args = p.parse_args()
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-faiss-")
+        args.workdir = tmp.name
     import faiss
 
     if args.threads:
@@ -151,6 +216,8 @@ def main() -> None:
         sub = xb[: args.hnsw_n] if kind.startswith("HNSW") and args.hnsw_n else xb
         gt = exact_top(sub, xq, 10)
         print(json.dumps(measure(kind, sub, xq, gt, args)), flush=True)
+    if tmp is not None:
+        tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def _query_ids(path: Path | None) -> tuple[int, ...]:
 
 
 def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out, model=None, exclude="site", nprobe=None, ef_search=None):  # fmt: skip
+              device, out, model=None, exclude="site", nprobe=None, ef_search=None, rerank=None):  # fmt: skip
     require_extra("eval")  # report.py needs scipy, matplotlib and scikit-learn: say so before any query
     from eval import perturb as perturbations
     from eval.robustness import NATURAL, RobustnessConfig
@@ -51,7 +51,8 @@ def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, s
     config = RobustnessConfig(perturbations=names, severities=_severities(severities), k=k, n_queries=queries,
                               query_ids=_query_ids(query_list), seed=seed, rbo_p=rbo_p, exclude=exclude)  # fmt: skip
     redis = redis_config_for(index_dir, redis_url, redis_index, writing=False)
-    with open_stores(index_dir, redis, read_only=True, nprobe=nprobe, ef_search=ef_search) as stores:
+    with open_stores(index_dir, redis, read_only=True, nprobe=nprobe, ef_search=ef_search,
+                     rerank=rerank) as stores:  # fmt: skip
         return _evaluate_stores(stores, index_dir, redis_url, config, device, out, model)
 
 
@@ -155,7 +156,7 @@ def reconstruct(image, model, out, mask_ratio, seed, verbose):
 @verbose_option
 @handle_errors
 def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-               device, exclude, model, out, nprobe, ef_search, verbose):  # fmt: skip
+               device, exclude, model, out, nprobe, ef_search, rerank, verbose):  # fmt: skip
     """Top-k consistency and drift of clean vs perturbed queries; writes report.json/CSV/HTML.
 
     With --redis-url the queries go to Redis and its ANN recall@k against the exact FAISS index is
@@ -169,7 +170,7 @@ def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, 
     """
     setup_logging(verbose)
     _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
-              device, out, model, exclude, nprobe, ef_search)  # fmt: skip
+              device, out, model, exclude, nprobe, ef_search, rerank)  # fmt: skip
 
 
 @main.command()

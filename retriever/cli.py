@@ -139,7 +139,7 @@ def main() -> None:
 @verbose_option
 @handle_errors
 def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags, max_distance, backend, redis_url,
-          redis_index, hnsw_ef_runtime, nprobe, ef_search, model, device, precision, compile_model, server, fmt,
+          redis_index, hnsw_ef_runtime, nprobe, ef_search, rerank, model, device, precision, compile_model, server, fmt,
           verbose):  # fmt: skip
     """Find the indexed images nearest to IMAGES (TIFF files) or to indexed images given by --id.
 
@@ -165,7 +165,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
     redis = reader_redis(index_dir, redis_url, redis_index, hnsw_ef_runtime, backend)
     with open_stores(
         index_dir, redis, read_only=True, backend=backend or ("redis" if redis else "faiss"), nprobe=nprobe,
-        ef_search=ef_search,
+        ef_search=ef_search, rerank=rerank,
     ) as stores:  # fmt: skip
         # Queries by id search with stored vectors: the model loads only when an image needs embedding.
         retriever = Retriever.open(stores.primary, model, device, precision, compile_model, index_dir=index_dir,
@@ -235,6 +235,7 @@ def serve(
     reports,
     nprobe,
     ef_search,
+    rerank,
     model,
     device,
     precision,
@@ -266,7 +267,7 @@ def serve(
     both = redis is not None and index_dir is not None and (Path(index_dir) / "manifest.json").is_file()
     # Both stores given: the page may search either, and the plate map reads the FAISS copy.
     stores = open_stores(index_dir, redis, read_only=True, backend=None if both else chosen, nprobe=nprobe,
-                         ef_search=ef_search)  # fmt: skip
+                         ef_search=ef_search, rerank=rerank)  # fmt: skip
     primary = stores.faiss if chosen == "faiss" and stores.faiss is not None else stores.primary
     service = QueryService(
         Retriever.open(primary, model, device, precision, compile_model, index_dir=index_dir), limits

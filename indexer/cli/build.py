@@ -319,7 +319,7 @@ def info(index_dir, fmt):
     )
     click.echo(f"dim:        {m['dim']}   pooling: {m['pooling']}")
     f = d["faiss"]
-    tuned = ", ".join(f"{k} {f[k]}" for k in ("nprobe", "efSearch", "recall_at_10") if k in f)
+    tuned = ", ".join(f"{k} {f[k]}" for k in ("nprobe", "rerank", "efSearch", "recall_at_10") if k in f)
     click.echo(f"faiss:      {f['index']}{' (' + tuned + ')' if tuned else ''}")
     pre = m["preprocess"]
     click.echo(f"preprocess: intensity {pre['intensity']}, resize {pre['resize']} to {pre['image_size']}")

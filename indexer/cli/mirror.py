@@ -39,7 +39,18 @@ mirror_index_option = click.option(
 @faiss_search_options
 @handle_errors
 def verify(
-    index_dir, redis_url, redis_index, sample, k, min_recall, min_mirror_recall, seed, fmt, nprobe, ef_search
+    index_dir,
+    redis_url,
+    redis_index,
+    sample,
+    k,
+    min_recall,
+    min_mirror_recall,
+    seed,
+    fmt,
+    nprobe,
+    ef_search,
+    rerank,
 ):
     """Check an index for damage and, with --redis-url, that Redis and the FAISS mirror agree; exit 1 on
     any damage or divergence.
@@ -54,7 +65,9 @@ def verify(
     from indexer.stores.mirror import verify_stores
 
     if not redis_url:
-        with open_stores(index_dir, None, read_only=True, nprobe=nprobe, ef_search=ef_search) as stores:
+        with open_stores(
+            index_dir, None, read_only=True, nprobe=nprobe, ef_search=ef_search, rerank=rerank
+        ) as stores:
             problems, count = stores.faiss.check(full=True), stores.faiss.count()
             kind, mirror_recall, line = _mirror_recall(stores.faiss, k, sample, min_mirror_recall)
         ok = not problems and mirror_recall >= min_mirror_recall
@@ -71,7 +84,7 @@ def verify(
     redis = redis_config_for(index_dir, redis_url, redis_index, writing=False)
     # Another folder's Redis index is refused by index uid; counts and ids are what verify reports.
     with open_stores(
-        index_dir, redis, read_only=True, pair_check="uid", nprobe=nprobe, ef_search=ef_search
+        index_dir, redis, read_only=True, pair_check="uid", nprobe=nprobe, ef_search=ef_search, rerank=rerank
     ) as stores:
         tol = stores.redis.vector_tolerance
         report = verify_stores(stores.redis, stores.faiss, sample=sample, k=k, seed=seed, vector_tolerance=tol,
@@ -108,7 +121,9 @@ def verify(
 def _mirror_recall(store, k: int, sample: int, floor: float) -> tuple[str, float, str]:
     """``(kind, recall@k of its index against exact search, a line for the report)``."""
     recall = store.measure_recall(k, sample) if not store.kind.exact else 1.0
-    settings = ", ".join(f"{n} {v}" for n, v in store.search_settings.items() if n in ("nprobe", "efSearch"))
+    settings = ", ".join(
+        f"{n} {v}" for n, v in store.search_settings.items() if n in ("nprobe", "efSearch", "rerank")
+    )
     line = (
         f"recall@{k} of the faiss {store.kind.factory} index vs exact: {recall:.4f} "
         f"(min {floor}; {settings or 'exact'})"

@@ -99,7 +99,15 @@ def no_wait_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def faiss_search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--nprobe`` and ``--ef-search``: override the FAISS mirror's search parameters (from its manifest)."""
+    """``--nprobe``, ``--ef-search`` and ``--rerank``: override the FAISS mirror's search parameters (from
+    its manifest)."""
+    fn = click.option(
+        "--rerank",
+        type=int,
+        default=None,
+        help="FAISS PQ candidates per result re-scored with the float vectors on disk; 0 ranks by the PQ "
+        "codes alone [default: the value the build tuned, in the manifest].",
+    )(fn)
     fn = click.option(
         "--ef-search",
         type=int,

@@ -62,6 +62,7 @@ def open_stores(
     faiss_store: VectorStore | None = None,
     nprobe: int | None = None,
     ef_search: int | None = None,
+    rerank: int | None = None,
 ) -> OpenStores:
     """Open the FAISS store at ``index_dir`` and the Redis store of ``redis``, as a caller asks.
 
@@ -88,7 +89,7 @@ def open_stores(
     faiss_store
         A FAISS store the caller already opened on ``index_dir`` (a build takes the folder's lock
         before it loads the model), used instead of opening another.
-    nprobe, ef_search
+    nprobe, ef_search, rerank
         A FAISS reader's search parameters, overriding the ones its manifest records.
 
     Returns
@@ -114,7 +115,13 @@ def open_stores(
         from indexer.stores.faiss_store import FaissStore
 
         faiss = faiss_store or FaissStore(
-            index_dir, dim=dim, read_only=read_only, wait=wait, nprobe=nprobe, ef_search=ef_search
+            index_dir,
+            dim=dim,
+            read_only=read_only,
+            wait=wait,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rerank=rerank,
         )
         if faiss_store is not None and dim is not None:
             faiss_store.expect_dim(dim)

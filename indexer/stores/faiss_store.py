@@ -75,8 +75,8 @@ from indexer.stores.faiss_kinds import (
 )
 from indexer.stores.faiss_rerank import candidates, rerank, reranks, tune_rerank
 from indexer.stores.lock import FolderLock, pid_alive
-from indexer.stores.rerank_file import RerankFile, RerankKeeper
 from indexer.stores.manifest import read_folder_manifest, seal_manifest
+from indexer.stores.rerank_file import RerankFile, RerankKeeper
 
 log = logging.getLogger(__name__)
 
@@ -556,7 +556,9 @@ class FaissStore:
             if reranks(self._kind):
                 scores = self._ensure_rerank().scores
                 n = len(self._records)
-                section.update(tune_rerank(self._index, self._kind, q, exact, scores, n, k=10, query_ids=q_ids))
+                section.update(
+                    tune_rerank(self._index, self._kind, q, exact, scores, n, k=10, query_ids=q_ids)
+                )
             else:
                 section.update(tune_search(self._index, self._kind, q, exact, k=10, query_ids=q_ids))
             section["tuned_on"] = len(q)
