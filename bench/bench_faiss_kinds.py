@@ -10,7 +10,8 @@ training-set queries, then measured on other queries. PQ kinds re-rank as the st
 memory-mapped, the (nprobe, rerank) pair tuned by :func:`tune_rerank`; the query time includes reading
 the candidates' rows. ``ram_bytes_per_vector`` is what the index keeps in memory (the kind's estimate
 plus the shared centroids; ``rss_bytes_per_vector`` is the process's RSS growth while filling it, with
-the allocator's growth slack), ``disk_bytes_per_vector`` is ``index.faiss`` plus the re-rank file.
+the lists' growth slack; ``rss_loaded_bytes_per_vector`` its growth when reading ``index.faiss`` back,
+as a reader does), ``disk_bytes_per_vector`` is ``index.faiss`` plus the re-rank file.
 ``--filter-fraction`` adds the recall and latency of a filtered search (an IDSelector keeping that
 fraction, nprobe/efSearch widened as the store widens them).
 
@@ -138,7 +139,6 @@ def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args
     index_path = Path(args.workdir) / f"{kind.factory}.faiss"
     faiss.write_index(index, str(index_path))
     disk = index_path.stat().st_size + (rerank_file.path.stat().st_size if rerank_file is not None else 0)
-    index_path.unlink()
     centroids = (kind.nlist or 0) * dim * 4
     row = {
         "kind": factory,
@@ -173,6 +173,13 @@ def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args
             search(q[None], fparams, allowed)
             flat.append(time.perf_counter() - t)
         row["filtered_p50_query_ms"] = round(float(np.median(flat)) * 1e3, 3)
+    # What a reader (the server) holds: the index read back from disk, its lists sized exactly.
+    index = None  # the search closure shares this name: the built index is freed here
+    rss0 = rss_bytes()
+    loaded = faiss.read_index(str(index_path))
+    row["rss_loaded_bytes_per_vector"] = round((rss_bytes() - rss0) / n, 1)
+    del loaded
+    index_path.unlink()
     return row
 
 

@@ -8,7 +8,8 @@ built from them, of one of these kinds (faiss factory strings, inner product ove
   searched with ``efSearch``.
 - ``IVF{n},Flat`` and ``IVF{n},PQ{m}`` (optionally ``PQ{m}x{bits}``, and an ``OPQ{m}`` rotation in
   front): ``n`` k-means lists, trained on a sample; PQ keeps ``m`` bytes per vector (8-bit codes).
-  Searched with ``nprobe``.
+  Searched with ``nprobe``; PQ candidates are re-ranked with float16 vectors kept on disk
+  (:mod:`indexer.stores.faiss_rerank`, :mod:`indexer.stores.rerank_file`), not counted as memory.
 
 :func:`choose_auto` picks one from the number of vectors and a memory budget the way autofaiss
 reasons (flat while it is small, a graph while it fits, IVF lists, then the largest PQ code the
