@@ -103,6 +103,13 @@ def main() -> None:
     ap.add_argument("--eval-perturb", default="gaussian_noise,gaussian_blur")
     ap.add_argument("--eval-severities", default="0-2")
     ap.add_argument("--serve-queries", type=int, default=200)
+    ap.add_argument("--load-minutes", type=float, default=0.0,
+                    help="Then this many minutes of bench/server_load.py's mixed load on the same server "
+                         "(0: none); the server's RSS after warm-up must stay within 10 %%.")  # fmt: skip
+    ap.add_argument("--load-clients", type=int, default=8)
+    ap.add_argument(
+        "--load-warmup", type=float, default=60.0, help="Seconds of load before the RSS baseline."
+    )
     ap.add_argument("--redis-url", default=None)
     ap.add_argument("--redis-index", default="plate")
     args = ap.parse_args()
@@ -189,15 +196,19 @@ def main() -> None:
         res, rss = peak_rss_mb_of(ev, env)
         record("eval robustness", res, rss, args.eval_queries)
 
-        # 5. mae-search serve: 200 queries, p50/p99, server RSS after warm-up and at the end
-        steps.append(serve_step(args, index, url, data, env))
-        print(json.dumps(steps[-1]), flush=True)
+        # 5. mae-search serve: 200 queries, p50/p99, server RSS after warm-up and at the end; then the
+        #    optional sustained load (reported as its own step, outside the rehearsal's 45-minute budget)
+        steps.extend(serve_step(args, index, url, data, env))
+        for row in steps[-2:] if args.load_minutes > 0 else steps[-1:]:
+            print(json.dumps(row), flush=True)
     finally:
         if server is not None:
             server.stop()
     out = {"images": n_images, "wells": args.wells, "z": args.z, "steps": steps}
     (work / "rehearsal.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({"total_seconds": round(sum(s["seconds"] for s in steps), 1)}))
+    rehearsal_s = sum(s["seconds"] for s in steps if s["step"] != "serve load")
+    print(json.dumps({"total_seconds": round(sum(s["seconds"] for s in steps), 1),
+                      "rehearsal_seconds_without_load": round(rehearsal_s, 1)}))  # fmt: skip
 
 
 def vm_rss_mb(pid: int) -> float:
@@ -207,8 +218,9 @@ def vm_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def serve_step(args, index: Path, url: str, data: Path, env: dict) -> dict:
-    """Start ``mae-search serve``, send ``--serve-queries`` TIFFs one at a time, stop it."""
+def serve_step(args, index: Path, url: str, data: Path, env: dict) -> list[dict]:
+    """Start ``mae-search serve``, send ``--serve-queries`` TIFFs one at a time, then (with
+    ``--load-minutes``) ``--load-clients`` clients of mixed requests; stop it. One row per phase."""
     import socket
 
     with socket.socket() as s:
@@ -245,6 +257,10 @@ def serve_step(args, index: Path, url: str, data: Path, env: dict) -> dict:
             if i == 9:
                 warm_rss = vm_rss_mb(proc.pid)
         end_rss = vm_rss_mb(proc.pid)
+        queries_s = time.perf_counter() - t0
+        load = None
+        if args.load_minutes > 0:
+            load = sustained_load(args, proc.pid, port, index, picks)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -252,9 +268,9 @@ def serve_step(args, index: Path, url: str, data: Path, env: dict) -> dict:
         except subprocess.TimeoutExpired:
             proc.kill()
     ms = np.array(lat) * 1e3
-    return {
+    rows = [{
         "step": "serve",
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(queries_s, 2),
         "start_seconds": round(start_s, 2),
         "queries": len(lat),
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
@@ -263,6 +279,38 @@ def serve_step(args, index: Path, url: str, data: Path, env: dict) -> dict:
         "rss_at_end_mb": round(end_rss, 1),
         "redis_used_memory_mb": round(redis_used_memory(url) / 2**20, 1),
         "index_mb": round(folder_bytes(index) / 2**20, 1),
+    }]  # fmt: skip
+    if load is not None:
+        load["redis_used_memory_mb"] = round(redis_used_memory(url) / 2**20, 1)
+        rows.append(load)
+    return rows
+
+
+def sustained_load(args, pid: int, port: int, index: Path, picks: list[Path]) -> dict:
+    """``--load-minutes`` of bench/server_load.py's mixed load (uploads, id queries, batches, health,
+    bad requests) from ``--load-clients`` keep-alive clients; the server's RSS every 5 s."""
+    from bench.server_load import run_load
+    from indexer.stores.faiss_store import FaissStore
+
+    ids = [int(i) for i in FaissStore(index, read_only=True).ids()[:: max(1, len(picks))]][:1000]
+    blobs = [p.read_bytes() for p in picks[:: max(1, len(picks) // 16)]]
+    res = run_load(port, pid, args.load_minutes * 60, blobs, ids, args.load_clients, args.load_warmup, 5.0)
+    mb = [round(r / 2**20, 1) for _, r in res["samples"]]
+    return {
+        "step": "serve load",
+        "seconds": round(res["seconds"], 1),
+        "clients": args.load_clients,
+        "requests": res["requests"],
+        "requests_per_s": round(res["requests"] / res["seconds"], 1),
+        "unexpected_statuses": res["errors"],
+        "unexpected": res["unexpected"],
+        "rss_after_warmup_mb": round(res["rss_min"] / 2**20, 1) if "rss_min" in res else None,
+        "rss_first_after_warmup_mb": mb[int(args.load_warmup // 5)]
+        if len(mb) > args.load_warmup // 5
+        else None,
+        "rss_max_after_warmup_mb": round(res["rss_max"] / 2**20, 1) if "rss_max" in res else None,
+        "rss_growth_after_warmup": round(res["growth"], 4) if "growth" in res else None,
+        "rss_samples_mb": mb,
     }
 
 
