@@ -141,10 +141,6 @@ class Plan:
     #: upsert; ``None``: any id may be held (``--force``), upsert all. See :func:`new_rows`.
     held: tuple[frozenset[int] | None, ...] = ()
 
-    def new_rows(self, store_index: int, ids: Sequence[int]) -> list[bool]:
-        """For each of ``ids``, whether store ``store_index`` holds no hash/row of it (see :func:`new_rows`)."""
-        return new_rows(self.held[store_index] if store_index < len(self.held) else None, ids)
-
 
 def new_rows(held: frozenset[int] | None, ids: Sequence[int]) -> list[bool]:
     """For each of ``ids``, whether it is new to a store holding ``held`` of the ids a build writes
