@@ -18,11 +18,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import print_table  # noqa: E402
-from eval.metrics import recall_at_k  # noqa: E402
+from bench.common import print_table, redis_url  # noqa: E402
 from indexer.config import RedisConfig  # noqa: E402
 from indexer.stores.base import ImageRecord  # noqa: E402
 from indexer.stores.faiss_store import FaissStore  # noqa: E402
+from indexer.stores.recall import recall_at_k  # noqa: E402
 
 
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
@@ -44,15 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     from indexer.stores.redis_store import RedisStore
 
-    server = None
-    url = args.redis_url
-    if url is None:
-        from tests.support.redis_server import RedisServer
-
-        server = RedisServer(port=0, data_dir=Path(tempfile.mkdtemp(prefix="mae-bench-r-")))
-        server.start()
-        url = server.url
-    try:
+    with redis_url(args.redis_url, prefix="mae-bench-r-") as url:
         vecs = clustered(args.vectors, args.dim, args.seed)
         queries = clustered(args.queries, args.dim, args.seed + 1)
         records = [
@@ -100,9 +92,6 @@ def main() -> None:
                     ingest_rows, ("algorithm", "vectors", "seconds", "vectors/s"))  # fmt: skip
         print_table(f"KNN k=10 vs exact FAISS ({args.queries} queries; FAISS flat {t_exact * 1000:.2f} ms/query)",
                     ef_rows, ("algorithm", "EF_RUNTIME", "recall@10", "p50 ms", "p99 ms"))  # fmt: skip
-    finally:
-        if server is not None:
-            server.stop()
 
 
 if __name__ == "__main__":

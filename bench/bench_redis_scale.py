@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_faiss_kinds import clustered_vectors, exact_top  # noqa: E402
+from bench.common import redis_url  # noqa: E402
 from indexer.config import RedisConfig  # noqa: E402
 from indexer.stores.base import ImageRecord  # noqa: E402
 from indexer.stores.faiss_kinds import recall_at  # noqa: E402
@@ -65,15 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     from indexer.stores.redis_store import RedisStore
 
-    server = None
-    url = args.redis_url
-    if url is None:
-        from tests.support.redis_server import RedisServer
-
-        server = RedisServer(port=0, data_dir=Path(tempfile.mkdtemp(prefix="mae-bench-rs-")))
-        server.start()
-        url = server.url
-    try:
+    with redis_url(args.redis_url, prefix="mae-bench-rs-") as url:
         x = clustered_vectors(args.vectors + args.queries, args.dim, 1000, args.seed)
         xb, xq = x[: args.vectors], x[args.vectors :]
         gt = exact_top(xb, xq, 10)
@@ -92,6 +84,7 @@ def main() -> None:
             store = fresh("sweep")
             t0 = time.perf_counter()
             store.bulk_load(xb[:n], recs[:n], batch=batch)
+            store.flush()  # a last short batch is held back until then
             wait_indexed(store, n)
             t = time.perf_counter() - t0
             print(json.dumps({"step": "bulk_load FLAT", "batch": batch, "vectors": n, "seconds": round(t, 2),
@@ -113,6 +106,7 @@ def main() -> None:
             )
             t0 = time.perf_counter()
             store.bulk_load(xb, recs)
+            store.flush()
             wait_indexed(store, len(xb))
             t = time.perf_counter() - t0
             mem = used_memory(store.client) - before
@@ -145,6 +139,7 @@ def main() -> None:
         pipe_store = store  # dim None now: write the hashes without an index
         pipe_store.dim = args.dim
         pipe_store.bulk_load(xb, recs)
+        pipe_store.flush()
         t_load = time.perf_counter() - t0
         t1 = time.perf_counter()
         store = RedisStore(cfg, dim=args.dim)  # FT.CREATE, then waits for background indexing
@@ -154,9 +149,6 @@ def main() -> None:
                           "index_s": round(t_index, 1),
                           "vectors_per_s": round(len(xb) / (t_load + t_index))}), flush=True)  # fmt: skip
         store.drop()
-    finally:
-        if server is not None:
-            server.stop()
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +85,25 @@ def print_table(title: str, rows: list[tuple], headers: tuple) -> None:
     print("  ".join("-" * w for w in widths))
     for r in cells:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+@contextmanager
+def redis_url(given: str | None = None, prefix: str = "mae-bench-redis-") -> Iterator[str]:
+    """The Redis URL a benchmark runs against: ``given`` as it is, or a private Redis Stack server on a
+    free port (tests/support/redis_server.py) in a temporary data folder, stopped and removed on exit.
+
+    Raises
+    ------
+    StoreUnavailableError
+        The private server could not start (install it with ``scripts/redis-stack.sh install``).
+    """
+    if given is not None:
+        yield given
+        return
+    from tests.support.redis_server import RedisServer
+
+    with (
+        tempfile.TemporaryDirectory(prefix=prefix) as data_dir,
+        RedisServer(port=0, data_dir=data_dir) as server,
+    ):
+        yield server.url

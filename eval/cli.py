@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from eval import gallery
 from indexer.cli.options import (
     faiss_search_options,
     handle_errors,
@@ -108,8 +109,8 @@ _common = [
     click.option("--device", default="auto", show_default=True),
     click.option(
         "--exclude",
-        type=click.Choice(["none", "image", "site", "well"]),
-        default="site",
+        type=click.Choice(list(gallery.EXCLUDE)),
+        default=gallery.DEFAULT_EXCLUDE,
         show_default=True,
         help="Which of each query's relatives leave BOTH the clean and the perturbed top-k: "
         "site = its other z-slices and channels (near-duplicates).",

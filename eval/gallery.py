@@ -25,6 +25,8 @@ from typing import Any
 
 #: Exclusion modes, mildest first.
 EXCLUDE = ("none", "image", "site", "well")
+#: The mode of ``mae-eval robustness`` and the explorer's live panel when none is given.
+DEFAULT_EXCLUDE = "site"
 
 _KEYS = {"site": ("plate", "well", "site"), "well": ("plate", "well")}
 

@@ -9,10 +9,10 @@ robustness panel.
 
 The numbers are computed by :func:`compare_one`, which runs the very steps of
 :func:`eval.robustness.run_robustness` for one query: the raw image from the indexed path, the
-seeded perturbation, an unfiltered search for k + 1, the top k of each, then
-:func:`eval.robustness.compare_results`. So they equal ``mae-eval robustness --exclude none`` for
-the same query, perturbation, severity, k, seed and RBO p: the panel keeps the query's own site in both
-lists, where the report's default (``--exclude site``) takes it out, and gives no chance level.
+seeded perturbation, an unfiltered search deep enough, the top k of each once the query's relatives
+named by ``exclude`` are cut out of both (:mod:`eval.gallery`; default ``site``, as ``mae-eval``'s), then
+:func:`eval.robustness.compare_results`. So they equal ``mae-eval robustness --exclude <the same>`` for
+the same query, perturbation, severity, k, seed and RBO p; the panel gives no chance level.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 from http import HTTPStatus
 from typing import Any
 
-from eval import perturb
+from eval import gallery, perturb
 from eval.robustness import RobustnessConfig, _ids, compare_results
 from indexer.errors import ConfigError
 from indexer.sources import load_image
@@ -32,28 +32,56 @@ from retriever.search import QueryOptions, Retriever
 
 
 def compare_one(
-    retriever: Retriever, record: ImageRecord, name: str, severity: int, k: int, seed: int, rbo_p: float
+    retriever: Retriever,
+    record: ImageRecord,
+    name: str,
+    severity: int,
+    k: int,
+    seed: int,
+    rbo_p: float,
+    excluded: frozenset[int] = frozenset(),
+    n_index: int | None = None,
 ) -> dict[str, Any]:
     """Clean vs perturbed top-k of one indexed image, with the metrics of ``mae-eval robustness``.
+
+    ``excluded``: the ids that leave both lists (the query's relatives, :func:`eval.gallery.exclusions`;
+    empty: ``--exclude none``); ``n_index``: the index's size (default: the store's count).
 
     Returns
     -------
     dict
         ``clean`` and ``perturbed`` hit lists (k each), ``metrics`` (self_rank, self_at_1,
-        overlap_at_k, jaccard_at_k, rbo, kendall_tau), ``value`` (the severity's parameter) and the
-        perturbed raw image (``image``, a uint16 array).
+        overlap_at_k, jaccard_at_k, rbo, kendall_tau), ``candidates`` (the gallery left), ``value`` (the
+        severity's parameter) and the perturbed raw image (``image``, a uint16 array).
+
+    Raises
+    ------
+    ConfigError
+        Fewer than ``k + 1`` candidates are left once ``excluded`` is out (as ``mae-eval`` skips it).
     """
     RobustnessConfig(perturbations=(name,), severities=(severity,), k=k, seed=seed, rbo_p=rbo_p)
+    n_index = retriever.store.count() if n_index is None else n_index
+    candidates = n_index - len(excluded)
+    if candidates < k + 1:
+        raise ConfigError(
+            f"image {record.id} has {candidates} candidates once its relatives are excluded, fewer than "
+            f"k + 1 = {k + 1}: lower k, or choose a milder exclude"
+        )
     raw = load_image(record.path)  # as eval.robustness.read_queries reads it
     image = perturb.apply(name, raw, severity, perturb.perturbation_rng(seed, record.id, name, severity))
     vectors = retriever.embed_arrays([raw, image])
-    clean_hits, pert_hits = retriever.search_vectors(vectors, QueryOptions(k=k + 1))
-    clean, perturbed = _ids(clean_hits)[:k], _ids(pert_hits)[:k]
+    # As run_robustness: deep enough that k results survive the exclusion.
+    depth = min(n_index, k + len(excluded) + 2)
+    clean_hits, pert_hits = retriever.search_vectors(vectors, QueryOptions(k=depth))
+    clean = gallery.cut(_ids(clean_hits), excluded, k)
+    perturbed = gallery.cut(_ids(pert_hits), excluded, k)
+    self_list = gallery.cut(_ids(pert_hits), excluded - {record.id}, k)
     by_id = {h.id: h for h in [*clean_hits, *pert_hits]}
     return {
         "clean": [by_id[i].to_dict() for i in clean],
         "perturbed": [{**by_id[i].to_dict(), "rank": n + 1} for n, i in enumerate(perturbed)],
-        "metrics": compare_results(record.id, clean, perturbed, k, rbo_p),
+        "metrics": compare_results(record.id, clean, perturbed, k, rbo_p, self_list=self_list),
+        "candidates": candidates,
         "value": perturb.severity_value(name, severity),
         "image": image,
     }
@@ -67,12 +95,27 @@ def _finite(v: float) -> float | None:
 def register(app: Any) -> None:
     """Add ``GET /api/perturbations`` and ``POST /api/perturb`` to a query server's application.
 
-    ``POST /api/perturb`` takes ``{"id", "perturbation", "severity", "k", "seed", "rbo_p"}`` and answers
+    ``POST /api/perturb`` takes ``{"id", "perturbation", "severity", "k", "seed", "rbo_p", "exclude"}``
+    (``exclude`` one of :data:`eval.gallery.EXCLUDE`, default ``mae-eval``'s) and answers
     :func:`compare_one`'s result with the perturbed image as a PNG data URL.
     """
+    import threading
+
     from retriever.server import ClientError, json_response, parse_id
 
     service = app.service
+    # Every record of each store, read once on the first request that needs it: the relatives of a query
+    # are found among them as mae-eval finds them (eval.gallery.exclusions).
+    records: dict[int, list[ImageRecord]] = {}
+    records_lock = threading.Lock()
+
+    def all_records(retriever: Retriever) -> list[ImageRecord]:
+        with records_lock:
+            key = id(retriever.store)
+            if key not in records:
+                store = retriever.store
+                records[key] = [r for r in store.get(store.ids()) if r is not None]
+            return records[key]
 
     def perturbations(req: Any) -> Any:
         return json_response(
@@ -86,13 +129,13 @@ def register(app: Any) -> None:
                     }
                     for n in perturb.PERTURBATIONS
                 ],
-                "defaults": {"k": 10, "seed": 0, "rbo_p": 0.9},
+                "defaults": {"k": 10, "seed": 0, "rbo_p": 0.9, "exclude": gallery.DEFAULT_EXCLUDE},
             }
         )
 
     def run(req: Any) -> Any:
         obj = req.json()
-        allowed = {"id", "perturbation", "severity", "k", "seed", "rbo_p", "backend"}
+        allowed = {"id", "perturbation", "severity", "k", "seed", "rbo_p", "backend", "exclude"}
         unknown = sorted(set(obj) - allowed)
         if unknown:
             raise ClientError(
@@ -111,6 +154,9 @@ def register(app: Any) -> None:
                 raise ConfigError(
                     f"unknown perturbation {name!r}; choose from {', '.join(perturb.PERTURBATIONS)}"
                 )
+            exclude = str(obj.get("exclude", gallery.DEFAULT_EXCLUDE))
+            if exclude not in gallery.EXCLUDE:
+                raise ConfigError(f"unknown exclude {exclude!r}; choose from {', '.join(gallery.EXCLUDE)}")
             retriever = service.pick(obj.get("backend"))
             record = retriever.store.get([qid])[0]
         except KeyError as e:
@@ -119,8 +165,12 @@ def register(app: Any) -> None:
             raise ClientError(HTTPStatus.BAD_REQUEST, str(e)) from e
         if record is None:
             raise ClientError(HTTPStatus.NOT_FOUND, f"id {qid} is not in the index")
+        known = all_records(retriever)
+        excluded = gallery.exclusions(known, [qid], exclude).excluded[qid]
         try:
-            out = service.compute(compare_one, retriever, record, name, severity, k, seed, p)
+            out = service.compute(
+                compare_one, retriever, record, name, severity, k, seed, p, excluded, len(known)
+            )
         except ConfigError as e:
             raise ClientError(HTTPStatus.BAD_REQUEST, str(e)) from e
         except OSError as e:
@@ -131,7 +181,14 @@ def register(app: Any) -> None:
         out["image"] = "data:image/png;base64," + base64.b64encode(png).decode()
         out["metrics"] = {m: _finite(v) if isinstance(v, float) else v for m, v in out["metrics"].items()}
         out.update(
-            id=qid, perturbation=name, severity=severity, k=k, seed=seed, rbo_p=p, value=_finite(out["value"])
+            id=qid,
+            perturbation=name,
+            severity=severity,
+            k=k,
+            seed=seed,
+            rbo_p=p,
+            exclude=exclude,
+            value=_finite(out["value"]),
         )
         return json_response(out)
 

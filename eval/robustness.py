@@ -52,7 +52,7 @@ class RobustnessConfig:
     rbo_p: float = 0.9
     reference_z: int = FOCUS_Z
     where: MetadataFilter = field(default_factory=MetadataFilter)
-    exclude: str = "site"
+    exclude: str = gallery.DEFAULT_EXCLUDE
 
     def __post_init__(self) -> None:
         if self.exclude not in gallery.EXCLUDE:

@@ -12,6 +12,7 @@ from indexer.config import BuildConfig
 from indexer.errors import StoreUnavailableError
 from indexer.stores import open_stores
 from indexer.stores.binding import store_identity
+from indexer.stores.transform_file import normalize_record
 
 
 def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSummary:
@@ -92,6 +93,7 @@ def _describe(index_dir: Path, store) -> dict[str, Any]:
         "count": store.count(),
         "faiss": store.search_settings,
         "manifest": manifest,
+        "normalize": normalize_record(manifest),
         "rejected": rejected,
         "values": values,
         "damage": store.check(),

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from indexer.build.plan import BuildSummary, Ledger, make_plan, write_rejected
+from indexer.build.plan import BuildSummary, Ledger, make_plan, write_batch, write_rejected
 from indexer.build.prepare import Prepared, prepare_item
 from indexer.config import BuildConfig
 from indexer.encoder import Encoder, load_encoder
@@ -71,10 +71,17 @@ def _bounded_map(fn: Callable, items: Iterable, workers: int, window: int) -> It
 
 
 class _Writer:
-    """Writes batches to every store on its own thread, so store I/O overlaps the next forward pass."""
+    """Writes batches to every store on its own thread, so store I/O overlaps the next forward pass.
 
-    def __init__(self, stores: Sequence[VectorStore], flush_every: int) -> None:
+    ``held``: per store, the ids it may hold (:attr:`indexer.build.plan.Plan.held`): those are upserted,
+    the rest bulk-loaded.
+    """
+
+    def __init__(
+        self, stores: Sequence[VectorStore], flush_every: int, held: Sequence[frozenset[int] | None] = ()
+    ) -> None:
         self.stores = stores
+        self.held = list(held) + [None] * (len(stores) - len(held))
         self.flush_every = flush_every
         self.seconds = 0.0
         self.written = 0
@@ -94,8 +101,8 @@ class _Writer:
             vectors, records = job
             t0 = time.perf_counter()
             try:
-                for store in self.stores:
-                    store.add(vectors, records)
+                for store, held in zip(self.stores, self.held):
+                    write_batch(store, held, vectors, records)
                 self.written += len(records)
                 self._since_flush += len(records)
                 if self._since_flush >= self.flush_every:
@@ -218,7 +225,7 @@ def build_index(
     summary.runtime = f"{encoder.device.type} {encoder.precision}"
     pre = plan.preprocess
     on_device = encoder.device.type == "cuda"
-    writer = _Writer(stores, config.flush_every)
+    writer = _Writer(stores, config.flush_every, plan.held)
     timings = {"read_decode_preprocess": 0.0, "model": 0.0}
     batch: list[Prepared] = []
     held: list[tuple[np.ndarray, list[ImageRecord]]] = []

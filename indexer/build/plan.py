@@ -15,13 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from indexer.atomic import atomic_write
 from indexer.build.prepare import Rejected
 from indexer.config import BuildConfig, NormalizeConfig, PreprocessConfig
 from indexer.errors import ConfigError, DecodeError, EmptyBuildError, IndexMismatchError
 from indexer.normalize import DEFAULT_EPS, EmbeddingTransform
 from indexer.sources import SourceItem, SourceProblem, describe_search, iter_sources
-from indexer.stores.base import MetadataFilter, VectorStore
+from indexer.stores.base import ImageRecord, MetadataFilter, VectorStore
 from indexer.stores.binding import bind_stores
 from indexer.stores.manifest import build_manifest, check_compatible, record_model_paths
 from indexer.stores.transform_file import load_transform, normalize_record
@@ -135,6 +137,43 @@ class Plan:
     preprocess: PreprocessConfig
     transform: EmbeddingTransform | None = None
     fit: dict | None = None  # the manifest's normalize record to fit (kind, eps, fit_on)
+    #: Per store (in the order given), the ids it holds that this build does not skip, which it must
+    #: upsert; ``None``: any id may be held (``--force``), upsert all. See :func:`new_rows`.
+    held: tuple[frozenset[int] | None, ...] = ()
+
+
+def new_rows(held: frozenset[int] | None, ids: Sequence[int]) -> list[bool]:
+    """For each of ``ids``, whether it is new to a store holding ``held`` of the ids a build writes
+    (``None``: unknown, every id may be held). A new id may go through the store's ``bulk_load``, any
+    other through ``add``.
+
+    Why this is enough for Redis, whose bulk path is ``HSET`` without ``DEL``: ``held`` comes from a
+    SCAN of the store's keys made after any earlier (killed) run stopped; each ``HSET`` of that run is
+    atomic, so every hash it left is listed, whole or not at all, and the folder's write lock keeps
+    another build from adding one since. An id missing from the listing therefore has no hash to leave
+    a stale field in. An id the store holds but the build re-embeds (the other store lacks it, after a
+    kill between the two writes, or it was repaired without metadata) is upserted with ``add``: its
+    new record may lack a field the old one had (same content, renamed file, another metadata table).
+    """
+    if held is None:
+        return [False] * len(ids)
+    return [int(i) not in held for i in ids]
+
+
+def write_batch(
+    store: VectorStore, held: frozenset[int] | None, vectors: np.ndarray, records: Sequence[ImageRecord]
+) -> None:
+    """Write one batch to ``store``: ids it may hold with ``add`` (upsert), the others with ``bulk_load``
+    (both engines write through this; ``held`` as :func:`new_rows` takes it)."""
+    new = np.array(new_rows(held, [r.id for r in records]), dtype=bool)
+    if new.all():
+        store.bulk_load(vectors, records)
+    elif not new.any():
+        store.add(vectors, records)
+    else:
+        old_rows, new_rows_ = np.flatnonzero(~new), np.flatnonzero(new)
+        store.add(vectors[old_rows], [records[i] for i in old_rows])
+        store.bulk_load(vectors[new_rows_], [records[i] for i in new_rows_])
 
 
 def parse_fit_on(specs: Sequence[str]) -> MetadataFilter | None:
@@ -398,8 +437,9 @@ def make_plan(
     ledger.summary.without_metadata = count_without_metadata(items)
     pre, record = settle_manifest(config, encoder, items, stores)
     transform, fit = settle_transform(stores, record) if stores else (None, None)
-    existing = already_indexed(stores, config.force)
-    return Plan(items=items, existing=frozenset(existing), preprocess=pre, transform=transform, fit=fit)
+    existing, held = index_state(stores, config.force)
+    return Plan(items=items, existing=frozenset(existing), preprocess=pre, transform=transform, fit=fit,
+                held=held)  # fmt: skip
 
 
 def book_listing(ledger: Ledger, items: Sequence[SourceItem], problems: Sequence[SourceProblem]) -> None:
@@ -420,13 +460,24 @@ def already_indexed(stores: Sequence[VectorStore], force: bool = False) -> set[i
     ``mae-index repair`` can recover an image's vector from ``index.faiss`` without its path and
     metadata; such an image counts as not indexed, so the same build restores it.
     """
+    return index_state(stores, force)[0]
+
+
+def index_state(
+    stores: Sequence[VectorStore], force: bool = False
+) -> tuple[set[int], tuple[frozenset[int] | None, ...]]:
+    """The ids a build skips (:func:`already_indexed`) and, per store, the ids it holds that the build
+    does not skip (to upsert, not bulk-load: :func:`new_rows`); ``None`` for every store with ``force``.
+
+    Each store's ids are listed once; the sets kept are those of a killed run's leftovers (small), or
+    of a store added to an index later (every id of the other one).
+    """
     if force or not stores:
-        return set()
-    existing = set(stores[0].ids().tolist())
-    for store in stores[1:]:
-        existing &= set(store.ids().tolist())
+        return set(), (None,) * len(stores)
+    listed = [set(store.ids().tolist()) for store in stores]
+    existing = set.intersection(*listed)
     existing -= {r.id for r in stores[0].get(sorted(existing)) if r is not None and not r.path}
-    return existing
+    return existing, tuple(frozenset(ids - existing) for ids in listed)
 
 
 def write_rejected(index_dir: Path, rejected: Sequence[Rejected]) -> None:

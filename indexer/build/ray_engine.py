@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.build.plan import BuildSummary, Ledger, make_plan, write_rejected
+from indexer.build.plan import BuildSummary, Ledger, make_plan, write_batch, write_rejected
 from indexer.config import BuildConfig, PreprocessConfig, RedisConfig
 from indexer.errors import ConfigError, MaeError
 from indexer.stores.base import RECORD_FIELDS, ImageRecord
@@ -187,9 +187,10 @@ class _Write:
     parquet shard (fsspec). Writing is I/O, so the actor holds no CPU slot: it keeps pace even when the
     embedding actors hold every CPU, and embedded batches do not pile up in the object store."""
 
-    def __init__(self, shard_url: str, redis: dict | None) -> None:
+    def __init__(self, shard_url: str, redis: dict | None, held: frozenset[int] | None = None) -> None:
         self.shard_url = shard_url.rstrip("/")
         self.redis = redis
+        self.held = held  # ids Redis may hold: upserted; the rest bulk-loaded (Plan.held)
         self._store = None
 
     def _redis_store(self, dim: int):
@@ -221,7 +222,9 @@ class _Write:
                 records.append(ImageRecord(id=int(batch["id"][i]), path=str(batch["path"][i]), **meta))
             vectors = np.stack([batch["vector"][i] for i in rows]).astype(np.float32)
             if self.redis is not None:
-                self._redis_store(vectors.shape[1]).add(vectors, records)
+                store = self._redis_store(vectors.shape[1])
+                write_batch(store, self.held, vectors, records)
+                store.flush()  # an actor has no close hook: send the batch now, before its shard
             fs, root = fsspec.core.url_to_fs(self.shard_url)
             fs.makedirs(root, exist_ok=True)
             name = f"{root}/part-{uuid.uuid4().hex}.parquet"
@@ -265,20 +268,23 @@ def import_shards(shard_url: str, faiss_store) -> int:
 def _rewrite_first_listed(stores: list, ledger: Ledger, duplicated: set[int], items: dict[str, Any]) -> None:
     """Make each store hold the first-listed record of every content id found more than once.
 
-    Writers upsert whichever duplicate reached them last; the vectors are the same (same bytes), only
+    Writers write whichever duplicate reached them last; the vectors are the same (same bytes), only
     the record (path, metadata) differs, so the record the duplicate rule chose is written again, with
-    the metadata the listing parsed (``items``: path -> listed item).
+    the metadata the listing parsed (``items``: path -> listed item), through ``add``: each writer
+    bulk-loaded its copy as new, so Redis may hold a mix of two records' fields until then.
     """
     from indexer.build.prepare import image_record
 
-    # A plane of a stack (path file#i) is not a listed item: its stored record is kept as it is.
-    ids = np.array([i for i in sorted(duplicated) if ledger.first_path(int(i)) in items], dtype=np.int64)
+    ids = np.array(sorted(duplicated), dtype=np.int64)
     if not len(ids):
         return
     vectors = stores[0].get_vectors(ids)
     # The listing knows names, not provenance: keep the ``source`` decoding recorded for each id.
-    known = {r.id: r.source for r in stores[0].get(ids.tolist()) if r is not None}
-    records = [replace(image_record(items[ledger.first_path(int(i))], int(i)), source=known.get(int(i)))
+    stored = {r.id: r for r in stores[0].get(ids.tolist()) if r is not None}
+    # A plane of a stack (path file#i) is not a listed item: the FAISS mirror's record of it (one whole
+    # record, the last shard's) is written to every store as it is.
+    records = [replace(image_record(items[ledger.first_path(int(i))], int(i)), source=stored[int(i)].source)
+               if ledger.first_path(int(i)) in items else stored[int(i)]
                for i in ids]  # fmt: skip
     for store in stores:
         store.add(vectors, records)
@@ -314,6 +320,8 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
     precision = encoder.precision if encoder.device.type == device else config.model.precision
     model = asdict(replace(config.model, device=device, precision=precision))
     redis = asdict(config.redis) if config.redis is not None else None
+    # The driver's stores are the FAISS folder, then Redis (open_stores' order).
+    redis_held = plan.held[1] if redis is not None and len(plan.held) > 1 else None
     rows: list[tuple[int, int, str, str]] = []  # (listing order, id, path, status) of usable/skipped rows
     worker_precision: set[str] = set()
     started_here = not ray.is_initialized()
@@ -331,7 +339,7 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
         actors, threads = ray_config.actors_and_threads(ray.cluster_resources())
         ds = ds.map_batches(_Embed, fn_constructor_args=(model, threads), batch_size=config.batch_size,
                             concurrency=actors, num_gpus=ray_config.num_gpus_per_worker)  # fmt: skip
-        ds = ds.map_batches(_Write, fn_constructor_args=(shard_url, redis), batch_size=config.batch_size,
+        ds = ds.map_batches(_Write, fn_constructor_args=(shard_url, redis, redis_held), batch_size=config.batch_size,
                             concurrency=ray_config.writers, num_cpus=0)  # fmt: skip
         for row in ds.iter_rows():
             for column, stage in _STAGE_COLUMNS.items():

@@ -304,6 +304,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
 def info(index_dir, fmt):
     """Show what an index holds and what it was built with."""
     from indexer.build.jobs import index_info
+    from indexer.stores.transform_file import describe_normalize
 
     d = index_info(index_dir)
     if fmt == "json":
@@ -323,6 +324,7 @@ def info(index_dir, fmt):
     click.echo(f"faiss:      {f['index']}{' (' + tuned + ')' if tuned else ''}")
     pre = m["preprocess"]
     click.echo(f"preprocess: intensity {pre['intensity']}, resize {pre['resize']} to {pre['image_size']}")
+    click.echo(f"normalize:  {describe_normalize(d['normalize'])}")
     click.echo(f"rejected:   {d['rejected']}")
     for line in d["damage"]:
         click.echo(f"damaged:    {line}")

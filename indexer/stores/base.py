@@ -240,6 +240,13 @@ class VectorStore(Protocol):
         """Upsert ``vectors`` (n, dim float32, L2-normalised) with their ``records`` (ids inside)."""
         ...
 
+    def bulk_load(self, vectors: np.ndarray, records: Sequence[ImageRecord]) -> None:
+        """Add records whose ids the store does not hold: a store may take a faster path than :meth:`add`
+        (Redis: pipelined ``HSET`` without MULTI/DEL; FAISS: :meth:`add`). Durable, like every write, at
+        the next :meth:`flush`; reads see it at once. An id the store may hold must go through :meth:`add`:
+        a field that became ``None`` could survive here."""
+        ...
+
     def search(
         self,
         queries: np.ndarray,
@@ -294,7 +301,8 @@ class VectorStore(Protocol):
         ...
 
     def flush(self) -> None:
-        """Make every write so far durable (FAISS: atomic file write; Redis: no-op)."""
+        """Make every write so far durable (FAISS: atomic file write; Redis: send bulk-loaded hashes still
+        held back for a full pipeline)."""
         ...
 
     def close(self) -> None:

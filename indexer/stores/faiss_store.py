@@ -809,6 +809,11 @@ class FaissStore:
         self._pending_records.extend(records)
         self._meta_frame = None
 
+    def bulk_load(self, vectors: np.ndarray, records: Sequence[ImageRecord]) -> None:
+        """Add records whose ids are not stored yet: :meth:`add` (it already buffers until :meth:`flush`;
+        its check for a stored id is one dict lookup per id)."""
+        self.add(vectors, records)
+
     def delete(self, ids: Sequence[int]) -> int:
         """Delete ids; return how many were present (durable at the next :meth:`flush`)."""
         self._check_writable()

@@ -73,8 +73,10 @@ from indexer.stores.redis_query import (
 
 #: Hashes per MULTI/EXEC in :meth:`RedisStore.add` (about 1.5 MB of 768-d float32 vectors).
 WRITE_CHUNK = 500
-#: Hashes per pipeline round trip in :meth:`RedisStore.bulk_load` (bench/bench_redis.py: throughput
-#: is flat from 500 to 5,000 at 768-d; 1,000 keeps a round trip near 3 MB).
+#: Hashes per pipeline round trip in :meth:`RedisStore.bulk_load`, and the most it holds back between
+#: round trips (bench/bench_redis_scale.py, 10,000 x 768 into FLAT on a loaded 2-core box: 6,699 / 7,232
+#: / 11,558 / 14,392 vectors/s at 100 / 500 / 1,000 / 5,000; 1,000 keeps a round trip near 3 MB, and a
+#: build's checkpoint, every ``--flush-every`` 512 images, sends what is held before that anyway).
 BULK_BATCH = 1000
 #: Keys per pipeline round trip when reading, and queries per pipeline round trip when searching.
 READ_CHUNK = 1000
@@ -154,6 +156,9 @@ class RedisStore:
         self._errors = redis.exceptions
         self.dim: int | None = None
         self._failures_at_open = 0
+        # bulk_load's hashes not sent yet, (key, mapping); sent before any other call reaches the server,
+        # so the server sees every command in the order it was made.
+        self._held: list[tuple[str, dict[str, Any]]] = []
         try:
             # RESP2 on purpose: its reply shapes are stable across redis-py versions, and parsed here.
             self.client = redis.Redis.from_url(
@@ -207,7 +212,12 @@ class RedisStore:
         return f"{self.config.prefix}{int(image_id)}"
 
     def _call(self, fn, *args, **kwargs):
-        """Run one Redis call, turning connection, credential and memory errors into project errors."""
+        """Run one Redis call, turning connection, credential and memory errors into project errors.
+
+        Hashes :meth:`bulk_load` holds back are sent first.
+        """
+        if self._held:
+            self._send_held()
         try:
             return fn(*args, **kwargs)
         except self._errors.RedisError as e:
@@ -396,8 +406,11 @@ class RedisStore:
         pipeline round trip, no MULTI/EXEC and no ``DEL`` (nothing to clear); the server adds each hash
         to the index (FLAT or HNSW) as it arrives.
 
-        For an id that may exist use :meth:`add`: a field that became ``None`` would survive here.
-        Raises as :meth:`add` does.
+        Fewer than ``batch`` hashes are held back until more come (a build writes a model batch of 16 at
+        a time), and sent by :meth:`flush`, :meth:`close` or the next call that reaches the server, so
+        reads see them at once. For an id that may exist use :meth:`add`: a field that became ``None``
+        would survive here. Raises as :meth:`add` does; a full server or a lost connection may surface
+        at the call that sends the hashes.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(records):
@@ -410,11 +423,25 @@ class RedisStore:
         if vectors.shape[1] != self.dim:
             raise ConfigError(f"vectors are {vectors.shape[1]}-d but {self.location} is {self.dim}-d")
         blobs = vectors.astype(self._dtype)
-        for start in range(0, len(records), max(1, batch)):
+        self._held.extend((self._key(rec.id), self._mapping(blob, rec)) for blob, rec in zip(blobs, records))
+        if len(self._held) >= batch:
+            self._send_held(batch)
+
+    def _send_held(self, batch: int = BULK_BATCH) -> None:
+        """Send the hashes :meth:`bulk_load` holds, ``batch`` per pipeline round trip; on a failure the
+        unsent ones stay held (and the error is raised)."""
+        held, self._held = self._held, []
+        batch = max(1, batch)
+        for start in range(0, len(held), batch):
             pipe = self.client.pipeline(transaction=False)
-            for blob, rec in zip(blobs[start : start + batch], records[start : start + batch]):
-                pipe.hset(self._key(rec.id), mapping=self._mapping(blob, rec))
-            self._call(pipe.execute)
+            for key, mapping in held[start : start + batch]:
+                pipe.hset(key, mapping=mapping)
+            try:
+                self._call(pipe.execute)
+            except BaseException:
+                # HSET is idempotent: resending a chunk the server partly applied writes the same fields.
+                self._held = held[start:] + self._held
+                raise
 
     def _mapping(self, blob: np.ndarray, rec: ImageRecord) -> dict[str, Any]:
         mapping: dict[str, Any] = {VECTOR_FIELD: blob.tobytes(), "path": str(rec.path)}
@@ -439,11 +466,17 @@ class RedisStore:
         return removed
 
     def flush(self) -> None:
-        """Do nothing: a write is as durable as the server's persistence settings (AOF/RDB) make it."""
+        """Send the hashes :meth:`bulk_load` holds back; a write is then as durable as the server's
+        persistence settings (AOF/RDB) make it."""
+        if self._held:
+            self._send_held()
 
     def close(self) -> None:
-        """Release the connection pool."""
-        self.client.close()
+        """Send what :meth:`bulk_load` holds back, then release the connection pool."""
+        try:
+            self.flush()
+        finally:
+            self.client.close()
 
     def drop(self, delete_documents: bool = True) -> None:
         """Remove the index.

@@ -44,6 +44,20 @@ def normalize_record(manifest: dict[str, Any] | None) -> dict[str, Any]:
     return dict((manifest or {}).get("normalize") or {"kind": "none"})
 
 
+def describe_normalize(record: dict[str, Any]) -> str:
+    """One line for a manifest's ``normalize`` record: ``none``, or the kind, ridge, fit set and fingerprint
+    (e.g. ``whiten (eps 1e-06, fitted on all 14 vectors, sha256 0123456789ab)``)."""
+    kind = record.get("kind", "none")
+    if kind == "none":
+        return "none"
+    parts = [f"eps {record['eps']:g}"] if kind == "whiten" and record.get("eps") is not None else []
+    if not record.get("sha256"):
+        return f"{kind} ({', '.join(parts + ['not fitted yet: the first build stopped before its fit'])})"
+    subset = f"the {record['fit_on']} subset, " if record.get("fit_on") else "all "
+    parts += [f"fitted on {subset}{record.get('n_fit')} vectors", f"sha256 {record['sha256'][:12]}"]
+    return f"{kind} ({', '.join(parts)})"
+
+
 def fitted_record(transform: EmbeddingTransform, fit_on: str | None) -> dict[str, Any]:
     """The manifest record of a fitted transform."""
     return {

@@ -110,3 +110,17 @@ def test_manifest_handshake_names_the_field():
         settle_normalize(NormalizeConfig(kind="whiten", eps=1e-3), stored)
     with pytest.raises(IndexMismatchError, match="normalize.kind: the index has 'none'"):
         settle_normalize(NormalizeConfig(kind="whiten"), {"dim": 4})  # an index built before --normalize
+
+
+def test_describe_normalize_names_kind_ridge_subset_and_fingerprint():
+    from indexer.stores.transform_file import describe_normalize
+
+    assert describe_normalize({"kind": "none"}) == "none"
+    centred = {"kind": "center", "eps": None, "fit_on": "well=A01", "n_fit": 8, "sha256": "ab" * 32}
+    assert (
+        describe_normalize(centred)
+        == "center (fitted on the well=A01 subset, 8 vectors, sha256 abababababab)"
+    )
+    assert describe_normalize({"kind": "whiten", "eps": 0.01, "fit_on": None}) == (
+        "whiten (eps 0.01, not fitted yet: the first build stopped before its fit)"
+    )

@@ -143,3 +143,28 @@ def test_server_and_explorer_path_apply_the_transform(whitened, redis_config, re
     for backend in ("faiss", "redis"):
         hits = service.pick(backend).search_vectors(service.embed_blobs(blobs), QueryOptions(k=1))
         assert [row[0].record.path for row in hits] == [str(p) for p in real_images[:3]]
+
+
+def test_info_prints_the_normalisation_in_text_and_json(whitened, tmp_path, tiny_model_dir, real_images):
+    fingerprint = json.loads((whitened / "manifest.json").read_text())["normalize"]["sha256"]
+    text = CliRunner().invoke(index_main, ["info", "--index", str(whitened)])
+    assert text.exit_code == 0, text.output
+    line = next(x for x in text.output.splitlines() if x.startswith("normalize:"))
+    assert line == f"normalize:  whiten (eps 1e-06, fitted on all 14 vectors, sha256 {fingerprint[:12]})"
+    d = json.loads(
+        CliRunner().invoke(index_main, ["info", "--index", str(whitened), "--format", "json"]).stdout
+    )
+    assert d["normalize"] == {
+        "kind": "whiten",
+        "eps": 1e-6,
+        "fit_on": None,
+        "n_fit": 14,
+        "sha256": fingerprint,
+    }
+    plain = tmp_path / "plain"
+    r = CliRunner().invoke(index_main, ["build", str(real_images[0]), "--index", str(plain), "--model",
+                                        str(tiny_model_dir), "--device", "cpu", "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "normalize:  none" in CliRunner().invoke(index_main, ["info", "--index", str(plain)]).output
+    d = json.loads(CliRunner().invoke(index_main, ["info", "--index", str(plain), "--format", "json"]).stdout)
+    assert d["normalize"] == {"kind": "none"}

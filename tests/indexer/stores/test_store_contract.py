@@ -347,3 +347,16 @@ def test_tags_are_stored_returned_and_filtered_alike(store):
             "treatment=x=y {z} | w",
         ]  # fmt: skip
     )
+
+
+def test_bulk_load_of_new_ids_is_read_back_at_once_as_add_stores_them(store):
+    # Redis holds fewer than a pipeline's worth of bulk-loaded hashes back; a read must still see them.
+    v, recs = _unit(N), _records()
+    store.bulk_load(v[:7], recs[:7])
+    assert store.count() == 7 and store.get([r.id for r in recs[:7]]) == recs[:7]
+    store.bulk_load(v[7:], recs[7:])
+    store.delete([recs[0].id])
+    assert store.count() == N - 1 and store.get([recs[0].id]) == [None]
+    np.testing.assert_allclose(store.get_vectors([recs[-1].id]), v[-1:], atol=store.vector_tolerance)
+    store.flush()
+    assert [h[0].id for h in store.search(v[1:4], 1)] == [r.id for r in recs[1:4]]
