@@ -25,9 +25,13 @@ IMAGE_SUFFIXES = (".tif", ".tiff")
 _PLANE_RE = re.compile(r"^(.*)#(\d+)$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceItem:
-    """One image to index. ``path`` is what users see (``data.zip/folder/file.tif`` for zip members)."""
+    """One image to index. ``path`` is what users see (``data.zip/folder/file.tif`` for zip members).
+
+    A build keeps every item of its listing (52,224 for a full plate), so an item is slotted and a
+    file's reader holds the path string, not a :class:`~pathlib.Path` with its parts.
+    """
 
     path: str
     read: Callable[[], bytes]
@@ -75,6 +79,20 @@ def file_path(display: str) -> Path:
         return p
     raw = _BYTE_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), display.encode("utf-8"))
     return Path(os.fsdecode(raw))
+
+
+class FileReader:
+    """``read()`` of one file: its bytes. Holds the path as one string (shared with the display path
+    when the name is valid UTF-8), a few dozen bytes instead of a ``Path``'s bound ``read_bytes``."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
 
 
 class _ZipReader:
@@ -151,12 +169,14 @@ class _Lister:
             return False
         return _wanted(meta, self.config)
 
-    def file(self, path: Path, display: str) -> Iterator[SourceItem]:
-        if not self._first_time(os.path.realpath(path), display):
+    def file(self, path: Path | str, display: str) -> Iterator[SourceItem]:
+        real = os.path.realpath(path)
+        if not self._first_time(real, display):
             return
-        meta = _meta(display, display_path(path.resolve()), self.table)
+        meta = _meta(display, display_path(real), self.table)
         if self._select(display, meta):
-            yield SourceItem(display, path.read_bytes, meta)
+            text = str(path)
+            yield SourceItem(display, FileReader(display if text == display else text), meta)
 
     def zip(self, path: Path, display: str) -> Iterator[SourceItem]:
         if not self._first_time(os.path.realpath(path), display):
@@ -183,7 +203,9 @@ class _Lister:
     def folder(self, root: Path) -> Iterator[SourceItem]:
         """Walk ``root``, following links to folders once each (a loop, or a second link to a folder
         already walked, is listed as a duplicate), in sorted order."""
-        found: list[tuple[str, Path]] = []
+        # Strings, not Paths: the whole folder's names are held until sorted (52,224 for a full plate),
+        # and the display path is the same string object as the path whenever the name is valid UTF-8.
+        found: list[tuple[str, str]] = []
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             real = os.path.realpath(dirpath)
             shown = display_path(dirpath)
@@ -195,18 +217,19 @@ class _Lister:
                 continue
             self.seen_dirs[real] = shown
             dirnames.sort()
+            folder = Path(dirpath)
             for name in filenames:
-                p = Path(dirpath) / name
-                suffix = p.suffix.lower()
-                if suffix not in IMAGE_SUFFIXES + (".zip",):
+                if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES + (".zip",):
                     continue
-                if not p.exists():
+                p = str(folder / name)
+                if not os.path.exists(p):
                     self.problems.append(SourceProblem(display_path(p), "unreadable: broken link"))
                     continue
                 found.append((display_path(p), p))
-        for shown, p in sorted(found):
-            if p.suffix.lower() == ".zip":
-                yield from self.zip(p, shown)
+        found.sort()
+        for shown, p in found:
+            if p.lower().endswith(".zip"):
+                yield from self.zip(Path(p), shown)
             else:
                 yield from self.file(p, shown)
 

@@ -9,6 +9,7 @@ is channel 1), UUID. The z-slice is not in the file name: it comes from a parent
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 
 from indexer.bbbc006.constants import CHANNELS, N_COLUMNS, PLATE_ROWS, SITES, VALID_TEXT, Z_SLICES
@@ -29,9 +30,12 @@ _SHAPE_RE = re.compile(
 _Z_RE = re.compile(r"(?:_images_z_(?P<a>\d{1,3})|_z(?P<b>\d{1,3})_images)(?:\.zip)?$", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageMeta:
     """Metadata parsed from a BBBC006 path. Fields are ``None`` when the name does not say.
+
+    A build keeps one per listed image, so it is slotted and :func:`parse_path` interns its strings
+    (a plate has one plate name, 384 wells and 2 channels, shared by every image instead of copied).
 
     ``well`` is upper case with two digits (``A01``), ``row`` its letter, ``column`` its number,
     ``channel`` is ``"w1"`` (Hoechst) or ``"w2"`` (phalloidin).
@@ -107,14 +111,14 @@ def parse_path(path: str) -> ImageMeta:
     m = _FILE_RE.match(parts[-1])
     if not m:
         return ImageMeta(z=z)
-    well = normalise_well(m.group("well"))
+    well = sys.intern(normalise_well(m.group("well")))
     return ImageMeta(
-        plate=m.group("plate"),
+        plate=sys.intern(m.group("plate")),
         well=well,
-        row=well[0],
+        row=well[0],  # one-character strings are shared by CPython already
         column=int(well[1:]),
         site=int(m.group("site")),
-        channel=f"w{m.group('channel')}",
+        channel=sys.intern(f"w{m.group('channel')}"),
         z=z,
     )
 

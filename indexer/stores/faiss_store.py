@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -156,6 +157,13 @@ def table_to_records(table) -> tuple[np.ndarray, np.ndarray, list[ImageRecord], 
         for i in range(len(ids))
     ]
     return ids.astype(np.int64), vectors, records, deleted
+
+
+def _shared_values(values: list) -> list:
+    """``values`` with equal strings made one object (interned, so across shards too): this store keeps
+    every record in memory, and a column read back gives a new string per row although a plate has one
+    plate name, 384 wells, 2 channels and one source. Paths are distinct: not for them."""
+    return [sys.intern(v) if isinstance(v, str) else v for v in values]
 
 
 @dataclass(frozen=True)
@@ -636,6 +644,7 @@ class FaissStore:
             ids = table.column("id").to_numpy().astype(np.int64)
             deleted = table.column("deleted").to_numpy(zero_copy_only=False).astype(bool)
             meta = {f: table.column(f).to_pylist() for f in RECORD_FIELDS}
+            meta.update({f: _shared_values(meta[f]) for f in RECORD_FIELDS if f != "path"})
             # Shards written before tags existed lack the column.
             tags = table.column("tags").to_pylist() if "tags" in table.column_names else [None] * len(ids)
             records = [

@@ -50,3 +50,85 @@ def test_a_checkpoint_writes_its_rows_not_the_whole_index(tmp_path, monkeypatch)
     assert writes == [500]
     # a reader finds every row (the snapshot covers all five shards)
     assert FaissStore(tmp_path, read_only=True).count() == 500
+
+
+def _bbbc006_folder(root, n_z: int, wells: int = 24) -> int:
+    """Empty files with BBBC006 names (listing reads names, not bytes): ``n_z`` z folders of
+    ``wells`` wells x 2 sites x 2 channels."""
+    n = 0
+    for z in range(n_z):
+        folder = root / f"BBBC006_v1_images_z_{z:02d}"
+        folder.mkdir(parents=True)
+        for w in range(wells):
+            well = f"{'ABCDEFGHIJKLMNOP'[w // 24]}{w % 24 + 1:02d}"
+            for site in (1, 2):
+                for ch in (1, 2):
+                    uuid = f"{n:08x}-0193-4e11-8762-62b5d2b86216"
+                    (folder / f"mcf-z-stacks-03212011_{well.lower()}_s{site}_w{ch}{uuid}.tif").touch()
+                    n += 1
+    return n
+
+
+def test_a_listed_image_costs_a_few_hundred_bytes(tmp_path):
+    """The listing is kept for the whole build (52,224 items for the full plate): each item must hold
+    its path once and share the values its metadata repeats. Before: ~830 B per item besides its path
+    string (a Path object with its parts behind every ``read``, a string per metadata field); now three
+    small slotted objects (item, reader, metadata), ~260 B."""
+    import gc
+    import sys
+    import tracemalloc
+
+    from indexer.sources import iter_sources
+
+    n = _bbbc006_folder(tmp_path / "data", n_z=20)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        items = list(iter_sources(SourceConfig(paths=(tmp_path / "data",))))
+        gc.collect()
+        per_item = (tracemalloc.get_traced_memory()[0] - before) / n
+    finally:
+        tracemalloc.stop()
+    assert len(items) == n == 1920
+    assert items[0].meta.well == "A01" and items[0].meta.z == 0 and items[0].read() == b""
+    path_bytes = sum(sys.getsizeof(it.path) for it in items) / n  # the path itself: needed, and held once
+    assert per_item - path_bytes < 300, f"{per_item - path_bytes:.0f} B per listed image besides its path"
+
+
+def test_an_open_index_holds_a_record_in_a_few_hundred_bytes(tmp_path):
+    """The FAISS store keeps every record in memory while a build (or a server) runs. Before: ~545 B
+    per record besides its path (a ``__dict__`` per record, a new string per metadata value read back
+    from the shards); now ~265 B: a slotted record whose repeated values are shared."""
+    import gc
+    import sys
+    import tracemalloc
+
+    n, dim = 4000, 8
+    store = FaissStore(tmp_path, dim=dim)
+    rng = np.random.default_rng(0)
+    for start in range(0, n, 500):
+        v = rng.normal(size=(500, dim)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        store.add(v, [ImageRecord(id=10**12 + i, path=f"/data/BBBC006_v1_images_z_{i % 34:02d}/img_{i:06d}.tif",
+                                  plate="mcf-z-stacks-03212011", well=f"A{i % 24 + 1:02d}", row="A",
+                                  column=i % 24 + 1, site=1 + i % 2, channel=f"w{1 + i % 2}", z=i % 34,
+                                  source="synthetic") for i in range(start, start + 500)])  # fmt: skip
+        store.flush()
+    store.close()
+    FaissStore(tmp_path, read_only=True)  # the modules a reader imports are not per record
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        reader = FaissStore(tmp_path, read_only=True)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert reader.count() == n
+    assert reader.get([10**12 + 5])[0].well == "A06"
+    vectors = n * dim * 4  # the Flat index itself
+    paths = sum(sys.getsizeof(r.path) for r in reader.get(reader.ids()))
+    per_record = (held - vectors - paths) / n
+    assert per_record < 330, f"{per_record:.0f} B per record besides its vector and path"

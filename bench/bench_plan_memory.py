@@ -1,0 +1,71 @@
+"""RSS of what a build holds per image before it embeds anything, at N images (no tracemalloc).
+
+Lists DATA, opens the FAISS folder INDEX read-only, finds the already-indexed ids and books every
+listed image in a ledger, printing the process's RSS after each step. Point it at a full plate and
+at a 1k subset to see what grows with N:
+
+    python bench/bench_plan_memory.py runs/plate/data runs/plate/index
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def rss_mb() -> float:
+    """This process's resident set size now, in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main(data: Path, index: Path) -> None:
+    """Print RSS after imports, listing, opening the FAISS store, ``index_state`` and the ledger."""
+    import faiss  # noqa: F401  (the imports a build has anyway, so that they are not counted per image)
+    import pyarrow.parquet  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    from indexer.build.plan import Ledger, index_state
+    from indexer.config import SourceConfig
+    from indexer.sources import iter_sources
+    from indexer.stores.faiss_store import FaissStore
+
+    base = last = rss_mb()
+    print(f"imports: {base:.0f} MB")
+
+    def step(what: str, t0: float) -> None:
+        nonlocal last
+        gc.collect()
+        now = rss_mb()
+        print(f"{what} in {time.perf_counter() - t0:.1f} s: {now:.0f} MB (+{now - last:.0f})")
+        last = now
+
+    t0 = time.perf_counter()
+    items = list(iter_sources(SourceConfig(paths=(data,))))
+    step(f"listed {len(items)} images", t0)
+    t0 = time.perf_counter()
+    store = FaissStore(index, read_only=True)
+    step(f"opened the FAISS store ({store.count()} records)", t0)
+    t0 = time.perf_counter()
+    existing, _ = index_state([store])
+    step(f"index_state ({len(existing)} already indexed)", t0)
+    t0 = time.perf_counter()
+    ledger = Ledger()
+    for i, item in enumerate(items):
+        ledger.admit(10**15 + i, item.path)
+    step("ledger admitted every image", t0)
+    print(f"total over the imports: +{last - base:.0f} MB")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
