@@ -23,8 +23,10 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
     from tqdm.auto import tqdm
 
     from indexer.encoder import load_encoder
+    from indexer.heap import map_large_blocks
     from indexer.stores.faiss_store import FaissStore
 
+    map_large_blocks()  # image-sized buffers mapped and unmapped: no heap holes that grow with N
     items, problems = list_items(
         config
     )  # an empty listing or a bad --metadata table fails here, before the model
