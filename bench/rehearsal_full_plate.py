@@ -229,7 +229,11 @@ def serve_step(args, index: Path, url: str, data: Path, env: dict) -> list[dict]
     cmd = [str(BIN / "mae-search"), "serve", "--index", str(index), "--redis-url", url, "--redis-index",
            args.redis_index, "--port", str(port), "--device", "cpu"]  # fmt: skip
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    # stderr to a file, not a pipe: under load the server logs (waitress's queue-depth warnings), and a
+    # pipe nobody reads fills at 64 KB and blocks every thread that logs: the server stops answering.
+    log_path = args.work.resolve() / "serve.log"
+    log_file = open(log_path, "w")  # noqa: SIM115 (closed below, after the server)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, text=True, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -240,7 +244,7 @@ def serve_step(args, index: Path, url: str, data: Path, env: dict) -> list[dict]
             except OSError as e:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
-                        "mae-search serve did not start: " + (proc.stderr.read() or "")[-1000:]
+                        "mae-search serve did not start: " + log_path.read_text()[-1000:]
                     ) from e
                 time.sleep(0.5)
         start_s = time.perf_counter() - t0
@@ -267,6 +271,7 @@ def serve_step(args, index: Path, url: str, data: Path, env: dict) -> list[dict]
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log_file.close()
     ms = np.array(lat) * 1e3
     rows = [{
         "step": "serve",
@@ -282,6 +287,7 @@ def serve_step(args, index: Path, url: str, data: Path, env: dict) -> list[dict]
     }]  # fmt: skip
     if load is not None:
         load["redis_used_memory_mb"] = round(redis_used_memory(url) / 2**20, 1)
+        load["server_log_lines"] = sum(1 for _ in log_path.open())
         rows.append(load)
     return rows
 

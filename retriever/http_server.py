@@ -28,6 +28,48 @@ from indexer.limits import RequestLimits
 
 log = logging.getLogger(__name__)
 
+#: waitress logs a warning per request that waits for a worker thread; at most one line per this many
+#: seconds reaches the log (see :class:`LogEvery`).
+QUEUE_LOG_INTERVAL_S = 60.0
+
+
+class LogEvery(logging.Filter):
+    """Let one record through per ``interval`` seconds; the next one let through says how many were held.
+
+    Why: waitress logs "Task queue depth is N" at WARNING for every request that has to wait for a
+    worker thread. A server busy with more clients than threads (8 clients, 4 threads, the full plate)
+    wrote 348 such lines in two minutes: they bury every other line, and when stderr is a pipe nobody
+    reads the pipe fills and the next thread that logs blocks, and the server stops answering.
+    """
+
+    def __init__(self, interval: float, clock=time.monotonic) -> None:
+        super().__init__()
+        self.interval = interval
+        self._clock = clock
+        self._last: float | None = None
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """True for a record to log (the first of each interval)."""
+        now = self._clock()
+        with self._lock:
+            if self._last is not None and now - self._last < self.interval:
+                self._held += 1
+                return False
+            held, self._held, self._last = self._held, 0, now
+        if held:
+            record.msg = f"{record.getMessage()} (and {held} more such warnings in the last {self.interval:.0f} s, not shown)"
+            record.args = ()
+        return True
+
+
+def _limit_queue_warnings() -> None:
+    """Put one :class:`LogEvery` on waitress's queue logger (once per process, however many servers)."""
+    queue_log = logging.getLogger("waitress.queue")
+    if not any(isinstance(f, LogEvery) for f in queue_log.filters):
+        queue_log.addFilter(LogEvery(QUEUE_LOG_INTERVAL_S))
+
 
 def _server_class():
     from waitress.server import TcpWSGIServer
@@ -79,6 +121,7 @@ class HttpServer:
             ident="mae-search",
             expose_tracebacks=False,
         )
+        _limit_queue_warnings()
         dispatcher = ThreadedTaskDispatcher()
         dispatcher.set_thread_count(adj.threads)
         cls = _server_class()
