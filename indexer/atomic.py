@@ -1,4 +1,5 @@
-"""Atomic file writes: write a temporary file beside the target, fsync, then ``os.replace``.
+"""Atomic file writes (write a temporary file beside the target, fsync, then ``os.replace``) and the
+checksum those files are checked by.
 
 An interrupted write therefore leaves either the old file or the new one, never half of one. The
 result gets the mode any other new file would get (``0o666`` less the umask), or keeps the mode of
@@ -8,6 +9,7 @@ colleagues a shared index folder is for.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -88,3 +90,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

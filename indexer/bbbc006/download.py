@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from indexer.atomic import atomic_write
+from indexer.atomic import atomic_write, file_sha256
 from indexer.bbbc006.constants import Z_SLICES
 from indexer.bbbc006.names import z_folder_name
 from indexer.errors import ConfigError, MaeError
@@ -55,7 +55,7 @@ def download_bbbc006(out: Path, z_slices: tuple[int, ...], chunk: int = 1 << 20)
     for z in z_slices:
         target = out / f"{z_folder_name(z)}.zip"
         sums = target.with_suffix(".zip.sha256")
-        if target.exists() and sums.exists() and _sha256(target) == sums.read_text().split()[0]:
+        if target.exists() and sums.exists() and file_sha256(target) == sums.read_text().split()[0]:
             yield target
             continue
         digest = hashlib.sha256()
@@ -72,11 +72,3 @@ def download_bbbc006(out: Path, z_slices: tuple[int, ...], chunk: int = 1 << 20)
         atomic_write(target, fetch)
         sums.write_text(f"{digest.hexdigest()}  {target.name}\n")
         yield target
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

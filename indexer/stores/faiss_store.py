@@ -27,7 +27,6 @@ one shard, not for every float vector.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from indexer.atomic import atomic_write, atomic_write_json, temp_file_pid
+from indexer.atomic import atomic_write, atomic_write_json, file_sha256, temp_file_pid
 from indexer.errors import (
     ConfigError,
     IndexDamagedError,
@@ -178,15 +177,6 @@ class ShardInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"name": self.name, "bytes": self.bytes, "rows": self.rows, "sha256": self.sha256}
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _disk_full(e: BaseException) -> bool:

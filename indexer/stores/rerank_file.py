@@ -15,7 +15,6 @@ shards, written atomically, one shard at a time, and rebuilt whenever it does no
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import tempfile
 from collections.abc import Iterable
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.atomic import atomic_write
+from indexer.atomic import atomic_write, file_sha256
 
 RERANK = "index.rerank"
 MAGIC = b"MAERRNK1"
@@ -156,14 +155,6 @@ class RerankFile:
         return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class RerankKeeper:
     """A FAISS folder's re-rank file, kept in step with its search index.
 
@@ -220,7 +211,7 @@ class RerankKeeper:
         if self._file is None or self._file.path != self.path:
             return {}
         if self._sha is None:
-            self._sha = _sha256(self.path)
+            self._sha = file_sha256(self.path)
         return {"bytes": self.path.stat().st_size, "sha256": self._sha, "rows": self._file.n}
 
     def problems(self, entry: dict | None) -> list[str]:
@@ -229,7 +220,7 @@ class RerankKeeper:
             return []
         if not self.path.exists():
             return [f"{RERANK} is missing (it is rebuilt from the shards by the next writer)"]
-        if _sha256(self.path) != entry["sha256"]:
+        if file_sha256(self.path) != entry["sha256"]:
             return [
                 f"{RERANK} does not match its recorded SHA-256 (changed since written); `mae-index repair` "
                 "or any writer rebuilds it from the shards"
