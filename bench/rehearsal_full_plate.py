@@ -298,7 +298,8 @@ def sustained_load(args, pid: int, port: int, index: Path, picks: list[Path]) ->
     from bench.server_load import run_load
     from indexer.stores.faiss_store import FaissStore
 
-    ids = [int(i) for i in FaissStore(index, read_only=True).ids()[:: max(1, len(picks))]][:1000]
+    stored = FaissStore(index, read_only=True).ids()
+    ids = [int(i) for i in stored[np.linspace(0, len(stored) - 1, min(1000, len(stored))).astype(int)]]
     blobs = [p.read_bytes() for p in picks[:: max(1, len(picks) // 16)]]
     res = run_load(port, pid, args.load_minutes * 60, blobs, ids, args.load_clients, args.load_warmup, 5.0)
     mb = [round(r / 2**20, 1) for _, r in res["samples"]]

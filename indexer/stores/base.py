@@ -356,6 +356,21 @@ def check_queries(queries: np.ndarray, k: int, dim: int | None) -> np.ndarray:
     return queries
 
 
+def check_batch(vectors: np.ndarray, records: Sequence[ImageRecord]) -> np.ndarray:
+    """``vectors`` as a C-contiguous float32 (n, dim) array with one record per row (every store's
+    ``add``/``bulk_load`` takes a batch this way).
+
+    Raises
+    ------
+    ValueError
+        Not two-dimensional, or not one row per record.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(records):
+        raise ValueError("vectors must be (n, dim) with one record per row")
+    return vectors
+
+
 def check_storable(records: Sequence[ImageRecord]) -> None:
     """Refuse records whose text cannot be stored as UTF-8 (Redis tags, parquet strings, JSON, CSV).
 

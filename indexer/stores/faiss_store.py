@@ -58,6 +58,7 @@ from indexer.stores.base import (
     Hit,
     ImageRecord,
     MetadataFilter,
+    check_batch,
     check_queries,
     check_storable,
     rank_hits,
@@ -782,9 +783,7 @@ class FaissStore:
             anything is changed, so a caller writing several stores can keep them in step).
         """
         self._check_writable()
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(records):
-            raise ValueError("vectors must be (n, dim) with one record per row")
+        vectors = check_batch(vectors, records)
         if not len(records):
             return
         check_storable(records)

@@ -52,6 +52,7 @@ from indexer.stores.base import (
     Hit,
     ImageRecord,
     MetadataFilter,
+    check_batch,
     check_queries,
     check_storable,
     rank_hits,
@@ -380,19 +381,9 @@ class RedisStore:
         StoreFullError
             Redis reached its maxmemory (earlier chunks are kept).
         """
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(records):
-            raise ValueError("vectors must be (n, dim) with one record per row")
-        if not len(records):
-            return
         if len({r.id for r in records}) != len(records):
             raise ValueError("duplicate ids in one add() call")
-        check_storable(records)
-        if self.dim is None:
-            self._create_index(vectors.shape[1])
-        if vectors.shape[1] != self.dim:
-            raise ConfigError(f"vectors are {vectors.shape[1]}-d but {self.location} is {self.dim}-d")
-        blobs = vectors.astype(self._dtype)
+        blobs = self._blobs(vectors, records)
         for start in range(0, len(records), WRITE_CHUNK):
             pipe = self.client.pipeline(transaction=True)
             for blob, rec in zip(blobs[start : start + WRITE_CHUNK], records[start : start + WRITE_CHUNK]):
@@ -412,20 +403,23 @@ class RedisStore:
         would survive here. Raises as :meth:`add` does; a full server or a lost connection may surface
         at the call that sends the hashes.
         """
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(records):
-            raise ValueError("vectors must be (n, dim) with one record per row")
+        blobs = self._blobs(vectors, records)
+        self._held.extend((self._key(rec.id), self._mapping(blob, rec)) for blob, rec in zip(blobs, records))
+        if len(self._held) >= batch:
+            self._send_held(batch)
+
+    def _blobs(self, vectors: np.ndarray, records: Sequence[ImageRecord]) -> np.ndarray:
+        """A write's vectors checked (shape, text fields, dimension; the index is created by the first
+        write) and cast to the stored type; empty for no records."""
+        vectors = check_batch(vectors, records)
         if not len(records):
-            return
+            return vectors.astype(self._dtype)
         check_storable(records)
         if self.dim is None:
             self._create_index(vectors.shape[1])
         if vectors.shape[1] != self.dim:
             raise ConfigError(f"vectors are {vectors.shape[1]}-d but {self.location} is {self.dim}-d")
-        blobs = vectors.astype(self._dtype)
-        self._held.extend((self._key(rec.id), self._mapping(blob, rec)) for blob, rec in zip(blobs, records))
-        if len(self._held) >= batch:
-            self._send_held(batch)
+        return vectors.astype(self._dtype)
 
     def _send_held(self, batch: int = BULK_BATCH) -> None:
         """Send the hashes :meth:`bulk_load` holds, ``batch`` per pipeline round trip; on a failure the

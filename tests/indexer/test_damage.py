@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from indexer.build.local import build_index
 from indexer.cli import main
-from indexer.config import BuildConfig, ModelConfig, SourceConfig
+from indexer.config import ModelConfig
 from indexer.encoder import ViTMAEEncoder
 from indexer.errors import IndexDamagedError, IndexMismatchError
 from indexer.stores.faiss_store import FaissStore
 from indexer.stores.redis_store import RedisStore
 from retriever.cli import main as search_main
+from tests.support.small_builds import build_in_small_shards
 
 needs_redis = pytest.mark.redis
 
@@ -26,15 +26,7 @@ def encoder(tiny_model_dir):
 
 
 def _build(encoder, data, index, redis=None):
-    cfg = BuildConfig(sources=SourceConfig(paths=(data,)), index_dir=index, model=encoder.config,
-                      batch_size=2, flush_every=2, redis=redis)  # fmt: skip
-    stores = [FaissStore(index, dim=encoder.dim)]
-    if redis is not None:
-        stores.append(RedisStore(redis, dim=encoder.dim))
-    summary = build_index(cfg, stores, encoder=encoder)
-    for s in stores:
-        s.close()
-    return summary
+    return build_in_small_shards(encoder, data, index, redis)
 
 
 def _shards(index):

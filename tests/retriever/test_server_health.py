@@ -9,6 +9,7 @@ from indexer.encoder import ViTMAEEncoder
 from indexer.stores.faiss_store import FaissStore
 from retriever.search import Retriever
 from retriever.server import QueryService
+from tests.support.small_builds import build_in_small_shards
 
 
 @pytest.fixture(scope="module")
@@ -18,16 +19,7 @@ def encoder(tiny_model_dir):
 
 def _damaged_index(encoder, data, index, redis=None):
     """An index of 6 images in 3 shards (2 each), the second shard truncated; returns its name."""
-    cfg = BuildConfig(sources=SourceConfig(paths=(data,)), index_dir=index, model=encoder.config,
-                      batch_size=2, flush_every=2, redis=redis)  # fmt: skip
-    stores = [FaissStore(index, dim=encoder.dim)]
-    if redis is not None:
-        from indexer.stores.redis_store import RedisStore
-
-        stores.append(RedisStore(redis, dim=encoder.dim))
-    build_index(cfg, stores, encoder=encoder)
-    for s in stores:
-        s.close()
+    build_in_small_shards(encoder, data, index, redis)
     bad = sorted((index / "shards").glob("part-*.parquet"))[1]
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     return bad.name
