@@ -11,8 +11,10 @@ as a rejected image and goes on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,20 @@ from indexer.limits import DecodeLimits
 MIN_SIDE = 16
 #: The limits the build and the query server apply unless told otherwise (see :mod:`indexer.limits`).
 DEFAULT_LIMITS = DecodeLimits()
+
+
+@contextlib.contextmanager
+def open_tiff(data: bytes) -> Iterator:
+    """A ``tifffile.TiffFile`` over ``data``, whose buffer is let go on exit.
+
+    Why: a TiffFile and its pages refer to each other, so only Python's full cycle collection frees
+    them, and tifffile does not close a file object it was given. Left open, the BytesIO in that cycle
+    keeps the file's bytes alive until then: ~200 BBBC006 images (130 MB) in a 52k build.
+    """
+    import tifffile
+
+    with io.BytesIO(data) as buffer, tifffile.TiffFile(buffer) as tif:
+        yield tif
 
 
 def content_id(data: bytes) -> int:
@@ -140,12 +156,10 @@ def decode_planes(data: bytes, limits: DecodeLimits | None = None) -> list[Plane
         (see :data:`ACCEPTED`); NaN pixels; a plane smaller than one patch; a file over ``limits``
         (pixels per plane, compression ratio).
     """
-    import tifffile
-
     if not data:
         raise DecodeError("empty file")
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        with open_tiff(data) as tif:
             if len(tif.pages) == 0:
                 raise DecodeError("not a readable TIFF: no image found (truncated or damaged file?)")
             if len(tif.pages) == 1:
@@ -232,10 +246,8 @@ def image_source(data: bytes) -> str:
     str
         ``"synthetic"`` or ``"real"``.
     """
-    import tifffile
-
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        with open_tiff(data) as tif:
             description = tif.pages[0].description if len(tif.pages) else ""
     except Exception:  # a file decode_tiff accepted: any trouble here only means "no marker"
         return "real"
