@@ -9,6 +9,7 @@ z = 52,224 images); ``--wells`` makes it smaller:
     python bench/rehearsal_full_plate.py --work runs/rehearsal --wells A01:A02        # 272 images
     python bench/rehearsal_full_plate.py --work runs/plate                           # 52,224 images
     python bench/rehearsal_full_plate.py --work runs/plate --serve-only --load-minutes 10   # serve again
+    python bench/rehearsal_full_plate.py --work runs/plate --reuse-data      # all but synth, afresh
 
 Needs a Redis Stack server: ``--redis-url``, or one is started here (scripts/redis-stack.sh install).
 Writes ``WORK/rehearsal.json``.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,14 +117,24 @@ def main() -> None:
                     help="Reuse WORK's data and index from an earlier run: fill Redis from the FAISS mirror "
                          "(bulk load), then run only the serve step (and --load-minutes); writes "
                          "WORK/serve.json.")  # fmt: skip
+    ap.add_argument("--reuse-data", action="store_true",
+                    help="Keep WORK/data from an earlier run and skip synth; the index, the private Redis "
+                         "server's data and the report start afresh.")  # fmt: skip
     ap.add_argument("--redis-url", default=None)
     ap.add_argument("--redis-index", default="plate")
     args = ap.parse_args()
+    if args.reuse_data and args.redis_url:
+        ap.error("--reuse-data starts a private Redis afresh; it cannot empty the one at --redis-url")
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     data, index = work / "data", work / "index"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    if args.reuse_data:
+        if not any(data.rglob("*.tif")):
+            ap.error(f"--reuse-data: no images in {data}")
+        for old in (index, work / "redis", work / "report"):
+            shutil.rmtree(old, ignore_errors=True)
     server = None
     url = args.redis_url
     if url is None:
@@ -160,13 +172,15 @@ def main() -> None:
         return
     try:
         # 1. synth
-        synth = [str(BIN / "mae-index"), "synth", str(data), "--wells", args.wells, "--z", args.z]
-        if args.synth_workers > 1:
-            synth += ["--workers", str(args.synth_workers)]
-        res, rss = peak_rss_mb_of(synth, env)
+        if not args.reuse_data:
+            synth = [str(BIN / "mae-index"), "synth", str(data), "--wells", args.wells, "--z", args.z]
+            if args.synth_workers > 1:
+                synth += ["--workers", str(args.synth_workers)]
+            res, rss = peak_rss_mb_of(synth, env)
         n_images = sum(1 for _ in data.rglob("*.tif"))
-        row = record("synth", res, rss, n_images)
-        row["data_mb"] = round(folder_bytes(data) / 2**20, 1)
+        if not args.reuse_data:
+            row = record("synth", res, rss, n_images)
+            row["data_mb"] = round(folder_bytes(data) / 2**20, 1)
 
         # 2. build, killed -9 at --kill-at, then resumed
         build = [str(BIN / "mae-index"), "build", str(data), "--index", str(index), "--model", args.model,

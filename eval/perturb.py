@@ -473,7 +473,8 @@ def _field(record: Any, key: str) -> Any:
     return record.get(key) if isinstance(record, Mapping) else getattr(record, key, None)
 
 
-_SITE_KEYS = ("plate", "well", "site", "channel")
+#: The fields that name one stack (a field of view in one channel), whose slices differ in z only.
+SITE_KEYS = ("plate", "well", "site", "channel")
 
 
 def z_pairs(records: Sequence[Any], reference_z: int = FOCUS_Z) -> dict[int, list[tuple[int, int]]]:
@@ -497,7 +498,7 @@ def z_pairs(records: Sequence[Any], reference_z: int = FOCUS_Z) -> dict[int, lis
     """
     groups: dict[tuple[Any, ...], list[Any]] = {}
     for r in records:
-        key = tuple(_field(r, f) for f in _SITE_KEYS)
+        key = tuple(_field(r, f) for f in SITE_KEYS)
         if _field(r, "z") is None or _field(r, "id") is None or any(v is None for v in key):
             continue
         groups.setdefault(key, []).append(r)

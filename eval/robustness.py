@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -90,9 +90,9 @@ class RobustnessResult:
         return summarise(self.rows, k=cfg.k, p=cfg.rbo_p, seed=cfg.seed)
 
 
-def choose_queries(store: VectorStore, config: RobustnessConfig) -> list[ImageRecord]:
-    """Sample query records (seeded; sorted ids; in-focus slice preferred so z-pairs exist)."""
-    records = [r for r in store.get(store.ids()) if r is not None]
+def choose_queries(records: Sequence[ImageRecord], config: RobustnessConfig) -> list[ImageRecord]:
+    """Sample query records from the store's ``records`` (in id order), seeded; the in-focus slice is
+    preferred so that z-pairs exist."""
     if config.query_ids:
         by_id = {r.id: r for r in records}
         missing = [i for i in config.query_ids if i not in by_id]
@@ -217,7 +217,7 @@ def run_robustness(
     n_index = len(records)
     # Images moved or changed since the build are skipped and listed first (the report names them), so
     # that "none can be read" is the error a user sees when every file has moved.
-    chosen, raws_all, unreadable = read_queries(choose_queries(store, config))
+    chosen, raws_all, unreadable = read_queries(choose_queries(records, config))
     k = config.k
     excl = gallery.exclusions(records, [r.id for r in chosen], config.exclude)
     if excl.fallback:
@@ -344,7 +344,11 @@ def _defocus_rows(
     retriever, records, by_id, qs, clean_vec, config, nn_scale, opts, n_index
 ) -> list[dict[str, Any]]:
     store = retriever.store
-    pairs = perturb.z_pairs([asdict(r) for r in records], reference_z=config.reference_z)
+    # Only the queries' own stacks can pair with them: grouping just those keeps this step's memory
+    # independent of the index size (a dict per record of a 52k plate was ~40 MB).
+    sites = {tuple(getattr(q.record, f) for f in perturb.SITE_KEYS) for q in qs}
+    near = [r for r in records if tuple(getattr(r, f) for f in perturb.SITE_KEYS) in sites]
+    pairs = perturb.z_pairs(near, reference_z=config.reference_z)
     rows = []
     short = 0
     for i, q in enumerate(qs):

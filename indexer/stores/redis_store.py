@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -550,7 +551,12 @@ class RedisStore:
         for name in RECORD_FIELDS:
             value = fields.get(name)
             if value is not None:
-                kw[name] = int(float(text(value))) if name in NUMERIC_FIELDS else text(value)
+                if name in NUMERIC_FIELDS:
+                    kw[name] = int(float(text(value)))
+                else:
+                    # A plate has one plate name, 384 wells, 2 channels: one string each, not one per
+                    # record read back (mae-eval holds every record). Paths are distinct: not for them.
+                    kw[name] = text(value) if name == "path" else sys.intern(text(value))
         kw.setdefault("path", "")
         tags = fields.get(TAGS_FIELD)
         if tags:
@@ -558,13 +564,19 @@ class RedisStore:
         return ImageRecord(id=int(image_id), **kw)
 
     def get(self, ids: Sequence[int]) -> list[ImageRecord | None]:
-        """Return the records of ``ids`` (``None`` for an id not in the store)."""
-        replies = self._pipelined([("HMGET", self._key(i), *RECORD_FIELDS, TAGS_FIELD) for i in ids])
+        """Return the records of ``ids`` (``None`` for an id not in the store).
+
+        Read a chunk at a time, so that only one chunk's raw replies are held beside the records.
+        """
+        names = (*RECORD_FIELDS, TAGS_FIELD)
         out: list[ImageRecord | None] = []
-        for image_id, values in zip(ids, replies):
-            fields = dict(zip((*RECORD_FIELDS, TAGS_FIELD), values))
-            # add() always writes "path", so a hash without it is no hash at all.
-            out.append(None if fields["path"] is None else self._record(int(image_id), fields))
+        for start in range(0, len(ids), READ_CHUNK):
+            chunk = ids[start : start + READ_CHUNK]
+            replies = self._pipelined([("HMGET", self._key(i), *names) for i in chunk])
+            for image_id, values in zip(chunk, replies):
+                fields = dict(zip(names, values))
+                # add() always writes "path", so a hash without it is no hash at all.
+                out.append(None if fields["path"] is None else self._record(int(image_id), fields))
         return out
 
     def get_vectors(self, ids: Sequence[int]) -> np.ndarray:

@@ -258,3 +258,19 @@ def test_median_pairwise_cosine():
     assert m.median_pairwise_cosine(v) == pytest.approx(1 / math.sqrt(2))
     with pytest.raises(ValueError):
         m.median_pairwise_cosine(v[:1])
+
+
+def test_median_pairwise_cosine_needs_no_n_by_n_matrix():
+    """mae-eval calls it on a 2,000-vector sample of any index: the n x n matrix and its triu_indices
+    were ~80 MB of the eval's peak. The pairs alone are n (n - 1) / 2 floats (16 MB here)."""
+    import tracemalloc
+
+    v = np.random.default_rng(0).normal(size=(2000, 32))
+    w = v / np.linalg.norm(v, axis=1, keepdims=True)
+    expected = float(np.median((w @ w.T)[np.triu_indices(2000, k=1)]))
+    tracemalloc.start()
+    got = m.median_pairwise_cosine(v)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got == expected
+    assert peak < 30e6, f"{peak / 1e6:.0f} MB"

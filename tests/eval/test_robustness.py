@@ -169,3 +169,47 @@ def test_unknown_exclusion_is_a_usage_error(index_dir, tmp_path):
     assert r.exit_code == 2 and "site" in r.output
     with pytest.raises(ConfigError, match="exclude"):
         RobustnessConfig(exclude="plate")
+
+
+def _padded_copy(index_dir, dest, extra: int) -> list[int]:
+    """A copy of ``index_dir`` with ``extra`` made-up records (whole z-stacks of other wells, random unit
+    vectors) added; returns the ids of its real images."""
+    import shutil
+
+    import numpy as np
+
+    from indexer.stores.base import ImageRecord
+
+    shutil.copytree(index_dir, dest)
+    with FaissStore(dest) as store:
+        real = sorted(store.ids().tolist())
+        vectors = np.random.default_rng(0).normal(size=(extra, store.dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        records = [
+            ImageRecord(id=2**40 + i, path=f"extra/{i}.tif", plate="EXTRA", well=f"W{i // 136:03d}",
+                        site=1 + i // 68 % 2, channel=f"w{1 + i // 34 % 2}", z=i % 34)  # fmt: skip
+            for i in range(extra)
+        ]
+        store.add(vectors, records)
+    return real
+
+
+def test_eval_memory_does_not_grow_with_the_index_beyond_its_records(index_dir, tmp_path):
+    """The eval's peak beyond the store's own records grows by a few dozen bytes per indexed image
+    (the records' list and the relatives' groups), once the index is past the 2,000-vector sample its
+    drift scale is measured on. A guard: the per-record costs removed (a dict per record to pair
+    z-slices, every record fetched twice) were transient and below that sample's own peak here."""
+    import tracemalloc
+
+    peaks = {}
+    for extra in (2100, 8100):  # both past the 2,000-vector sample that sets the drift scale
+        real = _padded_copy(index_dir, tmp_path / f"idx{extra}", extra)
+        retriever = Retriever.open(FaissStore(tmp_path / f"idx{extra}", read_only=True), device="cpu")
+        cfg = RobustnessConfig(perturbations=("gaussian_noise", "defocus_z"), severities=(1,), k=5,
+                               query_ids=tuple(real[:2]))  # fmt: skip
+        tracemalloc.start()
+        run_robustness(retriever, cfg)
+        peaks[extra] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    per_record = (peaks[8100] - peaks[2100]) / 6000
+    assert per_record < 200, f"{per_record:.0f} B per indexed record"

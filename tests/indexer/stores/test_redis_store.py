@@ -157,6 +157,21 @@ def test_bulk_load_stores_what_add_stores(redis_config, dtype):
 
 
 @needs_redis
+def test_records_read_back_share_their_repeated_strings(redis_config):
+    """mae-eval holds every record of the index: a plate name, a well or a channel read back is one
+    string for all records, not one per record; ids past one read chunk come back in order."""
+    n = 2500
+    recs = [ImageRecord(id=i, path=f"dir/p{i}.tif", plate="Plate_1", well=f"A{1 + i % 3:02d}", channel="w1",
+                        site=1, z=i % 34, source="synthetic") for i in range(n)]  # fmt: skip
+    store = RedisStore(redis_config, dim=8)
+    store.bulk_load(_unit(n, 8), recs)
+    got = store.get(list(range(n)))
+    assert got == recs
+    assert len({id(r.plate) for r in got}) == 1 and len({id(r.channel) for r in got}) == 1
+    assert len({id(r.well) for r in got}) == 3 and len({id(r.source) for r in got}) == 1
+
+
+@needs_redis
 def test_existing_index_with_other_settings_is_refused(redis_config):
     RedisStore(redis_config, dim=16)
     with pytest.raises(IndexMismatchError, match="DIM 16 \\(this model gives 32\\)"):
