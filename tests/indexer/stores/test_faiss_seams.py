@@ -89,3 +89,27 @@ def test_exact_top_k_over_parts_equals_one_brute_force_ranking():
     # Fewer stored than k: padded with -1.
     _, few = exact_top_k(queries[:1], 4, [(ids[:2], vectors[:2])])
     assert few[0].tolist()[2:] == [-1, -1]
+
+
+def test_a_shard_table_round_trips_and_read_shard_checks_it_against_the_state_file(tmp_path):
+    import pyarrow.parquet as pq
+
+    from indexer.stores.base import ImageRecord
+    from indexer.stores.faiss_shards import read_shard, records_to_table, table_to_records
+
+    recs = [
+        ImageRecord(5, "a.tif", "P1", "B02", "B", 2, 1, "w1", 16, "real", tags=(("drug", "x"),)),
+        ImageRecord(9, "b.tif"),  # unknown metadata stays None; no tags
+    ]
+    vectors = np.arange(8, dtype=np.float32).reshape(2, 4)
+    table = records_to_table(vectors, recs)
+    ids, back, got, deleted = table_to_records(table)
+    assert ids.tolist() == [5, 9] and got == recs and not deleted.any()
+    np.testing.assert_array_equal(back, vectors)
+    path = tmp_path / "part-000000.parquet"
+    pq.write_table(table, path)
+    read = read_shard(path, None, dim=4)
+    assert read.records == recs and read.dim == 4 and read.info.rows == 2
+    assert read_shard(path, read.info, dim=8) == f"shard shards/{path.name} holds 4-d vectors, not 8-d"
+    lied = ShardInfo(path.name, read.info.bytes, 3)
+    assert read_shard(path, lied, dim=4) == f"shard shards/{path.name} has 2 rows, the state file says 3"
