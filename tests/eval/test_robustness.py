@@ -186,8 +186,15 @@ def _padded_copy(index_dir, dest, extra: int) -> list[int]:
         vectors = np.random.default_rng(0).normal(size=(extra, store.dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         records = [
-            ImageRecord(id=2**40 + i, path=f"extra/{i}.tif", plate="EXTRA", well=f"W{i // 136:03d}",
-                        site=1 + i // 68 % 2, channel=f"w{1 + i // 34 % 2}", z=i % 34)  # fmt: skip
+            ImageRecord(
+                id=2**40 + i,
+                path=f"extra/{i}.tif",
+                plate="EXTRA",
+                well=f"W{i // 136:03d}",
+                site=1 + i // 68 % 2,
+                channel=f"w{1 + i // 34 % 2}",
+                z=i % 34,
+            )  # fmt: skip
             for i in range(extra)
         ]
         store.add(vectors, records)
