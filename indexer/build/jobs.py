@@ -23,10 +23,9 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
     from tqdm.auto import tqdm
 
     from indexer.encoder import load_encoder
-    from indexer.heap import map_large_blocks
+    from indexer.heap import release_free_memory
     from indexer.stores.faiss_store import FaissStore
 
-    map_large_blocks()  # image-sized buffers mapped and unmapped: no heap holes that grow with N
     items, problems = list_items(
         config
     )  # an empty listing or a bad --metadata table fails here, before the model
@@ -58,8 +57,10 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
 
             try:
                 # The listing made above, not a second one.
+                # Memory freed since the last checkpoint goes back to the kernel at each one: the heap's
+                # holes do not add up with the number of images.
                 summary = build_index(config, list(stores), encoder=encoder, progress=tick, items=items,
-                                      problems=problems)  # fmt: skip
+                                      problems=problems, after_checkpoint=release_free_memory)  # fmt: skip
             finally:
                 bar.close()
         summary.stores = [store_identity(store) for store in stores]

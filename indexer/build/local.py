@@ -78,9 +78,14 @@ class _Writer:
     """
 
     def __init__(
-        self, stores: Sequence[VectorStore], flush_every: int, held: Sequence[frozenset[int] | None] = ()
+        self,
+        stores: Sequence[VectorStore],
+        flush_every: int,
+        held: Sequence[frozenset[int] | None] = (),
+        after_checkpoint: Callable[[], object] | None = None,
     ) -> None:
         self.stores = stores
+        self.after_checkpoint = after_checkpoint
         self.held = list(held) + [None] * (len(stores) - len(held))
         self.flush_every = flush_every
         self.seconds = 0.0
@@ -109,6 +114,8 @@ class _Writer:
                     for store in self.stores:
                         store.flush()
                     self._since_flush = 0
+                    if self.after_checkpoint is not None:
+                        self.after_checkpoint()
             except BaseException as e:  # surfaced in the main thread by put()/close()
                 self._error = e
             self.seconds += time.perf_counter() - t0
@@ -184,6 +191,7 @@ def build_index(
     progress: Callable[[int], None] | None = None,
     items: Sequence[SourceItem] | None = None,
     problems: Sequence = (),
+    after_checkpoint: Callable[[], object] | None = None,
 ) -> BuildSummary:
     """Embed every image of ``config.sources`` not yet in all ``stores`` and upsert it into each.
 
@@ -202,6 +210,9 @@ def build_index(
         the caller already made: listing 52,224 files twice costs seconds).
     problems
         The listing problems that came with ``items``.
+    after_checkpoint
+        Called on the writer thread after each checkpoint (``mae-index build``: hand freed memory back
+        to the kernel, :func:`indexer.heap.release_free_memory`).
 
     Returns
     -------
@@ -225,7 +236,7 @@ def build_index(
     summary.runtime = f"{encoder.device.type} {encoder.precision}"
     pre = plan.preprocess
     on_device = encoder.device.type == "cuda"
-    writer = _Writer(stores, config.flush_every, plan.held)
+    writer = _Writer(stores, config.flush_every, plan.held, after_checkpoint)
     timings = {"read_decode_preprocess": 0.0, "model": 0.0}
     batch: list[Prepared] = []
     held: list[tuple[np.ndarray, list[ImageRecord]]] = []
