@@ -16,14 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def rss_mb() -> float:
-    """This process's resident set size now, in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from bench.common import rss_mb  # noqa: E402
 
 
 def main(data: Path, index: Path) -> None:

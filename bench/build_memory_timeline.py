@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import rss_mb  # noqa: E402
+
 _FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
            "keepcost")  # fmt: skip
 
@@ -33,15 +35,6 @@ class MallInfo2(ctypes.Structure):
     """glibc's ``struct mallinfo2`` (malloc.h)."""
 
     _fields_ = [(name, ctypes.c_size_t) for name in _FIELDS]
-
-
-def rss_mb() -> float:
-    """This process's resident set size now, in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def sample(libc, t0: float, n: int) -> dict:

@@ -22,6 +22,15 @@ if not REAL_DIR.is_dir():
     REAL_DIR = REPO.parent / "shared" / "bbbc006" / "BBBC006_v1_images_z_16"
 
 
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of process ``pid`` (default: this one) now, in MB; NaN once it has none (it
+    exited). Linux ``/proc``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def real_images() -> list[np.ndarray]:
     """The shipped real BBBC006 images, decoded."""
     return [decode_tiff(p.read_bytes()) for p in sorted(REAL_DIR.glob("*.tif"))]

@@ -33,6 +33,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import rss_mb  # noqa: E402
+
 BIN = Path(sys.executable).parent
 MODEL = ROOT / "examples" / "models" / "mae-tiny-bbbc006"
 
@@ -145,13 +148,13 @@ def main() -> None:
         url = server.url
     steps: list[dict] = []
 
-    def record(name: str, result: dict, rss_mb: float, images: int | None) -> dict:
+    def record(name: str, result: dict, peak_mb: float, images: int | None) -> dict:
         row = {
             "step": name,
             "seconds": result["seconds"],
             "images": images,
             "images_per_s": round(images / result["seconds"], 2) if images and result["seconds"] else None,
-            "peak_rss_mb": round(rss_mb, 1),
+            "peak_rss_mb": round(peak_mb, 1),
             "redis_used_memory_mb": round(redis_used_memory(url) / 2**20, 1),
             "index_mb": round(folder_bytes(index) / 2**20, 1),
             "exit_code": result["exit_code"],
@@ -263,13 +266,6 @@ def serve_again(args, index: Path, url: str, data: Path, env: dict) -> None:
     (args.work.resolve() / "serve.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
-def vm_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def serve_step(args, index: Path, url: str, data: Path, env: dict) -> list[dict]:
     """Start ``mae-search serve``, send ``--serve-queries`` TIFFs one at a time, then (with
     ``--load-minutes``) ``--load-clients`` clients of mixed requests; stop it. One row per phase."""
@@ -311,8 +307,8 @@ def serve_step(args, index: Path, url: str, data: Path, env: dict) -> list[dict]
             json.loads(urllib.request.urlopen(req, timeout=60).read())
             lat.append(time.perf_counter() - t)
             if i == 9:
-                warm_rss = vm_rss_mb(proc.pid)
-        end_rss = vm_rss_mb(proc.pid)
+                warm_rss = rss_mb(proc.pid)
+        end_rss = rss_mb(proc.pid)
         queries_s = time.perf_counter() - t0
         load = None
         if args.load_minutes > 0:

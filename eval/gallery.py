@@ -44,12 +44,12 @@ class Exclusions:
     fallback: tuple[int, ...]
 
 
-def exclusions(records: Sequence[Any], query_ids: Iterable[int], mode: str) -> Exclusions:
+def exclusions(records: Iterable[Any], query_ids: Iterable[int], mode: str) -> Exclusions:
     """The ids each query's relatives occupy, by exclusion ``mode``.
 
     Parameters
     ----------
-    records : sequence of dict or object
+    records : iterable of dict or object
         Every indexed record, with ``id``, ``plate``, ``well`` and ``site`` (keys or attributes).
     query_ids : iterable of int
         The query ids (each must be among ``records``).

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Collection
 from http import HTTPStatus
 from typing import Any
 
@@ -105,11 +106,15 @@ def register(app: Any) -> None:
 
     service = app.service
     # Every record of each store, read once on the first request that needs it: the relatives of a query
-    # are found among them as mae-eval finds them (eval.gallery.exclusions).
+    # are found among them as mae-eval finds them (eval.gallery.exclusions). The served store's are the
+    # explorer's catalog's, not a second copy.
     records: dict[int, list[ImageRecord]] = {}
     records_lock = threading.Lock()
 
-    def all_records(retriever: Retriever) -> list[ImageRecord]:
+    def all_records(retriever: Retriever) -> Collection[ImageRecord]:
+        catalog = getattr(app, "catalog", None)
+        if catalog is not None and catalog.store is retriever.store:
+            return catalog.records.values()
         with records_lock:
             key = id(retriever.store)
             if key not in records:

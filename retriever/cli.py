@@ -307,6 +307,7 @@ def build_app(service, index_dir: Path | None, reports: list[Path]):
     app = App(service, service.limits)
     faiss = service.backends.get("faiss")
     catalog = explorer.Catalog(service.retriever.store, faiss.store if faiss else None)
+    app.catalog = catalog
     explorer.register(
         app, service, catalog, explorer.find_reports(index_dir, reports), sorted(service.backends)
     )

@@ -439,12 +439,15 @@ class App:
     """The WSGI application: routes, the unknown-parameter check and error mapping.
 
     Routes are keyed by ``(method, path)``; a path ending in ``/`` is a prefix (``/thumb/``). Other
-    modules add routes with :meth:`add` (the web explorer does).
+    modules add routes with :meth:`add` (the web explorer does). ``catalog`` is the explorer's
+    :class:`retriever.explorer.Catalog` of the served store once one is made, so that plugins read its
+    records instead of holding a second copy of them.
     """
 
     def __init__(self, service: QueryService, limits: RequestLimits) -> None:
         self.service = service
         self.limits = limits
+        self.catalog: Any = None
         self.routes: dict[tuple[str, str], RouteSpec] = {}
         self.add("GET", "/health", self._health)
         self.add("GET", "/stats", lambda req: json_response(service.stats.snapshot()))

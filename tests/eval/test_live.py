@@ -35,7 +35,10 @@ def stack_index(tmp_path_factory, tiny_model_dir):
     return tmp / "idx"
 
 
-def test_the_panel_excludes_the_query_site_like_mae_eval_by_default(stack_index):
+@pytest.mark.parametrize("catalog", [False, True])
+def test_the_panel_excludes_the_query_site_like_mae_eval_by_default(stack_index, catalog):
+    """With the explorer's catalog on the app (as `mae-search serve` builds it), the panel reads the
+    records from it instead of a copy of its own; the answers are the same."""
     store = FaissStore(stack_index, read_only=True)
     retriever = Retriever.open(store, device="cpu")
     query = store.get([int(store.ids()[5])])[0]
@@ -47,6 +50,10 @@ def test_the_panel_excludes_the_query_site_like_mae_eval_by_default(stack_index)
     (row,) = ref.rows
     service = QueryService(retriever)
     app = App(service, service.limits)
+    if catalog:
+        from retriever.explorer import Catalog
+
+        app.catalog = Catalog(store)
     live.register(app)
     srv, close = _start(service, app=app)
     try:
@@ -64,5 +71,7 @@ def test_the_panel_excludes_the_query_site_like_mae_eval_by_default(stack_index)
         assert status == 200 and json.loads(data)["clean"][0]["id"] == query.id  # itself first, as before
         status, data = _get(srv, "/api/perturb", json.dumps({**body, "exclude": "plate"}), "POST")
         assert status == 400 and b"none, image, site, well" in data
+        if catalog:
+            assert app.catalog._records is not None  # filled by the panel's first request
     finally:
         close()
