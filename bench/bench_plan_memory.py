@@ -1,6 +1,6 @@
 """RSS of what a build holds per image before it embeds anything, at N images (no tracemalloc).
 
-Lists DATA, opens the FAISS folder INDEX read-only, finds the already-indexed ids and books every
+Lists DATA as a build does (into a ``SourceList``), opens the FAISS folder INDEX read-only, finds the already-indexed ids and books every
 listed image in a ledger, printing the process's RSS after each step. Point it at a full plate and
 at a 1k subset to see what grows with N:
 
@@ -28,21 +28,26 @@ def main(data: Path, index: Path) -> None:
 
     from indexer.build.plan import Ledger, index_state
     from indexer.config import SourceConfig
+    from indexer.source_list import SourceList
     from indexer.sources import iter_sources
     from indexer.stores.faiss_store import FaissStore
 
     base = last = rss_mb()
     print(f"imports: {base:.0f} MB")
 
+    n = 0
+
     def step(what: str, t0: float) -> None:
         nonlocal last
         gc.collect()
         now = rss_mb()
-        print(f"{what} in {time.perf_counter() - t0:.1f} s: {now:.0f} MB (+{now - last:.0f})")
+        per_image = f", {(now - last) * 2**20 / n:.0f} B per image" if n else ""
+        print(f"{what} in {time.perf_counter() - t0:.1f} s: {now:.0f} MB (+{now - last:.1f}{per_image})")
         last = now
 
     t0 = time.perf_counter()
-    items = list(iter_sources(SourceConfig(paths=(data,))))
+    items = SourceList.collect(iter_sources(SourceConfig(paths=(data,))))
+    n = len(items)
     step(f"listed {len(items)} images", t0)
     t0 = time.perf_counter()
     store = FaissStore(index, read_only=True)

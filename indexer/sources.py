@@ -83,7 +83,8 @@ def file_path(display: str) -> Path:
 
 class FileReader:
     """``read()`` of one file: its bytes. Holds the path as one string (shared with the display path
-    when the name is valid UTF-8), a few dozen bytes instead of a ``Path``'s bound ``read_bytes``."""
+    when the name is valid UTF-8), a few dozen bytes instead of a ``Path``'s bound ``read_bytes``.
+    Two readers of the same path are equal."""
 
     __slots__ = ("path",)
 
@@ -93,6 +94,15 @@ class FileReader:
     def __call__(self) -> bytes:
         with open(self.path, "rb") as f:
             return f.read()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is FileReader and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __repr__(self) -> str:
+        return f"FileReader({self.path!r})"
 
 
 class _ZipReader:
@@ -108,8 +118,38 @@ class _ZipReader:
             zf = self._local.zf = zipfile.ZipFile(self.path)
         return zf
 
-    def reader(self, member: str) -> Callable[[], bytes]:
-        return lambda: self._zip().read(member)
+    def read(self, member: str) -> bytes:
+        """The bytes of ``member``."""
+        return self._zip().read(member)
+
+    def reader(self, member: str) -> ZipMemberReader:
+        """``read()`` of one member."""
+        return ZipMemberReader(self, member)
+
+
+class ZipMemberReader:
+    """``read()`` of one zip member: its bytes, through the archive's per-thread handles. Two readers of
+    the same member of the same opened archive are equal."""
+
+    __slots__ = ("archive", "member")
+
+    def __init__(self, archive: _ZipReader, member: str) -> None:
+        self.archive = archive
+        self.member = member
+
+    def __call__(self) -> bytes:
+        return self.archive.read(self.member)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is ZipMemberReader and other.archive is self.archive and other.member == self.member
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.archive), self.member))
+
+    def __repr__(self) -> str:
+        return f"ZipMemberReader({str(self.archive.path)!r}, {self.member!r})"
 
 
 def _unsafe_member(name: str) -> str | None:
@@ -134,6 +174,50 @@ def _meta(display: str, parse_from: str, table) -> ImageMeta:
     return table.apply(display, meta) if table is not None else meta
 
 
+def _path_hash(real: str) -> int:
+    """The key of a real path among the files listed (a hash, so that the path is not held twice)."""
+    return hash(real)
+
+
+class _SeenFiles:
+    """The files (and zips) listed so far, by real path, without a second copy of each path.
+
+    A listing reaches a file twice only through links or overlapping paths given, but it must remember
+    every file to tell. A file listed under its real path (an absolute path given, no link on the way:
+    the usual case) is remembered by its display path, the listed item's own string. Any other is
+    remembered by a hash of its real path -> the display path it was listed under (with the path it was
+    opened by when that differs); a hash two real paths share is told apart by resolving the first one's
+    path again, so two files are never taken for one, and the few real paths whose hash was taken are
+    kept whole.
+    """
+
+    def __init__(self) -> None:
+        # A display path that is its file's real path -> None; a real path's hash -> how it was listed.
+        self._seen: dict[str | int, str | tuple[str, str] | None] = {}
+        self._collided: dict[str, str] = {}  # real path -> display path, for real paths whose hash was taken
+
+    def first(self, real: str, display: str, opened: str) -> str | None:
+        """The display path under which the file at ``real`` was listed before; else ``None``, and it is
+        noted as listed under ``display`` (opened as ``opened``)."""
+        if real in self._seen:  # a string key: listed under its real path
+            return real
+        key = _path_hash(real)
+        seen = self._seen.get(key)
+        if seen is not None:
+            first, first_opened = (seen, seen) if isinstance(seen, str) else seen
+            if os.path.realpath(first_opened) == real:
+                return first
+        if real in self._collided:
+            return self._collided[real]
+        if real == display == opened:
+            self._seen[display] = None
+        elif seen is None:
+            self._seen[key] = display if opened == display else (display, opened)
+        else:
+            self._collided[real] = display
+        return None
+
+
 class _Lister:
     """Lists the images under the paths of one :class:`SourceConfig`, each file once."""
 
@@ -141,17 +225,30 @@ class _Lister:
         self.config = config
         self.problems = problems
         self.table = table
-        self.seen_files: dict[str, str] = {}  # real path (or zip, member) -> display path listed
+        self.seen_files = _SeenFiles()
         self.seen_dirs: dict[str, str] = {}
+        self._folder: tuple[str | None, str] = (
+            None,
+            "",
+        )  # the folder of the files listed last, its real path
 
-    def _first_time(self, key: str, display: str) -> bool:
-        first = self.seen_files.get(key)
+    def _first_time(self, real: str, display: str, opened: str) -> bool:
+        first = self.seen_files.first(real, display, opened)
         if first is not None:
             reason = f"the same file as {first}, reached twice through the paths given; indexed once"
             self.problems.append(SourceProblem(display, reason, "duplicate"))
             return False
-        self.seen_files[key] = display
         return True
+
+    def _realpath(self, path: str) -> str:
+        """``os.path.realpath(path)``, resolving the folder once for the files listed from it in a row
+        (a file that is not a link is its real folder + its name)."""
+        head, tail = os.path.split(path)
+        if not tail or tail in (".", "..") or os.path.islink(path):
+            return os.path.realpath(path)
+        if head != self._folder[0]:
+            self._folder = (head, os.path.realpath(head))
+        return os.path.join(self._folder[1], tail)
 
     def _select(self, display: str, meta: ImageMeta) -> bool:
         from indexer.metadata_table import path_key
@@ -170,16 +267,16 @@ class _Lister:
         return _wanted(meta, self.config)
 
     def file(self, path: Path | str, display: str) -> Iterator[SourceItem]:
-        real = os.path.realpath(path)
-        if not self._first_time(real, display):
+        text = str(path)
+        real = self._realpath(text)
+        if not self._first_time(real, display, text):
             return
         meta = _meta(display, display_path(real), self.table)
         if self._select(display, meta):
-            text = str(path)
             yield SourceItem(display, FileReader(display if text == display else text), meta)
 
     def zip(self, path: Path, display: str) -> Iterator[SourceItem]:
-        if not self._first_time(os.path.realpath(path), display):
+        if not self._first_time(os.path.realpath(path), display, str(path)):
             return
         try:
             with zipfile.ZipFile(path) as zf:
@@ -205,7 +302,7 @@ class _Lister:
         already walked, is listed as a duplicate), in sorted order."""
         # Strings, not Paths: the whole folder's names are held until sorted (52,224 for a full plate),
         # and the display path is the same string object as the path whenever the name is valid UTF-8.
-        found: list[tuple[str, str]] = []
+        found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             real = os.path.realpath(dirpath)
             shown = display_path(dirpath)
@@ -217,17 +314,21 @@ class _Lister:
                 continue
             self.seen_dirs[real] = shown
             dirnames.sort()
-            folder = Path(dirpath)
+            # What str(Path(dirpath) / name) gives, without a Path per file ("" for ".", "/" for "/").
+            prefix = str(Path(dirpath) / "_")[:-1]
             for name in filenames:
                 if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES + (".zip",):
                     continue
-                p = str(folder / name)
+                p = prefix + name
                 if not os.path.exists(p):
                     self.problems.append(SourceProblem(display_path(p), "unreadable: broken link"))
                     continue
-                found.append((display_path(p), p))
+                found.append(p)
+        # Sorted by display path, then path (two stable sorts: no pair held per file).
         found.sort()
-        for shown, p in found:
+        found.sort(key=display_path)
+        for p in found:
+            shown = display_path(p)
             if p.lower().endswith(".zip"):
                 yield from self.zip(Path(p), shown)
             else:

@@ -22,6 +22,7 @@ from indexer.build.prepare import Rejected
 from indexer.config import BuildConfig, NormalizeConfig, PreprocessConfig
 from indexer.errors import ConfigError, DecodeError, EmptyBuildError, IndexMismatchError
 from indexer.normalize import DEFAULT_EPS, EmbeddingTransform
+from indexer.source_list import SourceList
 from indexer.sources import SourceItem, SourceProblem, describe_search, iter_sources
 from indexer.stores.base import ImageRecord, MetadataFilter, VectorStore
 from indexer.stores.binding import bind_stores
@@ -132,7 +133,7 @@ class Plan:
     normalisation: ``transform`` (fitted, applied to every batch) or ``fit`` (a first build: keep the raw
     vectors, fit on them, then write)."""
 
-    items: list[SourceItem]
+    items: Sequence[SourceItem]  # a SourceList: compact, however many images
     existing: frozenset[int]
     preprocess: PreprocessConfig
     transform: EmbeddingTransform | None = None
@@ -249,8 +250,11 @@ def settle_normalize(requested: NormalizeConfig, stored: dict | None) -> dict:
     }
 
 
-def list_items(config: BuildConfig) -> tuple[list[SourceItem], list[SourceProblem]]:
+def list_items(config: BuildConfig) -> tuple[SourceList, list[SourceProblem]]:
     """List the images of a build: items (with any ``--metadata`` table applied) and listing problems.
+
+    The items are collected as they are found into a :class:`~indexer.source_list.SourceList` (a few
+    bytes per image besides its path), never held as one object each.
 
     Raises
     ------
@@ -265,7 +269,7 @@ def list_items(config: BuildConfig) -> tuple[list[SourceItem], list[SourceProble
         from indexer.metadata_table import load_metadata_table
 
         table = load_metadata_table(config.sources.metadata)
-    items = list(iter_sources(config.sources, problems, table))
+    items = SourceList.collect(iter_sources(config.sources, problems, table))
     if not items and not any(p.kind == "rejected" for p in problems):
         raise EmptyBuildError(f"no images found: {describe_search(config.sources)}. Nothing was written.")
     if table is not None and table.unmatched:
@@ -281,17 +285,21 @@ def list_items(config: BuildConfig) -> tuple[list[SourceItem], list[SourceProble
 
 def count_without_metadata(items: Sequence[SourceItem]) -> int:
     """Log one warning, with a count and an example, for images without metadata; return the count."""
-    bare = [it for it in items if not it.meta.described]
+    bare, example = 0, None
+    for it in items:  # counted, not collected: every image of a large plate may lack metadata
+        if not it.meta.described:
+            bare += 1
+            example = example or it.path
     if bare:
         log.warning(
             "%d of %d images have names that do not follow the BBBC006 pattern (e.g. %s): they are indexed "
             "without plate, well, site or channel, so filters on those fields will not find them. Give a "
             "table with --metadata to add it.",
-            len(bare),
+            bare,
             len(items),
-            bare[0].path,
+            example,
         )
-    return len(bare)
+    return bare
 
 
 def check_not_empty(summary: BuildSummary, index_dir: Path) -> None:
@@ -432,7 +440,7 @@ def make_plan(
     problems = list(problems)
     if items is None:
         items, problems = list_items(config)
-    items = list(items)
+    items = SourceList.collect(items)  # as it is when listed here; a caller's list (benchmarks) collected
     book_listing(ledger, items, problems)
     ledger.summary.without_metadata = count_without_metadata(items)
     pre, record = settle_manifest(config, encoder, items, stores)
