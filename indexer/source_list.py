@@ -2,7 +2,7 @@
 
 A build holds its listing for its whole run: 52,224 images for a full BBBC006 plate, 10 M for the
 users' next plates. As one :class:`~indexer.sources.SourceItem` per image, with its reader and its
-metadata, that is four objects (~260 B) per image besides the path. A :class:`SourceList` keeps:
+metadata, that is four objects (~200 B) per image besides the path. A :class:`SourceList` keeps:
 
 - the display paths as a list of ``str`` (the build's records share these very objects);
 - each metadata field as a small-int code into a table of the distinct values the listing holds

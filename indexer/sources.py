@@ -29,8 +29,9 @@ _PLANE_RE = re.compile(r"^(.*)#(\d+)$")
 class SourceItem:
     """One image to index. ``path`` is what users see (``data.zip/folder/file.tif`` for zip members).
 
-    A build keeps every item of its listing (52,224 for a full plate), so an item is slotted and a
-    file's reader holds the path string, not a :class:`~pathlib.Path` with its parts.
+    An item is slotted and a file's reader holds the path string, not a :class:`~pathlib.Path` with its
+    parts. A build keeps its listing as a :class:`~indexer.source_list.SourceList`, which makes the
+    items again on access instead of holding one per image.
     """
 
     path: str

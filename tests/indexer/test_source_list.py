@@ -272,3 +272,17 @@ def test_a_file_given_by_a_name_in_the_current_folder_is_resolved(tmp_path, real
         (name, f"the same file as {name}"),
         (str(folder / name), f"the same file as {name}"),
     ]
+
+
+def test_many_distinct_values_widen_their_codes(tmp_path):
+    """A metadata table can give every image its own tags: 70,000 distinct values outgrow a byte and
+    two, and still come back as they went in."""
+    from indexer.bbbc006.names import ImageMeta
+    from indexer.source_list import SourceList
+    from indexer.sources import FileReader
+
+    given = [SourceItem(f"/d/{i}.tif", FileReader(f"/d/{i}.tif"), ImageMeta(site=i % 3 or None,
+                        tags=(("sample", str(i)),))) for i in range(70_000)]  # fmt: skip
+    items = SourceList.collect(given)
+    assert list(items) == given and items[-1] == given[-1] and items[300] == given[300]
+    assert items._codes.dtype["tags"].itemsize == 4 and items._codes.dtype["site"].itemsize == 1
