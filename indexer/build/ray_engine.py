@@ -40,6 +40,7 @@ from indexer.stores.base import RECORD_FIELDS, ImageRecord
 _NAME_FIELDS = tuple(f for f in RECORD_FIELDS if f not in ("path", "source"))
 
 SHARD_DIR = "ray-shards"
+RAW_DIR = "raw"
 #: Per-row seconds each stage reports, summed into the build summary under the local build's names.
 _STAGE_COLUMNS = {"t_prepare": "read_decode_preprocess", "t_embed": "model", "t_write": "write"}
 
