@@ -99,7 +99,11 @@ def _raw_of(raw, records):
 
 @pytest.mark.parametrize(
     "normalize",
-    [{"kind": "whiten"}, {"kind": "whiten", "fit_on": ("site=1",)}, {"kind": "center", "fit_on": ("site=2",)}],
+    [
+        {"kind": "whiten"},
+        {"kind": "whiten", "fit_on": ("site=1",)},
+        {"kind": "center", "fit_on": ("site=2",)},
+    ],
     ids=["whiten", "whiten-fit-on-site1", "center-fit-on-site2"],
 )
 def test_a_first_ray_build_fits_and_writes_what_the_local_engine_writes(
@@ -211,11 +215,11 @@ def _local_whitened(data, tmp_path, encoder):
     return _state(store)
 
 
-def _assert_finished(stores, want, idx):
+def _assert_finished(stores, want, idx, count=20):
     """Every image once in both stores, each the local build's vector and record; verify clean."""
     for store in stores:
         state = _state(store)
-        assert np.array_equal(state["ids"], want["ids"]) and len(set(state["ids"].tolist())) == 20
+        assert np.array_equal(state["ids"], want["ids"]) and len(set(state["ids"].tolist())) == count
         assert state["records"] == want["records"] and state["normalize"] == want["normalize"]
         np.testing.assert_allclose(state["vectors"], want["vectors"], atol=1e-5)
     assert verify_stores(stores[1], stores[0]).ok
@@ -235,7 +239,9 @@ def test_a_failure_after_staging_before_the_fit_leaves_no_vector_and_the_rerun_f
     with monkeypatch.context() as m:
         m.setattr("indexer.normalize.fit_transform", fail)
         with pytest.raises(RuntimeError, match="injected"):
-            run_ray_build(_config(data, idx, encoder, redis_config, kind="whiten"), TWO_ACTORS, stores, encoder)
+            run_ray_build(
+                _config(data, idx, encoder, redis_config, kind="whiten"), TWO_ACTORS, stores, encoder
+            )
     _close(stores)
     stores = _stores(idx, encoder, redis_config)
     for store in stores:
@@ -245,6 +251,8 @@ def test_a_failure_after_staging_before_the_fit_leaves_no_vector_and_the_rerun_f
     assert (s.indexed, s.recovered, s.skipped_existing, len(s.rejected)) == (20, 20, 0, 3)
     _assert_finished(stores, want, idx)
     _close(stores)
+    v = _verify_cli(idx, redis_config)
+    assert v.exit_code == 0, v.output
 
 
 def test_a_failure_while_writing_the_fitted_vectors_leaves_only_transformed_ones_and_the_rerun_finishes(
@@ -265,7 +273,9 @@ def test_a_failure_while_writing_the_fitted_vectors_leaves_only_transformed_ones
     with monkeypatch.context() as m:
         m.setattr(RedisStore, "bulk_load", second_call_fails)
         with pytest.raises(RuntimeError, match="injected"):
-            run_ray_build(_config(data, idx, encoder, redis_config, kind="whiten"), TWO_ACTORS, stores, encoder)
+            run_ray_build(
+                _config(data, idx, encoder, redis_config, kind="whiten"), TWO_ACTORS, stores, encoder
+            )
     _close(stores)  # a FAISS store flushes what it was given on close
     stores = _stores(idx, encoder, redis_config)
     by_id = {int(i): v for i, v in zip(want["ids"], want["vectors"])}
@@ -278,6 +288,69 @@ def test_a_failure_while_writing_the_fitted_vectors_leaves_only_transformed_ones
             np.testing.assert_allclose(v, by_id[int(i)], atol=1e-5)
     assert 0 < counts[1] < 20  # Redis holds the first batch only
     s = run_ray_build(_config(data, idx, encoder, redis_config), TWO_ACTORS, stores, encoder)
-    assert s.indexed + s.skipped_existing == 20 and s.recovered == s.indexed > 0
+    # 23 files: the contents Redis and FAISS both hold (and their copies) are skipped, the rest come from the
+    # staged raw vectors, transformed by the stored transform; nothing is embedded twice.
+    assert s.indexed + s.skipped_existing + len(s.rejected) == 23 and s.recovered == s.indexed > 0
     _assert_finished(stores, want, idx)
     _close(stores)
+    v = _verify_cli(idx, redis_config)
+    assert v.exit_code == 0, v.output
+
+
+def _verify_cli(idx, redis_config):
+    from click.testing import CliRunner
+
+    from indexer.cli import main as index_main
+
+    args = ["verify", "--index", str(idx), "--redis-url", redis_config.url, "--format", "json"]
+    return CliRunner().invoke(index_main, args)
+
+
+def test_a_normalize_job_killed_while_staging_leaves_no_vector_and_its_rerun_finishes(
+    cluster, encoder, tiny_model_dir, real_images, tmp_path, redis_config
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.indexer.build.test_ray_engine import _copies
+
+    data = _copies(real_images, tmp_path / "data", 4)  # 80 images, 40 batches of 2
+    local = FaissStore(tmp_path / "local", dim=encoder.dim)
+    build_index(
+        _config(data, tmp_path / "local", encoder, batch_size=2, kind="whiten"), [local], encoder=encoder
+    )
+    want = _state(local)
+    idx = tmp_path / "ray"
+    cmd = [sys.executable, "-m", "indexer.cli", "build", str(data), "--index", str(idx), "--engine", "ray",
+           "--ray-address", cluster.address, "--model", str(tiny_model_dir), "--batch-size", "2",
+           "--concurrency", "1", "--threads-per-worker", "1", "--no-progress", "--format", "json",
+           "--redis-url", redis_config.url, "--redis-index", redis_config.index_name]  # fmt: skip
+    job = subprocess.Popen([*cmd, "--normalize", "whiten"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600  # a generous budget: the loop ends on the event, not the clock
+    while time.monotonic() < deadline and len(_raw_shards(idx)) < 3:
+        assert job.poll() is None, job.stderr.read().decode()[-2000:]
+        time.sleep(0.01)
+    job.send_signal(signal.SIGKILL)  # the whole job: driver gone, actors torn down by Ray
+    job.wait(timeout=30)
+    job.stderr.close()
+    left = len(_raw_shards(idx))
+    assert left >= 3, "the job was not killed mid-run"
+    stores = _stores(idx, encoder, redis_config)
+    for store in stores:  # raw vectors are staged only: no store holds a vector its manifest did not make
+        assert store.count() == 0 and store.read_transform() is None
+        assert store.read_manifest()["normalize"] == {"kind": "whiten", "eps": 1e-6, "fit_on": None}
+    _close(stores)
+    # The re-run, without --normalize: the index's own (not yet fitted) record; the staged vectors are used.
+    again = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    s = json.loads(again.stdout)
+    assert (s["indexed"], s["rejected"], s["index_count"]) == (80, 0, 80)
+    assert 2 * left <= s["recovered"] < 80  # at least the shards seen at the kill; the rest were embedded
+    stores = _stores(idx, encoder, redis_config)
+    _assert_finished(stores, want, idx, count=80)
+    _close(stores)
+    v = _verify_cli(idx, redis_config)
+    assert v.exit_code == 0, v.output
