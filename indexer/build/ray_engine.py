@@ -8,11 +8,20 @@ preprocessing or the encoder):
    metadata once;
 2. CPU tasks read, hash, decode and preprocess (:func:`indexer.build.prepare.prepare_item`), opening
    each zip once per task; a bad file becomes a rejected row with its reason;
-3. an actor class loads the encoder once per worker and embeds batches (``num_gpus`` per actor);
+3. an actor class loads the encoder once per worker and embeds batches (``num_gpus`` per actor), then
+   applies the index's fitted ``--normalize`` transform, if it has one, as the local engine does;
 4. CPU tasks upsert each batch into Redis and write it as a parquet shard (the FAISS store's shard
    format) under ``<index>/ray-shards/`` or any fsspec URL;
 5. the driver adds the shards to the FAISS mirror and flushes it atomically, so a failed worker never
    leaves half a FAISS index; a re-run first imports shards left by a killed run.
+
+A first ``--normalize`` build needs every raw vector before it can write one (the transform is fitted on
+them): its writers only stage raw shards under ``<shards>/raw/`` and touch no store; the driver then reads
+them in listing order, fits, writes the transform and the fitted manifest to every store, then the
+transformed vectors, all with the local engine's code (:func:`indexer.build.local.fit_and_write`), and
+deletes the raw shards last. A failure or a kill at any point leaves no store holding a vector its
+manifest's transform did not make, and the re-run uses the staged raw vectors instead of embedding them
+again.
 
 The driver keeps the books with the local engine's :class:`~indexer.build.plan.Ledger`, fed in listing
 order, so both engines give the same summary. Rows reach the writers before the driver sees them, so
@@ -198,9 +207,10 @@ class _Embed:
 
 
 class _Write:
-    """Stage 4: an actor that upserts batches into Redis (one connection, kept) and writes each batch as one
-    parquet shard (fsspec). Writing is I/O, so the actor holds no CPU slot: it keeps pace even when the
-    embedding actors hold every CPU, and embedded batches do not pile up in the object store."""
+    """Stage 4: an actor that upserts batches into Redis (one connection, kept; ``redis`` None: none) and
+    writes each batch as one parquet shard (fsspec). Writing is I/O, so the actor holds no CPU slot: it keeps
+    pace even when the embedding actors hold every CPU, and embedded batches do not pile up in the object
+    store."""
 
     def __init__(self, shard_url: str, redis: dict | None, held: frozenset[int] | None = None) -> None:
         self.shard_url = shard_url.rstrip("/")
@@ -252,17 +262,25 @@ class _Write:
         return out
 
 
+def _shard_files(url: str) -> tuple[Any, list[str]]:
+    """The filesystem of ``url`` and its finished parquet shards, sorted (none when the folder is absent)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    if not fs.exists(root):
+        return fs, []
+    return fs, sorted(p for p in fs.ls(root, detail=False) if str(p).endswith(".parquet"))
+
+
 def import_shards(shard_url: str, faiss_store) -> int:
     """Add every finished shard under ``shard_url`` to the FAISS store, flush, then delete the shards."""
-    import fsspec
     import pyarrow.parquet as pq
 
     from indexer.stores.faiss_store import table_to_records
 
-    fs, root = fsspec.core.url_to_fs(shard_url)
-    if not fs.exists(root):
+    fs, paths = _shard_files(shard_url)  # not the raw/ folder below it: a folder is not a shard
+    if not paths:
         return 0
-    paths = sorted(p for p in fs.ls(root, detail=False) if str(p).endswith(".parquet"))
     n = 0
     for p in paths:
         with fs.open(p, "rb") as f:
@@ -284,7 +302,8 @@ def _first_listed(ledger: Ledger, record: ImageRecord, items: dict[str, Any]) ->
     """The record the duplicate rule chose for ``record``'s content: the first-listed path's, with the
     metadata the listing parsed (``items``: path -> listed item) and the ``source`` decoding found.
 
-    A plane of a stack (path ``file#i``) is not a listed item: its record is kept as it is.
+    A plane of a stack (path ``file#i``) is not a listed item: its record (one whole record, the one the
+    shard holds) is kept as it is.
     """
     from indexer.build.prepare import image_record
 
@@ -312,16 +331,6 @@ def _rewrite_first_listed(stores: list, ledger: Ledger, duplicated: set[int], it
     for store in stores:
         store.add(vectors, records)
         store.flush()
-
-
-def _shard_files(url: str) -> tuple[Any, list[str]]:
-    """The filesystem of ``url`` and its finished parquet shards, sorted (none when the folder is absent)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(url)
-    if not fs.exists(root):
-        return fs, []
-    return fs, sorted(p for p in fs.ls(root, detail=False) if str(p).endswith(".parquet"))
 
 
 def staged_ids(raw_url: str) -> set[int]:
@@ -423,6 +432,9 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
     ------
     DecodeError
         In strict mode, for the first listing problem (before Ray starts) or unusable image.
+    ConfigError
+        A first ``--normalize`` build whose ``--fit-on`` subset holds fewer than 2 images (the raw vectors
+        stay staged: a re-run with another subset uses them).
     MaeError
         When Ray fails.
     """
@@ -441,6 +453,7 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
     normalized = plan.fit is not None or plan.transform is not None
     staged = staged_ids(raw_url) if normalized else set()
     transform = encode_transform(plan.transform) if plan.transform is not None else None
+    skip = plan.existing | staged if staged else plan.existing  # no copy of a large set when none is staged
 
     stage_seconds = dict.fromkeys(_STAGE_COLUMNS.values(), 0.0)
     device = "cuda" if ray_config.num_gpus_per_worker > 0 else "cpu"
@@ -464,7 +477,7 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
                  for n, it in enumerate(plan.items)]  # fmt: skip
         ds = ray.data.from_items(items)
         ds = ds.map_batches(_prepare_batch, fn_kwargs={"pre": plan.preprocess.to_dict(),
-                                                       "existing": plan.existing | staged},
+                                                       "existing": skip},
                             batch_size=config.batch_size)  # fmt: skip
         actors, threads = ray_config.actors_and_threads(ray.cluster_resources())
         ds = ds.map_batches(_Embed, fn_constructor_args=(model, threads, transform), batch_size=config.batch_size,
@@ -498,7 +511,7 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
         elif status == "ok" and plan.fit is None:
             seen_twice.add(image_id)
     import_shards(shard_url, stores[0])
-    listed = {it.path: it for it in plan.items}
+    listed = {it.path: it for it in plan.items} if seen_twice or from_raw else {}
     if seen_twice:
         _rewrite_first_listed(stores, ledger, seen_twice, listed)
     if from_raw:
