@@ -1,7 +1,7 @@
 """Where a build's memory sits over time: `mae-index build` run in this process (the CLI, as a user runs
 it) while a thread samples RSS and glibc's ``mallinfo2`` every few seconds.
 
-Columns: RSS; ``arena`` (bytes glibc holds in its main heap) with ``in_use`` and ``free`` (freed but
+Columns: RSS and its high-water mark (``hwm``: a jump between two rows is a peak the samples missed); ``arena`` (bytes glibc holds in its main heap) with ``in_use`` and ``free`` (freed but
 held: holes); ``mapped`` (blocks past the mmap threshold, each its own mapping) and how many; Python
 objects tracked by the cycle collector (every 10th sample). Memory that rises and falls back at once
 points at the cycle collector; ``free`` that grows points at heap holes; ``mapped`` that grows with
@@ -37,12 +37,19 @@ class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in _FIELDS]
 
 
+def hwm_mb() -> float:
+    """The kernel's high-water mark of this process's RSS (``VmHWM``), in MB: a peak between samples."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def sample(libc, t0: float, n: int) -> dict:
     """One row of the timeline (sizes in MB)."""
     m = libc.mallinfo2()
     return {
         "s": round(time.perf_counter() - t0, 1),
         "rss": round(rss_mb()),
+        "hwm": round(hwm_mb()),
         "arena": m.arena >> 20,
         "in_use": m.uordblks >> 20,
         "free": m.fordblks >> 20,
@@ -67,7 +74,7 @@ def main() -> None:
     def run() -> None:
         while not done.is_set():
             rows.append(sample(libc, t0, len(rows)))
-            done.wait(2.0)
+            done.wait(1.0)
 
     sampler = threading.Thread(target=run, daemon=True)
     sampler.start()
@@ -84,7 +91,8 @@ def main() -> None:
             print("\t".join(str(v) for v in row.values()))
         peak = max(rows, key=lambda r: r["rss"])
         print(
-            f"peak sampled RSS {peak['rss']} MB at {peak['s']} s; first {rows[0]['rss']} MB, last {rows[-1]['rss']} MB"
+            f"peak sampled RSS {peak['rss']} MB at {peak['s']} s; first {rows[0]['rss']} MB, last {rows[-1]['rss']} MB; "
+            f"high-water mark {rows[-1]['hwm']} MB"
         )
 
 
