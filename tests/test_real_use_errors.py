@@ -126,7 +126,7 @@ def test_duplicate_content_in_one_ray_batch_is_written_once_not_a_traceback(tmp_
     vec = np.eye(4, dtype=np.float32)[:3]
     meta = {"plate": None, "well": None, "row": None, "column": None, "site": None, "channel": None, "z": None,
             "tags": "{}"}  # fmt: skip
-    batch = {"order": np.arange(3), "id": np.array([7, 7, 8]), "path": np.array(["a.tif", "copy_of_a.tif", "b.tif"]),
+    batch = {"order": np.arange(3), "part": np.zeros(3, int), "id": np.array([7, 7, 8]), "path": np.array(["a.tif", "copy_of_a.tif", "b.tif"]),
              "status": np.array(["ok", "ok", "ok"]), "stage": np.array(["", "", ""]),
              "reason": np.array(["", "", ""]), "meta": [meta] * 3, "vector": list(vec),
              "t_prepare": np.zeros(3), "t_embed": np.zeros(3), "precision": np.array(["fp32"] * 3)}  # fmt: skip

@@ -8,11 +8,20 @@ preprocessing or the encoder):
    metadata once;
 2. CPU tasks read, hash, decode and preprocess (:func:`indexer.build.prepare.prepare_item`), opening
    each zip once per task; a bad file becomes a rejected row with its reason;
-3. an actor class loads the encoder once per worker and embeds batches (``num_gpus`` per actor);
+3. an actor class loads the encoder once per worker and embeds batches (``num_gpus`` per actor), then
+   applies the index's fitted ``--normalize`` transform, if it has one, as the local engine does;
 4. CPU tasks upsert each batch into Redis and write it as a parquet shard (the FAISS store's shard
    format) under ``<index>/ray-shards/`` or any fsspec URL;
 5. the driver adds the shards to the FAISS mirror and flushes it atomically, so a failed worker never
    leaves half a FAISS index; a re-run first imports shards left by a killed run.
+
+A first ``--normalize`` build needs every raw vector before it can write one (the transform is fitted on
+them): its writers only stage raw shards under ``<shards>/raw/`` and touch no store; the driver then reads
+them in listing order, fits, writes the transform and the fitted manifest to every store, then the
+transformed vectors, all with the local engine's code (:func:`indexer.build.local.fit_and_write`), and
+deletes the raw shards last. A failure or a kill at any point leaves no store holding a vector its
+manifest's transform did not make, and the re-run uses the staged raw vectors instead of embedding them
+again.
 
 The driver keeps the books with the local engine's :class:`~indexer.build.plan.Ledger`, fed in listing
 order, so both engines give the same summary. Rows reach the writers before the driver sees them, so
@@ -35,11 +44,13 @@ from indexer.build.plan import BuildSummary, Ledger, make_plan, write_batch, wri
 from indexer.config import BuildConfig, PreprocessConfig, RedisConfig
 from indexer.errors import ConfigError, MaeError
 from indexer.stores.base import RECORD_FIELDS, ImageRecord
+from indexer.stores.transform_file import encode_transform
 
 #: What a file name says (the listing's metadata); ``source`` is what decoding finds, per image.
 _NAME_FIELDS = tuple(f for f in RECORD_FIELDS if f not in ("path", "source"))
 
 SHARD_DIR = "ray-shards"
+RAW_DIR = "raw"
 #: Per-row seconds each stage reports, summed into the build summary under the local build's names.
 _STAGE_COLUMNS = {"t_prepare": "read_decode_preprocess", "t_embed": "model", "t_write": "write"}
 
@@ -112,7 +123,7 @@ def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[
     from indexer.sources import SourceItem, file_path
 
     config = PreprocessConfig.from_dict(pre)
-    out: dict[str, list] = {k: [] for k in ("order", "id", "path", "pixels", "status", "stage", "reason",
+    out: dict[str, list] = {k: [] for k in ("order", "part", "id", "path", "pixels", "status", "stage", "reason",
                                             "t_prepare", "meta")}  # fmt: skip
     archives: dict[str, zipfile.ZipFile] = {}
 
@@ -135,8 +146,10 @@ def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[
             fields = {f: meta.get(f) for f in _NAME_FIELDS}
             tags = tuple(json.loads(meta.get("tags") or "{}").items())
             item = SourceItem(path, reader(path), ImageMeta(**fields, tags=tags))
-            for p in prepare_item(item, config, existing, on_device=False):  # one row per plane
+            # One row per plane; ``part`` keeps a plane's place in its file: rows may come back out of order.
+            for part, p in enumerate(prepare_item(item, config, existing, on_device=False)):
                 out["order"].append(int(order))
+                out["part"].append(part)
                 out["id"].append(p.record.id)
                 out["path"].append(p.record.path)
                 out["pixels"].append(p.pixels.numpy() if p.pixels is not None else np.zeros((0,), np.float32))
@@ -153,9 +166,13 @@ def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[
 
 
 class _Embed:
-    """Stage 3: an actor that loads the encoder once and embeds the usable rows of each batch."""
+    """Stage 3: an actor that loads the encoder once and embeds the usable rows of each batch.
 
-    def __init__(self, model: dict, threads: int) -> None:
+    ``transform``: the index's fitted normalisation as :func:`~indexer.stores.transform_file.encode_transform`
+    bytes (small, picklable), applied to every vector as the local engine applies it; ``None``: raw vectors.
+    """
+
+    def __init__(self, model: dict, threads: int, transform: bytes | None = None) -> None:
         import torch
         from transformers.utils import logging as hf_logging
 
@@ -165,6 +182,11 @@ class _Embed:
         hf_logging.set_verbosity_error()  # workers log to files; keep them to real problems
         torch.set_num_threads(threads)
         self.encoder = load_encoder(ModelConfig(**model))
+        self.transform = None
+        if transform is not None:
+            from indexer.stores.transform_file import decode_transform
+
+            self.transform = decode_transform(transform)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -174,8 +196,10 @@ class _Embed:
         vectors = np.zeros((len(batch["status"]), self.encoder.dim), dtype=np.float32)
         if ok:
             pixels = torch.from_numpy(np.stack([batch["pixels"][i] for i in ok]))
-            vectors[ok] = self.encoder.embed(pixels)
-        out = {k: batch[k] for k in ("order", "id", "path", "status", "stage", "reason", "meta", "t_prepare")}
+            embedded = self.encoder.embed(pixels)
+            vectors[ok] = embedded if self.transform is None else self.transform.apply(embedded)
+        out = {k: batch[k] for k in ("order", "part", "id", "path", "status", "stage", "reason", "meta",
+                                     "t_prepare")}  # fmt: skip
         out["vector"] = list(vectors)
         out["precision"] = [self.encoder.precision] * len(vectors)
         out["t_embed"] = np.full(len(vectors), (time.perf_counter() - t0) / len(vectors))
@@ -183,9 +207,10 @@ class _Embed:
 
 
 class _Write:
-    """Stage 4: an actor that upserts batches into Redis (one connection, kept) and writes each batch as one
-    parquet shard (fsspec). Writing is I/O, so the actor holds no CPU slot: it keeps pace even when the
-    embedding actors hold every CPU, and embedded batches do not pile up in the object store."""
+    """Stage 4: an actor that upserts batches into Redis (one connection, kept; ``redis`` None: none) and
+    writes each batch as one parquet shard (fsspec). Writing is I/O, so the actor holds no CPU slot: it keeps
+    pace even when the embedding actors hold every CPU, and embedded batches do not pile up in the object
+    store."""
 
     def __init__(self, shard_url: str, redis: dict | None, held: frozenset[int] | None = None) -> None:
         self.shard_url = shard_url.rstrip("/")
@@ -231,23 +256,31 @@ class _Write:
             with fs.open(name + ".tmp", "wb") as f:
                 pq.write_table(records_to_table(vectors, records), f)
             fs.mv(name + ".tmp", name)  # a reader never sees half a shard
-        out = {k: batch[k] for k in ("order", "id", "path", "status", "stage", "reason", "t_prepare", "t_embed",
-                                     "precision")}  # fmt: skip
+        out = {k: batch[k] for k in ("order", "part", "id", "path", "status", "stage", "reason", "t_prepare",
+                                     "t_embed", "precision")}  # fmt: skip
         out["t_write"] = np.full(len(batch["status"]), (time.perf_counter() - t0) / len(batch["status"]))
         return out
 
 
+def _shard_files(url: str) -> tuple[Any, list[str]]:
+    """The filesystem of ``url`` and its finished parquet shards, sorted (none when the folder is absent)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    if not fs.exists(root):
+        return fs, []
+    return fs, sorted(p for p in fs.ls(root, detail=False) if str(p).endswith(".parquet"))
+
+
 def import_shards(shard_url: str, faiss_store) -> int:
     """Add every finished shard under ``shard_url`` to the FAISS store, flush, then delete the shards."""
-    import fsspec
     import pyarrow.parquet as pq
 
     from indexer.stores.faiss_store import table_to_records
 
-    fs, root = fsspec.core.url_to_fs(shard_url)
-    if not fs.exists(root):
+    fs, paths = _shard_files(shard_url)  # not the raw/ folder below it: a folder is not a shard
+    if not paths:
         return 0
-    paths = sorted(p for p in fs.ls(root, detail=False) if str(p).endswith(".parquet"))
     n = 0
     for p in paths:
         with fs.open(p, "rb") as f:
@@ -265,30 +298,130 @@ def import_shards(shard_url: str, faiss_store) -> int:
     return n
 
 
+def _first_listed(ledger: Ledger, record: ImageRecord, items: dict[str, Any]) -> ImageRecord:
+    """The record the duplicate rule chose for ``record``'s content: the first-listed path's, with the
+    metadata the listing parsed (``items``: path -> listed item) and the ``source`` decoding found.
+
+    A plane of a stack (path ``file#i``) is not a listed item: its record (one whole record, the one the
+    shard holds) is kept as it is.
+    """
+    from indexer.build.prepare import image_record
+
+    path = ledger.first_path(record.id)
+    if path not in items:
+        return record
+    return replace(image_record(items[path], record.id), source=record.source)
+
+
 def _rewrite_first_listed(stores: list, ledger: Ledger, duplicated: set[int], items: dict[str, Any]) -> None:
     """Make each store hold the first-listed record of every content id found more than once.
 
     Writers write whichever duplicate reached them last; the vectors are the same (same bytes), only
-    the record (path, metadata) differs, so the record the duplicate rule chose is written again, with
-    the metadata the listing parsed (``items``: path -> listed item), through ``add``: each writer
-    bulk-loaded its copy as new, so Redis may hold a mix of two records' fields until then.
+    the record (path, metadata) differs, so the record the duplicate rule chose is written again
+    (:func:`_first_listed`) through ``add``: each writer bulk-loaded its copy as new, so Redis may hold a
+    mix of two records' fields until then.
     """
-    from indexer.build.prepare import image_record
-
     ids = np.array(sorted(duplicated), dtype=np.int64)
     if not len(ids):
         return
     vectors = stores[0].get_vectors(ids)
     # The listing knows names, not provenance: keep the ``source`` decoding recorded for each id.
     stored = {r.id: r for r in stores[0].get(ids.tolist()) if r is not None}
-    # A plane of a stack (path file#i) is not a listed item: the FAISS mirror's record of it (one whole
-    # record, the last shard's) is written to every store as it is.
-    records = [replace(image_record(items[ledger.first_path(int(i))], int(i)), source=stored[int(i)].source)
-               if ledger.first_path(int(i)) in items else stored[int(i)]
-               for i in ids]  # fmt: skip
+    records = [_first_listed(ledger, stored[int(i)], items) for i in ids]
     for store in stores:
         store.add(vectors, records)
         store.flush()
+
+
+def staged_ids(raw_url: str) -> set[int]:
+    """The ids of the raw vectors staged under ``raw_url`` (only the id column is read)."""
+    import pyarrow.parquet as pq
+
+    fs, paths = _shard_files(raw_url)
+    ids: set[int] = set()
+    for p in paths:
+        with fs.open(p, "rb") as f:
+            ids.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
+    return ids
+
+
+def _read_staged(raw_url: str, order: list[int], ledger: Ledger, items: dict[str, Any]):
+    """The staged raw vectors of ``order`` (ids, in listing order) and their first-listed records.
+
+    One array of ``len(order)`` vectors, filled shard by shard: the raw vectors a fit needs, no more
+    (rows of other ids, or a second copy of one, are dropped as each shard is read).
+
+    Raises
+    ------
+    MaeError
+        A staged shard vanished, so some vectors are missing (a re-run embeds them again).
+    """
+    import pyarrow.parquet as pq
+
+    from indexer.stores.faiss_store import table_to_records
+
+    position = {image_id: n for n, image_id in enumerate(order)}
+    vectors: np.ndarray | None = None
+    records: list[ImageRecord | None] = [None] * len(order)
+    fs, paths = _shard_files(raw_url)
+    for p in paths:
+        with fs.open(p, "rb") as f:
+            ids, shard_vectors, shard_records, _ = table_to_records(pq.read_table(f))
+        for i, image_id in enumerate(ids.tolist()):
+            n = position.get(image_id)
+            if n is None or records[n] is not None:
+                continue
+            if vectors is None:
+                vectors = np.empty((len(order), shard_vectors.shape[1]), dtype=np.float32)
+            vectors[n] = shard_vectors[i]
+            records[n] = _first_listed(ledger, shard_records[i], items)
+    missing = sum(r is None for r in records)
+    if missing or vectors is None:
+        raise MaeError(
+            f"{missing} of the {len(order)} raw vectors staged under {raw_url} are missing (a shard was "
+            "removed during the build): run the same build again; it embeds them anew"
+        )
+    return vectors, records
+
+
+def _write_staged(
+    config: BuildConfig, plan, stores: list, raw_url: str, order: list[int], ledger: Ledger, items: dict
+) -> float:
+    """Write the staged raw vectors of ``order`` to every store, through the local engine's writer.
+
+    A first ``--normalize`` build fits on them first (:func:`indexer.build.local.fit_and_write`: the
+    transform and the fitted manifest reach every store before any vector); an index already fitted
+    applies its transform. The raw shards are deleted only once every store is flushed, so a failure at
+    any point leaves them for the re-run. Returns the seconds spent writing.
+
+    Raises
+    ------
+    ConfigError
+        The ``--fit-on`` subset holds fewer than 2 of the images (as the local engine).
+    """
+    from indexer.build.local import _Writer, fit_and_write
+
+    held = [_read_staged(raw_url, order, ledger, items)]  # fit_and_write empties it once it is written
+    writer = _Writer(stores, config.flush_every, plan.held)
+    try:
+        if plan.fit is not None:
+            fit_and_write(plan.fit, held, stores, writer, config.batch_size)
+        else:
+            vectors, records = held.pop()
+            for start in range(0, len(records), config.batch_size):
+                chunk = vectors[start : start + config.batch_size]
+                writer.put(chunk if plan.transform is None else plan.transform.apply(chunk),
+                           records[start : start + config.batch_size])  # fmt: skip
+    finally:
+        writer.close()
+    return writer.seconds
+
+
+def _drop_staged(raw_url: str) -> None:
+    """Delete the raw shards (every vector they hold is in every store, or not wanted by this listing)."""
+    fs, paths = _shard_files(raw_url)
+    for p in paths:
+        fs.rm(p)
 
 
 def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, encoder) -> BuildSummary:
@@ -299,6 +432,9 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
     ------
     DecodeError
         In strict mode, for the first listing problem (before Ray starts) or unusable image.
+    ConfigError
+        A first ``--normalize`` build whose ``--fit-on`` subset holds fewer than 2 images (the raw vectors
+        stay staged: a re-run with another subset uses them).
     MaeError
         When Ray fails.
     """
@@ -309,10 +445,15 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
     ledger = Ledger(config.strict)
     summary = ledger.summary
     plan = make_plan(config, stores, encoder, ledger)
-    if plan.transform is not None or plan.fit is not None:
-        raise ConfigError(
-            "the Ray engine does not apply --normalize yet: build this index with --engine local"
-        )
+    # --normalize: a first build (plan.fit) has its workers stage raw vectors under raw_url and write no
+    # store; the driver fits on them, then writes. Raw vectors staged by a run that stopped before every
+    # store held them are used, not embedded again (a normalised index only; its transform makes them
+    # what a fresh embedding would give).
+    raw_url = f"{shard_url.rstrip('/')}/{RAW_DIR}"
+    normalized = plan.fit is not None or plan.transform is not None
+    staged = staged_ids(raw_url) if normalized else set()
+    transform = encode_transform(plan.transform) if plan.transform is not None else None
+    skip = plan.existing | staged if staged else plan.existing  # no copy of a large set when none is staged
 
     stage_seconds = dict.fromkeys(_STAGE_COLUMNS.values(), 0.0)
     device = "cuda" if ray_config.num_gpus_per_worker > 0 else "cpu"
@@ -322,7 +463,8 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
     redis = asdict(config.redis) if config.redis is not None else None
     # The driver's stores are the FAISS folder, then Redis (open_stores' order).
     redis_held = plan.held[1] if redis is not None and len(plan.held) > 1 else None
-    rows: list[tuple[int, int, str, str]] = []  # (listing order, id, path, status) of usable/skipped rows
+    # (listing order, plane, id, path, status) of usable and skipped rows
+    rows: list[tuple[int, int, int, str, str]] = []
     worker_precision: set[str] = set()
     started_here = not ray.is_initialized()
     if started_here:
@@ -334,12 +476,14 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
                            "tags": json.dumps(dict(it.meta.tags))}}
                  for n, it in enumerate(plan.items)]  # fmt: skip
         ds = ray.data.from_items(items)
-        ds = ds.map_batches(_prepare_batch, fn_kwargs={"pre": plan.preprocess.to_dict(), "existing": plan.existing},
+        ds = ds.map_batches(_prepare_batch, fn_kwargs={"pre": plan.preprocess.to_dict(),
+                                                       "existing": skip},
                             batch_size=config.batch_size)  # fmt: skip
         actors, threads = ray_config.actors_and_threads(ray.cluster_resources())
-        ds = ds.map_batches(_Embed, fn_constructor_args=(model, threads), batch_size=config.batch_size,
+        ds = ds.map_batches(_Embed, fn_constructor_args=(model, threads, transform), batch_size=config.batch_size,
                             concurrency=actors, num_gpus=ray_config.num_gpus_per_worker)  # fmt: skip
-        ds = ds.map_batches(_Write, fn_constructor_args=(shard_url, redis, redis_held), batch_size=config.batch_size,
+        write_to = (raw_url, None, None) if plan.fit is not None else (shard_url, redis, redis_held)
+        ds = ds.map_batches(_Write, fn_constructor_args=write_to, batch_size=config.batch_size,
                             concurrency=ray_config.writers, num_cpus=0)  # fmt: skip
         for row in ds.iter_rows():
             for column, stage in _STAGE_COLUMNS.items():
@@ -347,7 +491,7 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
             if row["status"] == "rejected":
                 ledger.reject(row["path"], row["stage"], row["reason"])
             else:
-                rows.append((int(row["order"]), int(row["id"]), row["path"], row["status"]))
+                rows.append((int(row["order"]), int(row["part"]), int(row["id"]), row["path"], row["status"]))
                 if row["status"] == "ok":
                     worker_precision.add(str(row["precision"]))
     except ray.exceptions.RayError as e:
@@ -357,14 +501,23 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
             ray.shutdown()
     # The books in listing order, as the local engine keeps them, so both give the same summary.
     seen_twice: set[int] = set()
-    for _, image_id, path, status in sorted(rows):
-        if status == "skipped":
+    from_raw: list[int] = []  # admitted ids whose raw vectors are staged, in listing order (a fit's order)
+    for _, _, image_id, path, status in sorted(rows):
+        if status == "skipped" and (image_id in plan.existing or image_id not in staged):
             ledger.skip_existing()
-        elif not ledger.admit(image_id, path):
+        elif ledger.admit(image_id, path):
+            if plan.fit is not None or status == "skipped":
+                from_raw.append(image_id)
+        elif status == "ok" and plan.fit is None:
             seen_twice.add(image_id)
     import_shards(shard_url, stores[0])
+    listed = {it.path: it for it in plan.items} if seen_twice or from_raw else {}
     if seen_twice:
-        _rewrite_first_listed(stores, ledger, seen_twice, {it.path: it for it in plan.items})
+        _rewrite_first_listed(stores, ledger, seen_twice, listed)
+    if from_raw:
+        stage_seconds["write"] += _write_staged(config, plan, stores, raw_url, from_raw, ledger, listed)
+    if normalized:
+        _drop_staged(raw_url)
     # Rejections were appended as rows arrived; list them in listing order, as the local engine does.
     order = {it.path: n for n, it in enumerate(plan.items)}
     summary.rejected.sort(key=lambda r: (r.stage != "list", order.get(r.path, -1)))
@@ -372,6 +525,6 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
     summary.runtime = f"ray {device} {'/'.join(sorted(worker_precision)) or precision}"
     summary.seconds = time.perf_counter() - t0
     summary.stage_seconds = stage_seconds
-    summary.recovered = recovered
+    summary.recovered = recovered + sum(image_id in staged for image_id in from_raw)
     summary.index_count = stores[0].count()
     return summary

@@ -27,7 +27,7 @@ from indexer.stores.faiss_kinds import (
 )
 from indexer.stores.faiss_rerank import reranks, tune_rerank
 from indexer.stores.faiss_search import TUNE_QUERIES, UNTRIED, even_sample, load_faiss
-from indexer.stores.faiss_shards import SHARDS, live_by_shard, read_ids, read_vectors, shard_paths
+from indexer.stores.faiss_shards import SHARDS, read_ids, read_vectors, shard_paths
 from indexer.stores.faiss_state import INDEX, MANIFEST, FolderState
 from indexer.stores.rerank_file import RerankFile
 
@@ -37,7 +37,7 @@ log = logging.getLogger("indexer.stores.faiss_store")
 
 class IndexMixin:
     """:class:`~indexer.stores.faiss_store.FaissStore`'s search-index methods (a mixin of that class
-    only: they use its records, ``_where``, ``_index``, ``_kind``, ``_faiss_section`` and re-rank
+    only: they use its records, ``_index``, ``_kind``, ``_faiss_section`` and re-rank
     keeper)."""
 
     @property
@@ -92,7 +92,7 @@ class IndexMixin:
             sample = self.get_vectors(even_sample(self.ids(), kind.train_size(len(self._records))))
             index.train(sample)
             self._trained_on = len(sample)
-        for name, (rows, ids) in live_by_shard(self._where).items():
+        for name, (rows, ids) in self._records.live_by_shard().items():
             index.add_with_ids(self._shard_vectors(name, rows), ids)
         return index
 
@@ -104,7 +104,7 @@ class IndexMixin:
         if self._pending_records or self._pending_deletes:
             self.flush()
         names = [p.name for p in shard_paths(self.directory)]
-        live = live_by_shard(self._where)
+        live = self._records.live_by_shard()
         parts = ((ids, self._shard_vectors(name, rows)) for name, (rows, ids) in live.items())
         return self._rerank.build(self.ids(), self.dim, parts, names[-1] if names else "")
 
@@ -147,7 +147,7 @@ class IndexMixin:
                 touched.update(read_ids(self.directory / SHARDS / name).tolist())
             self._remove(np.array(sorted(touched & prefix_ids), dtype=np.int64))
             if self._index is not None:
-                live = live_by_shard(self._where)
+                live = self._records.live_by_shard()
                 for name in later:
                     if name in live:
                         rows, ids = live[name]

@@ -30,7 +30,7 @@ from indexer.stores.base import (
 )
 from indexer.stores.faiss_kinds import recall_at, search_parameters
 from indexer.stores.faiss_rerank import candidates, rerank, reranks
-from indexer.stores.faiss_shards import SHARDS, STR_FIELDS, live_by_shard, read_vectors
+from indexer.stores.faiss_shards import SHARDS, STR_FIELDS, read_vectors
 
 if TYPE_CHECKING:
     from indexer.stores.faiss_store import FaissStore
@@ -122,7 +122,7 @@ def hits_per_query(
 
 class SearchMixin:
     """:class:`~indexer.stores.faiss_store.FaissStore`'s search methods (a mixin of that class only: they
-    use its records, ``_index``, ``_kind``, ``_gpu_index``, ``_where`` and search settings)."""
+    use its records, ``_index``, ``_kind``, ``_gpu_index`` and search settings)."""
 
     def _frame(self) -> pd.DataFrame:
         if self._meta_frame is None:
@@ -191,7 +191,7 @@ class SearchMixin:
 
             self._gpu_index = None
             if clone is not None or faiss_gpu_count(load_faiss()) > 0:
-                probe = np.stack([self._index.reconstruct(i) for i in list(self._records)[:4]])
+                probe = np.stack([self._index.reconstruct(i) for i in self._records.ids()[:4].tolist()])
                 self._gpu_index = gpu_search_index(load_faiss(), self._index, probe, clone or clone_to_gpus)
         return self._gpu_index if self._gpu_index is not None else self._index
 
@@ -206,7 +206,7 @@ class SearchMixin:
             self.flush()
         parts = (
             (ids, read_vectors(self.directory / SHARDS / name, rows))
-            for name, (rows, ids) in live_by_shard(self._where).items()
+            for name, (rows, ids) in self._records.live_by_shard().items()
         )
         return exact_top_k(queries, k, parts)
 

@@ -238,18 +238,3 @@ def write_shard(directory: Path, table) -> ShardInfo:
         atomic_write(shard, write)
     assert info[0] is not None
     return info[0]
-
-
-def live_by_shard(where: dict[int, tuple[str, int]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per shard (in shard order): ``(rows, ids)`` of the rows that hold an id's current vector.
-
-    ``where`` maps each stored id to the ``(shard name, row)`` of its current vector.
-    """
-    grouped: dict[str, list[tuple[int, int]]] = {}
-    for image_id, (name, row) in where.items():
-        grouped.setdefault(name, []).append((row, image_id))
-    out = {}
-    for name in sorted(grouped):
-        pairs = np.array(sorted(grouped[name]), dtype=np.int64)
-        out[name] = (pairs[:, 0], pairs[:, 1])
-    return out

@@ -84,6 +84,7 @@ from indexer.stores.faiss_state import (
 from indexer.stores.faiss_writes import WriteMixin
 from indexer.stores.lock import FolderLock
 from indexer.stores.manifest import read_folder_manifest, seal_manifest
+from indexer.stores.record_table import RecordTable
 from indexer.stores.rerank_file import RerankKeeper
 
 __all__ = [
@@ -167,7 +168,6 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
             if value is not None and value < (0 if name == "rerank" else 1):
                 raise ConfigError(f"{name} must be >= {0 if name == 'rerank' else 1}, got {value}")
         self._faiss_section: dict[str, Any] = {}
-        self._where: dict[int, tuple[str, int]] = {}
         self._changed = False  # something to write to index.faiss when this writer closes
         self._incremental = True
         self._trained_on = 0
@@ -183,7 +183,7 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
             raise StoreUnavailableError(
                 f"no index at {self.directory}: build one first with `mae-index build DATA --index {self.directory}`"
             )
-        self._records: dict[int, ImageRecord] = {}
+        self._records = RecordTable()
         self._pending_vectors: list[np.ndarray] = []
         self._pending_records: list[ImageRecord] = []
         self._pending_deletes: list[ImageRecord] = []
@@ -285,7 +285,7 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
     def _read_shards(
         self, paths: list[Path], recorded: dict[str, ShardInfo], last_covered: str | None
     ) -> set[int]:
-        """Read every sound shard into the records and ``_where`` (a damaged one is noted in
+        """Read every sound shard into the records and where their vectors lie (a damaged one is noted in
         :attr:`damage` and skipped); return the ids held once shard ``last_covered`` is read (the
         snapshot's), empty when there is none."""
         prefix_ids: set[int] = set()
@@ -297,15 +297,9 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
                 self._shard_info[p.name] = parsed.info
                 if self.dim is None and len(parsed.ids):
                     self.dim = parsed.dim
-                for row, rec in enumerate(parsed.records):
-                    if parsed.deleted[row]:
-                        self._where.pop(rec.id, None)
-                        self._records.pop(rec.id, None)
-                    else:
-                        self._where[rec.id] = (p.name, row)
-                        self._records[rec.id] = rec
+                self._records.load_shard(p.name, parsed.records, parsed.deleted)
             if p.name == last_covered:
-                prefix_ids = set(self._where)
+                prefix_ids = set(self._records.ids().tolist())
         return prefix_ids
 
     def check(self, full: bool = False) -> list[str]:
@@ -339,7 +333,7 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
 
     def ids(self) -> np.ndarray:
         """All ids, sorted int64."""
-        return np.array(sorted(self._records), dtype=np.int64)
+        return self._records.ids()
 
     def get(self, ids: Sequence[int]) -> list[ImageRecord | None]:
         """Records of ``ids`` (``None`` where absent)."""
@@ -349,31 +343,28 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
         """Stored vectors of ``ids`` as (n, dim) float32, exact (from the shards where the index keeps
         only codes); KeyError for a missing id."""
         out = np.empty((len(ids), self.dim or 0), dtype=np.float32)
-        for i in ids:
-            if int(i) not in self._records:
-                raise KeyError(f"id {i} is not in the index")
+        absent = ~self._records.contains(ids)
+        if absent.any():
+            raise KeyError(f"id {np.asarray(ids).reshape(-1)[np.argmax(absent)]} is not in the index")
         if self._index is not None and self._kind.exact:
             for row, i in enumerate(ids):
                 out[row] = self._index.reconstruct(int(i))
             return out
         if self._pending_records:
             self.flush()
-        by_shard: dict[str, list[tuple[int, int]]] = {}
-        for pos, i in enumerate(ids):
-            name, row = self._where[int(i)]
-            by_shard.setdefault(name, []).append((pos, row))
-        for name, pairs in by_shard.items():
-            pos, rows = (np.array(c, dtype=np.int64) for c in zip(*pairs))
-            out[pos] = self._shard_vectors(name, rows)
+        names, shards, rows = self._records.location(ids)
+        for code in np.unique(shards).tolist():
+            pos = np.flatnonzero(shards == code)
+            out[pos] = self._shard_vectors(names[code], rows[pos])
         return out
 
     def field_values(self, name: str) -> list:
         """Distinct values of metadata field ``name``, sorted (None left out)."""
         if name == "tags":
-            return sorted({t for r in self._records.values() for t in r.tag_strings})
+            return self._records.tag_strings()
         if name not in RECORD_FIELDS:
             raise ConfigError(f"no metadata field {name!r}")
-        return sorted({v for r in self._records.values() if (v := getattr(r, name)) is not None})
+        return self._records.distinct(name)
 
     # ---------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any] | None:

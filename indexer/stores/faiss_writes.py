@@ -24,6 +24,7 @@ from indexer.stores.faiss_rerank import reranks
 from indexer.stores.faiss_search import UNTRIED, load_faiss
 from indexer.stores.faiss_shards import SHARDS, describe_shard, disk_full, records_to_table, write_shard
 from indexer.stores.faiss_state import INDEX, state_document, write_state
+from indexer.stores.record_table import RecordTable
 
 # The store's own logger: these messages are the store's, wherever its methods are written.
 log = logging.getLogger("indexer.stores.faiss_store")
@@ -59,15 +60,14 @@ class WriteMixin:
         ids = np.array([r.id for r in records], dtype=np.int64)
         if len(set(ids.tolist())) != len(ids):
             raise ValueError("duplicate ids in one add() call")
-        present = ids[[int(i) in self._records for i in ids]]
+        present = ids[self._records.contains(ids)]
         self._remove(present)
         if self._index is not None:
             self._index.add_with_ids(vectors, ids)
         self._gpu_index = UNTRIED
         self._changed = True
         self._rerank.invalidate()
-        for r in records:
-            self._records[r.id] = r
+        self._records.put(records)
         if self._pending_deletes:  # a delete then a re-add before one flush: the re-add wins
             added = set(ids.tolist())
             self._pending_deletes = [r for r in self._pending_deletes if r.id not in added]
@@ -83,7 +83,7 @@ class WriteMixin:
     def delete(self, ids: Sequence[int]) -> int:
         """Delete ids; return how many were present (durable at the next :meth:`flush`)."""
         self._check_writable()
-        present = sorted({int(i) for i in ids} & self._records.keys())
+        present = [i for i in sorted({int(i) for i in ids}) if i in self._records]
         if not present:
             return 0
         self._remove(np.array(present, dtype=np.int64))
@@ -97,7 +97,7 @@ class WriteMixin:
 
     def _write_shard(self, table) -> str:
         """Write ``table`` as the next shard (:func:`~indexer.stores.faiss_shards.write_shard`), record
-        its size, rows and checksum, and point each id at its row; return the shard's name.
+        its size, rows and checksum, and point each of its records at its row; return the shard's name.
 
         Raises
         ------
@@ -117,11 +117,7 @@ class WriteMixin:
         self._shard_info[info.name] = info
         ids = table.column("id").to_numpy()
         deleted = table.column("deleted").to_numpy(zero_copy_only=False)
-        for row, (image_id, gone) in enumerate(zip(ids.tolist(), deleted.tolist())):
-            if gone:
-                self._where.pop(image_id, None)
-            else:
-                self._where[image_id] = (info.name, row)
+        self._records.place(info.name, ids, deleted)
         return info.name
 
     def flush(self) -> None:
@@ -213,10 +209,9 @@ class WriteMixin:
         check_storable(records)
         old = self._shard_paths()
         self._pending_vectors, self._pending_records, self._pending_deletes = [], [], []
-        self._where = {}
+        self._records = RecordTable(records)
         if len(records):
             self._write_shard(records_to_table(vectors, records))
-        self._records = {r.id: r for r in records}
         index = None
         if self.dim is not None and self._incremental and len(records):
             index = new_index(self._kind, self.dim)

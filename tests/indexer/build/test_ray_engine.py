@@ -10,8 +10,7 @@ ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
 from indexer.build.local import build_index  # noqa: E402
 from indexer.build.ray_engine import SHARD_DIR, RayConfig, run_ray_build  # noqa: E402
-from indexer.config import BuildConfig, ModelConfig, SourceConfig  # noqa: E402
-from indexer.encoder import ViTMAEEncoder  # noqa: E402
+from indexer.config import BuildConfig, SourceConfig  # noqa: E402
 from indexer.stores.faiss_store import FaissStore, records_to_table  # noqa: E402
 from indexer.stores.mirror import verify_stores  # noqa: E402
 from tests.conftest import SYNTH_DIR  # noqa: E402
@@ -19,28 +18,6 @@ from tests.conftest import SYNTH_DIR  # noqa: E402
 pytestmark = pytest.mark.ray
 # One embedding actor per node of the 2-node cluster (the default, one per CPU, starts 4 on 2 cores).
 TWO_ACTORS = RayConfig(concurrency=2)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    from ray.cluster_utils import Cluster
-
-    with pytest.MonkeyPatch.context() as env:
-        # No usage reporting from CI (offline anyway): its poller thread outlives the session's log files.
-        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-        c.add_node(num_cpus=2)
-        c.wait_for_nodes()
-        ray.init(address=c.address, log_to_driver=False)
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        yield c
-        ray.shutdown()
-        c.shutdown()
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_model_dir):
-    return ViTMAEEncoder(ModelConfig(name=str(tiny_model_dir), device="cpu"))
 
 
 def _config(data, idx, encoder, redis=None, batch_size=4):

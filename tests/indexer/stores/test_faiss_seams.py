@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from indexer.stores.faiss_search import exact_top_k
-from indexer.stores.faiss_shards import ShardInfo, live_by_shard
+from indexer.stores.faiss_shards import ShardInfo
 from indexer.stores.faiss_state import (
     INDEX,
     INDEX_STATE,
@@ -60,14 +60,6 @@ def test_open_problems_name_each_missing_shard_and_an_orphan_index():
         f"{INDEX} exists but every shard and {INDEX_STATE} are missing"
     ]
     assert open_problems(False, {}, set(), index_exists=False) == []  # a new folder
-
-
-def test_live_rows_are_grouped_by_shard_in_row_order():
-    where = {7: ("part-000001.parquet", 2), 3: ("part-000000.parquet", 5), 9: ("part-000000.parquet", 1)}
-    live = live_by_shard(where)
-    assert list(live) == ["part-000000.parquet", "part-000001.parquet"]
-    rows, ids = live["part-000000.parquet"]
-    assert rows.tolist() == [1, 5] and ids.tolist() == [9, 3]
 
 
 def test_exact_top_k_over_parts_equals_one_brute_force_ranking():

@@ -1,0 +1,300 @@
+"""The records of a FAISS folder in columns, with where each one's current vector lies (shard, row).
+
+Why columns: a store holds every record of its folder in memory (52,224 for a full plate; the plates
+users plan hold 10 M), a writer and a server alike. One :class:`~indexer.stores.base.ImageRecord` per
+image in a dict, beside a second dict of ``(shard, row)``, cost ~550 B per image over its path string.
+Here a record is one row of a numpy structured array (an int64 id, small-int codes for the strings a
+plate repeats and for tags, int32 column/site/z, its shard and row: 53 B) and a path string in a list;
+an id finds its row by binary search in a sorted copy of the ids, plus a dict for the rows added since
+that copy was made. ``ImageRecord`` objects are made when asked for (``get``, search hits).
+
+A row is never changed, only superseded: an upsert appends a new row and marks the old one dead, a
+delete marks it dead; dead rows are dropped when the lookup copy is rebuilt and they are many.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from indexer.stores.base import ImageRecord
+
+#: The string fields stored as codes into one table of distinct values (-1: None). Paths are distinct.
+CODED_FIELDS = ("plate", "well", "row", "channel", "source")
+#: The int fields (:data:`NO_INT`: None).
+INT_COLUMNS = ("column", "site", "z")
+NO_INT = np.iinfo(np.int32).min
+#: Where a row not yet written to a shard lies.
+PENDING = -1
+
+_ROW = np.dtype(
+    [("id", np.int64), ("shard", np.int32), ("shard_row", np.int32), ("live", np.bool_)]
+    + [(f, np.int32) for f in CODED_FIELDS]
+    + [(f, np.int32) for f in INT_COLUMNS]
+    + [("tags", np.int32)]
+)
+#: Rows added since the sorted lookup copy, past which it is rebuilt (and at least this fraction of it).
+_RECENT_MIN, _RECENT_FRACTION = 4096, 4
+
+
+class _Distinct:
+    """Distinct values, each with a small-int code (its position)."""
+
+    def __init__(self, first: Sequence = ()) -> None:
+        self.values: list = list(first)
+        self._code = {v: i for i, v in enumerate(self.values)}
+
+    def code(self, value) -> int:
+        """The code of ``value`` (a new one the first time)."""
+        code = self._code.get(value)
+        if code is None:
+            code = self._code[value] = len(self.values)
+            self.values.append(value)
+        return code
+
+
+class RecordTable(Mapping[int, ImageRecord]):
+    """Every live record of a folder, by id, and where its vector lies. A read-only ``Mapping`` to
+    :class:`ImageRecord` (records are made on access); changed with :meth:`put`, :meth:`pop` and
+    :meth:`place`."""
+
+    def __init__(self, records: Iterable[ImageRecord] = ()) -> None:
+        self._rows = np.zeros(1024, dtype=_ROW)
+        self._paths: list[str | None] = []
+        self._n = 0
+        self._live = 0
+        self._strings = _Distinct()
+        self._tags = _Distinct([()])
+        self._shards = _Distinct()
+        self._sorted_ids = np.zeros(0, dtype=np.int64)  # live ids when last rebuilt, sorted...
+        self._sorted_rows = np.zeros(0, dtype=np.int64)  # ...and their rows
+        self._recent: dict[int, int] = {}  # id -> row, for rows added since
+        self.put(list(records))
+
+    # ------------------------------------------------------------------ lookups
+    def _row_of(self, image_id: int) -> int:
+        """The live row of ``image_id``, or -1."""
+        row = self._recent.get(image_id)
+        if row is None:
+            at = int(np.searchsorted(self._sorted_ids, image_id))
+            if at == len(self._sorted_ids) or self._sorted_ids[at] != image_id:
+                return -1
+            row = int(self._sorted_rows[at])
+        return row if self._rows["live"][row] else -1
+
+    def rows_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The live row of each of ``ids`` (-1 where absent), vectorised over the sorted copy."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        rows = np.full(len(ids), -1, dtype=np.int64)
+        if len(self._sorted_ids):
+            at = np.minimum(np.searchsorted(self._sorted_ids, ids), len(self._sorted_ids) - 1)
+            hit = self._sorted_ids[at] == ids
+            rows[hit] = self._sorted_rows[at[hit]]
+        if self._recent:
+            for pos, image_id in enumerate(ids.tolist()):
+                row = self._recent.get(image_id)
+                if row is not None:
+                    rows[pos] = row
+        found = rows >= 0
+        dead = found.copy()
+        dead[found] = ~self._rows["live"][rows[found]]
+        rows[dead] = -1
+        return rows
+
+    def contains(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Whether each of ``ids`` is held (a bool array)."""
+        return self.rows_of(ids) >= 0
+
+    def __contains__(self, image_id: object) -> bool:
+        try:
+            return self._row_of(int(image_id)) >= 0  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+
+    def __getitem__(self, image_id: int) -> ImageRecord:
+        row = self._row_of(int(image_id))
+        if row < 0:
+            raise KeyError(image_id)
+        return self._record(row)
+
+    def get(self, image_id: int, default=None):  # type: ignore[override]
+        """The record of ``image_id``, or ``default``."""
+        row = self._row_of(int(image_id))
+        return default if row < 0 else self._record(row)
+
+    def __len__(self) -> int:
+        return self._live
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids_in_row_order().tolist())
+
+    def records(self) -> Iterator[ImageRecord]:
+        """Every live record, in the order rows were added."""
+        return (self._record(row) for row in np.flatnonzero(self._rows["live"][: self._n]).tolist())
+
+    def values(self):  # type: ignore[override]
+        """Every live record (:meth:`records`)."""
+        return list(self.records())
+
+    def _ids_in_row_order(self) -> np.ndarray:
+        rows = self._rows[: self._n]
+        return rows["id"][rows["live"]]
+
+    def ids(self) -> np.ndarray:
+        """Every live id, sorted (int64)."""
+        return np.sort(self._ids_in_row_order())
+
+    def _record(self, row: int) -> ImageRecord:
+        r = self._rows[row]
+        strings = self._strings.values
+        coded = {f: (strings[c] if (c := int(r[f])) >= 0 else None) for f in CODED_FIELDS}
+        ints = {f: (None if (v := int(r[f])) == NO_INT else v) for f in INT_COLUMNS}
+        return ImageRecord(
+            id=int(r["id"]), path=self._paths[row], **coded, **ints, tags=self._tags.values[int(r["tags"])]
+        )
+
+    def location(self, ids: Sequence[int] | np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Where the vectors of ``ids`` lie: ``(shard names, shard code per id, row per id)``.
+
+        Raises
+        ------
+        KeyError
+            An id is not held, or its vector is not written to a shard yet.
+        """
+        rows = self.rows_of(ids)
+        if (rows < 0).any():
+            raise KeyError(f"id {np.asarray(ids).reshape(-1)[np.argmax(rows < 0)]} is not in the index")
+        found = self._rows[rows]
+        if (found["shard"] == PENDING).any():
+            raise KeyError("a vector asked for is not written to a shard yet")
+        return self._shards.values, found["shard"].astype(np.int64), found["shard_row"].astype(np.int64)
+
+    def live_by_shard(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per shard, in shard-name order: ``(rows, ids)`` of the rows holding a live id's current
+        vector, rows ascending (what an index is filled from, one shard at a time)."""
+        rows = self._rows[: self._n]
+        live = rows[rows["live"] & (rows["shard"] != PENDING)]
+        names = self._shards.values
+        out = {}
+        for code in sorted(set(live["shard"].tolist()), key=lambda c: names[c]):
+            part = live[live["shard"] == code]
+            order = np.argsort(part["shard_row"], kind="stable")
+            out[names[code]] = (part["shard_row"][order].astype(np.int64), part["id"][order].astype(np.int64))
+        return out
+
+    def distinct(self, name: str) -> list:
+        """Distinct values of metadata field ``name`` over the live records, sorted (None left out)."""
+        rows = self._rows[: self._n]
+        values = np.unique(rows[name][rows["live"]])
+        if name in CODED_FIELDS:
+            return sorted(self._strings.values[c] for c in values.tolist() if c >= 0)
+        if name in INT_COLUMNS:
+            return [v for v in values.tolist() if v != NO_INT]
+        if name == "path":
+            return sorted({self._paths[r] for r in np.flatnonzero(rows["live"]).tolist()} - {None})
+        raise KeyError(name)
+
+    def tag_strings(self) -> list[str]:
+        """Distinct ``key=value`` tag strings over the live records, sorted."""
+        rows = self._rows[: self._n]
+        codes = np.unique(rows["tags"][rows["live"]]).tolist()
+        return sorted({f"{k}={v}" for c in codes for k, v in self._tags.values[c]})
+
+    # ------------------------------------------------------------------ changes
+    def put(
+        self,
+        records: Sequence[ImageRecord],
+        shard: str | None = None,
+        shard_rows: Sequence[int] | None = None,
+    ) -> None:
+        """Upsert ``records`` (the last of an id repeated wins), not yet written to a shard unless
+        ``shard`` (and each one's row in it) is given."""
+        if not len(records):
+            return
+        self._reserve(self._n + len(records))
+        code = PENDING if shard is None else self._shards.code(shard)
+        strings, tags = self._strings.code, self._tags.code
+        for k, rec in enumerate(records):
+            old = self._row_of(rec.id)
+            if old >= 0:
+                self._rows["live"][old] = False
+                self._live -= 1
+            row = self._n
+            self._rows[row] = (
+                rec.id,
+                code,
+                -1 if shard_rows is None else shard_rows[k],
+                True,
+                *(-1 if (v := getattr(rec, f)) is None else strings(v) for f in CODED_FIELDS),
+                *(NO_INT if (v := getattr(rec, f)) is None else v for f in INT_COLUMNS),
+                tags(rec.tags),
+            )
+            self._paths.append(rec.path)
+            self._recent[rec.id] = row
+            self._n += 1
+            self._live += 1
+        self._maybe_rebuild()
+
+    def load_shard(self, shard: str, records: Sequence[ImageRecord], deleted: np.ndarray) -> None:
+        """Apply one shard as read back, row by row: a row upserts its record (its vector at that row of
+        ``shard``), a tombstone (``deleted``) removes its id."""
+        deleted = np.asarray(deleted, dtype=bool)
+        if not deleted.any():
+            self.put(records, shard, range(len(records)))
+            return
+        for row, rec in enumerate(records):
+            if deleted[row]:
+                self.pop(rec.id, None)
+            else:
+                self.put([rec], shard, [row])
+
+    def pop(self, image_id: int, *default):  # type: ignore[override]
+        """Remove ``image_id``; return its record (``default``, or KeyError, when absent)."""
+        row = self._row_of(int(image_id))
+        if row < 0:
+            if default:
+                return default[0]
+            raise KeyError(image_id)
+        record = self._record(row)
+        self._rows["live"][row] = False
+        self._live -= 1
+        return record
+
+    def place(self, shard: str, ids: np.ndarray, deleted: np.ndarray) -> None:
+        """Record that rows of ``ids`` were written to ``shard``, in that order: each live id's vector
+        lies at its (last) row there; a tombstone (``deleted``) marks nothing (its id was popped)."""
+        code = self._shards.code(shard)
+        ids = np.asarray(ids, dtype=np.int64)
+        # The last row of an id written twice in one shard holds its current vector.
+        _, first_from_end = np.unique(ids[::-1], return_index=True)
+        positions = len(ids) - 1 - first_from_end
+        positions = positions[~np.asarray(deleted, dtype=bool)[positions]]
+        rows = self.rows_of(ids[positions])
+        keep = rows >= 0
+        self._rows["shard"][rows[keep]] = code
+        self._rows["shard_row"][rows[keep]] = positions[keep]
+
+    def _reserve(self, n: int) -> None:
+        if n > len(self._rows):
+            # A quarter more, not twice: the slack of a 10 M-row table is memory held for nothing.
+            grown = np.zeros(max(n, len(self._rows) + len(self._rows) // 4), dtype=_ROW)
+            grown[: self._n] = self._rows[: self._n]
+            self._rows = grown
+
+    def _maybe_rebuild(self) -> None:
+        if len(self._recent) <= max(_RECENT_MIN, len(self._sorted_ids) // _RECENT_FRACTION):
+            return
+        rows = self._rows[: self._n]
+        if self._n - self._live > self._live:  # mostly dead: drop the dead rows first
+            live = np.flatnonzero(rows["live"])
+            self._rows = self._rows[live].copy()
+            self._paths = [self._paths[r] for r in live.tolist()]
+            self._n = len(live)
+            self._reserve(self._n + 1024)
+            rows = self._rows[: self._n]
+        live = np.flatnonzero(rows["live"])
+        order = np.argsort(rows["id"][live], kind="stable")
+        self._sorted_ids = rows["id"][live][order].copy()
+        self._sorted_rows = live[order].astype(np.int64)
+        self._recent = {}

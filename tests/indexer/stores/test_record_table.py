@@ -1,0 +1,111 @@
+"""The FAISS store's columnar record table: the same answers as a dict of records, in far less memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from indexer.stores.base import ImageRecord
+from indexer.stores.record_table import RecordTable
+
+
+def _record(i: int, **kw) -> ImageRecord:
+    base = dict(id=1000 + i, path=f"/plate/a{i:05d}.tif", plate="p1", well=f"A{i % 24 + 1:02d}", row="A",
+                column=i % 24 + 1, site=i % 2 + 1, channel=("w1", "w2")[i % 2], z=i % 34, source="synthetic")  # fmt: skip
+    base.update(kw)
+    return ImageRecord(**base)
+
+
+def test_records_come_back_equal_with_none_fields_and_tags():
+    records = [_record(0), _record(1, tags={"drug": "dmso"}), ImageRecord(id=5, path="/x.tif")]
+    table = RecordTable(records)
+    assert len(table) == 3
+    assert [table[r.id] for r in records] == records
+    assert table.get(6) is None and 6 not in table and 5 in table
+    assert list(table.values()) == records
+    assert table.distinct("channel") == ["w1", "w2"] and table.distinct("z") == [0, 1]
+    assert table.distinct("plate") == ["p1"] and table.tag_strings() == ["drug=dmso"]
+    with pytest.raises(KeyError):
+        table[6]
+
+
+def test_upserts_and_deletes_behave_like_a_dict_across_rebuilds_of_the_lookup():
+    """20,000 rows: past the lookup copy's rebuild threshold several times, with dead rows dropped."""
+    rng = np.random.default_rng(0)
+    table, reference = RecordTable(), {}
+    for step in range(40):
+        batch = [_record(int(i), z=step) for i in rng.choice(6000, 500, replace=False)]
+        table.put(batch)
+        reference.update({r.id: r for r in batch})
+        for i in rng.choice(6000, 100, replace=False).tolist():
+            assert table.pop(1000 + i, None) == reference.pop(1000 + i, None)
+    assert len(table) == len(reference)
+    assert table.ids().tolist() == sorted(reference)
+    assert {i: table[i] for i in reference} == reference
+    probe = np.arange(900, 7100)
+    assert table.contains(probe).tolist() == [int(i) in reference for i in probe]
+    assert table._n < 20_000  # dead rows were dropped
+
+
+def test_vectors_are_found_at_their_last_row_in_the_last_shard_that_wrote_them():
+    table = RecordTable()
+    table.put([_record(1), _record(2), _record(3)])
+    table.place("part-000000.parquet", np.array([1001, 1002, 1003]), np.zeros(3, dtype=bool))
+    table.put([_record(2, z=9)])  # re-added: its vector is pending until the next shard
+    table.pop(1003)
+    with pytest.raises(KeyError, match="not written to a shard"):
+        table.location([1002])
+    table.place("part-000001.parquet", np.array([1002, 1003, 1002]), np.array([False, True, False]))
+    names, shards, rows = table.location([1001, 1002])
+    assert [names[s] for s in shards] == ["part-000000.parquet", "part-000001.parquet"]
+    assert rows.tolist() == [0, 2]
+    live = table.live_by_shard()
+    assert list(live) == ["part-000000.parquet", "part-000001.parquet"]
+    assert [a.tolist() for a in live["part-000000.parquet"]] == [[0], [1001]]
+    assert [a.tolist() for a in live["part-000001.parquet"]] == [[2], [1002]]
+    with pytest.raises(KeyError, match="1003"):
+        table.location([1003])
+
+
+def test_a_shard_read_back_applies_its_rows_in_order():
+    table = RecordTable()
+    table.load_shard("part-000000.parquet", [_record(1), _record(2)], np.array([False, False]))
+    table.load_shard("part-000001.parquet", [_record(1), _record(2, z=7)], np.array([True, False]))
+    assert 1001 not in table and table[1002].z == 7
+    assert [a.tolist() for a in table.live_by_shard()["part-000001.parquet"]] == [[1], [1002]]
+
+
+def test_a_store_holds_its_records_in_under_160_bytes_each_over_their_paths(tmp_path):
+    """A FAISS store of 20,000 records, written as a build writes them (64 a batch, a shard every 512),
+    in a fresh process: Python and numpy memory it holds (tracemalloc), less the path strings."""
+    script = """
+import sys, tracemalloc
+from pathlib import Path
+import numpy as np
+import pyarrow.parquet  # noqa: F401  (loaded by the first flush: not a record's memory)
+from indexer.stores.base import ImageRecord
+from indexer.stores.faiss_store import FaissStore
+n = 20_000
+paths = [f"/data/BBBC006_v1_images_z_{i % 34:02d}/mcf-z-stacks-03212011_a{i % 24 + 1:02d}_s1_w1{i:08d}.tif"
+         for i in range(n)]
+store = FaissStore(Path(sys.argv[1]))
+rng = np.random.default_rng(0)
+tracemalloc.start()
+before = tracemalloc.get_traced_memory()[0]
+for s in range(0, n, 64):
+    records = [ImageRecord(id=10**12 + i, path=paths[i], plate="p", well="A01", row="A", column=1, site=1,
+                           channel="w1", z=i % 34, source="synthetic") for i in range(s, min(n, s + 64))]
+    store.add(rng.standard_normal((len(records), 8)).astype(np.float32), records)
+    if s % 512 == 448:
+        store.flush()
+store.flush()
+del records
+print((tracemalloc.get_traced_memory()[0] - before) / n)
+"""
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "idx")], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    per_record = float(out.stdout.split()[-1])
+    assert per_record < 160, f"{per_record:.0f} B per record"
