@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import json
 import re
-import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,8 +53,17 @@ class ShardContents:
     info: ShardInfo
     ids: np.ndarray
     dim: int
-    records: list[ImageRecord]
+    #: Each metadata field's column (:data:`~indexer.stores.base.RECORD_FIELDS`), and the tags column
+    #: (JSON ``{key: value}`` or None): columns, not records, so that a 10 M-row folder opens without
+    #: making 10 M objects (:meth:`~indexer.stores.record_table.RecordTable.load_shard` takes them).
+    meta: dict[str, list]
+    tags: list[str | None]
     deleted: np.ndarray
+
+    @property
+    def records(self) -> list[ImageRecord]:
+        """The shard's rows as records."""
+        return _records(self.ids, self.meta, self.tags)
 
 
 def disk_full(e: BaseException) -> bool:
@@ -126,13 +134,6 @@ def table_to_records(table) -> tuple[np.ndarray, np.ndarray, list[ImageRecord], 
     return ids.astype(np.int64), vectors, records, deleted
 
 
-def _shared_values(values: list) -> list:
-    """``values`` with equal strings made one object (interned, so across shards too): this store keeps
-    every record in memory, and a column read back gives a new string per row although a plate has one
-    plate name, 384 wells, 2 channels and one source. Paths are distinct: not for them."""
-    return [sys.intern(v) if isinstance(v, str) else v for v in values]
-
-
 def shard_paths(directory: Path) -> list[Path]:
     """The shard files of the index folder ``directory``, in shard order (empty without a shards folder)."""
     d = Path(directory) / SHARDS
@@ -172,8 +173,7 @@ def read_shard(path: Path, expected: ShardInfo | None, dim: int | None) -> Shard
         ids = table.column("id").to_numpy().astype(np.int64)
         deleted = table.column("deleted").to_numpy(zero_copy_only=False).astype(bool)
         meta = {f: table.column(f).to_pylist() for f in RECORD_FIELDS}
-        meta.update({f: _shared_values(meta[f]) for f in RECORD_FIELDS if f != "path"})
-        records = _records(ids, meta, _tags_column(table, len(ids)))
+        tags = _tags_column(table, len(ids))
         shard_dim = schema.field("vector").type.list_size
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError and more for a damaged file
         held = f"; it held {expected.rows} rows" if expected is not None else ""
@@ -183,7 +183,7 @@ def read_shard(path: Path, expected: ShardInfo | None, dim: int | None) -> Shard
     if dim is not None and len(ids) and shard_dim != dim:
         return f"shard {SHARDS}/{path.name} holds {shard_dim}-d vectors, not {dim}-d"
     info = ShardInfo(path.name, size, len(ids), expected.sha256 if expected is not None else None)
-    return ShardContents(info, ids, shard_dim, records, deleted)
+    return ShardContents(info, ids, shard_dim, meta, tags, deleted)
 
 
 def describe_shard(path: Path) -> ShardInfo:

@@ -297,7 +297,7 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
                 self._shard_info[p.name] = parsed.info
                 if self.dim is None and len(parsed.ids):
                     self.dim = parsed.dim
-                self._records.load_shard(p.name, parsed.records, parsed.deleted)
+                self._records.load_shard(p.name, parsed.ids, parsed.meta, parsed.tags, parsed.deleted)
             if p.name == last_covered:
                 prefix_ids = set(self._records.ids().tolist())
         return prefix_ids
@@ -337,7 +337,7 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
 
     def get(self, ids: Sequence[int]) -> list[ImageRecord | None]:
         """Records of ``ids`` (``None`` where absent)."""
-        return [self._records.get(int(i)) for i in ids]
+        return self._records.get_many(ids)
 
     def get_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored vectors of ``ids`` as (n, dim) float32, exact (from the shards where the index keeps

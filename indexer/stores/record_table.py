@@ -14,11 +14,12 @@ delete marks it dead; dead rows are dropped when the lookup copy is rebuilt and 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from indexer.stores.base import ImageRecord
+from indexer.stores.base import ImageRecord, normalise_tags
 
 #: The string fields stored as codes into one table of distinct values (-1: None). Paths are distinct.
 CODED_FIELDS = ("plate", "well", "row", "channel", "source")
@@ -122,6 +123,10 @@ class RecordTable(Mapping[int, ImageRecord]):
         """The record of ``image_id``, or ``default``."""
         row = self._row_of(int(image_id))
         return default if row < 0 else self._record(row)
+
+    def get_many(self, ids: Sequence[int] | np.ndarray) -> list[ImageRecord | None]:
+        """The records of ``ids`` (``None`` where absent), looked up in one pass."""
+        return [None if row < 0 else self._record(row) for row in self.rows_of(ids).tolist()]
 
     def __len__(self) -> int:
         return self._live
@@ -236,18 +241,57 @@ class RecordTable(Mapping[int, ImageRecord]):
             self._live += 1
         self._maybe_rebuild()
 
-    def load_shard(self, shard: str, records: Sequence[ImageRecord], deleted: np.ndarray) -> None:
-        """Apply one shard as read back, row by row: a row upserts its record (its vector at that row of
-        ``shard``), a tombstone (``deleted``) removes its id."""
+    def load_shard(
+        self,
+        shard: str,
+        ids: np.ndarray,
+        meta: dict[str, list],
+        tags: Sequence[str | None],
+        deleted: np.ndarray,
+    ) -> None:
+        """Apply one shard as read back (its columns: ``meta`` by field, ``tags`` as JSON), row by row: a
+        row upserts its record (its vector at that row of ``shard``), a tombstone (``deleted``) removes
+        its id. Appended column-wise, without a record object per row, when no id repeats in the shard
+        and none is a tombstone (every shard a build writes)."""
+        ids = np.asarray(ids, dtype=np.int64)
         deleted = np.asarray(deleted, dtype=bool)
-        if not deleted.any():
-            self.put(records, shard, range(len(records)))
+        if deleted.any() or len(np.unique(ids)) != len(ids):
+            for row in range(len(ids)):
+                if deleted[row]:
+                    self.pop(int(ids[row]), None)
+                else:
+                    record = ImageRecord(id=int(ids[row]), **{f: meta[f][row] for f in meta},
+                                         tags=json.loads(tags[row] or "{}"))  # fmt: skip
+                    self.put([record], shard, [row])
             return
-        for row, rec in enumerate(records):
-            if deleted[row]:
-                self.pop(rec.id, None)
-            else:
-                self.put([rec], shard, [row])
+        n = len(ids)
+        if not n:
+            return
+        old = self.rows_of(ids)
+        old = old[old >= 0]
+        self._rows["live"][old] = False
+        self._live -= len(old)
+        start = self._n
+        self._reserve(start + n)
+        new = self._rows[start : start + n]
+        new["id"], new["shard"], new["shard_row"], new["live"] = (
+            ids,
+            self._shards.code(shard),
+            np.arange(n),
+            True,
+        )
+        for f in CODED_FIELDS:
+            code = {v: (-1 if v is None else self._strings.code(v)) for v in set(meta[f])}
+            new[f] = [code[v] for v in meta[f]]
+        for f in INT_COLUMNS:
+            new[f] = [NO_INT if v is None else v for v in meta[f]]
+        code = {t: self._tags.code(normalise_tags(json.loads(t or "{}"))) for t in set(tags)}
+        new["tags"] = [code[t] for t in tags]
+        self._paths.extend(meta["path"])
+        self._recent.update(zip(ids.tolist(), range(start, start + n)))
+        self._n += n
+        self._live += n
+        self._maybe_rebuild()
 
     def pop(self, image_id: int, *default):  # type: ignore[override]
         """Remove ``image_id``; return its record (``default``, or KeyError, when absent)."""

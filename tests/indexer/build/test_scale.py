@@ -99,7 +99,9 @@ def test_a_listed_image_costs_a_few_hundred_bytes(tmp_path):
 def test_an_open_index_holds_a_record_in_a_few_hundred_bytes(tmp_path):
     """The FAISS store keeps every record in memory while a build (or a server) runs. Before: ~545 B
     per record besides its path (a ``__dict__`` per record, a new string per metadata value read back
-    from the shards); now ~265 B: a slotted record whose repeated values are shared."""
+    from the shards); then ~265 B (a slotted record, its repeated values shared, in a dict beside an
+    id -> (shard, row) dict); now 143 B: a row of the columnar record table
+    (:mod:`indexer.stores.record_table`) with the id lookup's share."""
     import gc
     import sys
     import tracemalloc
@@ -131,7 +133,7 @@ def test_an_open_index_holds_a_record_in_a_few_hundred_bytes(tmp_path):
     vectors = n * dim * 4  # the Flat index itself
     paths = sum(sys.getsizeof(r.path) for r in reader.get(reader.ids()))
     per_record = (held - vectors - paths) / n
-    assert per_record < 330, f"{per_record:.0f} B per record besides its vector and path"
+    assert per_record < 160, f"{per_record:.0f} B per record besides its vector and path"
 
 
 def test_a_build_does_not_fault_in_fresh_pages_for_every_image(real_images):

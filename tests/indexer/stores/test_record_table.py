@@ -70,11 +70,27 @@ def test_vectors_are_found_at_their_last_row_in_the_last_shard_that_wrote_them()
         table.location([1003])
 
 
-def test_a_shard_read_back_applies_its_rows_in_order():
+def _columns(records):
+    from indexer.stores.base import RECORD_FIELDS
+    from indexer.stores.faiss_shards import records_to_table
+
+    table = records_to_table(np.zeros((len(records), 2), dtype=np.float32), records)
+    ids = table.column("id").to_numpy()
+    return ids, {f: table.column(f).to_pylist() for f in RECORD_FIELDS}, table.column("tags").to_pylist()
+
+
+@pytest.mark.parametrize("upsert_in_one_shard", [False, True])
+def test_a_shard_read_back_applies_its_rows_in_order(upsert_in_one_shard):
+    """Column-wise (a build's shards) and row by row (a shard with a tombstone or an id twice) alike."""
+    first = [_record(1), _record(2, tags={"k": "v"}), ImageRecord(id=7, path="/bare.tif")]
     table = RecordTable()
-    table.load_shard("part-000000.parquet", [_record(1), _record(2)], np.array([False, False]))
-    table.load_shard("part-000001.parquet", [_record(1), _record(2, z=7)], np.array([True, False]))
-    assert 1001 not in table and table[1002].z == 7
+    table.load_shard("part-000000.parquet", *_columns(first), np.zeros(3, dtype=bool))
+    assert [table[r.id] for r in first] == first
+    second = [_record(2, z=7), _record(2, z=8)] if upsert_in_one_shard else [_record(1), _record(2, z=7)]
+    gone = np.array([False, False]) if upsert_in_one_shard else np.array([True, False])
+    table.load_shard("part-000001.parquet", *_columns(second), gone)
+    assert (1001 in table) is upsert_in_one_shard
+    assert table[1002] == second[-1] and table[7] == first[2] and len(table) == 2 + upsert_in_one_shard
     assert [a.tolist() for a in table.live_by_shard()["part-000001.parquet"]] == [[1], [1002]]
 
 
