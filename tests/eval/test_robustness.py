@@ -202,10 +202,13 @@ def _padded_copy(index_dir, dest, extra: int) -> list[int]:
 
 
 def test_eval_memory_does_not_grow_with_the_index_beyond_its_records(index_dir, tmp_path):
-    """The eval's peak beyond the store's own records grows by a few dozen bytes per indexed image
-    (the records' list and the relatives' groups), once the index is past the 2,000-vector sample its
-    drift scale is measured on. A guard: the per-record costs removed (a dict per record to pair
-    z-slices, every record fetched twice) were transient and below that sample's own peak here."""
+    """The eval's peak grows by its records and little more per indexed image, once the index is past
+    the 2,000-vector sample its drift scale is measured on. A guard: the per-record costs removed (a
+    dict per record to pair z-slices, every record fetched twice) were transient and below that
+    sample's own peak here. Since the FAISS store keeps its records in columns
+    (:mod:`indexer.stores.record_table`), the records the eval fetches are made for it, not shared with
+    the store: ~104 B each with their list and ids, 194 B per record in all (42 B before, when they were
+    the store's own objects, which cost the store ~390 B each)."""
     import tracemalloc
 
     peaks = {}
@@ -219,4 +222,4 @@ def test_eval_memory_does_not_grow_with_the_index_beyond_its_records(index_dir, 
         peaks[extra] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     per_record = (peaks[8100] - peaks[2100]) / 6000
-    assert per_record < 200, f"{per_record:.0f} B per indexed record"
+    assert per_record < 300, f"{per_record:.0f} B per indexed record"
