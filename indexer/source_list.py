@@ -26,6 +26,7 @@ import numpy as np
 
 from indexer.bbbc006.names import ImageMeta
 from indexer.sources import FileReader, SourceItem, ZipMemberReader
+from indexer.value_codes import ValueCodes
 
 #: The metadata fields, in :class:`ImageMeta`'s order (its constructor takes them so).
 _FIELDS = tuple(f.name for f in fields(ImageMeta))
@@ -142,21 +143,21 @@ class _Column:
 
 
 class _Table:
-    """The distinct values of one column, each coded by the order it came in."""
+    """One column's codes and its distinct values."""
 
-    __slots__ = ("codes", "values", "column")
+    __slots__ = ("distinct", "column")
 
     def __init__(self, *first) -> None:
-        self.values: list = list(first)  # values coded before any is added (a reader table's _PLAIN is 0)
-        self.codes: dict = {value: code for code, value in enumerate(first)}
+        self.distinct = ValueCodes(first)  # values coded before any is added (a reader table's _PLAIN is 0)
         self.column = _Column()
 
+    @property
+    def values(self) -> list:
+        """The distinct values, by code."""
+        return self.distinct.values
+
     def add(self, value) -> None:
-        code = self.codes.get(value)
-        if code is None:
-            code = self.codes[value] = len(self.values)
-            self.values.append(value)
-        self.column.append(code)
+        self.column.append(self.distinct.code(value))
 
 
 class _Builder:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from indexer.stores.base import ImageRecord, normalise_tags
+from indexer.value_codes import ValueCodes
 
 #: The string fields stored as codes into one table of distinct values (-1: None). Paths are distinct.
 CODED_FIELDS = ("plate", "well", "row", "channel", "source")
@@ -39,22 +40,6 @@ _ROW = np.dtype(
 _RECENT_MIN, _RECENT_FRACTION = 4096, 4
 
 
-class _Distinct:
-    """Distinct values, each with a small-int code (its position)."""
-
-    def __init__(self, first: Sequence = ()) -> None:
-        self.values: list = list(first)
-        self._code = {v: i for i, v in enumerate(self.values)}
-
-    def code(self, value) -> int:
-        """The code of ``value`` (a new one the first time)."""
-        code = self._code.get(value)
-        if code is None:
-            code = self._code[value] = len(self.values)
-            self.values.append(value)
-        return code
-
-
 class RecordTable(Mapping[int, ImageRecord]):
     """Every live record of a folder, by id, and where its vector lies. A read-only ``Mapping`` to
     :class:`ImageRecord` (records are made on access); changed with :meth:`put`, :meth:`pop` and
@@ -65,9 +50,9 @@ class RecordTable(Mapping[int, ImageRecord]):
         self._paths: list[str | None] = []
         self._n = 0
         self._live = 0
-        self._strings = _Distinct()
-        self._tags = _Distinct([()])
-        self._shards = _Distinct()
+        self._strings = ValueCodes()
+        self._tags = ValueCodes([()])
+        self._shards = ValueCodes()
         self._sorted_ids = np.zeros(0, dtype=np.int64)  # live ids when last rebuilt, sorted...
         self._sorted_rows = np.zeros(0, dtype=np.int64)  # ...and their rows
         self._recent: dict[int, int] = {}  # id -> row, for rows added since
@@ -217,29 +202,39 @@ class RecordTable(Mapping[int, ImageRecord]):
         ``shard`` (and each one's row in it) is given."""
         if not len(records):
             return
-        self._reserve(self._n + len(records))
-        code = PENDING if shard is None else self._shards.code(shard)
-        strings, tags = self._strings.code, self._tags.code
-        for k, rec in enumerate(records):
-            old = self._row_of(rec.id)
-            if old >= 0:
-                self._rows["live"][old] = False
-                self._live -= 1
-            row = self._n
-            self._rows[row] = (
-                rec.id,
-                code,
-                -1 if shard_rows is None else shard_rows[k],
-                True,
-                *(-1 if (v := getattr(rec, f)) is None else strings(v) for f in CODED_FIELDS),
-                *(NO_INT if (v := getattr(rec, f)) is None else v for f in INT_COLUMNS),
-                tags(rec.tags),
-            )
-            self._paths.append(rec.path)
-            self._recent[rec.id] = row
-            self._n += 1
-            self._live += 1
+        ids = np.fromiter((r.id for r in records), dtype=np.int64, count=len(records))
+        rows = np.arange(len(ids)) if shard_rows is None else np.asarray(shard_rows, dtype=np.int64)
+        if len(np.unique(ids)) != len(ids):  # keep each id's last record, in the order given
+            _, first_from_end = np.unique(ids[::-1], return_index=True)
+            keep = np.sort(len(ids) - 1 - first_from_end)
+            records, ids, rows = [records[k] for k in keep.tolist()], ids[keep], rows[keep]
+        new = self._append(ids, [r.path for r in records])
+        new["shard"] = PENDING if shard is None else self._shards.code(shard)
+        new["shard_row"] = -1 if shard_rows is None else rows
+        strings = self._strings.code
+        for f in CODED_FIELDS:
+            new[f] = [-1 if (v := getattr(r, f)) is None else strings(v) for r in records]
+        for f in INT_COLUMNS:
+            new[f] = [NO_INT if (v := getattr(r, f)) is None else v for r in records]
+        new["tags"] = [self._tags.code(r.tags) for r in records]
         self._maybe_rebuild()
+
+    def _append(self, ids: np.ndarray, paths: Sequence[str | None]) -> np.ndarray:
+        """Supersede the live rows of ``ids`` (unique) and append one live row each; return the new rows
+        (a view, their other columns for the caller to fill)."""
+        old = self.rows_of(ids)
+        old = old[old >= 0]
+        self._rows["live"][old] = False
+        self._live -= len(old)
+        start, n = self._n, len(ids)
+        self._reserve(start + n)
+        new = self._rows[start : start + n]
+        new["id"], new["live"] = ids, True
+        self._paths.extend(paths)
+        self._recent.update(zip(ids.tolist(), range(start, start + n)))
+        self._n += n
+        self._live += n
+        return new
 
     def load_shard(
         self,
@@ -264,22 +259,10 @@ class RecordTable(Mapping[int, ImageRecord]):
                                          tags=json.loads(tags[row] or "{}"))  # fmt: skip
                     self.put([record], shard, [row])
             return
-        n = len(ids)
-        if not n:
+        if not len(ids):
             return
-        old = self.rows_of(ids)
-        old = old[old >= 0]
-        self._rows["live"][old] = False
-        self._live -= len(old)
-        start = self._n
-        self._reserve(start + n)
-        new = self._rows[start : start + n]
-        new["id"], new["shard"], new["shard_row"], new["live"] = (
-            ids,
-            self._shards.code(shard),
-            np.arange(n),
-            True,
-        )
+        new = self._append(ids, meta["path"])
+        new["shard"], new["shard_row"] = self._shards.code(shard), np.arange(len(ids))
         for f in CODED_FIELDS:
             code = {v: (-1 if v is None else self._strings.code(v)) for v in set(meta[f])}
             new[f] = [code[v] for v in meta[f]]
@@ -287,10 +270,6 @@ class RecordTable(Mapping[int, ImageRecord]):
             new[f] = [NO_INT if v is None else v for v in meta[f]]
         code = {t: self._tags.code(normalise_tags(json.loads(t or "{}"))) for t in set(tags)}
         new["tags"] = [code[t] for t in tags]
-        self._paths.extend(meta["path"])
-        self._recent.update(zip(ids.tolist(), range(start, start + n)))
-        self._n += n
-        self._live += n
         self._maybe_rebuild()
 
     def pop(self, image_id: int, *default):  # type: ignore[override]
