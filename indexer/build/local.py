@@ -23,7 +23,7 @@ from indexer.build.prepare import Prepared, prepare_item
 from indexer.config import BuildConfig
 from indexer.encoder import Encoder, load_encoder
 from indexer.errors import ConfigError, MaeError
-from indexer.preprocess import preprocess, preprocess_image
+from indexer.preprocess import preprocess, preprocess_image, standardise
 from indexer.sources import SourceItem
 from indexer.stores.base import ImageRecord, VectorStore
 
@@ -258,11 +258,11 @@ def build_index(
         else:
             shapes = {tuple(p.pixels.shape) for p in batch}
             if len(shapes) == 1:
-                pixels = torch.stack([p.pixels for p in batch])
+                pixels = standardise(torch.stack([p.pixels for p in batch]), pre)
             else:  # keep-aspect with mixed input sizes: one forward per size
                 pixels = None
         if pixels is None:
-            vectors = np.concatenate([encoder.embed(p.pixels.unsqueeze(0)) for p in batch])
+            vectors = np.concatenate([encoder.embed(standardise(p.pixels[None], pre)) for p in batch])
         else:
             vectors = encoder.embed(pixels)
         timings["model"] += time.perf_counter() - t0

@@ -65,9 +65,7 @@ class IndexMixin:
         # Flat is kept up to date while writing, unless the writer defers it; other kinds (and an
         # ``auto`` build that has not chosen yet) are built from the shards when the writer closes.
         self._incremental = (
-            self._kind.exact
-            and not (self._requested_kind == "auto" and not stored)
-            and not self._defer_index
+            self._kind.exact and not (self._requested_kind == "auto" and not stored) and not self._defer_index
         )
 
     def _remove(self, ids: np.ndarray) -> None:
