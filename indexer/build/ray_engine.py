@@ -387,31 +387,30 @@ def _read_staged(raw_url: str, order: list[int], ledger: Ledger, items: dict[str
 def _write_staged(
     config: BuildConfig, plan, stores: list, raw_url: str, order: list[int], ledger: Ledger, items: dict
 ) -> float:
-    """Write the staged raw vectors of ``order`` to every store, through the local engine's writer.
+    """Write the staged raw vectors of ``order`` to every store, through the writer both engines use
+    (:class:`indexer.build.writer.StoreWriter`).
 
     A first ``--normalize`` build fits on them first (:func:`indexer.build.local.fit_and_write`: the
     transform and the fitted manifest reach every store before any vector); an index already fitted
-    applies its transform. The raw shards are deleted only once every store is flushed, so a failure at
-    any point leaves them for the re-run. Returns the seconds spent writing.
+    applies its transform (:func:`indexer.build.writer.queue_vectors`). The raw shards are deleted only
+    once every store is flushed, so a failure at any point leaves them for the re-run. Returns the
+    seconds spent writing.
 
     Raises
     ------
     ConfigError
         The ``--fit-on`` subset holds fewer than 2 of the images (as the local engine).
     """
-    from indexer.build.local import _Writer, fit_and_write
+    from indexer.build.local import fit_and_write
+    from indexer.build.writer import StoreWriter, queue_vectors
 
     held = [_read_staged(raw_url, order, ledger, items)]  # fit_and_write empties it once it is written
-    writer = _Writer(stores, config.flush_every, plan.held)
+    writer = StoreWriter(stores, config.flush_every, plan.held)
     try:
         if plan.fit is not None:
             fit_and_write(plan.fit, held, stores, writer, config.batch_size)
         else:
-            vectors, records = held.pop()
-            for start in range(0, len(records), config.batch_size):
-                chunk = vectors[start : start + config.batch_size]
-                writer.put(chunk if plan.transform is None else plan.transform.apply(chunk),
-                           records[start : start + config.batch_size])  # fmt: skip
+            queue_vectors(writer, *held.pop(), plan.transform, config.batch_size)
     finally:
         writer.close()
     return writer.seconds
