@@ -126,7 +126,7 @@ def _vectors(n: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(params=["faiss", pytest.param("redis", marks=pytest.mark.redis)])
 def filled(request, tmp_path):
     """``(store, records by id)``: the fixture's records in a FAISS folder (reopened read-only, as the
-    server opens it) or in Redis."""
+    server opens it) or in Redis (which the catalogs below read 7 records at a time)."""
     records = fixture_records()
     if request.param == "faiss":
         with FaissStore(tmp_path / "idx", dim=DIM) as writer:
@@ -148,7 +148,7 @@ def _json(obj: Any) -> str:
 # --------------------------------------------------------------------------- equivalence
 def test_facets_equal_the_dict_implementation(filled):
     store, records = filled
-    got = Catalog(store).facets()
+    got = Catalog(store, read_chunk=7).facets()
     assert _json(got) == _json(ref_facets(records))
     assert got["count"] == len(records)
     assert got["plate"][-1] == {"value": None, "count": sum(r.plate is None for r in records.values())}
@@ -156,7 +156,7 @@ def test_facets_equal_the_dict_implementation(filled):
 
 def test_every_records_siblings_equal_the_dict_implementation(filled):
     store, records = filled
-    catalog = Catalog(store)
+    catalog = Catalog(store, read_chunk=7)
     answers = {}
     for image_id in records:
         answers[image_id] = catalog.siblings(image_id)
@@ -168,7 +168,7 @@ def test_every_records_siblings_equal_the_dict_implementation(filled):
 
 def test_the_plate_layout_and_map_equal_the_dict_implementation(filled):
     store, records = filled
-    catalog = Catalog(store)
+    catalog = Catalog(store, read_chunk=7)
     ids, vectors = catalog.matrix()
     got, ref = catalog.layout(), ref_layout(records, ids)
     assert got.keys() == ref.keys()
@@ -197,11 +197,13 @@ def test_an_unknown_id_is_a_404_and_the_count_is_the_store_s(filled):
     from retriever.server import ClientError
 
     store, records = filled
-    catalog = Catalog(store)
+    catalog = Catalog(store, read_chunk=7)
     with pytest.raises(ClientError) as e:
         catalog.siblings(123)
     assert e.value.status == 404
     assert len(catalog.records) == len(records) == store.count()
+    if isinstance(store, FaissStore):
+        assert catalog.records is store.record_table  # the store's own table, not a copy
 
 
 # --------------------------------------------------------------------------- memory
