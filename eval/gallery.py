@@ -19,7 +19,7 @@ image, so it stays defined when the source is excluded from the consistency list
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,13 +66,10 @@ def exclusions(records: Iterable[Any], query_ids: Iterable[int], mode: str) -> E
     ValueError
         If ``mode`` is unknown.
     """
-    if mode not in EXCLUDE:
-        raise ValueError(f"unknown exclusion mode {mode!r}; choose from {', '.join(EXCLUDE)}")
     query_ids = list(query_ids)
-    if mode == "none":
-        return Exclusions(mode, {q: frozenset() for q in query_ids}, ())
-    if mode == "image":
-        return Exclusions(mode, {q: frozenset({q}) for q in query_ids}, ())
+    trivial = _without_groups(query_ids, mode)
+    if trivial is not None:
+        return trivial
     keys = _KEYS[mode]
     groups: dict[tuple[Any, ...], set[int]] = {}
     key_of: dict[int, tuple[Any, ...] | None] = {}
@@ -92,6 +89,57 @@ def exclusions(records: Iterable[Any], query_ids: Iterable[int], mode: str) -> E
             fallback.append(q)
         else:
             excluded[q] = frozenset(groups[key] | {q})
+    return Exclusions(mode, excluded, tuple(fallback))
+
+
+def _without_groups(query_ids: list[int], mode: str) -> Exclusions | None:
+    """The exclusions of the modes that need no records (``none``, ``image``); None for the others."""
+    if mode not in EXCLUDE:
+        raise ValueError(f"unknown exclusion mode {mode!r}; choose from {', '.join(EXCLUDE)}")
+    if mode == "none":
+        return Exclusions(mode, {q: frozenset() for q in query_ids}, ())
+    if mode == "image":
+        return Exclusions(mode, {q: frozenset({q}) for q in query_ids}, ())
+    return None
+
+
+def exclusions_from(
+    relatives: Callable[[int, tuple[str, ...]], Iterable[int] | None], query_ids: Iterable[int], mode: str
+) -> Exclusions:
+    """:func:`exclusions` from a lookup of each query's group instead of every record: what the
+    explorer's live panel uses per request (its catalog finds a group in the group's size).
+
+    Parameters
+    ----------
+    relatives : callable
+        ``relatives(query_id, keys)``: the ids of the records equal to the query on ``keys`` (a prefix
+        of plate, well, site), the query included; ``None`` where the query is not indexed or one of its
+        keys is None (:meth:`retriever.catalog.Catalog.relatives`).
+    query_ids, mode
+        As :func:`exclusions`.
+
+    Returns
+    -------
+    Exclusions
+        Equal to :func:`exclusions` over the records ``relatives`` reads.
+
+    Raises
+    ------
+    ValueError
+        If ``mode`` is unknown.
+    """
+    query_ids = list(query_ids)
+    trivial = _without_groups(query_ids, mode)
+    if trivial is not None:
+        return trivial
+    excluded, fallback = {}, []
+    for q in query_ids:
+        group = relatives(q, _KEYS[mode])
+        if group is None:
+            excluded[q] = frozenset({q})
+            fallback.append(q)
+        else:
+            excluded[q] = frozenset(int(i) for i in group) | {q}
     return Exclusions(mode, excluded, tuple(fallback))
 
 

@@ -10,7 +10,8 @@ robustness panel.
 The numbers are computed by :func:`compare_one`, which runs the very steps of
 :func:`eval.robustness.run_robustness` for one query: the raw image from the indexed path, the
 seeded perturbation, an unfiltered search deep enough, the top k of each once the query's relatives
-named by ``exclude`` are cut out of both (:mod:`eval.gallery`; default ``site``, as ``mae-eval``'s), then
+named by ``exclude`` are cut out of both (:mod:`eval.gallery`; default ``site``, as ``mae-eval``'s; found
+by the explorer's catalog in the size of the query's group, :func:`eval.gallery.exclusions_from`), then
 :func:`eval.robustness.compare_results`. So they equal ``mae-eval robustness --exclude <the same>`` for
 the same query, perturbation, severity, k, seed and RBO p; the panel gives no chance level.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Collection
 from http import HTTPStatus
 from typing import Any
 
@@ -29,6 +29,7 @@ from indexer.errors import ConfigError
 from indexer.sources import load_image
 from indexer.stores.base import ImageRecord
 from retriever import render
+from retriever.catalog import Catalog
 from retriever.search import QueryOptions, Retriever
 
 
@@ -105,22 +106,22 @@ def register(app: Any) -> None:
     from retriever.server import ClientError, json_response, parse_id
 
     service = app.service
-    # Every record of each store, read once on the first request that needs it: the relatives of a query
-    # are found among them as mae-eval finds them (eval.gallery.exclusions). The served store's are the
-    # explorer's catalog's, not a second copy.
-    records: dict[int, list[ImageRecord]] = {}
-    records_lock = threading.Lock()
+    # Per store, its catalog: the explorer's for the served store, one of its own for another backend (a
+    # FAISS store's own record table, no copy; Redis's records read once into columns). A query's
+    # relatives come from its grouped lookup, in the size of the group, as mae-eval finds them over
+    # every record (eval.gallery.exclusions).
+    catalogs: dict[int, Catalog] = {}
+    catalogs_lock = threading.Lock()
 
-    def all_records(retriever: Retriever) -> Collection[ImageRecord]:
+    def catalog_of(retriever: Retriever) -> Catalog:
         catalog = getattr(app, "catalog", None)
         if catalog is not None and catalog.store is retriever.store:
-            return catalog.records.values()
-        with records_lock:
+            return catalog
+        with catalogs_lock:
             key = id(retriever.store)
-            if key not in records:
-                store = retriever.store
-                records[key] = [r for r in store.get(store.ids()) if r is not None]
-            return records[key]
+            if key not in catalogs:
+                catalogs[key] = Catalog(retriever.store)
+            return catalogs[key]
 
     def perturbations(req: Any) -> Any:
         return json_response(
@@ -170,11 +171,11 @@ def register(app: Any) -> None:
             raise ClientError(HTTPStatus.BAD_REQUEST, str(e)) from e
         if record is None:
             raise ClientError(HTTPStatus.NOT_FOUND, f"id {qid} is not in the index")
-        known = all_records(retriever)
-        excluded = gallery.exclusions(known, [qid], exclude).excluded[qid]
+        catalog = catalog_of(retriever)
+        excluded = gallery.exclusions_from(catalog.relatives, [qid], exclude).excluded[qid]
         try:
             out = service.compute(
-                compare_one, retriever, record, name, severity, k, seed, p, excluded, len(known)
+                compare_one, retriever, record, name, severity, k, seed, p, excluded, len(catalog.records)
             )
         except ConfigError as e:
             raise ClientError(HTTPStatus.BAD_REQUEST, str(e)) from e

@@ -36,15 +36,13 @@ import numpy as np
 
 from indexer.errors import DecodeError
 from indexer.sources import load_image
-from indexer.stores.base import ImageRecord, VectorStore
 from retriever import render
+from retriever.catalog import Catalog
 from retriever.server import App, ClientError, QueryService, Request, Response, json_response, parse_id
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-ROWS = "ABCDEFGHIJKLMNOP"
-COLUMNS = 24
 #: Content-Security-Policy of every explorer response: no inline script, nothing from elsewhere.
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -80,168 +78,6 @@ def _one_int(req: Request, name: str, default: int, lo: int, hi: int) -> int:
     if not lo <= v <= hi:
         raise ClientError(HTTPStatus.BAD_REQUEST, f"{name} must be within {lo}..{hi}, got {v}")
     return v
-
-
-class Catalog:
-    """The index's records and, for the plate map, its vectors: loaded once, on first use.
-
-    ``vectors`` come from ``vector_store`` (the FAISS mirror when there is one: an in-memory copy,
-    exact, no round trips), else from the searched store.
-    """
-
-    def __init__(self, store: VectorStore, vector_store: VectorStore | None = None) -> None:
-        self.store = store
-        self.vector_store = vector_store or store
-        self._lock = threading.Lock()
-        self._records: dict[int, ImageRecord] | None = None
-        self._matrix: tuple[np.ndarray, np.ndarray] | None = None
-        self._layout: dict[str, np.ndarray] | None = None
-        self._facets: dict[str, Any] | None = None
-
-    @property
-    def records(self) -> dict[int, ImageRecord]:
-        """id -> record of every indexed image."""
-        with self._lock:
-            if self._records is None:
-                ids = self.store.ids()
-                self._records = {r.id: r for r in self.store.get(ids) if r is not None}
-            return self._records
-
-    def record(self, image_id: int) -> ImageRecord:
-        """The record of an indexed id (404 otherwise)."""
-        rec = self.records.get(image_id)
-        if rec is None:
-            raise ClientError(HTTPStatus.NOT_FOUND, f"id {image_id} is not in the index")
-        return rec
-
-    def matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, vectors)`` of every indexed image, ids sorted."""
-        with self._lock:
-            if self._matrix is None:
-                ids = np.sort(np.asarray(self.vector_store.ids(), dtype=np.int64))
-                self._matrix = (ids, np.ascontiguousarray(self.vector_store.get_vectors(ids), np.float32))
-            return self._matrix
-
-    def facets(self) -> dict[str, Any]:
-        """Counts per plate, well, site, channel and z (values sorted; missing metadata as ``null``).
-
-        Computed once: the served index does not change while it is served.
-        """
-        if self._facets is not None:
-            return self._facets
-        out: dict[str, dict] = {f: {} for f in ("plate", "well", "site", "channel", "z")}
-        for r in self.records.values():
-            for f in out:
-                v = getattr(r, f)
-                out[f][v] = out[f].get(v, 0) + 1
-
-        def ordered(d: dict) -> list[dict[str, Any]]:
-            return [
-                {"value": v, "count": d[v]}
-                for v in sorted(d, key=lambda x: (x is None, str(type(x)), x or 0))
-            ]
-
-        self._facets = {"count": len(self.records), **{f: ordered(d) for f, d in out.items()}}
-        return self._facets
-
-    def layout(self) -> dict[str, Any]:
-        """Per row of :meth:`matrix`: plate well cell (row * 24 + column, -1 if none), plate, channel, site."""
-        with self._lock:
-            if self._layout is not None:
-                return self._layout
-        ids, _ = self.matrix()
-        records = self.records
-        cell = np.full(len(ids), -1, dtype=np.int64)
-        plate = np.full(len(ids), -1, dtype=np.int64)  # codes into plate_names / channel_names
-        channel = np.full(len(ids), -1, dtype=np.int64)
-        site = np.full(len(ids), -1, dtype=np.int64)
-        plate_names: dict[str, int] = {}
-        channel_names: dict[str, int] = {}
-        for n, i in enumerate(ids):
-            r = records.get(int(i))
-            if r is None:
-                continue
-            if r.plate:
-                plate[n] = plate_names.setdefault(r.plate, len(plate_names))
-            if r.channel:
-                channel[n] = channel_names.setdefault(r.channel, len(channel_names))
-            site[n] = -1 if r.site is None else r.site
-            if r.well:
-                row, col = ROWS.find(r.well[0]), int(r.well[1:]) - 1
-                if 0 <= row < len(ROWS) and 0 <= col < COLUMNS:
-                    cell[n] = row * COLUMNS + col
-        # Rows grouped by well once, so a query's per-well maximum is one reduceat (np.maximum.at is ~10x slower).
-        order = np.argsort(cell, kind="stable")
-        order = order[cell[order] >= 0]
-        starts = (
-            np.flatnonzero(np.r_[True, np.diff(cell[order]) != 0]) if len(order) else np.empty(0, np.int64)
-        )
-        counts = np.bincount(plate[plate >= 0], minlength=len(plate_names))
-        common = max(plate_names, key=lambda p: counts[plate_names[p]]) if plate_names else None
-        layout = {"cell": cell, "plate": plate, "channel": channel, "site": site, "plate_names": plate_names,
-                  "channel_names": channel_names, "default_plate": common, "order": order, "starts": starts,
-                  "start_cells": cell[order][starts] if len(order) else np.empty(0, np.int64)}  # fmt: skip
-        with self._lock:
-            self._layout = layout
-        return layout
-
-    def siblings(self, image_id: int) -> dict[str, Any]:
-        """The record, the other channels of its site and z, and its z stack (same site and channel)."""
-        rec = self.record(image_id)
-        same_site = [
-            r for r in self.records.values()
-            if (r.plate, r.well, r.site) == (rec.plate, rec.well, rec.site) and rec.well is not None
-        ]  # fmt: skip
-        others = sorted(
-            (r for r in same_site if r.z == rec.z and r.channel != rec.channel), key=lambda r: str(r.channel)
-        )
-        stack = sorted(
-            (r for r in same_site if r.channel == rec.channel and r.z is not None), key=lambda r: r.z
-        )
-        if not stack:
-            stack = [rec]
-        return {
-            "record": rec.to_dict(),
-            "other_channels": [r.to_dict() for r in others],
-            "stack": [{"id": r.id, "z": r.z} for r in stack],
-        }
-
-    def plate_map(
-        self, query: np.ndarray, plate: str | None, channels: tuple[str, ...], sites: tuple[int, ...]
-    ) -> dict[str, Any]:
-        """Best cosine similarity per well of a 384-well plate (``None`` for wells with no image).
-
-        Only images of ``plate`` (default: the only or the most common plate) and of the given channels
-        and sites count.
-        """
-        ids, vectors = self.matrix()
-        lay = self.layout()
-        plate = plate if plate is not None else lay["default_plate"]
-        keep = (lay["cell"] >= 0) & (lay["plate"] == lay["plate_names"].get(plate, -2))
-        if channels:
-            keep &= np.isin(lay["channel"], [lay["channel_names"].get(c, -2) for c in channels])
-        if sites:
-            keep &= np.isin(lay["site"], list(sites))
-        cell = lay["cell"]
-        q = np.asarray(query, np.float32).reshape(-1)
-        q = q / max(float(np.linalg.norm(q)), 1e-12)
-        # All rows then mask: a masked copy of the matrix would cost more than the product.
-        scores = np.where(keep, vectors @ q, -np.inf).astype(np.float32)
-        best = np.full(len(ROWS) * COLUMNS, -np.inf, dtype=np.float32)
-        counts = np.bincount(cell[keep], minlength=len(best))
-        if len(lay["order"]):
-            best[lay["start_cells"]] = np.maximum.reduceat(scores[lay["order"]], lay["starts"])
-        wells = {}
-        for c in range(len(best)):
-            well = f"{ROWS[c // COLUMNS]}{c % COLUMNS + 1:02d}"
-            wells[well] = None if counts[c] == 0 else round(float(best[c]), 6)
-        return {
-            "plate": plate,
-            "rows": list(ROWS),
-            "columns": COLUMNS,
-            "wells": wells,
-            "images": {w: int(counts[i]) for i, w in enumerate(wells) if counts[i]},
-        }
 
 
 class ImageCache:

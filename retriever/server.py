@@ -440,7 +440,7 @@ class App:
 
     Routes are keyed by ``(method, path)``; a path ending in ``/`` is a prefix (``/thumb/``). Other
     modules add routes with :meth:`add` (the web explorer does). ``catalog`` is the explorer's
-    :class:`retriever.explorer.Catalog` of the served store once one is made, so that plugins read its
+    :class:`retriever.catalog.Catalog` of the served store once one is made, so that plugins read its
     records instead of holding a second copy of them.
     """
 

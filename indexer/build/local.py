@@ -2,15 +2,14 @@
 -> writer thread (stores). Memory is bounded by the number of images in flight, not the data-set size.
 
 This module only wires the stages and times them; the plan and the books (indexed, skipped, rejected,
-duplicates) are :mod:`indexer.build.plan`'s, shared with the Ray engine, and one item's work is
-:func:`indexer.build.prepare.prepare_item`.
+duplicates) are :mod:`indexer.build.plan`'s, shared with the Ray engine, one item's work is
+:func:`indexer.build.prepare.prepare_item`, and the writer thread is :mod:`indexer.build.writer`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,8 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from indexer.build.plan import BuildSummary, Ledger, make_plan, write_batch, write_rejected
+from indexer.build.plan import BuildSummary, Ledger, make_plan, write_rejected
 from indexer.build.prepare import Prepared, prepare_item
+from indexer.build.writer import StoreWriter, queue_vectors
 from indexer.config import BuildConfig
 from indexer.encoder import Encoder, load_encoder
 from indexer.errors import ConfigError, MaeError
@@ -70,81 +70,11 @@ def _bounded_map(fn: Callable, items: Iterable, workers: int, window: int) -> It
             in_flight -= 1
 
 
-class _Writer:
-    """Writes batches to every store on its own thread, so store I/O overlaps the next forward pass.
-
-    ``held``: per store, the ids it may hold (:attr:`indexer.build.plan.Plan.held`): those are upserted,
-    the rest bulk-loaded.
-    """
-
-    def __init__(
-        self,
-        stores: Sequence[VectorStore],
-        flush_every: int,
-        held: Sequence[frozenset[int] | None] = (),
-        after_checkpoint: Callable[[], object] | None = None,
-    ) -> None:
-        self.stores = stores
-        self.after_checkpoint = after_checkpoint
-        self.held = list(held) + [None] * (len(stores) - len(held))
-        self.flush_every = flush_every
-        self.seconds = 0.0
-        self.written = 0
-        self._since_flush = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=4)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="mae-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            if self._error is not None:
-                continue
-            vectors, records = job
-            t0 = time.perf_counter()
-            try:
-                for store, held in zip(self.stores, self.held):
-                    write_batch(store, held, vectors, records)
-                self.written += len(records)
-                self._since_flush += len(records)
-                if self._since_flush >= self.flush_every:
-                    for store in self.stores:
-                        store.flush()
-                    self._since_flush = 0
-                    if self.after_checkpoint is not None:
-                        self.after_checkpoint()
-            except BaseException as e:  # surfaced in the main thread by put()/close()
-                self._error = e
-            self.seconds += time.perf_counter() - t0
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def put(self, vectors: np.ndarray, records: list[ImageRecord]) -> None:
-        """Queue a batch (blocks while 4 batches wait: back-pressure keeps memory bounded)."""
-        self._raise()
-        self._queue.put((vectors, records))
-
-    def close(self) -> None:
-        """Write what is queued, flush every store, and re-raise a write error."""
-        self._queue.put(None)
-        self._thread.join()
-        self._raise()
-        t0 = time.perf_counter()
-        for store in self.stores:
-            store.flush()
-        self.seconds += time.perf_counter() - t0
-
-
 def fit_and_write(
     record: dict,
     held: list[tuple[np.ndarray, list[ImageRecord]]],
     stores: Sequence[VectorStore],
-    writer: _Writer,
+    writer: StoreWriter,
     batch_size: int,
 ) -> None:
     """Fit the normalisation of a first build on its raw vectors (or the ``--fit-on`` subset), store it
@@ -177,11 +107,9 @@ def fit_and_write(
     for store in stores:
         store.write_transform(data)
         store.write_manifest({**store.read_manifest(), "normalize": fitted})
-    out = transform.apply(vectors)
     log.info("fitted --normalize %s on %d of %d vectors", record["kind"], len(chosen), len(records))
-    for start in range(0, len(records), batch_size):
-        writer.put(out[start : start + batch_size], records[start : start + batch_size])
     held.clear()
+    queue_vectors(writer, vectors, records, transform, batch_size)
 
 
 def build_index(
@@ -236,7 +164,7 @@ def build_index(
     summary.runtime = f"{encoder.device.type} {encoder.precision}"
     pre = plan.preprocess
     on_device = encoder.device.type == "cuda"
-    writer = _Writer(stores, config.flush_every, plan.held, after_checkpoint)
+    writer = StoreWriter(stores, config.flush_every, plan.held, after_checkpoint)
     timings = {"read_decode_preprocess": 0.0, "model": 0.0}
     batch: list[Prepared] = []
     held: list[tuple[np.ndarray, list[ImageRecord]]] = []
@@ -270,7 +198,7 @@ def build_index(
         if plan.fit is not None:  # a first --normalize build: fit on every raw vector before writing
             held.append((vectors, records))
         else:
-            writer.put(vectors if plan.transform is None else plan.transform.apply(vectors), records)
+            queue_vectors(writer, vectors, records, plan.transform)
         batch.clear()
 
     window = max(2 * config.batch_size, 4 * config.workers)

@@ -11,7 +11,8 @@ preprocessing or the encoder):
 3. an actor class loads the encoder once per worker and embeds batches (``num_gpus`` per actor), then
    applies the index's fitted ``--normalize`` transform, if it has one, as the local engine does;
 4. CPU tasks upsert each batch into Redis and write it as a parquet shard (the FAISS store's shard
-   format) under ``<index>/ray-shards/`` or any fsspec URL;
+   format) under ``<index>/ray-shards/``, or under ``<shard_url>/<index_uid>/`` for any fsspec URL
+   (:func:`shard_root`: indexes that share a URL never see each other's shards);
 5. the driver adds the shards to the FAISS mirror and flushes it atomically, so a failed worker never
    leaves half a FAISS index; a re-run first imports shards left by a killed run.
 
@@ -71,7 +72,9 @@ class RayConfig:
     num_cpus: int | None = None  # for a local runtime
     threads_per_worker: int | None = None
     writers: int = 1  # write actors (Redis upserts and parquet shards; I/O, no CPU slot)
-    shard_url: str | None = None  # fsspec folder for shards; default <index>/ray-shards
+    #: fsspec folder that may be shared by several indexes: each writes under <shard_url>/<index_uid>/
+    #: (:func:`shard_root`); default <index>/ray-shards.
+    shard_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:
@@ -266,6 +269,24 @@ class _Write:
         return out
 
 
+def shard_root(index_dir: Path, shard_url: str | None, manifest: dict | None) -> str | None:
+    """Where the Ray shards of the index at ``index_dir`` (``manifest``: its manifest, ``None`` for a new
+    folder) are written, looked for and deleted; its staged raw vectors go to ``<root>/raw``.
+
+    By default ``<index>/ray-shards``: the folder's own, kept by its write lock. A custom ``shard_url`` may
+    be shared by several indexes (one bucket for a team's builds, or a stale folder of another index), so
+    each index keeps to ``<shard_url>/<index_uid>`` (the identity its manifest and its Redis index share):
+    it imports, reuses and deletes only its own shards, and leaves another index's for that index's
+    re-run. ``None``: a custom URL and an index without a uid yet (a new folder), which has none there.
+    """
+    from indexer.stores.binding import UID_KEY
+
+    if shard_url is None:
+        return str(Path(index_dir) / SHARD_DIR)
+    uid = (manifest or {}).get(UID_KEY)
+    return f"{shard_url.rstrip('/')}/{uid}" if uid else None
+
+
 def _shard_files(url: str) -> tuple[Any, list[str]]:
     """The filesystem of ``url`` and its finished parquet shards, sorted (none when the folder is absent)."""
     import fsspec
@@ -391,31 +412,30 @@ def _read_staged(raw_url: str, order: list[int], ledger: Ledger, items: dict[str
 def _write_staged(
     config: BuildConfig, plan, stores: list, raw_url: str, order: list[int], ledger: Ledger, items: dict
 ) -> float:
-    """Write the staged raw vectors of ``order`` to every store, through the local engine's writer.
+    """Write the staged raw vectors of ``order`` to every store, through the writer both engines use
+    (:class:`indexer.build.writer.StoreWriter`).
 
     A first ``--normalize`` build fits on them first (:func:`indexer.build.local.fit_and_write`: the
     transform and the fitted manifest reach every store before any vector); an index already fitted
-    applies its transform. The raw shards are deleted only once every store is flushed, so a failure at
-    any point leaves them for the re-run. Returns the seconds spent writing.
+    applies its transform (:func:`indexer.build.writer.queue_vectors`). The raw shards are deleted only
+    once every store is flushed, so a failure at any point leaves them for the re-run. Returns the
+    seconds spent writing.
 
     Raises
     ------
     ConfigError
         The ``--fit-on`` subset holds fewer than 2 of the images (as the local engine).
     """
-    from indexer.build.local import _Writer, fit_and_write
+    from indexer.build.local import fit_and_write
+    from indexer.build.writer import StoreWriter, queue_vectors
 
     held = [_read_staged(raw_url, order, ledger, items)]  # fit_and_write empties it once it is written
-    writer = _Writer(stores, config.flush_every, plan.held)
+    writer = StoreWriter(stores, config.flush_every, plan.held)
     try:
         if plan.fit is not None:
             fit_and_write(plan.fit, held, stores, writer, config.batch_size)
         else:
-            vectors, records = held.pop()
-            for start in range(0, len(records), config.batch_size):
-                chunk = vectors[start : start + config.batch_size]
-                writer.put(chunk if plan.transform is None else plan.transform.apply(chunk),
-                           records[start : start + config.batch_size])  # fmt: skip
+            queue_vectors(writer, *held.pop(), plan.transform, config.batch_size)
     finally:
         writer.close()
     return writer.seconds
@@ -444,11 +464,15 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
     """
     ray = _ray()
     t0 = time.perf_counter()
-    shard_url = ray_config.shard_url or str(Path(config.index_dir) / SHARD_DIR)
-    recovered = import_shards(shard_url, stores[0])  # shards a killed run finished but never imported
+    own = shard_root(config.index_dir, ray_config.shard_url, stores[0].read_manifest())
+    recovered = import_shards(own, stores[0]) if own else 0  # shards a killed run finished, never imported
     ledger = Ledger(config.strict)
     summary = ledger.summary
     plan = make_plan(config, stores, encoder, ledger)
+    # The plan gave a new folder its manifest, and with it the uid its shards are kept under.
+    shard_url = shard_root(config.index_dir, ray_config.shard_url, stores[0].read_manifest())
+    if shard_url is None:
+        raise MaeError(f"the index at {config.index_dir} has no index_uid to keep its Ray shards under")
     # --normalize: a first build (plan.fit) has its workers stage raw vectors under raw_url and write no
     # store; the driver fits on them, then writes. Raw vectors staged by a run that stopped before every
     # store held them are used, not embedded again (a normalised index only; its transform makes them

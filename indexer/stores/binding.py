@@ -184,8 +184,9 @@ def bind_stores(
 ) -> None:
     """Write the manifests of a build (``stores``: the FAISS folder first, then Redis if any).
 
-    The folder and its Redis index get one manifest with one ``index_uid``, and the folder records the
-    Redis index. A Redis index that holds another folder's data is refused (nothing is written).
+    The folder and its Redis index get one manifest with one ``index_uid`` (a folder alone gets one too,
+    also one made before uids), and the folder records the Redis index. A Redis index that holds another
+    folder's data is refused (nothing is written).
 
     Raises
     ------
@@ -196,8 +197,11 @@ def bind_stores(
         return
     folder, folder_manifest = stores[0], manifests[0]
     if len(stores) == 1:
-        if folder_manifest is None:
-            folder.write_manifest(fresh)
+        # A folder made before uids gets one too: the Ray engine keeps its shards under it.
+        settled = {**(folder_manifest or fresh)}
+        settled.setdefault(UID_KEY, new_uid())
+        if settled != folder_manifest:
+            folder.write_manifest(settled)
         return
     redis, redis_manifest = stores[1], manifests[1]
     if folder_manifest is None and redis_manifest is not None:

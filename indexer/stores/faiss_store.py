@@ -307,6 +307,7 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
                 self._records.load_shard(p.name, parsed.ids, parsed.meta, parsed.tags, parsed.deleted)
             if p.name == last_covered:
                 prefix_ids = set(self._records.ids().tolist())
+        self._records.seal()
         return prefix_ids
 
     def check(self, full: bool = False) -> list[str]:
@@ -345,6 +346,12 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
     def get(self, ids: Sequence[int]) -> list[ImageRecord | None]:
         """Records of ``ids`` (``None`` where absent)."""
         return self._records.get_many(ids)
+
+    @property
+    def record_table(self) -> RecordTable:
+        """The store's records in columns, to read (never to change): the explorer's catalog answers from
+        it instead of a copy."""
+        return self._records
 
     def get_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored vectors of ``ids`` as (n, dim) float32, exact (from the shards where the index keeps

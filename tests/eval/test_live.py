@@ -36,9 +36,10 @@ def stack_index(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.mark.parametrize("catalog", [False, True])
-def test_the_panel_excludes_the_query_site_like_mae_eval_by_default(stack_index, catalog):
+def test_the_panel_excludes_the_query_site_like_mae_eval_by_default(stack_index, catalog, monkeypatch):
     """With the explorer's catalog on the app (as `mae-search serve` builds it), the panel reads the
-    records from it instead of a copy of its own; the answers are the same."""
+    records from it instead of a copy of its own; the answers are the same. A request never runs
+    mae-eval's exclusions over every record (O(N) per request): the catalog's grouped lookup does."""
     store = FaissStore(stack_index, read_only=True)
     retriever = Retriever.open(store, device="cpu")
     query = store.get([int(store.ids()[5])])[0]
@@ -48,10 +49,15 @@ def test_the_panel_excludes_the_query_site_like_mae_eval_by_default(stack_index,
                                                      query_ids=(query.id,), n_queries=1))  # fmt: skip
     assert ref.config.exclude == gallery.DEFAULT_EXCLUDE == "site"
     (row,) = ref.rows
+
+    def every_record(*args, **kwargs):
+        raise AssertionError("a live request read every record (gallery.exclusions)")
+
+    monkeypatch.setattr(gallery, "exclusions", every_record)
     service = QueryService(retriever)
     app = App(service, service.limits)
     if catalog:
-        from retriever.explorer import Catalog
+        from retriever.catalog import Catalog
 
         app.catalog = Catalog(store)
     live.register(app)
@@ -72,6 +78,6 @@ def test_the_panel_excludes_the_query_site_like_mae_eval_by_default(stack_index,
         status, data = _get(srv, "/api/perturb", json.dumps({**body, "exclude": "plate"}), "POST")
         assert status == 400 and b"none, image, site, well" in data
         if catalog:
-            assert app.catalog._records is not None  # filled by the panel's first request
+            assert app.catalog._groups is not None  # built by the panel's first request
     finally:
         close()

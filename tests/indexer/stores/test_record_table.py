@@ -125,3 +125,38 @@ print((tracemalloc.get_traced_memory()[0] - before) / n)
                          check=True)  # fmt: skip
     per_record = float(out.stdout.split()[-1])
     assert per_record < 160, f"{per_record:.0f} B per record"
+
+
+def test_columns_read_raw_codes_without_records_and_decode_back():
+    from indexer.stores.record_table import NO_INT
+
+    records = [_record(0), _record(1, site=None, plate=None), ImageRecord(id=5, path="/x.tif")]
+    table = RecordTable(records)
+    cols = table.columns(("id", "plate", "site", "channel"))
+    assert cols["id"].tolist() == [1000, 1001, 5]
+    assert table.decode("plate", cols["plate"]) == ["p1", None, None]
+    assert table.decode("site", cols["site"]) == [1, None, None] and cols["site"][1] == NO_INT
+    assert table.decode("channel", cols["channel"]) == ["w1", "w2", None]
+    some = table.columns(("well", "z"), ids=[5, 77, 1001])  # 77 is not held: read as all None
+    assert table.decode("well", some["well"]) == [None, None, "A02"]
+    assert table.decode("z", some["z"]) == [None, None, 1]
+    with pytest.raises(KeyError):
+        table.columns(("path",))
+    with pytest.raises(KeyError):
+        table.decode("id", [1])
+
+
+def test_sealing_leaves_no_row_in_the_dict_of_recent_ones_nor_spare_rows(tmp_path):
+    """A reader's table is filled once: sealed after the shards are read (a FAISS reader at 10 M records
+    would otherwise keep up to 2.5 M ids in a dict, ~100 B each)."""
+    from indexer.stores.faiss_store import FaissStore
+
+    with FaissStore(tmp_path / "idx", dim=2) as store:
+        for s in range(0, 6000, 500):
+            store.add(np.ones((500, 2), dtype=np.float32), [_record(i) for i in range(s, s + 500)])
+            store.flush()
+    table = FaissStore(tmp_path / "idx", read_only=True).record_table
+    assert len(table) == 6000 and table._recent == {} and len(table._rows) == 6000
+    assert table[1000 + 5999] == _record(5999) and 999 not in table
+    table.put([_record(6000)])  # still writable after sealing
+    assert table[7000] == _record(6000) and len(table) == 6001

@@ -1,0 +1,117 @@
+"""The explorer's catalog at N records: memory it adds over the FAISS store, and per-request cost.
+
+Writes a FAISS folder of N records laid out as BBBC006 (384 wells x 2 sites x 2 channels per z, 8-d
+vectors), opens it read-only as ``mae-search serve`` does, then measures in one run:
+- the Python and numpy memory (tracemalloc) the catalog adds once it has answered facets, siblings and
+  the live panel's relatives, per record; beside it, what a dict ``{id: ImageRecord}`` of every record
+  (the catalog before it held columns) adds, measured the same way;
+- the time per request of a record's siblings (``GET /api/record/{id}``) and of the live panel's
+  exclusions (``POST /api/perturb``, ``exclude=site``), best of 5 batches; beside them, a scan of every
+  record per request (the old siblings, ``eval.gallery.exclusions`` over every record).
+
+    python bench/bench_catalog.py --n 52224
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROWS = "ABCDEFGHIJKLMNOP"
+
+
+def write_index(folder: Path, n: int) -> None:
+    """N records of the plate's layout in a FAISS folder, a shard per 4,096."""
+    from indexer.stores.base import ImageRecord
+    from indexer.stores.faiss_store import FaissStore
+
+    with FaissStore(folder, dim=8) as writer:
+        for s in range(0, n, 4096):
+            recs = []
+            for i in range(s, min(n, s + 4096)):
+                z, w, site, ch = i // 1536, i % 1536 // 4, i % 4 // 2 + 1, i % 2 + 1
+                well = f"{ROWS[w // 24]}{w % 24 + 1:02d}"
+                path = f"/data/BBBC006_v1_images_z_{z:02d}/mcf-z-stacks-03212011_{well.lower()}_s{site}_w{ch}{i:08d}.tif"
+                recs.append(ImageRecord(id=10**12 + i, path=path, plate="mcf-z-stacks-03212011", well=well,
+                                        row=well[0], column=w % 24 + 1, site=site, channel=f"w{ch}", z=z))  # fmt: skip
+            writer.add(np.ones((len(recs), 8), dtype=np.float32), recs)
+            writer.flush()
+
+
+def held(build) -> tuple[float, object]:
+    """Bytes that ``build()``'s result holds (tracemalloc), and the result."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    kept = build()
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return after - before, kept
+
+
+def per_call(fn, ids: list[int], repeats: int = 5) -> float:
+    """Best-of-``repeats`` seconds per call of ``fn`` over ``ids``."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in ids:
+            fn(i)
+        best = min(best, time.perf_counter() - start)
+    return best / len(ids)
+
+
+def main(n: int, queries: int) -> None:
+    """Print the catalog's memory and per-request costs at ``n`` records, with the scans beside them."""
+    from eval import gallery
+    from indexer.stores.faiss_store import FaissStore
+    from retriever.catalog import Catalog
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_index(Path(tmp) / "idx", n)
+        store = FaissStore(Path(tmp) / "idx", read_only=True)
+        ids = store.ids()
+        probe = ids[:: max(1, n // queries)][:queries].tolist()
+
+        def answered() -> Catalog:
+            catalog = Catalog(store)
+            catalog.facets()
+            for i in probe:
+                catalog.siblings(i)
+                gallery.exclusions_from(catalog.relatives, [i], "site")
+            return catalog
+
+        columnar, catalog = held(answered)
+        as_dict, records = held(lambda: {r.id: r for r in store.get(ids)})
+        print(f"records: {n}")
+        print(f"catalog adds (columns, facets, group index): {columnar / n:.1f} B per record")
+        print(f"a dict of every record adds:                 {as_dict / n:.1f} B per record")
+        site = per_call(catalog.siblings, probe)
+        exclusions = per_call(lambda q: gallery.exclusions_from(catalog.relatives, [q], "site"), probe)
+        scan = per_call(
+            lambda q: [r for r in records.values() if (r.plate, r.well, r.site) == (records[q].plate,
+                       records[q].well, records[q].site)], probe[:10], repeats=3)  # fmt: skip
+        scan_ex = per_call(lambda q: gallery.exclusions(records.values(), [q], "site"), probe[:10], repeats=3)
+        print(f"siblings per request:   {site * 1e6:8.0f} us (a scan of every record: {scan * 1e6:8.0f} us)")
+        print(f"exclusions per request: {exclusions * 1e6:8.0f} us (gallery.exclusions over every record: "
+              f"{scan_ex * 1e6:8.0f} us)")  # fmt: skip
+        store.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=52_224, help="records (default: the full plate)")
+    parser.add_argument("--queries", type=int, default=60, help="records asked for per batch")
+    args = parser.parse_args()
+    main(args.n, args.queries)
