@@ -4,8 +4,9 @@ Why: torch runs a CPU forward on one thread per core, and each parallel region e
 decode worker running meanwhile takes a core from one of those threads, and the others wait for it at
 every barrier: a decode of 5 ms of CPU costs the forward more than 5 ms. Measured with
 ``python bench/bench_build.py`` (the build against itself with decoding during the forward): tiny model
-bf16 114 against 95 images/s, ViT-S fp32 0.94x against 0.90x model-only. On a GPU the forward leaves
-the cores free, and decoding overlaps it.
+bf16 111 against 93 images/s; ViT-S fp32 within the run-to-run spread (0.92-0.96x model-only either
+way), its forward being long against a decode. On a GPU the forward leaves the cores free, and decoding
+overlaps it.
 """
 
 from __future__ import annotations
