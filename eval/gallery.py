@@ -67,9 +67,8 @@ def exclusions(records: Iterable[Any], query_ids: Iterable[int], mode: str) -> E
         If ``mode`` is unknown.
     """
     query_ids = list(query_ids)
-    trivial = _without_groups(query_ids, mode)
-    if trivial is not None:
-        return trivial
+    if mode not in _KEYS:
+        return exclusions_from(lambda q, keys: None, query_ids, mode)  # none, image (or unknown: raises)
     keys = _KEYS[mode]
     groups: dict[tuple[Any, ...], set[int]] = {}
     key_of: dict[int, tuple[Any, ...] | None] = {}
@@ -81,15 +80,12 @@ def exclusions(records: Iterable[Any], query_ids: Iterable[int], mode: str) -> E
             continue
         key_of[rid] = key
         groups.setdefault(key, set()).add(rid)
-    excluded, fallback = {}, []
-    for q in query_ids:
+
+    def relatives(q: int, _keys: tuple[str, ...]) -> set[int] | None:
         key = key_of.get(q)
-        if key is None:
-            excluded[q] = frozenset({q})
-            fallback.append(q)
-        else:
-            excluded[q] = frozenset(groups[key] | {q})
-    return Exclusions(mode, excluded, tuple(fallback))
+        return None if key is None else groups[key]
+
+    return exclusions_from(relatives, query_ids, mode)
 
 
 def _without_groups(query_ids: list[int], mode: str) -> Exclusions | None:

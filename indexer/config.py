@@ -236,6 +236,9 @@ class BuildConfig:
     faiss_index: str | None = None  # FAISS factory string or "auto"; None keeps the folder's (Flat if new)
     faiss_memory: int | None = None  # auto's memory budget for the FAISS index, bytes (default 4 GiB)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    # Decode workers run while the forward runs: None (auto) on a GPU only; on a CPU they take turns
+    # with it (indexer.build.turns).
+    decode_during_forward: bool | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

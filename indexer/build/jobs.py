@@ -31,9 +31,9 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
     )  # an empty listing or a bad --metadata table fails here, before the model
     # The folder's write lock, and with it the check that the folder is writable, also come before the
     # model loads and long before anything is embedded.
-    faiss = FaissStore(
-        config.index_dir, wait=config.wait, kind=config.faiss_index, memory=config.faiss_memory
-    )
+    # The Flat index is built from the shards when the build closes, not held while it embeds.
+    faiss = FaissStore(config.index_dir, wait=config.wait, kind=config.faiss_index,
+                       memory=config.faiss_memory, defer_index=True)  # fmt: skip
     try:
         encoder = load_encoder(config.model)
         opened = open_stores(config.index_dir, config.redis, dim=encoder.dim, faiss_store=faiss)

@@ -19,11 +19,12 @@ import torch
 
 from indexer.build.plan import BuildSummary, Ledger, make_plan, write_rejected
 from indexer.build.prepare import Prepared, prepare_item
+from indexer.build.turns import Turns
 from indexer.build.writer import StoreWriter, queue_vectors
 from indexer.config import BuildConfig
 from indexer.encoder import Encoder, load_encoder
 from indexer.errors import ConfigError, MaeError
-from indexer.preprocess import preprocess, preprocess_image
+from indexer.preprocess import preprocess, preprocess_image, standardise
 from indexer.sources import SourceItem
 from indexer.stores.base import ImageRecord, VectorStore
 
@@ -169,7 +170,14 @@ def build_index(
     batch: list[Prepared] = []
     held: list[tuple[np.ndarray, list[ImageRecord]]] = []
 
+    # On a CPU decoding and the forward take turns (indexer.build.turns); on a GPU they overlap.
+    turns = Turns(not (on_device if config.decode_during_forward is None else config.decode_during_forward))
+
     def run_batch() -> None:
+        with turns.forward():
+            forward()
+
+    def forward() -> None:
         t0 = time.perf_counter()
         got = model_threads(threads)
         if got != threads:  # never silently run the model on fewer cores than the process has
@@ -186,11 +194,11 @@ def build_index(
         else:
             shapes = {tuple(p.pixels.shape) for p in batch}
             if len(shapes) == 1:
-                pixels = torch.stack([p.pixels for p in batch])
+                pixels = standardise(torch.stack([p.pixels for p in batch]), pre)
             else:  # keep-aspect with mixed input sizes: one forward per size
                 pixels = None
         if pixels is None:
-            vectors = np.concatenate([encoder.embed(p.pixels.unsqueeze(0)) for p in batch])
+            vectors = np.concatenate([encoder.embed(standardise(p.pixels[None], pre)) for p in batch])
         else:
             vectors = encoder.embed(pixels)
         timings["model"] += time.perf_counter() - t0
@@ -204,7 +212,8 @@ def build_index(
     window = max(2 * config.batch_size, 4 * config.workers)
 
     def work(item: SourceItem) -> list[Prepared]:
-        return prepare_item(item, pre, plan.existing, on_device)
+        with turns.decode():
+            return prepare_item(item, pre, plan.existing, on_device)
 
     done = 0
     try:

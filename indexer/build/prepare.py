@@ -15,7 +15,7 @@ import torch
 from indexer.config import PreprocessConfig
 from indexer.decode import Plane, content_id, decode_planes, image_source, plane_id
 from indexer.errors import DecodeError
-from indexer.preprocess import preprocess_image
+from indexer.preprocess import prepare_plane
 from indexer.sources import SourceItem, plane_path
 from indexer.stores.base import ImageRecord
 
@@ -34,7 +34,7 @@ class Prepared:
     """One prepared image: its record, and its pixels (CPU path) or raw values (device path)."""
 
     record: ImageRecord
-    pixels: torch.Tensor | None = None  # preprocessed (3, h, w), CPU path
+    pixels: torch.Tensor | None = None  # resized [0, 1] plane (1, h, w), CPU path: standardised per batch
     raw: np.ndarray | None = None  # decoded values, device path
     skipped: bool = False
     rejected: Rejected | None = None
@@ -70,7 +70,7 @@ def prepare_item(
     existing: frozenset[int] | set[int],
     on_device: bool,
 ) -> list[Prepared]:
-    """Read, hash, decode and (on the CPU path) preprocess one item: one result per plane.
+    """Read, hash, decode and (on the CPU path) preprocess one item to its resized plane: one result per plane.
 
     A single-plane file's id is its content id (:func:`~indexer.decode.content_id`); plane ``i`` of a
     stack gets :func:`~indexer.decode.plane_id`. Ids in ``existing`` come back as skipped.
@@ -98,7 +98,7 @@ def prepare_item(
             elif on_device:
                 out.append(Prepared(record, raw=plane.image))
             else:
-                out.append(Prepared(record, pixels=preprocess_image(plane.image, preprocess_config)))
+                out.append(Prepared(record, pixels=prepare_plane(plane.image, preprocess_config)))
         per_plane = (time.perf_counter() - t0) / len(out)
         return [replace(p, seconds=per_plane) for p in out]
     except DecodeError as e:

@@ -171,11 +171,12 @@ def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[
 class _Embed:
     """Stage 3: an actor that loads the encoder once and embeds the usable rows of each batch.
 
-    ``transform``: the index's fitted normalisation as :func:`~indexer.stores.transform_file.encode_transform`
+    ``pre``: the preprocessing (its model channels' mean/std are applied here, to the one-channel planes the
+    CPU tasks send); ``transform``: the index's fitted normalisation as :func:`~indexer.stores.transform_file.encode_transform`
     bytes (small, picklable), applied to every vector as the local engine applies it; ``None``: raw vectors.
     """
 
-    def __init__(self, model: dict, threads: int, transform: bytes | None = None) -> None:
+    def __init__(self, model: dict, threads: int, pre: dict, transform: bytes | None = None) -> None:
         import torch
         from transformers.utils import logging as hf_logging
 
@@ -185,6 +186,7 @@ class _Embed:
         hf_logging.set_verbosity_error()  # workers log to files; keep them to real problems
         torch.set_num_threads(threads)
         self.encoder = load_encoder(ModelConfig(**model))
+        self.pre = PreprocessConfig.from_dict(pre)
         self.transform = None
         if transform is not None:
             from indexer.stores.transform_file import decode_transform
@@ -194,12 +196,14 @@ class _Embed:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 
+        from indexer.preprocess import standardise
+
         t0 = time.perf_counter()
         ok = [i for i, s in enumerate(batch["status"]) if s == "ok"]
         vectors = np.zeros((len(batch["status"]), self.encoder.dim), dtype=np.float32)
         if ok:
-            pixels = torch.from_numpy(np.stack([batch["pixels"][i] for i in ok]))
-            embedded = self.encoder.embed(pixels)
+            planes = torch.from_numpy(np.stack([batch["pixels"][i] for i in ok]))
+            embedded = self.encoder.embed(standardise(planes, self.pre))
             vectors[ok] = embedded if self.transform is None else self.transform.apply(embedded)
         out = {k: batch[k] for k in ("order", "part", "id", "path", "status", "stage", "reason", "meta",
                                      "t_prepare")}  # fmt: skip
@@ -504,7 +508,7 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
                                                        "existing": skip},
                             batch_size=config.batch_size)  # fmt: skip
         actors, threads = ray_config.actors_and_threads(ray.cluster_resources())
-        ds = ds.map_batches(_Embed, fn_constructor_args=(model, threads, transform), batch_size=config.batch_size,
+        ds = ds.map_batches(_Embed, fn_constructor_args=(model, threads, plan.preprocess.to_dict(), transform), batch_size=config.batch_size,
                             concurrency=actors, num_gpus=ray_config.num_gpus_per_worker)  # fmt: skip
         write_to = (raw_url, None, None) if plan.fit is not None else (shard_url, redis, redis_held)
         ds = ds.map_batches(_Write, fn_constructor_args=write_to, batch_size=config.batch_size,

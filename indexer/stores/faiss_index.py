@@ -62,9 +62,11 @@ class IndexMixin:
             self._kind = parse_kind(DEFAULT_KIND)
         if self._requested_kind not in (None, "auto"):
             self._kind = parse_kind(self._requested_kind)
-        # Flat is kept up to date while writing; other kinds (and an ``auto`` build that has not
-        # chosen yet) are built from the shards when the writer closes.
-        self._incremental = self._kind.exact and not (self._requested_kind == "auto" and not stored)
+        # Flat is kept up to date while writing, unless the writer defers it; other kinds (and an
+        # ``auto`` build that has not chosen yet) are built from the shards when the writer closes.
+        self._incremental = (
+            self._kind.exact and not (self._requested_kind == "auto" and not stored) and not self._defer_index
+        )
 
     def _remove(self, ids: np.ndarray) -> None:
         """Remove ``ids`` from the in-memory index; a graph that cannot remove is dropped (rebuilt later)."""

@@ -134,6 +134,11 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
         is built from the shards when the writer closes.
     memory
         ``auto``'s memory budget for the index, in bytes (default 4 GiB).
+    defer_index
+        A writer that only writes (a build): a Flat index is not kept up to date in memory while writing
+        but built from the shards when the writer closes (or at its first search), so a build does not
+        hold every vector (768 B per image with the tiny model, 3 KB with ViT-B) while it embeds. Other
+        kinds keep what they hold: rebuilding a graph or re-filling IVF lists costs more than holding them.
     nprobe, ef_search, rerank
         Search parameters overriding the ones the build chose and the manifest records (``rerank``: a
         PQ kind's candidates per result re-scored with the float vectors; 0 ranks by the codes).
@@ -157,8 +162,10 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
         nprobe: int | None = None,
         ef_search: int | None = None,
         rerank: int | None = None,
+        defer_index: bool = False,
     ) -> None:
         self.directory = Path(directory)
+        self._defer_index = defer_index and not read_only
         if kind is not None and kind != "auto":
             parse_kind(kind)  # a typo fails before anything is opened
         self._requested_kind = kind

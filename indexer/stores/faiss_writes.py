@@ -63,7 +63,10 @@ class WriteMixin:
         present = ids[self._records.contains(ids)]
         self._remove(present)
         if self._index is not None:
-            self._index.add_with_ids(vectors, ids)
+            if self._defer_index and self._kind.exact:
+                self._index = None  # a snapshot loaded on open: rebuilt from the shards on close
+            else:
+                self._index.add_with_ids(vectors, ids)
         self._gpu_index = UNTRIED
         self._changed = True
         self._rerank.invalidate()

@@ -8,9 +8,11 @@ from indexer.errors import ConfigError
 from indexer.preprocess import (
     dataset_window,
     normalise_intensity,
+    prepare_plane,
     preprocess,
     preprocess_image,
     sample_pixels,
+    standardise,
     target_size,
     to_model_input,
 )
@@ -112,3 +114,43 @@ def test_config_validation():
         PreprocessConfig(image_size=(100, 100), patch_size=16)
     with pytest.raises(ConfigError):
         IntensityConfig(mode="nope")
+
+
+def _preprocess_as_before(image: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor:
+    """The build's preprocessing before it kept one plane per image: the reference it must equal."""
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(image.astype(np.int32))[None]
+    lo, hi = (torch.tensor(np.percentile(image, q), dtype=torch.float32).view(1, 1, 1)
+              for q in (cfg.intensity.low, cfg.intensity.high))  # fmt: skip
+    unit = ((t.float() - lo) / (hi - lo).clamp_min(1e-6)).clamp_(0.0, 1.0)
+    x = F.interpolate(unit[None], size=cfg.image_size, mode="bilinear", align_corners=False, antialias=True)
+    x = x.expand(-1, 3, -1, -1)
+    mean = torch.tensor(cfg.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.image_std).view(1, 3, 1, 1)
+    return ((x - mean) / std)[0]
+
+
+def test_a_prepared_plane_is_one_channel_and_standardised_per_batch_to_the_same_input(real_images):
+    """A build's decode workers hand over one resized plane per image (200 KB at 224 px), not the model's
+    three standardised channels (600 KB): the decode window holds a third. The batch then made from the
+    planes equals the reference preprocessing bit for bit."""
+    cfg = PreprocessConfig()
+    images = [decode_tiff(p.read_bytes()) for p in real_images[:4]]
+    planes = [prepare_plane(im, cfg) for im in images]
+    assert all(p.shape == (1, 224, 224) and p.dtype == torch.float32 for p in planes)
+    batch = standardise(torch.stack(planes), cfg)
+    assert batch.shape == (4, 3, 224, 224)
+    for i, im in enumerate(images):
+        assert torch.equal(batch[i], _preprocess_as_before(im, cfg))
+        assert torch.equal(preprocess_image(im, cfg), batch[i])
+
+
+def test_preprocessing_leaves_a_float_input_unchanged(real_images):
+    """The intensity window is applied in place on a copy, never on the caller's pixels."""
+    image = decode_tiff(real_images[0].read_bytes()).astype(np.float32)
+    before = image.copy()
+    preprocess_image(image, PreprocessConfig())
+    t = torch.from_numpy(image)[None]
+    normalise_intensity(t, IntensityConfig())
+    assert np.array_equal(image, before) and np.array_equal(t[0].numpy(), before)

@@ -26,7 +26,8 @@ def test_prepare_item_gives_pixels_or_a_rejected_row(real_images, tmp_path):
         SourceItem(str(good), good.read_bytes, ImageMeta(well="A14")), PRE, frozenset(), False
     )
     assert ok.rejected is None and not ok.skipped
-    assert tuple(ok.pixels.shape) == (3, 64, 64) and ok.record.well == "A14"
+    # One resized plane: the three model channels and their mean/std are made per batch.
+    assert tuple(ok.pixels.shape) == (1, 64, 64) and ok.record.well == "A14"
 
     bad = tmp_path / "broken.tif"
     bad.write_bytes(good.read_bytes()[:300])
