@@ -18,13 +18,14 @@ import argparse
 import gc
 import sys
 import tempfile
-import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import best_of  # noqa: E402
 
 ROWS = "ABCDEFGHIJKLMNOP"
 
@@ -61,13 +62,7 @@ def held(build) -> tuple[float, object]:
 
 def per_call(fn, ids: list[int], repeats: int = 5) -> float:
     """Best-of-``repeats`` seconds per call of ``fn`` over ``ids``."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for i in ids:
-            fn(i)
-        best = min(best, time.perf_counter() - start)
-    return best / len(ids)
+    return best_of(lambda: [fn(i) for i in ids], repeats) / len(ids)
 
 
 def main(n: int, queries: int) -> None:

@@ -228,10 +228,8 @@ class _Lister:
         self.table = table
         self.seen_files = _SeenFiles()
         self.seen_dirs: dict[str, str] = {}
-        self._folder: tuple[str | None, str] = (
-            None,
-            "",
-        )  # the folder of the files listed last, its real path
+        # The folder of the files listed last, and its real path.
+        self._folder: tuple[str | None, str] = (None, "")
 
     def _first_time(self, real: str, display: str, opened: str) -> bool:
         first = self.seen_files.first(real, display, opened)

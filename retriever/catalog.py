@@ -171,10 +171,15 @@ class Catalog:
         keys = tuple(keys)
         if not keys or keys != GROUP_KEYS[: len(keys)]:
             raise ValueError(f"relatives are grouped by a prefix of ({', '.join(GROUP_KEYS)}), not {keys}")
+        return self._members(image_id, keys, unknown_is_none=True)
+
+    def _members(self, image_id: int, keys: tuple[str, ...], unknown_is_none: bool) -> np.ndarray | None:
+        """Ids equal to ``image_id`` on ``keys`` (a prefix of :data:`GROUP_KEYS`), from the group index.
+        With ``unknown_is_none`` a key the image lacks gives ``None``; otherwise None matches None."""
         groups = self._group_index()
         columns = self.records.columns(keys, ids=[image_id])
         key = [int(columns[k][0]) for k in keys]
-        if any(v == (-1 if k in CODED_FIELDS else NO_INT) for k, v in zip(keys, key)):
+        if unknown_is_none and any(v == (-1 if k in CODED_FIELDS else NO_INT) for k, v in zip(keys, key)):
             return None  # two unknown wells are not the same well
         return groups.members(key)
 
@@ -241,8 +246,7 @@ class Catalog:
         rec = self.record(image_id)
         same_site: list[ImageRecord] = []
         if rec.well is not None:
-            codes = self.records.columns(GROUP_KEYS, ids=[image_id])
-            members = self._group_index().members([int(codes[k][0]) for k in GROUP_KEYS])
+            members = self._members(image_id, GROUP_KEYS, unknown_is_none=False)
             same_site = [r for r in self.records.get_many(members) if r is not None]  # in id order
         others = sorted(
             (r for r in same_site if r.z == rec.z and r.channel != rec.channel), key=lambda r: str(r.channel)
