@@ -11,12 +11,18 @@ All three run in one process on the same distinct images (real BBBC006 pixels, L
     python bench/bench_build.py --model tiny --images 192
     python bench/bench_build.py --model base --images 48
     python bench/bench_build.py --model base --images 48 --precision fp32   # or --compile
+    python bench/bench_build.py --model small --images 160 --precision fp32 --isa avx2
+
+``--isa avx2`` runs the bench as an AVX2-only CPU would (most users' CPUs: no AVX512, no AVX512-BF16,
+no AMX): torch's kernels, MKL and oneDNN are capped at AVX2 through their environment variables, which
+they read once, when loaded; so the bench starts itself again with them set.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tempfile
 import time
@@ -34,6 +40,27 @@ from indexer.decode import decode_tiff  # noqa: E402
 from indexer.encoder import ViTMAEEncoder, resolve_preprocess  # noqa: E402
 from indexer.preprocess import preprocess_image  # noqa: E402
 from indexer.stores.faiss_store import FaissStore  # noqa: E402
+
+#: The variables that cap each library's instruction set at AVX2: torch's own kernels (and inductor's
+#: generated code), MKL's GEMMs and oneDNN's.
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def cap_isa(isa: str) -> None:
+    """Start this script again with the instruction set capped at ``isa`` unless it already is.
+
+    torch, MKL and oneDNN read their variables when first loaded, and torch is already imported here, so
+    setting them now would change nothing: the process replaces itself (same arguments) instead.
+    """
+    if isa == "native" or all(os.environ.get(k) == v for k, v in AVX2_ONLY.items()):
+        return
+    # A cache of its own for inductor (--compile): its cache key leaves out MKL's instruction set, and
+    # the frozen graph holds weights packed for that set. A native run that read kernels cached by a
+    # capped one crashed here ("double free or corruption"), and a capped run after a native one
+    # returned NaN; with a fresh cache each way matches eager to 6e-8.
+    cache = Path(tempfile.gettempdir()) / f"torchinductor-{isa}-{os.getuid()}"
+    env = {**os.environ, **AVX2_ONLY, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 def make_model(kind: str, folder: Path) -> Path:
@@ -90,7 +117,10 @@ def main() -> None:
     ap.add_argument(
         "--compile", action="store_true", help="torch.compile the model (compiled during warm-up)"
     )
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native",
+                    help="avx2: run as an AVX2-only CPU would (no AVX512, no native bf16)")  # fmt: skip
     args = ap.parse_args()
+    cap_isa(args.isa)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tmp = Path(tempfile.mkdtemp(prefix="mae-bench-"))
     model_dir = make_model(args.model, tmp / "model")
@@ -141,7 +171,8 @@ def main() -> None:
             1, ("model only (batch 1)", f"{t_single:.2f}", f"{n / t_single:.1f}", f"{t_model / t_single:.2f}")
         )
     compiled = ", compiled" if args.compile else ""
-    print_table(f"Build throughput, model={args.model} ({encoder.precision}{compiled}), {n} images, batch {args.batch_size}, "
+    isa = torch.backends.cpu.get_cpu_capability()
+    print_table(f"Build throughput, model={args.model} ({encoder.precision}{compiled}, CPU kernels {isa}), {n} images, batch {args.batch_size}, "
                 f"{args.workers} workers, {torch.get_num_threads()} torch threads, best of {args.repeats}",
                 rows, ("pipeline", "seconds", "img/s", "x model-only"))  # fmt: skip
     print(f"\nbuild / model-only = {t_model / t_build:.2f}   (target >= 0.90)")

@@ -39,7 +39,11 @@ def native_bf16(device: torch.device) -> bool:
         # Pre-Ampere cards (V100, T4) only emulate bf16, which is slower than their fp16/fp32.
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        # Without these instructions oneDNN emulates bf16, which is slower than fp32.
+        # Without these instructions oneDNN emulates bf16, which is slower than fp32. They count only where
+        # torch runs its kernels at AVX512: one capped at AVX2 (ATEN_CPU_CAPABILITY, with oneDNN's
+        # ONEDNN_MAX_CPU_ISA beside it) would emulate bf16 on a chip that has it.
+        if torch.backends.cpu.get_cpu_capability() != "AVX512":
+            return False
         cpu = torch.cpu
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(getattr(cpu, name, lambda: False)() for name in checks)

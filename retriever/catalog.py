@@ -1,6 +1,10 @@
 """What the explorer knows of the served index: its records, their facets, one record's siblings, the
 plate map's layout and vectors. Loaded on first use; the served index does not change while served.
 
+The plate map reads the vectors of the plate it is asked for, not of the index: a map is one plate's
+(52,224 images for BBBC006), while the index may hold ~190 plates (10 M images, 30 GB of 768-d vectors).
+The plates asked for last are kept, within a byte budget (:data:`PLATE_CACHE_BYTES`).
+
 Why columns: the records are the index's (52,224 for a full plate, 10 M for the plates users plan). A
 dict of one :class:`~indexer.stores.base.ImageRecord` per image held ~185 B per record beside the store's
 own, and answering a record's siblings scanned all of them per request. Here the records are a
@@ -21,6 +25,7 @@ import numpy as np
 
 from indexer.stores.base import ImageRecord, VectorStore
 from indexer.stores.record_table import CODED_FIELDS, NO_INT, RecordTable
+from retriever.lru import SizedLRU
 from retriever.server import ClientError
 
 ROWS = "ABCDEFGHIJKLMNOP"
@@ -31,6 +36,8 @@ GROUP_KEYS = ("plate", "well", "site")
 FACET_FIELDS = ("plate", "well", "site", "channel", "z")
 #: Records read from a store without a record table per request to it.
 READ_CHUNK = 10_000
+#: The plate map's vectors kept between requests: about three full BBBC006 plates at 768-d (160 MB each).
+PLATE_CACHE_BYTES = 512 * 2**20
 
 
 def _facet_order(value: Any) -> tuple:
@@ -96,46 +103,81 @@ class _Groups:
         return self.ids[self.bounds[lo] : self.bounds[hi]]
 
 
-def record_table(store: VectorStore, chunk: int = READ_CHUNK) -> RecordTable:
+def record_table(
+    store: VectorStore, chunk: int = READ_CHUNK, mirror: VectorStore | None = None
+) -> RecordTable:
     """The records of ``store`` in columns: its own table where it keeps one (``record_table``, the FAISS
-    store), else its records read into a new table ``chunk`` at a time."""
+    store); else the table of ``mirror`` (its FAISS mirror) where that holds exactly ``store``'s ids;
+    else ``store``'s records read into a new table ``chunk`` at a time.
+
+    Why the mirror's: a Redis index and its mirror are one index (one ``index_uid``), so the same ids are
+    the same records, and reading them from Redis would make a second copy (~150 B per image with its
+    path). A mirror with other ids (behind its Redis index) is not used: the searched store decides.
+    """
     table = getattr(store, "record_table", None)
     if isinstance(table, RecordTable):
         return table
-    table = RecordTable()
     ids = store.ids()
+    mirrored = getattr(mirror, "record_table", None)
+    if isinstance(mirrored, RecordTable) and np.array_equal(mirror.ids(), ids):  # both sorted
+        return mirrored
+    table = RecordTable()
     for start in range(0, len(ids), chunk):
         table.put([r for r in store.get(ids[start : start + chunk]) if r is not None])
     table.seal()
     return table
 
 
+class _PlateVectors:
+    """One plate's rows of the layout that have a well cell, in cell order, their vectors, and where each
+    cell's rows start."""
+
+    def __init__(self, rows: np.ndarray, cells: np.ndarray, vectors: np.ndarray) -> None:
+        self.rows = rows
+        self.vectors = vectors
+        # Rows grouped by well once, so a query's per-well maximum is one reduceat (np.maximum.at is ~10x slower).
+        self.starts = (
+            np.flatnonzero(np.r_[True, np.diff(cells) != 0]) if len(cells) else np.empty(0, np.int64)
+        )
+        self.start_cells = cells[self.starts] if len(cells) else np.empty(0, np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (the vectors, and the rows and groups beside them)."""
+        return self.vectors.nbytes + self.rows.nbytes + self.starts.nbytes + self.start_cells.nbytes
+
+
 class Catalog:
-    """The index's records and, for the plate map, its vectors: loaded once, on first use.
+    """The index's records and, for the plate map, one plate's vectors at a time: loaded on first use.
 
     ``vectors`` come from ``vector_store`` (the FAISS mirror when there is one: an in-memory copy,
-    exact, no round trips), else from the searched store; the records from the searched store
-    (:func:`record_table`, ``read_chunk`` at a time where it has no table of its own).
+    exact, no round trips), else from the searched store; the records are the searched store's
+    (:func:`record_table`: its own table, the mirror's where it holds the same ids, or read ``read_chunk``
+    at a time). The plates whose
+    vectors were read last are kept within ``plate_cache_bytes``.
     """
 
     def __init__(self, store: VectorStore, vector_store: VectorStore | None = None,
-                 read_chunk: int = READ_CHUNK) -> None:  # fmt: skip
+                 read_chunk: int = READ_CHUNK, plate_cache_bytes: int = PLATE_CACHE_BYTES) -> None:  # fmt: skip
         self.store = store
         self.vector_store = vector_store or store
         self.read_chunk = read_chunk
         self._lock = threading.Lock()
+        self._plate_lock = threading.Lock()  # one reader of a plate's vectors at a time, not one per request
         self._table: RecordTable | None = None
         self._groups: _Groups | None = None
-        self._matrix: tuple[np.ndarray, np.ndarray] | None = None
+        self._ids: np.ndarray | None = None
         self._layout: dict[str, Any] | None = None
         self._facets: dict[str, Any] | None = None
+        self._plates = SizedLRU(plate_cache_bytes, sizeof=lambda plate: plate.nbytes)
 
     @property
     def records(self) -> RecordTable:
         """id -> record of every indexed image: a read-only ``Mapping`` that makes records on access."""
         with self._lock:
             if self._table is None:
-                self._table = record_table(self.store, self.read_chunk)
+                mirror = self.vector_store if self.vector_store is not self.store else None
+                self._table = record_table(self.store, self.read_chunk, mirror)
             return self._table
 
     def record(self, image_id: int) -> ImageRecord:
@@ -183,13 +225,21 @@ class Catalog:
             return None  # two unknown wells are not the same well
         return groups.members(key)
 
-    def matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, vectors)`` of every indexed image, ids sorted."""
+    def ids(self) -> np.ndarray:
+        """The ids of every image of the vector store, sorted: the rows of :meth:`layout`."""
         with self._lock:
-            if self._matrix is None:
-                ids = np.sort(np.asarray(self.vector_store.ids(), dtype=np.int64))
-                self._matrix = (ids, np.ascontiguousarray(self.vector_store.get_vectors(ids), np.float32))
-            return self._matrix
+            if self._ids is None:
+                self._ids = np.sort(np.asarray(self.vector_store.ids(), dtype=np.int64))
+            return self._ids
+
+    def vector(self, image_id: int) -> np.ndarray:
+        """The stored vector of an indexed image (404 where the vector store has none)."""
+        try:
+            return np.asarray(
+                self.vector_store.get_vectors(np.array([image_id], dtype=np.int64))[0], np.float32
+            )
+        except KeyError:
+            raise ClientError(HTTPStatus.NOT_FOUND, f"id {image_id} has no stored vector") from None
 
     def facets(self) -> dict[str, Any]:
         """Counts per plate, well, site, channel and z (values sorted; missing metadata as ``null``).
@@ -209,12 +259,12 @@ class Catalog:
         return self._facets
 
     def layout(self) -> dict[str, Any]:
-        """Per row of :meth:`matrix`: plate well cell (row * 24 + column, -1 if none), plate, channel, site
+        """Per id of :meth:`ids`: plate well cell (row * 24 + column, -1 if none), plate, channel, site
         (codes into ``plate_names`` / ``channel_names``, numbered as the sorted ids first name them)."""
         with self._lock:
             if self._layout is not None:
                 return self._layout
-        ids, _ = self.matrix()
+        ids = self.ids()
         table = self.records
         columns = table.columns(("plate", "well", "channel", "site"), ids=ids)  # an id not held: all None
         plate, plate_names = _codes_by_first_sight(table, "plate", columns["plate"])
@@ -222,17 +272,10 @@ class Catalog:
         site = np.where(columns["site"] == NO_INT, -1, columns["site"]).astype(np.int32)
         wells, inverse = np.unique(columns["well"], return_inverse=True)
         cell = np.array([_cell(w) for w in table.decode("well", wells)], dtype=np.int32)[inverse.reshape(-1)]
-        # Rows grouped by well once, so a query's per-well maximum is one reduceat (np.maximum.at is ~10x slower).
-        order = np.argsort(cell, kind="stable")
-        order = order[cell[order] >= 0]
-        starts = (
-            np.flatnonzero(np.r_[True, np.diff(cell[order]) != 0]) if len(order) else np.empty(0, np.int64)
-        )
         counts = np.bincount(plate[plate >= 0], minlength=len(plate_names))
         common = max(plate_names, key=lambda p: counts[plate_names[p]]) if plate_names else None
         layout = {"cell": cell, "plate": plate, "channel": channel, "site": site, "plate_names": plate_names,
-                  "channel_names": channel_names, "default_plate": common, "order": order, "starts": starts,
-                  "start_cells": cell[order][starts] if len(order) else np.empty(0, np.int64)}  # fmt: skip
+                  "channel_names": channel_names, "default_plate": common}  # fmt: skip
         with self._lock:
             self._layout = layout
         return layout
@@ -270,23 +313,23 @@ class Catalog:
         Only images of ``plate`` (default: the only or the most common plate) and of the given channels
         and sites count.
         """
-        ids, vectors = self.matrix()
         lay = self.layout()
         plate = plate if plate is not None else lay["default_plate"]
-        keep = (lay["cell"] >= 0) & (lay["plate"] == lay["plate_names"].get(plate, -2))
+        on_plate = self._plate_vectors(lay["plate_names"].get(plate, -1))
+        rows = on_plate.rows
+        keep = np.ones(len(rows), dtype=bool)
         if channels:
-            keep &= np.isin(lay["channel"], [lay["channel_names"].get(c, -2) for c in channels])
+            keep &= np.isin(lay["channel"][rows], [lay["channel_names"].get(c, -2) for c in channels])
         if sites:
-            keep &= np.isin(lay["site"], list(sites))
-        cell = lay["cell"]
+            keep &= np.isin(lay["site"][rows], list(sites))
         q = np.asarray(query, np.float32).reshape(-1)
         q = q / max(float(np.linalg.norm(q)), 1e-12)
-        # All rows then mask: a masked copy of the matrix would cost more than the product.
-        scores = np.where(keep, vectors @ q, -np.inf).astype(np.float32)
+        # All of the plate's rows then mask: a masked copy of its vectors would cost more than the product.
+        scores = np.where(keep, on_plate.vectors @ q, -np.inf).astype(np.float32) if len(rows) else keep
         best = np.full(len(ROWS) * COLUMNS, -np.inf, dtype=np.float32)
-        counts = np.bincount(cell[keep], minlength=len(best))
-        if len(lay["order"]):
-            best[lay["start_cells"]] = np.maximum.reduceat(scores[lay["order"]], lay["starts"])
+        counts = np.bincount(lay["cell"][rows][keep], minlength=len(best))
+        if len(rows):
+            best[on_plate.start_cells] = np.maximum.reduceat(scores, on_plate.starts)
         wells = {}
         for c in range(len(best)):
             well = f"{ROWS[c // COLUMNS]}{c % COLUMNS + 1:02d}"
@@ -298,3 +341,18 @@ class Catalog:
             "wells": wells,
             "images": {w: int(counts[i]) for i, w in enumerate(wells) if counts[i]},
         }
+
+    def _plate_vectors(self, code: int) -> _PlateVectors:
+        """The rows of plate ``code`` (-1: none) that have a well cell, and their vectors: read from the
+        vector store on first use, then kept while within the budget."""
+        with self._plate_lock:
+            held = self._plates.get(code)
+            if held is not None:
+                return held
+            lay = self.layout()
+            rows = np.flatnonzero((lay["plate"] == code) & (lay["cell"] >= 0) if code >= 0 else [])
+            rows = rows[np.argsort(lay["cell"][rows], kind="stable")]  # read in cell order: no copy to sort
+            vectors = self.vector_store.get_vectors(self.ids()[rows]) if len(rows) else np.empty((0, 0))
+            held = _PlateVectors(rows, lay["cell"][rows], np.ascontiguousarray(vectors, np.float32))
+            self._plates.put(code, held)
+            return held

@@ -25,19 +25,16 @@ import binascii
 import hashlib
 import logging
 import mimetypes
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from indexer.errors import DecodeError
 from indexer.sources import load_image
 from retriever import render
 from retriever.catalog import Catalog
+from retriever.lru import SizedLRU
 from retriever.server import App, ClientError, QueryService, Request, Response, json_response, parse_id
 
 log = logging.getLogger(__name__)
@@ -80,38 +77,11 @@ def _one_int(req: Request, name: str, default: int, lo: int, hi: int) -> int:
     return v
 
 
-class ImageCache:
+class ImageCache(SizedLRU):
     """A byte-bounded LRU of rendered PNGs keyed by (id, size)."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple, bytes] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple) -> bytes | None:
-        """The cached bytes, or None (counted as a miss)."""
-        with self._lock:
-            data = self._items.get(key)
-            if data is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return data
-
-    def put(self, key: tuple, data: bytes) -> None:
-        """Store ``data``, evicting the least recently used entries past the byte budget."""
-        with self._lock:
-            old = self._items.pop(key, None)
-            self._size -= len(old) if old else 0
-            self._items[key] = data
-            self._size += len(data)
-            while self._size > self.max_bytes and len(self._items) > 1:
-                _, dropped = self._items.popitem(last=False)
-                self._size -= len(dropped)
+        super().__init__(max_bytes)
 
 
 @dataclass
@@ -219,9 +189,7 @@ def register(
         if "id" in obj:
             qid = parse_id(obj["id"])
             catalog.record(qid)
-            ids, vectors = catalog.matrix()
-            pos = int(np.searchsorted(ids, qid))
-            query = vectors[pos]
+            query = catalog.vector(qid)
         elif isinstance(obj.get("image"), str):
             try:
                 blob = base64.b64decode(obj["image"], validate=True)

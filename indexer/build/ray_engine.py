@@ -33,6 +33,7 @@ driver re-writes the first-listed record of any content found twice (the vectors
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -52,6 +53,7 @@ _NAME_FIELDS = tuple(f for f in RECORD_FIELDS if f not in ("path", "source"))
 
 SHARD_DIR = "ray-shards"
 RAW_DIR = "raw"
+log = logging.getLogger(__name__)
 #: Per-row seconds each stage reports, summed into the build summary under the local build's names.
 _STAGE_COLUMNS = {"t_prepare": "read_decode_preprocess", "t_embed": "model", "t_write": "write"}
 
@@ -297,6 +299,25 @@ def _shard_files(url: str) -> tuple[Any, list[str]]:
     return fs, sorted(p for p in fs.ls(root, detail=False) if str(p).endswith(".parquet"))
 
 
+def warn_loose_shards(shard_url: str) -> list[str]:
+    """Log one warning for finished shards lying directly under a custom ``shard_url``, and return them.
+
+    Builds before shards were kept per index (:func:`shard_root`) left a killed run's shards there. No
+    index imports them now, so their images would be embedded again without a word; which index wrote
+    them is not recorded in them, so they are reported, not guessed at.
+    """
+    _, loose = _shard_files(shard_url)
+    if loose:
+        log.warning(
+            "%d Ray shard(s) lie directly under %s (e.g. %s), left by a build from before shards were "
+            "kept per index; no build imports them, so their images are embedded again. To reuse them, "
+            "move them under <shard_url>/<index_uid>/ (index_uid: the manifest of the index that wrote "
+            "them); otherwise delete them.",
+            len(loose), shard_url, Path(str(loose[0])).name,
+        )  # fmt: skip
+    return loose
+
+
 def import_shards(shard_url: str, faiss_store) -> int:
     """Add every finished shard under ``shard_url`` to the FAISS store, flush, then delete the shards."""
     import pyarrow.parquet as pq
@@ -464,6 +485,8 @@ def run_ray_build(config: BuildConfig, ray_config: RayConfig, stores: list, enco
     """
     ray = _ray()
     t0 = time.perf_counter()
+    if ray_config.shard_url is not None:
+        warn_loose_shards(ray_config.shard_url)
     own = shard_root(config.index_dir, ray_config.shard_url, stores[0].read_manifest())
     recovered = import_shards(own, stores[0]) if own else 0  # shards a killed run finished, never imported
     ledger = Ledger(config.strict)

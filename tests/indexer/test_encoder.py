@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -55,6 +58,20 @@ def test_precision_auto_is_bf16_only_where_native():
     assert resolve_precision(cpu, "auto") == ("bf16" if native_bf16(cpu) else "fp32")
     assert resolve_precision(cpu, "fp32") == "fp32"
     assert resolve_precision(cpu, "bf16") == "bf16"
+
+
+def test_precision_auto_is_fp32_where_torch_runs_without_avx512():
+    """A CPU whose kernels torch runs at AVX2 (an AVX2-only CPU, or one capped with ATEN_CPU_CAPABILITY)
+    has no native bf16 path, whatever cpuinfo says of the chip: bf16 there would be emulated, slower than
+    fp32. Checked in a fresh process, since torch reads the cap once, when loaded."""
+    code = (
+        "import torch; from indexer.encoder import native_bf16, resolve_precision; "
+        "cpu = torch.device('cpu'); "
+        "print(torch.backends.cpu.get_cpu_capability(), native_bf16(cpu), resolve_precision(cpu, 'auto'))"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["AVX2", "False", "fp32"]
 
 
 def test_bf16_vectors_match_fp32_and_do_not_depend_on_batch_size(encoder, tiny_model_dir, real_images):

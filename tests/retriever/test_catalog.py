@@ -82,14 +82,10 @@ def ref_layout(records: dict[int, ImageRecord], ids: np.ndarray) -> dict[str, An
             row, col = ROWS.find(r.well[0]), int(r.well[1:]) - 1
             if 0 <= row < len(ROWS) and 0 <= col < COLUMNS:
                 cell[n] = row * COLUMNS + col
-    order = np.argsort(cell, kind="stable")
-    order = order[cell[order] >= 0]
-    starts = np.flatnonzero(np.r_[True, np.diff(cell[order]) != 0]) if len(order) else np.empty(0, np.int64)
     counts = np.bincount(plate[plate >= 0], minlength=len(plate_names))
     common = max(plate_names, key=lambda p: counts[plate_names[p]]) if plate_names else None
     return {"cell": cell, "plate": plate, "channel": channel, "site": site, "plate_names": plate_names,
-            "channel_names": channel_names, "default_plate": common, "order": order, "starts": starts,
-            "start_cells": cell[order][starts] if len(order) else np.empty(0, np.int64)}  # fmt: skip
+            "channel_names": channel_names, "default_plate": common}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -169,7 +165,8 @@ def test_every_records_siblings_equal_the_dict_implementation(filled):
 def test_the_plate_layout_and_map_equal_the_dict_implementation(filled):
     store, records = filled
     catalog = Catalog(store, read_chunk=7)
-    ids, vectors = catalog.matrix()
+    ids = np.sort(store.ids())
+    vectors = store.get_vectors(ids)
     got, ref = catalog.layout(), ref_layout(records, ids)
     assert got.keys() == ref.keys()
     for key in ref:
@@ -180,17 +177,87 @@ def test_the_plate_layout_and_map_equal_the_dict_implementation(filled):
     assert list(got["plate_names"]) == ["p2", "p1", "p3"]  # codes in the order of the sorted ids
     for q in (0, 5, 17):
         for plate, channels, sites in ((None, (), ()), ("p3", ("w1",), (1,)), ("p1", ("w2", "w1"), (2,))):
-            assert _json(catalog.plate_map(vectors[q], plate, channels, sites)) == _json(
-                _ref_plate_map(ref, ids, vectors, vectors[q], plate, channels, sites)
+            _assert_same_map(
+                catalog.plate_map(vectors[q], plate, channels, sites),
+                _ref_plate_map(ref, ids, vectors, vectors[q], plate, channels, sites),
             )
 
 
 def _ref_plate_map(lay, ids, vectors, query, plate, channels, sites):
-    """The plate map over the reference layout (the code is unchanged: it reads the layout only)."""
-    catalog = Catalog.__new__(Catalog)
-    catalog.matrix = lambda: (ids, vectors)  # type: ignore[method-assign]
-    catalog.layout = lambda: lay  # type: ignore[method-assign]
-    return Catalog.plate_map(catalog, query, plate, channels, sites)
+    """The plate map over the reference layout, scanning every image: the best score per well of the
+    images of the plate (default: the most common), channels and sites asked for."""
+    plate = plate if plate is not None else lay["default_plate"]
+    code = lay["plate_names"].get(plate, -2)
+    chosen = [lay["channel_names"].get(c, -2) for c in channels]
+    best: dict[int, float] = {}
+    count: dict[int, int] = {}
+    for n in range(len(ids)):
+        if lay["cell"][n] < 0 or lay["plate"][n] != code:
+            continue
+        if (channels and lay["channel"][n] not in chosen) or (sites and lay["site"][n] not in sites):
+            continue
+        c = int(lay["cell"][n])
+        best[c] = max(best.get(c, -np.inf), float(vectors[n] @ query))
+        count[c] = count.get(c, 0) + 1
+    wells = {f"{ROWS[c // COLUMNS]}{c % COLUMNS + 1:02d}": c for c in range(len(ROWS) * COLUMNS)}
+    return {"plate": plate, "rows": list(ROWS), "columns": COLUMNS,
+            "wells": {w: (round(best[c], 6) if c in best else None) for w, c in wells.items()},
+            "images": {w: count[c] for w, c in wells.items() if c in count}}  # fmt: skip
+
+
+def _assert_same_map(got, want):
+    assert {k: v for k, v in got.items() if k != "wells"} == {k: v for k, v in want.items() if k != "wells"}
+    assert [w for w, s in got["wells"].items() if s is None] == [
+        w for w, s in want["wells"].items() if s is None
+    ]
+    for w, s in want["wells"].items():
+        assert got["wells"][w] == (None if s is None else pytest.approx(s, abs=2e-6)), w
+
+
+class _CountingStore:
+    """The store as the catalog sees it, counting the vectors it is asked for (the real store answers)."""
+
+    def __init__(self, store):
+        self.store, self.asked = store, 0
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def get_vectors(self, ids):
+        self.asked += len(ids)
+        return self.store.get_vectors(ids)
+
+
+def test_the_plate_map_reads_the_vectors_of_the_plate_asked_for_and_keeps_a_bounded_few(filled):
+    """The plate map needs the images of one plate, not of the index: 10 M images are ~190 plates, and
+    their vectors (30 GB at 768-d) would all have been read into the server on the first map. Now a map
+    reads its plate's vectors once, and the catalog keeps the plates asked for last within a byte budget."""
+    store, records = filled
+    ids = np.sort(store.ids())
+    vectors = store.get_vectors(ids)
+    per_plate = {
+        p: sum(r.plate == p and r.well is not None for r in records.values()) for p in ("p1", "p2", "p3")
+    }
+    one_plate = per_plate["p2"] * DIM * 4
+    counting = _CountingStore(store)
+    catalog = Catalog(store, counting, plate_cache_bytes=one_plate + per_plate["p3"] * DIM * 4)
+    ref = ref_layout(records, ids)
+    q = vectors[4]
+    for plate, channels, sites in ((None, (), ()), ("p2", ("w1",), (2,)), ("p3", (), (1,))):
+        _assert_same_map(
+            catalog.plate_map(q, plate, channels, sites),
+            _ref_plate_map(ref, ids, vectors, q, plate, channels, sites),
+        )
+    assert ref["default_plate"] == "p2"
+    assert counting.asked == per_plate["p2"] + per_plate["p3"]  # p2 once (kept), then p3; never all
+    _assert_same_map(catalog.plate_map(q, "p1", (), ()), _ref_plate_map(ref, ids, vectors, q, "p1", (), ()))
+    assert counting.asked == sum(per_plate.values())
+    # p1 pushed out p2, the least recently asked for (the budget holds p2 and p3, not p1 beside them)
+    catalog.plate_map(q, "p1", (), ())
+    assert counting.asked == sum(per_plate.values())
+    catalog.plate_map(q, "p2", (), ())
+    assert counting.asked == sum(per_plate.values()) + per_plate["p2"]
+    assert catalog.plate_map(q, "no such plate", (), ())["images"] == {}
 
 
 def test_an_unknown_id_is_a_404_and_the_count_is_the_store_s(filled):
@@ -204,6 +271,36 @@ def test_an_unknown_id_is_a_404_and_the_count_is_the_store_s(filled):
     assert len(catalog.records) == len(records) == store.count()
     if isinstance(store, FaissStore):
         assert catalog.records is store.record_table  # the store's own table, not a copy
+
+
+@pytest.mark.redis
+def test_a_redis_served_catalog_uses_the_mirror_s_records_when_both_hold_the_same_ids(redis_config, tmp_path):
+    """Served from Redis with its FAISS mirror open (``mae-search serve`` on a Redis index), the catalog
+    read every record from Redis into a table of its own, beside the mirror's table of the same records:
+    at 10 M images, two copies. It now takes the mirror's when the two hold the same ids, and reads Redis
+    when they differ (a mirror behind its Redis index), so what it answers is always the searched store's."""
+    from indexer.stores.redis_store import RedisStore
+
+    records = fixture_records()
+    vectors = _vectors(len(records))
+    redis = RedisStore(redis_config, dim=DIM)
+    redis.add(vectors, records)
+    with FaissStore(tmp_path / "idx", dim=DIM) as writer:
+        writer.add(vectors, records)
+    mirror = FaissStore(tmp_path / "idx", read_only=True)
+    catalog = Catalog(redis, mirror, read_chunk=7)
+    assert catalog.records is mirror.record_table
+    assert _json(catalog.facets()) == _json(ref_facets({r.id: r for r in records}))
+
+    extra = ImageRecord(
+        id=424_242, path="/d/p1/A01_s1_w1_z9.tif", plate="p1", well="A01", site=1, channel="w1", z=9
+    )
+    redis.add(_vectors(1, seed=1), [extra])  # in Redis, not yet in the mirror
+    behind = Catalog(redis, mirror, read_chunk=7)
+    assert behind.records is not mirror.record_table
+    assert len(behind.records) == len(records) + 1 and behind.record(424_242) == extra
+    redis.close()
+    mirror.close()
 
 
 # --------------------------------------------------------------------------- memory

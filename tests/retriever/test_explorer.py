@@ -61,7 +61,8 @@ def test_image_cache_is_a_byte_bounded_lru():
 def test_plate_map_is_the_best_score_per_well(index_dir):  # noqa: F811
     store = FaissStore(index_dir, read_only=True)
     catalog = explorer.Catalog(store)
-    ids, vectors = catalog.matrix()
+    ids = np.sort(store.ids())
+    vectors = store.get_vectors(ids)
     q = vectors[3]
     out = catalog.plate_map(q, None, ("w2",), (1,))
     truth: dict[str, float] = {}

@@ -44,3 +44,25 @@ def test_a_folder_made_before_uids_gets_one_when_built_into_and_keeps_it(tmp_pat
     assert store.read_manifest()[UID_KEY] == uid and store.count() == 1
     store.close()
     assert FaissStore(tmp_path / "idx", read_only=True).read_manifest()[UID_KEY] == uid  # sealed, durable
+
+
+def test_shards_left_directly_under_a_custom_url_by_an_older_run_are_reported_not_ignored(tmp_path, caplog):
+    """Before shards were kept per index, a killed run left its finished shards directly under a custom
+    URL. No index imports them now (each reads ``<url>/<uid>``), so their images would be embedded again
+    without a word: the build says where they are and what to do with them."""
+    import logging
+
+    from indexer.build.ray_engine import warn_loose_shards
+
+    url = tmp_path / "shards"
+    (url / ("a" * 32)).mkdir(parents=True)
+    (url / ("a" * 32) / "own.parquet").write_bytes(b"x")  # an index's own, under its uid: not loose
+    assert warn_loose_shards(str(url)) == []
+    for name in ("w0-1.parquet", "w1-1.parquet"):
+        (url / name).write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="indexer.build.ray_engine"):
+        loose = warn_loose_shards(str(url))
+    assert [Path(p).name for p in loose] == ["w0-1.parquet", "w1-1.parquet"]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "2 Ray shard" in message and "w0-1.parquet" in message and "<shard_url>/<index_uid>/" in message
+    assert warn_loose_shards(str(tmp_path / "absent")) == []
