@@ -5,7 +5,7 @@ within 10 % of its level after warm-up.
 
 Builds a small index of the shipped real images with the shipped tiny model, starts the server as a
 subprocess on 127.0.0.1 and runs the mixed load of ``bench/server_load.py`` (uploads, id queries,
-batches, health checks, bad requests).
+batches, health checks, bad requests, and the explorer's plate map, records and thumbnails).
 """
 
 from __future__ import annotations

@@ -342,7 +342,7 @@ def serve_step(args, index: Path, url: str, data: Path, env: dict) -> list[dict]
 
 def sustained_load(args, pid: int, port: int, index: Path, picks: list[Path]) -> dict:
     """``--load-minutes`` of bench/server_load.py's mixed load (uploads, id queries, batches, health,
-    bad requests) from ``--load-clients`` keep-alive clients; the server's RSS every 5 s."""
+    bad requests, plate maps, records, thumbnails) from ``--load-clients`` keep-alive clients; the server's RSS every 5 s."""
     from bench.server_load import run_load
     from indexer.stores.faiss_store import FaissStore
 

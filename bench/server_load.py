@@ -2,7 +2,8 @@
 
 Used by ``bench/bench_server_rss.py`` (the 10-minute measurement) and by the short RSS test in
 ``tests/retriever/test_server_rss.py``. Each client keeps one keep-alive connection and cycles through
-uploads, id queries, a batch, health checks and bad requests (which must not leak either).
+uploads, id queries, a batch, health checks, bad requests (which must not leak either), and the web
+explorer's plate map, record and thumbnail requests (whose caches must stay within their budgets).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def run_load(
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         i = n
         while not stop.is_set():
-            kind = i % 6
+            kind = i % 9
+            some_id = ids[(i * 7919) % len(ids)]
             if kind in (0, 1):
                 req, want = ("POST", f"/query?k=10&site={1 + i % 2}", blobs[i % len(blobs)]), 200
             elif kind == 2:
@@ -60,8 +62,14 @@ def run_load(
                 req, want = ("POST", "/query/batch", batch), 200
             elif kind == 4:
                 req, want = ("GET", "/health", None), 200
-            else:
+            elif kind == 5:
                 req, want = ("POST", "/query?wel=Z99", b"not a tiff"), 400
+            elif kind == 6:
+                req, want = ("POST", "/api/plate", json.dumps({"id": some_id, "site": 1 + i % 2})), 200
+            elif kind == 7:
+                req, want = ("GET", f"/api/record/{some_id}", None), 200
+            else:
+                req, want = ("GET", f"/thumb/{some_id}?size=160", None), 200
             try:
                 conn.request(req[0], req[1], body=req[2])
                 resp = conn.getresponse()
