@@ -20,6 +20,7 @@ from eval import intervals, perturb
 from eval.robustness import NATURAL, RobustnessResult
 from indexer.atomic import atomic_write_json, atomic_write_text
 from indexer.bbbc006.constants import SATURATION
+from retriever import render
 
 CURVE_METRICS = (("self_at_1", "self-retrieval@1"), ("overlap_at_k", "overlap@k"), ("rbo", "RBO"),
                  ("drift_normalised", "drift / median NN distance"))  # fmt: skip
@@ -39,6 +40,9 @@ HEADLINE = (
     "drift_cosine",
     "drift_normalised",
 )
+#: The longer side, in pixels, of each image of the example figure: twice what a 1.7-inch panel shows at
+#: the report's 100 dpi (a 696 x 520 BBBC006 image is drawn block-averaged to 348 x 260).
+EXAMPLE_PX = 348
 #: Metrics whose chance level and chance-corrected score the headline shows.
 HEADLINE_CHANCE = ("self_at_1", "overlap_at_k", "jaccard_at_k", "rbo")
 #: Columns of the headline table printed by the CLI and written into the HTML.
@@ -250,15 +254,17 @@ def _examples(result: RobustnessResult):
         len(names), len(sevs), figsize=(1.7 * len(sevs), 1.5 * len(names)), squeeze=False
     )
     ref = result.examples.get((names[0], 0))
-    lo, hi = np.percentile(ref, [1, 99.8]) if ref is not None else (0, SATURATION)
+    # Python floats, so that the float32 panels stay float32 (a numpy float64 would promote them).
+    lo, hi = (float(v) for v in (np.percentile(ref, [1, 99.8]) if ref is not None else (0, SATURATION)))
     for i, n in enumerate(names):
         for j, s in enumerate(sevs):
             ax = axes[i][j]
             img = result.examples.get((n, s))
             if img is not None:
-                ax.imshow(
-                    np.clip((img.astype(float) - lo) / max(hi - lo, 1), 0, 1), cmap="gray", vmin=0, vmax=1
-                )
+                # Twice the panel's 170 px at 100 dpi is all a reader sees; full size in float64 cost
+                # ~150 MB over the figure, the peak of a whole run.
+                shown = render.downscale(img, EXAMPLE_PX)
+                ax.imshow(np.clip((shown - lo) / max(hi - lo, 1), 0, 1), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

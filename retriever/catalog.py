@@ -153,8 +153,7 @@ class Catalog:
     ``vectors`` come from ``vector_store`` (the FAISS mirror when there is one: an in-memory copy,
     exact, no round trips), else from the searched store; the records are the searched store's
     (:func:`record_table`: its own table, the mirror's where it holds the same ids, or read ``read_chunk``
-    at a time). The plates whose
-    vectors were read last are kept within ``plate_cache_bytes``.
+    at a time). The plates whose vectors were read last are kept within ``plate_cache_bytes``.
     """
 
     def __init__(self, store: VectorStore, vector_store: VectorStore | None = None,
