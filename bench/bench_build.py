@@ -155,21 +155,14 @@ def main() -> None:
         t_naive = min(t_naive, naive_loop(model_dir, items))
 
     n = args.images
-    rows = [
-        ("model only (batched forward)", f"{t_model:.2f}", f"{n / t_model:.1f}", "1.00"),
-        ("mae-index build (end to end)", f"{t_build:.2f}", f"{n / t_build:.1f}", f"{t_model / t_build:.2f}"),
-        (
-            "  same, decode during forward",
-            f"{t_overlap:.2f}",
-            f"{n / t_overlap:.1f}",
-            f"{t_model / t_overlap:.2f}",
-        ),
-        ("naive per-image loop (fp32)", f"{t_naive:.2f}", f"{n / t_naive:.1f}", f"{t_model / t_naive:.2f}"),
-    ]
-    if not args.compile:
-        rows.insert(
-            1, ("model only (batch 1)", f"{t_single:.2f}", f"{n / t_single:.1f}", f"{t_model / t_single:.2f}")
-        )
+
+    def row(name: str, seconds: float) -> tuple[str, ...]:
+        return (name, f"{seconds:.2f}", f"{n / seconds:.1f}", f"{t_model / seconds:.2f}")
+
+    single = [] if args.compile else [row("model only (batch 1)", t_single)]
+    rows = [row("model only (batched forward)", t_model), *single,
+            row("mae-index build (end to end)", t_build), row("  same, decode during forward", t_overlap),
+            row("naive per-image loop (fp32)", t_naive)]  # fmt: skip
     compiled = ", compiled" if args.compile else ""
     isa = torch.backends.cpu.get_cpu_capability()
     print_table(f"Build throughput, model={args.model} ({encoder.precision}{compiled}, CPU kernels {isa}), {n} images, batch {args.batch_size}, "
@@ -182,7 +175,7 @@ def main() -> None:
     batch_one = (f"batch {args.batch_size} is {t_single / t_model:.2f}x batch 1 through the same encoder"
                  if not args.compile else "batch 1 not timed: the compiled encoder pads it to its batch")  # fmt: skip
     print(f"ceiling of build / naive = model-only / naive = {t_naive / t_model:.2f} ({batch_one})")
-    print(f"stage seconds of the last build (summed over threads): {stages}")
+    print(f"stage seconds of the last build, decoding between forwards (summed over threads): {stages}")
     print(f"first batch (warm-up{compiled}): {t_warm:.1f} s")
     if encoder.precision == "bf16":
         print(vector_agreement(model_dir, encoder, tensors[: args.batch_size]))

@@ -136,10 +136,8 @@ class _PlateVectors:
         self.rows = rows
         self.vectors = vectors
         # Rows grouped by well once, so a query's per-well maximum is one reduceat (np.maximum.at is ~10x slower).
-        self.starts = (
-            np.flatnonzero(np.r_[True, np.diff(cells) != 0]) if len(cells) else np.empty(0, np.int64)
-        )
-        self.start_cells = cells[self.starts] if len(cells) else np.empty(0, np.int64)
+        self.starts = np.flatnonzero(np.r_[len(cells) > 0, np.diff(cells) != 0])
+        self.start_cells = cells[self.starts]
 
     @property
     def nbytes(self) -> int:
@@ -324,7 +322,7 @@ class Catalog:
         q = np.asarray(query, np.float32).reshape(-1)
         q = q / max(float(np.linalg.norm(q)), 1e-12)
         # All of the plate's rows then mask: a masked copy of its vectors would cost more than the product.
-        scores = np.where(keep, on_plate.vectors @ q, -np.inf).astype(np.float32) if len(rows) else keep
+        scores = np.where(keep, on_plate.vectors @ q, -np.inf).astype(np.float32)
         best = np.full(len(ROWS) * COLUMNS, -np.inf, dtype=np.float32)
         counts = np.bincount(lay["cell"][rows][keep], minlength=len(best))
         if len(rows):
@@ -351,7 +349,7 @@ class Catalog:
             lay = self.layout()
             rows = np.flatnonzero((lay["plate"] == code) & (lay["cell"] >= 0) if code >= 0 else [])
             rows = rows[np.argsort(lay["cell"][rows], kind="stable")]  # read in cell order: no copy to sort
-            vectors = self.vector_store.get_vectors(self.ids()[rows]) if len(rows) else np.empty((0, 0))
-            held = _PlateVectors(rows, lay["cell"][rows], np.ascontiguousarray(vectors, np.float32))
+            vectors = np.ascontiguousarray(self.vector_store.get_vectors(self.ids()[rows]), np.float32)
+            held = _PlateVectors(rows, lay["cell"][rows], vectors)
             self._plates.put(code, held)
             return held

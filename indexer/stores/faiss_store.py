@@ -356,17 +356,15 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
     def get_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored vectors of ``ids`` as (n, dim) float32, exact (from the shards where the index keeps
         only codes); KeyError for a missing id."""
-        out = np.empty((len(ids), self.dim or 0), dtype=np.float32)
         absent = ~self._records.contains(ids)
         if absent.any():
             raise KeyError(f"id {np.asarray(ids).reshape(-1)[np.argmax(absent)]} is not in the index")
+        out = np.empty((len(ids), self.dim or 0), dtype=np.float32)
+        if not len(ids):
+            return out
         if self._index is not None and self._kind.exact:
             # One call: a Python loop of reconstruct() took 36x as long (26k ids of a 52k Flat index).
-            return (
-                self._index.reconstruct_batch(np.asarray(ids, dtype=np.int64).reshape(-1))
-                if len(ids)
-                else out
-            )
+            return self._index.reconstruct_batch(np.asarray(ids, dtype=np.int64).reshape(-1))
         if self._pending_records:
             self.flush()
         names, shards, rows = self._records.location(ids)
