@@ -11,6 +11,8 @@ Prints, measured in one run against a real `mae-search serve` on 127.0.0.1:
   that image in-process (the uncached target is <= 1.5 x that);
 - plate map: the first request (which reads the plate's vectors) and p50 (POST /api/plate, from the
   FAISS mirror);
+- a filtered query (POST /query/ids with a well and a channel): the first (which finds the ids the filter
+  allows among every record) and p50;
 - page load to first results in headless Chromium (navigation start -> k cards with decoded thumbnails).
 """
 
@@ -143,6 +145,17 @@ def main() -> None:
             plate.append(ms)
         wells = json.loads(data)["wells"]
         assert len(wells) == 384 and all(v is not None for v in wells.values())
+        filtered = []
+        for i in range(args.repeats):
+            well = f"{ROWS[i % 16]}{i % 24 + 1:02d}"
+            body = json.dumps(
+                {"ids": [1 + (i * 7919) % count], "k": 10, "where": {"well": [well], "channel": ["w2"]}}
+            )
+            ms, data, status = timed(conn, "POST", "/query/ids", body, {"Content-Type": "application/json"})
+            assert status == 200, data[:200]
+            filtered.append(ms)
+        (hits,) = json.loads(data)["results"]
+        assert len(hits) == 10 and all(h["well"] == well and h["channel"] == "w2" for h in hits)
         conn.close()
         loads = page_loads(port, args.loads)
     finally:
@@ -161,6 +174,8 @@ def main() -> None:
          "(target <= 1.5)"),
         ("plate map, first (reads the plate's vectors)", f"{plate[0]:.1f} ms"),
         ("plate map p50 (POST /api/plate, FAISS mirror)", f"{p50(plate):.2f} ms (target <= 50 ms)"),
+        ("filtered query, first (finds the allowed ids)", f"{filtered[0]:.1f} ms"),
+        ("filtered query p50 (POST /query/ids, well + channel)", f"{p50(filtered):.2f} ms"),
         ("page load -> k cards with decoded thumbnails",
          f"median {p50(loads):.0f} ms, max {max(loads):.0f} ms over {len(loads)} loads (target <= 1 s)"),
     ]  # fmt: skip

@@ -63,6 +63,7 @@ def _evaluate_stores(stores, index_dir, redis_url, config, device, out, model=No
     from eval.report import TABLE_COLUMNS, format_table, headline_rows, write_report
     from eval.robustness import run_robustness
     from indexer.stores.binding import store_identity
+    from retriever.catalog import Catalog
     from retriever.search import Retriever
 
     mirror, store = stores.faiss, stores.primary
@@ -76,7 +77,9 @@ def _evaluate_stores(stores, index_dir, redis_url, config, device, out, model=No
         bar.total = total
         bar.update(done - bar.n)
 
-    result = run_robustness(retriever, config, progress=tick, exact=exact if store is not exact else None)
+    catalog = Catalog(store, vector_store=mirror)  # a Redis store takes the mirror's record columns
+    result = run_robustness(retriever, config, progress=tick, exact=exact if store is not exact else None,
+                            catalog=catalog)  # fmt: skip
     bar.close()
     if result.skipped_queries:
         skipped = result.skipped_queries

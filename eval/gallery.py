@@ -45,7 +45,8 @@ class Exclusions:
 
 
 def exclusions(records: Iterable[Any], query_ids: Iterable[int], mode: str) -> Exclusions:
-    """The ids each query's relatives occupy, by exclusion ``mode``.
+    """The ids each query's relatives occupy, by exclusion ``mode``, from every record: the reference
+    that :func:`exclusions_from` (what ``mae-eval`` and the live panel run) is tested against.
 
     Parameters
     ----------
@@ -102,8 +103,8 @@ def _without_groups(query_ids: list[int], mode: str) -> Exclusions | None:
 def exclusions_from(
     relatives: Callable[[int, tuple[str, ...]], Iterable[int] | None], query_ids: Iterable[int], mode: str
 ) -> Exclusions:
-    """:func:`exclusions` from a lookup of each query's group instead of every record: what the
-    explorer's live panel uses per request (its catalog finds a group in the group's size).
+    """:func:`exclusions` from a lookup of each query's group instead of every record: what ``mae-eval``
+    and the explorer's live panel use (their catalog finds a group in the group's size).
 
     Parameters
     ----------

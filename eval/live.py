@@ -108,8 +108,7 @@ def register(app: Any) -> None:
     service = app.service
     # Per store, its catalog: the explorer's for the served store, one of its own for another backend (a
     # FAISS store's own record table, no copy; Redis's records read once into columns). A query's
-    # relatives come from its grouped lookup, in the size of the group, as mae-eval finds them over
-    # every record (eval.gallery.exclusions).
+    # relatives come from its grouped lookup, in the size of the group, as mae-eval finds them.
     catalogs: dict[int, Catalog] = {}
     catalogs_lock = threading.Lock()
 

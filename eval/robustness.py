@@ -12,6 +12,12 @@ from, which sets its chance level. A query with fewer than ``k + 1`` candidates 
 
 Everything here is deterministic for a given seed: sorted ids, seeded sampling, per-(seed, image,
 perturbation, severity) RNGs.
+
+The gallery is read from the index's record columns (:class:`retriever.catalog.Catalog`: the store's own
+:class:`~indexer.stores.record_table.RecordTable`, or its mirror's), never as one record object per
+indexed image: the query sample, the filter and the exclusions are column reads and group lookups, and
+records are made for the queries, their sites' stacks and the hits compared. That keeps an evaluation's
+memory and time independent of how many images the index holds beside its queries.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from indexer.errors import ConfigError, DecodeError, MaeError
 from indexer.sources import load_image
 from indexer.stores.base import Hit, ImageRecord, MetadataFilter, VectorStore
 from indexer.stores.recall import recall_at_k
+from indexer.stores.record_table import RecordTable
+from retriever.catalog import GROUP_KEYS, Catalog
 from retriever.search import QueryOptions, Retriever
 
 log = logging.getLogger(__name__)
@@ -90,23 +98,23 @@ class RobustnessResult:
         return summarise(self.rows, k=cfg.k, p=cfg.rbo_p, seed=cfg.seed)
 
 
-def choose_queries(records: Sequence[ImageRecord], config: RobustnessConfig) -> list[ImageRecord]:
-    """Sample query records from the store's ``records`` (in id order), seeded; the in-focus slice is
-    preferred so that z-pairs exist."""
+def choose_queries(records: RecordTable, config: RobustnessConfig) -> list[ImageRecord]:
+    """Sample query records from the index's ``records`` (in id order), seeded; the in-focus slice is
+    preferred so that z-pairs exist. Only the chosen ones are made into records."""
     if config.query_ids:
-        by_id = {r.id: r for r in records}
-        missing = [i for i in config.query_ids if i not in by_id]
+        ids = np.asarray(config.query_ids, dtype=np.int64)
+        missing = ids[~records.contains(ids)].tolist()
         if missing:
             raise ConfigError(f"query ids not in the index: {missing[:5]}")
-        return [by_id[i] for i in config.query_ids]
-    pool = [r for r in records if config.where.matches(r)]
-    focused = [r for r in pool if r.z == config.reference_z]
-    pool = focused or pool
-    if not pool:
+        return records.get_many(ids)
+    pool = np.sort(records.matching_ids(config.where))
+    focused = pool[records.columns(("z",), ids=pool)["z"] == config.reference_z]
+    pool = focused if len(focused) else pool
+    if not len(pool):
         raise MaeError("no indexed image matches the query filter")
     rng = np.random.default_rng(config.seed)
     idx = np.sort(rng.choice(len(pool), size=min(config.n_queries, len(pool)), replace=False))
-    return [pool[i] for i in idx]
+    return records.get_many(pool[idx])
 
 
 def read_queries(
@@ -203,8 +211,12 @@ def run_robustness(
     config: RobustnessConfig,
     progress: Callable[[int, int], None] | None = None,
     exact: VectorStore | None = None,
+    catalog: Catalog | None = None,
 ) -> RobustnessResult:
     """Evaluate ``retriever``'s store; ``exact`` (the FAISS mirror) adds ANN recall@k of the store.
+
+    ``catalog`` holds the store's records (default ``Catalog(retriever.store)``; ``mae-eval`` passes one
+    with the FAISS mirror, whose record columns a Redis store with the same ids shares).
 
     Raises
     ------
@@ -212,14 +224,14 @@ def run_robustness(
         If no query has a gallery of at least ``k + 1`` candidates once its relatives are excluded.
     """
     store = retriever.store
-    records = [r for r in store.get(store.ids()) if r is not None]
-    by_id = {r.id: r for r in records}
+    catalog = catalog or Catalog(store)
+    records = catalog.records
     n_index = len(records)
     # Images moved or changed since the build are skipped and listed first (the report names them), so
     # that "none can be read" is the error a user sees when every file has moved.
     chosen, raws_all, unreadable = read_queries(choose_queries(records, config))
     k = config.k
-    excl = gallery.exclusions(records, [r.id for r in chosen], config.exclude)
+    excl = gallery.exclusions_from(catalog.relatives, [r.id for r in chosen], config.exclude)
     if excl.fallback:
         log.warning(
             "%d queries have no known %s (file names say nothing): only the image itself is excluded for them",
@@ -252,7 +264,7 @@ def run_robustness(
     clean_hits = retriever.search_vectors(clean_vec, opts)
     qs = [_Query(r, excl.excluded[r.id], _ids(h)) for r, h in zip(queries, clean_hits)]
 
-    sample_ids = store.ids()
+    sample_ids = records.ids()
     if len(sample_ids) > NN_SAMPLE:
         sample_ids = np.sort(np.random.default_rng(config.seed).choice(sample_ids, NN_SAMPLE, replace=False))
     sample_vec = store.get_vectors(sample_ids) if len(sample_ids) > 1 else None
@@ -296,7 +308,7 @@ def run_robustness(
             if progress:
                 progress(done, total)
     if NATURAL in config.perturbations:
-        rows.extend(_defocus_rows(retriever, records, by_id, qs, clean_vec, config, nn_scale, opts, n_index))
+        rows.extend(_defocus_rows(retriever, catalog, qs, clean_vec, config, nn_scale, opts, n_index))
         done += 1
         if progress:
             progress(done, total)
@@ -340,14 +352,14 @@ def _count(values) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _defocus_rows(
-    retriever, records, by_id, qs, clean_vec, config, nn_scale, opts, n_index
-) -> list[dict[str, Any]]:
+def _defocus_rows(retriever, catalog, qs, clean_vec, config, nn_scale, opts, n_index) -> list[dict[str, Any]]:
     store = retriever.store
-    # Only the queries' own stacks can pair with them: grouping just those keeps this step's memory
-    # independent of the index size (a dict per record of a 52k plate was ~40 MB).
-    sites = {tuple(getattr(q.record, f) for f in perturb.SITE_KEYS) for q in qs}
-    near = [r for r in records if tuple(getattr(r, f) for f in perturb.SITE_KEYS) in sites]
+    # Only the queries' own sites can pair with them: their records, read by group, are all this step
+    # makes (a site of BBBC006 is 68 images), whatever the index holds.
+    sites = [catalog.relatives(q.record.id, GROUP_KEYS) for q in qs]
+    near_ids = np.unique(np.concatenate([s for s in sites if s is not None] or [np.zeros(0, np.int64)]))
+    near = [r for r in catalog.records.get_many(near_ids) if r is not None]
+    by_id = {r.id: r for r in near}
     pairs = perturb.z_pairs(near, reference_z=config.reference_z)
     rows = []
     short = 0

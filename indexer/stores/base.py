@@ -19,7 +19,7 @@ from indexer.errors import ConfigError
 
 #: Metadata fields every store keeps beside a vector, in this order.
 #: Whitespace Redis trims around tag values (ASCII only: Unicode spaces are kept, and so are they here).
-_TRIM = " \t\n\r\f\v"
+TRIM = " \t\n\r\f\v"
 
 RECORD_FIELDS = ("path", "plate", "well", "row", "column", "site", "channel", "z", "source")
 #: Values of :attr:`ImageRecord.source`: where the pixels came from (``None``: an index built before it was
@@ -109,7 +109,7 @@ def normalise_tags(tags: Any) -> tuple[tuple[str, str], ...]:
     for item in items:
         if len(item) != 2:
             raise ConfigError(f"a tag is KEY=VALUE, got {item[0]!r}")
-        key, value = (str(x).strip(_TRIM) for x in item)
+        key, value = (str(x).strip(TRIM) for x in item)
         if not key or "=" in key:
             raise ConfigError(f"invalid tag name {key!r} (not empty, no '=')")
         if any(unicodedata.category(c) == "Cc" for c in key + value):
@@ -125,7 +125,7 @@ def _lenient(normalise):
         try:
             return normalise(value)
         except ValueError:
-            return str(value).strip(_TRIM)
+            return str(value).strip(TRIM)
 
     return convert
 
@@ -165,15 +165,15 @@ class MetadataFilter:
 
     def __post_init__(self) -> None:
         conv = {
-            "plate": lambda v: str(v).strip(_TRIM),
+            "plate": lambda v: str(v).strip(TRIM),
             "well": _lenient(normalise_well),
-            "row": lambda r: str(r).strip(_TRIM).upper(),
+            "row": lambda r: str(r).strip(TRIM).upper(),
             "column": int,
             "site": int,
             "channel": _lenient(normalise_channel),
             "z": int,
-            "path": lambda v: str(v).strip(_TRIM),
-            "source": lambda v: str(v).strip(_TRIM).lower(),
+            "path": lambda v: str(v).strip(TRIM),
+            "source": lambda v: str(v).strip(TRIM).lower(),
         }
         for name, fn in conv.items():
             object.__setattr__(self, name, _tuple(getattr(self, name), fn))
@@ -201,7 +201,7 @@ class MetadataFilter:
         for name in ("plate", "well", "row", "column", "site", "channel", "z", "path", "source"):
             allowed = getattr(self, name)
             value = getattr(record, name)
-            value = value.strip(_TRIM) if isinstance(value, str) else value
+            value = value.strip(TRIM) if isinstance(value, str) else value
             if allowed and value not in allowed:
                 return False
         if self.z_min is not None and (record.z is None or record.z < self.z_min):

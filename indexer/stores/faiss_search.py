@@ -1,6 +1,6 @@
 """Searching a FAISS folder: filtered and unfiltered search, exact search over the shards, recall.
 
-The pure parts (the metadata filter over a frame, the running exact top-k, turning result rows into
+The pure parts (the running exact top-k, turning result rows into
 hits) are functions; :class:`SearchMixin` holds :class:`~indexer.stores.faiss_store.FaissStore`'s
 search methods, which need its records, index and shards; :class:`ExactSearch` is the store searched
 exactly whatever its kind (the reference ``verify`` and ``mae-eval`` measure against). A filtered
@@ -14,23 +14,20 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from indexer.errors import StoreUnavailableError
 from indexer.stores.base import (
     DISTANCE_SLACK,
-    RECORD_FIELDS,
     SPARE_CANDIDATES,
     Hit,
     ImageRecord,
     MetadataFilter,
     check_queries,
     rank_hits,
-    tags_match,
 )
 from indexer.stores.faiss_kinds import recall_at, search_parameters
 from indexer.stores.faiss_rerank import candidates, rerank, reranks
-from indexer.stores.faiss_shards import SHARDS, STR_FIELDS, read_vectors
+from indexer.stores.faiss_shards import SHARDS, read_vectors
 
 if TYPE_CHECKING:
     from indexer.stores.faiss_store import FaissStore
@@ -39,8 +36,6 @@ if TYPE_CHECKING:
 TUNE_QUERIES = 200
 #: ``_gpu_index`` before a GPU copy was tried (``None``: tried, CPU only).
 UNTRIED = object()
-_TRIM = " \t\n\r\f\v"
-_FILTER_FIELDS = ("plate", "well", "row", "column", "site", "channel", "z", "path", "source")
 
 
 def load_faiss():
@@ -57,31 +52,6 @@ def even_sample(ids: np.ndarray, n: int) -> np.ndarray:
     if n >= len(ids):
         return ids
     return ids[np.linspace(0, len(ids) - 1, n).round().astype(np.int64)]
-
-
-def metadata_frame(records: Iterable[ImageRecord]) -> pd.DataFrame:
-    """One row per record (id, metadata fields, its tag strings): what :func:`matching_ids` filters."""
-    rows = [{**r.to_dict(), "tags": r.tag_strings} for r in records]
-    return pd.DataFrame(rows, columns=["id", *RECORD_FIELDS, "tags"])
-
-
-def matching_ids(frame: pd.DataFrame, where: MetadataFilter) -> np.ndarray:
-    """Ids of the rows of ``frame`` matching ``where`` (vectorised :meth:`MetadataFilter.matches`)."""
-    mask = np.ones(len(frame), dtype=bool)
-    for name in _FILTER_FIELDS:
-        allowed = getattr(where, name)
-        if allowed:
-            # Surrounding ASCII whitespace is not significant, as in Redis tags.
-            col = frame[name].str.strip(_TRIM) if name in STR_FIELDS else frame[name]
-            mask &= col.isin(list(allowed)).to_numpy()
-    if where.z_min is not None:
-        mask &= (frame["z"].astype("float") >= where.z_min).to_numpy()
-    if where.z_max is not None:
-        mask &= (frame["z"].astype("float") <= where.z_max).to_numpy()
-    if where.tags:
-        groups = where.tag_groups()
-        mask &= np.fromiter((tags_match(groups, t) for t in frame["tags"]), dtype=bool, count=len(frame))
-    return frame["id"].to_numpy(dtype=np.int64)[mask]
 
 
 def exact_top_k(
@@ -124,14 +94,9 @@ class SearchMixin:
     """:class:`~indexer.stores.faiss_store.FaissStore`'s search methods (a mixin of that class only: they
     use its records, ``_index``, ``_kind``, ``_gpu_index`` and search settings)."""
 
-    def _frame(self) -> pd.DataFrame:
-        if self._meta_frame is None:
-            self._meta_frame = metadata_frame(self._records.values())
-        return self._meta_frame
-
     def matching_ids(self, where: MetadataFilter) -> np.ndarray:
-        """Ids of records matching ``where`` (vectorised version of :meth:`MetadataFilter.matches`)."""
-        return matching_ids(self._frame(), where)
+        """Ids of records matching ``where`` (:meth:`MetadataFilter.matches`, over the record columns)."""
+        return self._records.matching_ids(where)
 
     def search(
         self,

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from indexer.atomic import atomic_write, atomic_write_json
 from indexer.errors import (
@@ -194,7 +193,6 @@ class FaissStore(WriteMixin, SearchMixin, IndexMixin):
         self._pending_vectors: list[np.ndarray] = []
         self._pending_records: list[ImageRecord] = []
         self._pending_deletes: list[ImageRecord] = []
-        self._meta_frame: pd.DataFrame | None = None
         self._index = None
         self._shard_info: dict[str, ShardInfo] = {}
         self.damage: list[str] = []

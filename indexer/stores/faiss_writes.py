@@ -76,7 +76,6 @@ class WriteMixin:
             self._pending_deletes = [r for r in self._pending_deletes if r.id not in added]
         self._pending_vectors.append(vectors)
         self._pending_records.extend(records)
-        self._meta_frame = None
 
     def bulk_load(self, vectors: np.ndarray, records: Sequence[ImageRecord]) -> None:
         """Add records whose ids are not stored yet: :meth:`add` (it already buffers until :meth:`flush`;
@@ -95,7 +94,6 @@ class WriteMixin:
         self._rerank.invalidate()
         for i in present:
             self._pending_deletes.append(self._records.pop(i))
-        self._meta_frame = None
         return len(present)
 
     def _write_shard(self, table) -> str:
@@ -222,7 +220,7 @@ class WriteMixin:
                 np.ascontiguousarray(vectors, dtype=np.float32),
                 np.array([r.id for r in records], dtype=np.int64),
             )
-        self._index, self._gpu_index, self._meta_frame = index, UNTRIED, None
+        self._index, self._gpu_index = index, UNTRIED
         self._changed = True
         self._rerank.invalidate()
         # Oldest first, so a tombstone is never removed before the older row it hides.

@@ -1,5 +1,5 @@
 """The live panel's exclusions (eval/live.py): from the explorer's columnar catalog, grouped by the mode's
-keys, in the size of the query's group; the same as :func:`eval.gallery.exclusions` (mae-eval's, the
+keys, in the size of the query's group; the same as :func:`eval.gallery.exclusions` (over every record, the
 reference) for every mode, query and missing-metadata case."""
 
 from __future__ import annotations

@@ -201,14 +201,11 @@ def _padded_copy(index_dir, dest, extra: int) -> list[int]:
     return real
 
 
-def test_eval_memory_does_not_grow_with_the_index_beyond_its_records(index_dir, tmp_path):
-    """The eval's peak grows by its records and little more per indexed image, once the index is past
-    the 2,000-vector sample its drift scale is measured on. A guard: the per-record costs removed (a
-    dict per record to pair z-slices, every record fetched twice) were transient and below that
-    sample's own peak here. Since the FAISS store keeps its records in columns
-    (:mod:`indexer.stores.record_table`), the records the eval fetches are made for it, not shared with
-    the store: ~104 B each with their list and ids, 194 B per record in all (42 B before, when they were
-    the store's own objects, which cost the store ~390 B each)."""
+def test_eval_memory_does_not_grow_with_the_index(index_dir, tmp_path):
+    """The eval's peak does not grow with the images indexed beside its queries, once the index is past
+    the 2,000-vector sample its drift scale is measured on. It reads the gallery from the store's record
+    columns (:mod:`retriever.catalog`), as the explorer does: 6 B per indexed image here (its sorted ids),
+    against 193 B when it fetched a record object per image (``store.get(store.ids())``)."""
     import tracemalloc
 
     peaks = {}
@@ -222,4 +219,39 @@ def test_eval_memory_does_not_grow_with_the_index_beyond_its_records(index_dir, 
         peaks[extra] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     per_record = (peaks[8100] - peaks[2100]) / 6000
-    assert per_record < 300, f"{per_record:.0f} B per indexed record"
+    assert per_record < 40, f"{per_record:.0f} B per indexed record"
+
+
+def test_eval_makes_records_for_its_queries_and_their_results_not_for_every_indexed_image(
+    index_dir, tmp_path, monkeypatch
+):
+    """The records an evaluation makes (``ImageRecord`` objects: its queries, their site's stacks, the
+    hits it compares) are the same number whatever the index holds beside them. The gallery, the query
+    sample and the exclusions are read from the store's record columns (:mod:`retriever.catalog`), not
+    from one record object per indexed image (10 M of them for the plates users plan)."""
+    from indexer.stores.base import ImageRecord
+
+    made = []
+    post_init = ImageRecord.__post_init__
+
+    def counted(self):
+        made.append(1)
+        post_init(self)
+
+    rows = {}
+    counts = {}
+    for extra in (2100, 6100):
+        real = _padded_copy(index_dir, tmp_path / f"idx{extra}", extra)
+        retriever = Retriever.open(FaissStore(tmp_path / f"idx{extra}", read_only=True), device="cpu")
+        cfg = RobustnessConfig(perturbations=("gaussian_noise", "defocus_z"), severities=(1,), k=5,
+                               query_ids=tuple(real[:2]))  # fmt: skip
+        made.clear()
+        monkeypatch.setattr(ImageRecord, "__post_init__", counted)
+        result = run_robustness(retriever, cfg)
+        monkeypatch.setattr(ImageRecord, "__post_init__", post_init)
+        counts[extra] = len(made)
+        rows[extra] = result.rows
+    assert counts[2100] == counts[6100] < 1000, counts
+    # Each gallery is still the whole index less the query's site: 4,000 more candidates in the larger.
+    assert len(rows[2100]) == len(rows[6100]) == 2
+    assert [r["candidates"] + 4000 for r in rows[2100]] == [r["candidates"] for r in rows[6100]]
