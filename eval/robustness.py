@@ -356,8 +356,8 @@ def _defocus_rows(retriever, catalog, qs, clean_vec, config, nn_scale, opts, n_i
     store = retriever.store
     # Only the queries' own sites can pair with them: their records, read by group, are all this step
     # makes (a site of BBBC006 is 68 images), whatever the index holds.
-    sites = [catalog.relatives(q.record.id, GROUP_KEYS) for q in qs]
-    near_ids = np.unique(np.concatenate([s for s in sites if s is not None] or [np.zeros(0, np.int64)]))
+    sites = [s for q in qs if (s := catalog.relatives(q.record.id, GROUP_KEYS)) is not None]
+    near_ids = np.unique(np.concatenate(sites)) if sites else np.zeros(0, np.int64)
     near = [r for r in catalog.records.get_many(near_ids) if r is not None]
     by_id = {r.id: r for r in near}
     pairs = perturb.z_pairs(near, reference_z=config.reference_z)

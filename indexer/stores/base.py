@@ -8,7 +8,7 @@ every store reports ``score`` as cosine similarity (1.0 = identical) whatever it
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
@@ -70,7 +70,7 @@ class ImageRecord:
     @property
     def tag_strings(self) -> tuple[str, ...]:
         """The tags as ``key=value`` strings (what a tag filter names, what Redis stores)."""
-        return tuple(f"{k}={v}" for k, v in self.tags)
+        return tag_strings(self.tags)
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class MetadataFilter:
             raise ConfigError(f"unknown source filter {bad[0]!r}; choose from {', '.join(SOURCES)}")
         tags = self.tags if isinstance(self.tags, (list, tuple, set, frozenset)) else (self.tags,)
         pairs = [normalise_tags([t])[0] for t in tags]
-        object.__setattr__(self, "tags", tuple(sorted({f"{k}={v}" for k, v in pairs})))
+        object.__setattr__(self, "tags", tuple(sorted(set(tag_strings(pairs)))))
         for name in ("plate", "well", "row", "channel", "path"):
             for value in getattr(self, name):
                 if not value:
@@ -216,6 +216,11 @@ class MetadataFilter:
         for t in self.tags:
             groups.setdefault(t.split("=", 1)[0], []).append(t)
         return {k: tuple(v) for k, v in groups.items()}
+
+
+def tag_strings(tags: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+    """``(key, value)`` tag pairs as the ``key=value`` strings a tag filter names and Redis stores."""
+    return tuple(f"{k}={v}" for k, v in tags)
 
 
 def tags_match(groups: dict[str, tuple[str, ...]], tag_strings: Sequence[str]) -> bool:

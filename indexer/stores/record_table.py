@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from indexer.stores.base import TRIM, ImageRecord, MetadataFilter, normalise_tags, tags_match
+from indexer.stores.base import TRIM, ImageRecord, MetadataFilter, normalise_tags, tag_strings, tags_match
 from indexer.value_codes import ValueCodes
 
 #: The string fields stored as codes into one table of distinct values (-1: None). Paths are distinct.
@@ -239,7 +239,8 @@ class RecordTable(Mapping[int, ImageRecord]):
         for name in INT_COLUMNS:
             allowed = getattr(where, name)
             if allowed:
-                mask &= np.isin(rows[name], allowed) & (rows[name] != NO_INT)
+                column = rows[name]
+                mask &= np.isin(column, allowed) & (column != NO_INT)
         z = rows["z"]
         if where.z_min is not None:
             mask &= (z != NO_INT) & (z >= where.z_min)
@@ -247,11 +248,7 @@ class RecordTable(Mapping[int, ImageRecord]):
             mask &= (z != NO_INT) & (z <= where.z_max)
         if where.tags:
             groups = where.tag_groups()
-            kept = [
-                c
-                for c, tags in enumerate(self._tags.values)
-                if tags_match(groups, [f"{k}={v}" for k, v in tags])
-            ]
+            kept = [c for c, tags in enumerate(self._tags.values) if tags_match(groups, tag_strings(tags))]
             mask &= np.isin(rows["tags"], kept)
         if where.path:
             allowed = set(where.path)
@@ -274,7 +271,7 @@ class RecordTable(Mapping[int, ImageRecord]):
         """Distinct ``key=value`` tag strings over the live records, sorted."""
         rows = self._rows[: self._n]
         codes = np.unique(rows["tags"][rows["live"]]).tolist()
-        return sorted({f"{k}={v}" for c in codes for k, v in self._tags.values[c]})
+        return sorted({t for c in codes for t in tag_strings(self._tags.values[c])})
 
     # ------------------------------------------------------------------ changes
     def put(

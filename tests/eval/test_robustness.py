@@ -229,14 +229,7 @@ def test_eval_makes_records_for_its_queries_and_their_results_not_for_every_inde
     hits it compares) are the same number whatever the index holds beside them. The gallery, the query
     sample and the exclusions are read from the store's record columns (:mod:`retriever.catalog`), not
     from one record object per indexed image (10 M of them for the plates users plan)."""
-    from indexer.stores.base import ImageRecord
-
-    made = []
-    post_init = ImageRecord.__post_init__
-
-    def counted(self):
-        made.append(1)
-        post_init(self)
+    from tests.support.records_made import records_made
 
     rows = {}
     counts = {}
@@ -245,10 +238,8 @@ def test_eval_makes_records_for_its_queries_and_their_results_not_for_every_inde
         retriever = Retriever.open(FaissStore(tmp_path / f"idx{extra}", read_only=True), device="cpu")
         cfg = RobustnessConfig(perturbations=("gaussian_noise", "defocus_z"), severities=(1,), k=5,
                                query_ids=tuple(real[:2]))  # fmt: skip
-        made.clear()
-        monkeypatch.setattr(ImageRecord, "__post_init__", counted)
-        result = run_robustness(retriever, cfg)
-        monkeypatch.setattr(ImageRecord, "__post_init__", post_init)
+        with records_made(monkeypatch) as made:
+            result = run_robustness(retriever, cfg)
         counts[extra] = len(made)
         rows[extra] = result.rows
     assert counts[2100] == counts[6100] < 1000, counts
