@@ -34,12 +34,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import encoded_items, print_table  # noqa: E402
-from indexer.build.local import build_index  # noqa: E402
-from indexer.config import BuildConfig, ModelConfig, PreprocessConfig, SourceConfig  # noqa: E402
-from indexer.decode import decode_tiff  # noqa: E402
-from indexer.encoder import ViTMAEEncoder, resolve_preprocess  # noqa: E402
-from indexer.preprocess import preprocess_image  # noqa: E402
-from indexer.stores.faiss_store import FaissStore  # noqa: E402
+from indexer.core.config import BuildConfig, ModelConfig, PreprocessConfig, SourceConfig  # noqa: E402
+from indexer.images.decode import decode_tiff  # noqa: E402
+from indexer.ingest.local import build_index  # noqa: E402
+from indexer.model.encoder import ViTMAEEncoder, resolve_preprocess  # noqa: E402
+from indexer.model.preprocess import preprocess_image  # noqa: E402
+from indexer.stores.faiss.store import FaissStore  # noqa: E402
 
 #: The variables that cap each library's instruction set at AVX2: torch's own kernels (and inductor's
 #: generated code), MKL's GEMMs and oneDNN's.
@@ -64,11 +64,11 @@ def cap_isa(isa: str) -> None:
 
 
 def make_model(kind: str, folder: Path) -> Path:
-    """A random-weight ViT-MAE: a preset of :mod:`indexer.model_presets` (``tiny`` is the shipped shape,
+    """A random-weight ViT-MAE: a preset of :mod:`indexer.model.presets` (``tiny`` is the shipped shape,
     ``small`` ViT-S/16) or ``base`` (ViT-B/16 shape)."""
     from transformers import ViTMAEConfig, ViTMAEModel
 
-    from indexer.model_presets import create_model
+    from indexer.model.presets import create_model
 
     if kind == "base":
         torch.manual_seed(0)

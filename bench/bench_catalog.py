@@ -32,8 +32,8 @@ ROWS = "ABCDEFGHIJKLMNOP"
 
 def write_index(folder: Path, n: int) -> None:
     """N records of the plate's layout in a FAISS folder, a shard per 4,096."""
-    from indexer.stores.base import ImageRecord
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.core.records import ImageRecord
+    from indexer.stores.faiss.store import FaissStore
 
     with FaissStore(folder, dim=8) as writer:
         for s in range(0, n, 4096):
@@ -68,7 +68,7 @@ def per_call(fn, ids: list[int], repeats: int = 5) -> float:
 def main(n: int, queries: int) -> None:
     """Print the catalog's memory and per-request costs at ``n`` records, with the scans beside them."""
     from eval import gallery
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.stores.faiss.store import FaissStore
     from retriever.catalog import Catalog
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REAL_DIR, print_table  # noqa: E402
-from indexer.config import PreprocessConfig  # noqa: E402
-from indexer.decode import content_id, decode_tiff  # noqa: E402
-from indexer.preprocess import preprocess_image  # noqa: E402
+from indexer.core.config import PreprocessConfig  # noqa: E402
+from indexer.images.decode import content_id, decode_tiff  # noqa: E402
+from indexer.model.preprocess import preprocess_image  # noqa: E402
 
 
 def per_image_ms(fn, items, repeats: int) -> float:

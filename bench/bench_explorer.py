@@ -40,8 +40,8 @@ def make_index(out: Path, n_z: int = 34, seed: int = 0) -> int:
     from click.testing import CliRunner
 
     from indexer.cli import main as index_main
-    from indexer.stores.base import ImageRecord
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.core.records import ImageRecord
+    from indexer.stores.faiss.store import FaissStore
 
     real = out / "real"
     model = REPO / "examples" / "models" / "mae-tiny-bbbc006"
@@ -105,15 +105,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--loads", type=int, default=5, help="Page loads in the browser.")
     args = ap.parse_args()
-    from indexer.decode import decode_tiff
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.images.decode import decode_tiff
+    from indexer.stores.faiss.store import FaissStore
     from retriever import render
     from tests.support.serve import start_serve
 
     tmp = Path(tempfile.mkdtemp(prefix="mae-bench-web-"))
     count = make_index(tmp)
     manifest = FaissStore(tmp / "idx", read_only=True).read_manifest()
-    from indexer.config import PreprocessConfig
+    from indexer.core.config import PreprocessConfig
 
     intensity = PreprocessConfig.from_dict(manifest["preprocess"]).intensity
     proc, port = start_serve(tmp / "idx")

@@ -3,10 +3,10 @@
 The vectors are clustered, not uniform: ``--clusters`` centres, each point its centre plus noise with a
 decaying spectrum in a random orientation (embeddings have a few strong directions and many weak
 ones), L2-normalised. Recall@10 is against exact search over the same vectors, with held-out points as
-queries. Each kind is built the way the store builds it (:mod:`indexer.stores.faiss_kinds`: trained on
+queries. Each kind is built the way the store builds it (:mod:`indexer.stores.faiss.kinds`: trained on
 ``train_size`` sampled vectors, then filled), its nprobe/efSearch tuned by :func:`tune_search` on
 training-set queries, then measured on other queries. PQ kinds re-rank as the store does
-(:mod:`indexer.stores.faiss_rerank`): a float16 re-rank file written to ``--workdir`` and
+(:mod:`indexer.stores.faiss.rerank`): a float16 re-rank file written to ``--workdir`` and
 memory-mapped, the (nprobe, rerank) pair tuned by :func:`tune_rerank`; the query time includes reading
 the candidates' rows. ``ram_bytes_per_vector`` is what the index keeps in memory (the kind's estimate
 plus the shared centroids; ``rss_bytes_per_vector`` is the process's RSS growth while filling it, with
@@ -73,7 +73,7 @@ def rss_bytes() -> int:
 def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args) -> dict:
     import faiss
 
-    from indexer.stores.faiss_kinds import (
+    from indexer.stores.faiss.kinds import (
         choose_auto,
         new_index,
         parse_kind,
@@ -81,8 +81,8 @@ def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args
         search_parameters,
         tune_search,
     )
-    from indexer.stores.faiss_rerank import candidates, rerank, reranks, tune_rerank
-    from indexer.stores.rerank_file import RerankFile
+    from indexer.stores.faiss.rerank import candidates, rerank, reranks, tune_rerank
+    from indexer.stores.faiss.rerank_file import RerankFile
 
     n, dim = xb.shape
     factory = choose_auto(n, dim, int(args.memory_bytes_per_vector * n)) if kind_text == "auto" else kind_text

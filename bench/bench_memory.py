@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def child(n: int, model: str, checkpoint_every: int) -> None:
     from bench.bench_build import make_model
     from bench.common import lazy_items
-    from indexer.build.local import build_index
-    from indexer.config import BuildConfig, ModelConfig, SourceConfig
-    from indexer.encoder import ViTMAEEncoder
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.core.config import BuildConfig, ModelConfig, SourceConfig
+    from indexer.ingest.local import build_index
+    from indexer.model.encoder import ViTMAEEncoder
+    from indexer.stores.faiss.store import FaissStore
 
     tmp = Path(tempfile.mkdtemp(prefix="mae-bench-m-"))
     encoder = ViTMAEEncoder(ModelConfig(name=str(make_model(model, tmp / "model")), device="cpu"))

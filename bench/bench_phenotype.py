@@ -41,12 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import print_table  # noqa: E402
 from eval.intervals import cluster_bootstrap  # noqa: E402
 from eval.phenotype import average_precisions, chance_map, map_interval, precision_at_k  # noqa: E402
-from indexer.config import ModelConfig, PreprocessConfig, SourceConfig  # noqa: E402
-from indexer.decode import decode_tiff  # noqa: E402
-from indexer.encoder import ViTMAEEncoder, resolve_preprocess  # noqa: E402
-from indexer.normalize import check_kind, fit_transform  # noqa: E402
-from indexer.preprocess import normalise_intensity, preprocess_image, to_model_input  # noqa: E402
-from indexer.sources import iter_sources  # noqa: E402
+from indexer.core.config import ModelConfig, PreprocessConfig, SourceConfig  # noqa: E402
+from indexer.images.decode import decode_tiff  # noqa: E402
+from indexer.images.sources import iter_sources  # noqa: E402
+from indexer.model.encoder import ViTMAEEncoder, resolve_preprocess  # noqa: E402
+from indexer.model.preprocess import normalise_intensity, preprocess_image, to_model_input  # noqa: E402
+from indexer.vectors.normalize import check_kind, fit_transform  # noqa: E402
 
 
 def embed(model: str, images: list[np.ndarray], view: str = "squash") -> np.ndarray:

@@ -26,11 +26,11 @@ def main(data: Path, index: Path) -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from indexer.build.plan import Ledger, index_state
-    from indexer.config import SourceConfig
-    from indexer.source_list import SourceList
-    from indexer.sources import iter_sources
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.core.config import SourceConfig
+    from indexer.images.source_list import SourceList
+    from indexer.images.sources import iter_sources
+    from indexer.ingest.plan import Ledger, index_state
+    from indexer.stores.faiss.store import FaissStore
 
     base = last = rss_mb()
     print(f"imports: {base:.0f} MB")

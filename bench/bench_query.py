@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_build import make_model  # noqa: E402
 from bench.common import REAL_DIR, print_table  # noqa: E402
-from indexer.decode import decode_tiff  # noqa: E402
-from indexer.preprocess import preprocess_image  # noqa: E402
-from indexer.stores.faiss_store import FaissStore  # noqa: E402
+from indexer.images.decode import decode_tiff  # noqa: E402
+from indexer.model.preprocess import preprocess_image  # noqa: E402
+from indexer.stores.faiss.store import FaissStore  # noqa: E402
 from retriever.search import Retriever  # noqa: E402
 from retriever.server import QueryService, make_server  # noqa: E402
 

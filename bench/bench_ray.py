@@ -21,11 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table  # noqa: E402
-from indexer.build.local import build_index  # noqa: E402
-from indexer.build.ray_engine import RayConfig, run_ray_build  # noqa: E402
-from indexer.config import BuildConfig, ModelConfig, SourceConfig  # noqa: E402
-from indexer.encoder import ViTMAEEncoder  # noqa: E402
-from indexer.stores.faiss_store import FaissStore  # noqa: E402
+from indexer.core.config import BuildConfig, ModelConfig, SourceConfig  # noqa: E402
+from indexer.ingest.local import build_index  # noqa: E402
+from indexer.ingest.ray_engine import RayConfig, run_ray_build  # noqa: E402
+from indexer.model.encoder import ViTMAEEncoder  # noqa: E402
+from indexer.stores.faiss.store import FaissStore  # noqa: E402
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table, redis_url  # noqa: E402
-from indexer.config import RedisConfig  # noqa: E402
-from indexer.stores.base import ImageRecord  # noqa: E402
-from indexer.stores.faiss_store import FaissStore  # noqa: E402
+from indexer.core.config import RedisConfig  # noqa: E402
+from indexer.core.records import ImageRecord
+from indexer.stores.faiss.store import FaissStore  # noqa: E402
 from indexer.stores.recall import recall_at_k  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--redis-url", default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from indexer.stores.redis_store import RedisStore
+    from indexer.stores.redis.store import RedisStore
 
     with redis_url(args.redis_url, prefix="mae-bench-r-") as url:
         vecs = clustered(args.vectors, args.dim, args.seed)

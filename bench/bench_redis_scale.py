@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_faiss_kinds import clustered_vectors, exact_top  # noqa: E402
 from bench.common import redis_url  # noqa: E402
-from indexer.config import RedisConfig  # noqa: E402
-from indexer.stores.base import ImageRecord  # noqa: E402
-from indexer.stores.faiss_kinds import recall_at  # noqa: E402
+from indexer.core.config import RedisConfig  # noqa: E402
+from indexer.core.records import ImageRecord
+from indexer.stores.faiss.kinds import recall_at  # noqa: E402
 
 
 def used_memory(client) -> int:
@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--redis-url", default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from indexer.stores.redis_store import RedisStore
+    from indexer.stores.redis.store import RedisStore
 
     with redis_url(args.redis_url, prefix="mae-bench-rs-") as url:
         x = clustered_vectors(args.vectors + args.queries, args.dim, 1000, args.seed)

@@ -30,7 +30,7 @@ def main() -> None:
     from click.testing import CliRunner
 
     from indexer.cli import main as index_main
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.stores.faiss.store import FaissStore
     from tests.support.serve import start_serve
 
     tmp = Path(tempfile.mkdtemp(prefix="mae-bench-rss-"))

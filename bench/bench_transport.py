@@ -47,7 +47,7 @@ def main() -> None:
     from click.testing import CliRunner
 
     from indexer.cli import main as index_main
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.stores.faiss.store import FaissStore
     from retriever import server as new
     from retriever.search import Retriever
 

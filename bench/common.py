@@ -13,8 +13,8 @@ import numpy as np
 import tifffile
 
 from indexer.bbbc006.names import parse_path
-from indexer.decode import decode_tiff
-from indexer.sources import SourceItem
+from indexer.images.decode import decode_tiff
+from indexer.images.sources import SourceItem
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DIR = REPO / "examples" / "bbbc006" / "BBBC006_v1_images_z_16"

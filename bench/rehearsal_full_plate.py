@@ -242,9 +242,9 @@ def main() -> None:
 
 def serve_again(args, index: Path, url: str, data: Path, env: dict) -> None:
     """``--serve-only``: Redis refilled from the FAISS mirror, then :func:`serve_step`."""
-    from indexer.config import RedisConfig
-    from indexer.stores.faiss_store import FaissStore
-    from indexer.stores.redis_store import RedisStore
+    from indexer.core.config import RedisConfig
+    from indexer.stores.faiss.store import FaissStore
+    from indexer.stores.redis.store import RedisStore
 
     t0 = time.perf_counter()
     mirror = FaissStore(index, read_only=True)
@@ -344,7 +344,7 @@ def sustained_load(args, pid: int, port: int, index: Path, picks: list[Path]) ->
     """``--load-minutes`` of bench/server_load.py's mixed load (uploads, id queries, batches, health,
     bad requests, plate maps, records, thumbnails) from ``--load-clients`` keep-alive clients; the server's RSS every 5 s."""
     from bench.server_load import run_load
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.stores.faiss.store import FaissStore
 
     stored = FaissStore(index, read_only=True).ids()
     ids = [int(i) for i in stored[np.linspace(0, len(stored) - 1, min(1000, len(stored))).astype(int)]]

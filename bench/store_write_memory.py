@@ -1,6 +1,6 @@
 """Peak RSS of a FAISS store written as a build writes it, without the model: N records of DIM-d in
 batches of 64, a checkpoint (flush) every 1,024, the C heap trimmed at each one as ``mae-index build``
-does (``indexer.heap.release_free_memory``, which also releases pyarrow's pool; ``--no-arrow-release``
+does (``indexer.ingest.heap.release_free_memory``, which also releases pyarrow's pool; ``--no-arrow-release``
 trims glibc only, as before that was added). Prints the RSS and the kernel's high-water mark over the
 start, every 10,240 rows and at the end.
 
@@ -39,9 +39,9 @@ def main() -> None:
     import faiss  # noqa: F401  (loaded before the start is measured)
     import pyarrow.parquet  # noqa: F401
 
-    from indexer.heap import release_free_memory
-    from indexer.stores.base import ImageRecord
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.core.records import ImageRecord
+    from indexer.ingest.heap import release_free_memory
+    from indexer.stores.faiss.store import FaissStore
 
     def release() -> None:
         if args.no_arrow_release:

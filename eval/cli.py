@@ -16,7 +16,7 @@ from indexer.cli.options import (
     setup_logging,
     verbose_option,
 )
-from indexer.errors import ConfigError
+from indexer.core.errors import ConfigError
 
 
 def _severities(spec: str) -> tuple[int, ...]:

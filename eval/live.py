@@ -25,9 +25,9 @@ from typing import Any
 
 from eval import gallery, perturb
 from eval.robustness import RobustnessConfig, _ids, compare_results
-from indexer.errors import ConfigError
-from indexer.sources import load_image
-from indexer.stores.base import ImageRecord
+from indexer.core.errors import ConfigError
+from indexer.core.records import ImageRecord
+from indexer.images.sources import load_image
 from retriever import render
 from retriever.catalog import Catalog
 from retriever.search import QueryOptions, Retriever

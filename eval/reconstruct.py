@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.config import IntensityConfig
-from indexer.decode import decode_tiff
-from indexer.errors import ModelLoadError
-from indexer.preprocess import normalise_intensity
+from indexer.core.config import IntensityConfig
+from indexer.core.errors import ModelLoadError
+from indexer.images.decode import decode_tiff
+from indexer.model.preprocess import normalise_intensity
 
 
 def reconstruct(
@@ -28,7 +28,7 @@ def reconstruct(
     import matplotlib.pyplot as plt
     from transformers import ViTMAEForPreTraining
 
-    from indexer.pretrain import center_crop
+    from indexer.model.pretrain import center_crop
 
     try:
         model = ViTMAEForPreTraining.from_pretrained(

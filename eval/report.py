@@ -18,8 +18,8 @@ import numpy as np
 
 from eval import intervals, perturb
 from eval.robustness import NATURAL, RobustnessResult
-from indexer.atomic import atomic_write_json, atomic_write_text
 from indexer.bbbc006.constants import SATURATION
+from indexer.core.atomic import atomic_write_json, atomic_write_text
 from retriever import render
 
 CURVE_METRICS = (("self_at_1", "self-retrieval@1"), ("overlap_at_k", "overlap@k"), ("rbo", "RBO"),

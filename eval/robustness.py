@@ -32,9 +32,10 @@ import numpy as np
 from eval import gallery, metrics, perturb
 from eval.summary import summarise
 from indexer.bbbc006.constants import FOCUS_Z
-from indexer.errors import ConfigError, DecodeError, MaeError
-from indexer.sources import load_image
-from indexer.stores.base import Hit, ImageRecord, MetadataFilter, VectorStore
+from indexer.core.errors import ConfigError, DecodeError, MaeError
+from indexer.core.records import Hit, ImageRecord, MetadataFilter
+from indexer.images.sources import load_image
+from indexer.stores.base import VectorStore
 from indexer.stores.recall import recall_at_k
 from indexer.stores.record_table import RecordTable
 from retriever.catalog import GROUP_KEYS, Catalog

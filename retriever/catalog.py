@@ -6,7 +6,7 @@ The plate map reads the vectors of the plate it is asked for, not of the index: 
 The plates asked for last are kept, within a byte budget (:data:`PLATE_CACHE_BYTES`).
 
 Why columns: the records are the index's (52,224 for a full plate, 10 M for the plates users plan). A
-dict of one :class:`~indexer.stores.base.ImageRecord` per image held ~185 B per record beside the store's
+dict of one :class:`~indexer.core.records.ImageRecord` per image held ~185 B per record beside the store's
 own, and answering a record's siblings scanned all of them per request. Here the records are a
 :class:`~indexer.stores.record_table.RecordTable`: the FAISS store's own (no copy at all), or, for a
 store without one (Redis), its records read into one a chunk at a time. Facets and the plate layout are
@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.stores.base import ImageRecord, VectorStore
+from indexer.core.records import ImageRecord
+from indexer.stores.base import VectorStore
 from indexer.stores.record_table import CODED_FIELDS, NO_INT, RecordTable
 from retriever.lru import SizedLRU
 from retriever.server import ClientError

@@ -19,9 +19,9 @@ from indexer.cli.options import (
     setup_logging,
     verbose_option,
 )
-from indexer.errors import ConfigError, DecodeError
+from indexer.core.errors import ConfigError, DecodeError
+from indexer.core.records import Hit, MetadataFilter
 from indexer.stores import open_stores
-from indexer.stores.base import Hit, MetadataFilter
 from indexer.stores.binding import describe_identity, store_identity
 
 OUTPUT_FIELDS = (
@@ -252,7 +252,7 @@ def serve(
       curl -s --data-binary @image.tif 'http://127.0.0.1:8000/query?k=5&well=A01'
     """
     setup_logging(max(verbose, 1))
-    from indexer.limits import MB, DecodeLimits, RequestLimits
+    from indexer.core.limits import MB, DecodeLimits, RequestLimits
     from retriever.search import Retriever
     from retriever.server import QueryService, make_server
 

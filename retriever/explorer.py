@@ -30,8 +30,8 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import DecodeError
-from indexer.sources import load_image
+from indexer.core.errors import DecodeError
+from indexer.images.sources import load_image
 from retriever import render
 from retriever.catalog import Catalog
 from retriever.lru import SizedLRU

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from indexer.limits import RequestLimits
+from indexer.core.limits import RequestLimits
 
 log = logging.getLogger(__name__)
 

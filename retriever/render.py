@@ -1,7 +1,7 @@
 """Render 16-bit microscopy images as 8-bit grayscale PNGs for the web explorer. numpy and zlib only.
 
-The intensity window is the index's own (:class:`~indexer.config.IntensityConfig`): per-image
-percentiles computed exactly as :func:`indexer.preprocess.histogram_quantiles` does, or the fixed or
+The intensity window is the index's own (:class:`~indexer.core.config.IntensityConfig`): per-image
+percentiles computed exactly as :func:`indexer.model.preprocess.histogram_quantiles` does, or the fixed or
 data-set window recorded in the manifest. No torch here: the explorer renders on HTTP worker threads,
 and a torch call there would start a second OpenMP pool beside the compute thread's (see
 :class:`retriever.server.QueryService`).
@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from indexer.config import IntensityConfig
+from indexer.core.config import IntensityConfig
 
 
 def window(image: np.ndarray, config: IntensityConfig) -> tuple[float, float]:

@@ -14,15 +14,16 @@ import numpy as np
 import torch
 
 from indexer.bbbc006.constants import VALID_TEXT, is_bbbc006_value
-from indexer.config import ModelConfig, PreprocessConfig
-from indexer.decode import decode_tiff
-from indexer.encoder import Encoder, load_encoder
-from indexer.errors import ConfigError, DecodeError, IndexMismatchError, StoreUnavailableError
-from indexer.normalize import EmbeddingTransform
-from indexer.preprocess import preprocess_image
-from indexer.stores.base import Hit, MetadataFilter, VectorStore
+from indexer.core.config import ModelConfig, PreprocessConfig
+from indexer.core.errors import ConfigError, DecodeError, IndexMismatchError, StoreUnavailableError
+from indexer.core.records import Hit, MetadataFilter
+from indexer.images.decode import decode_tiff
+from indexer.model.encoder import Encoder, load_encoder
+from indexer.model.preprocess import preprocess_image
+from indexer.stores.base import VectorStore
 from indexer.stores.manifest import diff_manifests, resolve_model_name
-from indexer.stores.transform_file import load_transform
+from indexer.vectors.normalize import EmbeddingTransform
+from indexer.vectors.transform_file import load_transform
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ Endpoints (JSON responses)::
     POST /query/batch               {"images": [base64 TIFF, ...], "k", "where"} -> {"results": [[...], ...]}
     POST /query/ids                 {"ids": [int, ...], "k", "where"} -> {"results": [[...], ...]}
 
-``where`` holds the filter fields of :class:`~indexer.stores.base.MetadataFilter` (well, site, channel,
+``where`` holds the filter fields of :class:`~indexer.core.records.MetadataFilter` (well, site, channel,
 z, plate, row, column, z_min, z_max, source = real|synthetic, tags = "key=value" from a ``--metadata``
 table); query-string filters may repeat (``?well=A01&well=A02``). Bad
 input answers 4xx with ``{"error": reason}``: 400 for a body that is not a usable image, bad JSON, a
 malformed id, an unknown parameter or key, or a request over a limit of
-:class:`~indexer.limits.RequestLimits`; 404 for an unknown path or id; 413 for a body over the size
+:class:`~indexer.core.limits.RequestLimits`; 404 for an unknown path or id; 413 for a body over the size
 limit. A store that cannot be reached answers 503 with the reason.
 
 The HTTP transport is waitress (see :mod:`retriever.http_server`); this module is the application.
@@ -42,18 +42,18 @@ from urllib.parse import parse_qs
 import numpy as np
 import torch
 
-from indexer.decode import decode_tiff
-from indexer.errors import ConfigError, DecodeError, StoreUnavailableError
-from indexer.limits import RequestLimits
-from indexer.preprocess import preprocess_image
-from indexer.stores.base import MetadataFilter
+from indexer.core.errors import ConfigError, DecodeError, StoreUnavailableError
+from indexer.core.limits import RequestLimits
+from indexer.core.records import MetadataFilter
+from indexer.images.decode import decode_tiff
+from indexer.model.preprocess import preprocess_image
 from indexer.stores.binding import store_identity
 from retriever.http_server import HttpServer
 from retriever.search import QueryOptions, Retriever
 
 log = logging.getLogger(__name__)
 
-#: Default largest request body (see :class:`~indexer.limits.RequestLimits`).
+#: Default largest request body (see :class:`~indexer.core.limits.RequestLimits`).
 DEFAULT_MAX_BODY = RequestLimits().max_body_bytes
 _FILTER_FIELDS = ("plate", "well", "row", "column", "site", "channel", "z", "source", "tags")
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer.config import SourceConfig  # noqa: E402
-from indexer.decode import content_id, decode_tiff  # noqa: E402
-from indexer.errors import DecodeError  # noqa: E402
-from indexer.sources import iter_sources  # noqa: E402
-from indexer.stores.faiss_store import FaissStore  # noqa: E402
+from indexer.core.config import SourceConfig  # noqa: E402
+from indexer.core.errors import DecodeError  # noqa: E402
+from indexer.images.decode import content_id, decode_tiff  # noqa: E402
+from indexer.images.sources import iter_sources  # noqa: E402
+from indexer.stores.faiss.store import FaissStore  # noqa: E402
 
 
 def expected_ids(data: list[Path]) -> set[int]:

@@ -22,7 +22,7 @@ SYNTH_DIR = REPO / "examples" / "synthetic"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random-weight ViT-MAE of the ``test`` preset (64 px input), saved as safetensors."""
-    from indexer.model_presets import create_model
+    from indexer.model.presets import create_model
 
     return create_model(tmp_path_factory.mktemp("models") / "mae-test", "test", seed=0)
 

@@ -12,7 +12,7 @@ redis_server
 redis_url
     Its URL.
 redis_config
-    A :class:`indexer.config.RedisConfig` with an index name unique to the test; the index and its keys
+    A :class:`indexer.core.config.RedisConfig` with an index name unique to the test; the index and its keys
     are removed after the test.
 start_redis
     A factory for extra private servers (plain Redis, a memory cap, a password), stopped after the test.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.config import RedisConfig
+from indexer.core.config import RedisConfig
 
 _counter = itertools.count()
 

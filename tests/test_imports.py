@@ -56,8 +56,8 @@ def test_every_module_imports_without_the_extras():
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["leaked"] == []
-    for name in ("indexer.build.plan", "indexer.build.ray_engine", "indexer.bbbc006.synthetic.render",
-                 "indexer.stores.redis_query", "indexer.cli.build", "eval.report", "retriever.server"):  # fmt: skip
+    for name in ("indexer.ingest.plan", "indexer.ingest.ray_engine", "indexer.bbbc006.synthetic.render",
+                 "indexer.stores.redis.query", "indexer.cli.build", "eval.report", "retriever.server"):  # fmt: skip
         assert name in result["modules"]
     assert len(result["modules"]) >= 50
 
@@ -78,8 +78,8 @@ def test_every_cli_answers_help_without_the_extras():
 
 def test_pure_modules_import_no_store_client_faiss_or_click():
     pure = ("indexer.bbbc006.constants", "indexer.bbbc006.names", "indexer.bbbc006.synthetic.spec",
-            "indexer.stores.recall", "indexer.stores.redis_query", "indexer.stores.redis_errors",
-            "indexer.build.plan", "eval.perturb", "eval.metrics", "eval.chance", "eval.intervals",
+            "indexer.stores.recall", "indexer.stores.redis.query", "indexer.stores.redis.errors",
+            "indexer.ingest.plan", "eval.perturb", "eval.metrics", "eval.chance", "eval.intervals",
             "eval.gallery", "eval.summary")  # fmt: skip
     for module in pure:
         out = _run(

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from indexer.atomic import atomic_write, file_sha256
 from indexer.bbbc006.constants import Z_SLICES
 from indexer.bbbc006.names import z_folder_name
-from indexer.errors import ConfigError, MaeError
+from indexer.core.atomic import atomic_write, file_sha256
+from indexer.core.errors import ConfigError, MaeError
 
 BASE_URL = "https://data.broadinstitute.org/bbbc/BBBC006/"
 

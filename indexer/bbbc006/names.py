@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
 
 from indexer.bbbc006.constants import CHANNELS, N_COLUMNS, PLATE_ROWS, SITES, VALID_TEXT, Z_SLICES
+from indexer.core.records import ImageMeta, normalise_well
 
 _FILE_RE = re.compile(
     r"^(?P<plate>.+?)_(?P<well>[a-pA-P](?:0[1-9]|1[0-9]|2[0-4]))_s(?P<site>[1-9])"
@@ -28,65 +28,6 @@ _SHAPE_RE = re.compile(
 # The z-slice lives in the folder or zip name: BBBC006_v1_images_z_16(.zip). Older links say
 # BBBC006_v1_z16_images; accept both spellings.
 _Z_RE = re.compile(r"(?:_images_z_(?P<a>\d{1,3})|_z(?P<b>\d{1,3})_images)(?:\.zip)?$", re.IGNORECASE)
-
-
-@dataclass(frozen=True, slots=True)
-class ImageMeta:
-    """Metadata parsed from a BBBC006 path. Fields are ``None`` when the name does not say.
-
-    A build keeps one per listed image, so it is slotted and :func:`parse_path` interns its strings
-    (a plate has one plate name, 384 wells and 2 channels, shared by every image instead of copied).
-
-    ``well`` is upper case with two digits (``A01``), ``row`` its letter, ``column`` its number,
-    ``channel`` is ``"w1"`` (Hoechst) or ``"w2"`` (phalloidin).
-    """
-
-    plate: str | None = None
-    well: str | None = None
-    row: str | None = None
-    column: int | None = None
-    site: int | None = None
-    channel: str | None = None
-    z: int | None = None
-    tags: tuple[tuple[str, str], ...] = ()  # (key, value) pairs from a --metadata table's extra columns
-
-    @property
-    def parsed(self) -> bool:
-        """True when the file name matched the BBBC006 pattern."""
-        return self.well is not None
-
-    @property
-    def described(self) -> bool:
-        """True when the image has any metadata besides z (from its name or a metadata table)."""
-        return any(v is not None for v in (self.plate, self.well, self.site, self.channel)) or bool(self.tags)
-
-
-def normalise_well(well: str) -> str:
-    """Return a well name as upper-case letter + two digits (``a1``/``A01``/``a01`` -> ``A01``).
-
-    Raises
-    ------
-    ValueError
-        If ``well`` is not a letter followed by a number.
-    """
-    m = re.fullmatch(r"\s*([A-Za-z])0*(\d{1,2})\s*", well)
-    if not m:
-        raise ValueError(f"not a well name: {well!r} (expected e.g. A01)")
-    return f"{m.group(1).upper()}{int(m.group(2)):02d}"
-
-
-def normalise_channel(channel: str | int) -> str:
-    """Return a channel as ``w<digit>`` (``1``, ``w1``, ``W1`` -> ``w1``).
-
-    Raises
-    ------
-    ValueError
-        If ``channel`` is not one digit with an optional ``w``.
-    """
-    m = re.fullmatch(r"\s*[wW]?([1-9])\s*", str(channel))
-    if not m:
-        raise ValueError(f"not a channel: {channel!r} (expected w1 or w2)")
-    return f"w{m.group(1)}"
 
 
 def parse_z(parts: list[str] | tuple[str, ...]) -> int | None:

@@ -21,7 +21,7 @@ from indexer.cli.options import (
     source_options,
     verbose_option,
 )
-from indexer.config import (
+from indexer.core.config import (
     DEFAULT_MODEL,
     BuildConfig,
     IntensityConfig,
@@ -30,9 +30,9 @@ from indexer.config import (
     PreprocessConfig,
     SourceConfig,
 )
-from indexer.errors import ConfigError
+from indexer.core.errors import ConfigError
 from indexer.stores.binding import describe_identity
-from indexer.stores.faiss_kinds import parse_memory
+from indexer.stores.faiss.kinds import parse_memory
 from indexer.stores.manifest import read_folder_manifest, resolve_model_name
 
 
@@ -259,11 +259,11 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         faiss_index=faiss_index,
         faiss_memory=parse_memory(faiss_memory),
     )
-    from indexer.build.jobs import run_build
+    from indexer.ingest.jobs import run_build
 
     ray = None
     if engine == "ray":
-        from indexer.build.ray_engine import RayConfig
+        from indexer.ingest.ray_engine import RayConfig
 
         ray = RayConfig(address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker,
                         threads_per_worker=threads_per_worker, writers=writers)  # fmt: skip
@@ -303,8 +303,8 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
 @handle_errors
 def info(index_dir, fmt):
     """Show what an index holds and what it was built with."""
-    from indexer.build.jobs import index_info
-    from indexer.stores.transform_file import describe_normalize
+    from indexer.ingest.jobs import index_info
+    from indexer.vectors.transform_file import describe_normalize
 
     d = index_info(index_dir)
     if fmt == "json":

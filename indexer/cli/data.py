@@ -8,7 +8,7 @@ import click
 
 from indexer.bbbc006.constants import FOCUS_Z
 from indexer.cli.options import handle_errors
-from indexer.errors import ConfigError
+from indexer.core.errors import ConfigError
 
 
 def int_list(spec: str) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from indexer.cli.options import (
     redis_options,
     redis_url_option,
 )
-from indexer.errors import ConfigError, IndexDamagedError
+from indexer.core.errors import ConfigError, IndexDamagedError
 from indexer.stores.binding import describe_identity, redis_config_for, redis_record
 
 mirror_index_option = click.option(
@@ -146,7 +146,7 @@ def sync(index_dir, redis_url, redis_index, allow_shrink, no_wait):
     from tqdm.auto import tqdm
 
     from indexer.stores import open_stores
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.stores.faiss.store import FaissStore
     from indexer.stores.mirror import sync_and_compact
 
     if not redis_url:
@@ -207,7 +207,7 @@ def repair(index_dir, redis_url, redis_index, no_wait, fmt):
       mae-index verify --index runs/idx          # names the damaged part
       mae-index repair --index runs/idx --redis-url redis://127.0.0.1:6379/0
     """
-    from indexer.repair import repair_index
+    from indexer.stores.repair import repair_index
 
     redis = _redis_for_damaged_folder(index_dir, redis_url, redis_index) if redis_url else None
     report = repair_index(index_dir, redis, wait=not no_wait)

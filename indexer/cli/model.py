@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from indexer.cli.options import channels_tuple, handle_errors, setup_logging, source_options, verbose_option
-from indexer.config import SourceConfig
-from indexer.errors import ConfigError
+from indexer.core.config import SourceConfig
+from indexer.core.errors import ConfigError
 
 
 @click.command("init-model")
@@ -18,7 +18,7 @@ from indexer.errors import ConfigError
 @handle_errors
 def init_model(out, size, seed):
     """Create a randomly initialised ViT-MAE (for tests, or to pretrain from) as a Hugging Face folder."""
-    from indexer.model_presets import create_model
+    from indexer.model.presets import create_model
 
     create_model(out, size, seed)
     click.echo(f"Wrote a random-weight ViT-MAE ({size}) to {out}", err=True)
@@ -57,8 +57,8 @@ def pretrain(data, out, init_from, size, epochs, batch_size, steps_per_epoch, ma
         raise ConfigError("give either --from (continue a model) or --config (from scratch), not both")
     from tqdm.auto import tqdm
 
-    from indexer.pretrain import PretrainConfig
-    from indexer.pretrain import pretrain as run_pretrain
+    from indexer.model.pretrain import PretrainConfig
+    from indexer.model.pretrain import pretrain as run_pretrain
 
     config = PretrainConfig(
         sources=SourceConfig(paths=tuple(data), channels=channels_tuple(channels), z=tuple(z_slices)),

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from indexer.errors import ConfigError, MaeError
+from indexer.core.errors import ConfigError, MaeError
 
 REDIS_URL_ENV = "MAE_REDIS_URL"
 
@@ -175,19 +175,19 @@ def source_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def channels_tuple(value: str) -> tuple[str, ...]:
-    """The ``--channels`` choice as the channel tuple of a :class:`~indexer.config.SourceConfig`."""
+    """The ``--channels`` choice as the channel tuple of a :class:`~indexer.core.config.SourceConfig`."""
     return {"w1": ("w1",), "w2": ("w2",), "both": ()}[value]
 
 
 def redis_config(redis_url: str | None, redis_index: str, required: bool = True, **kw: Any):
-    """The :class:`~indexer.config.RedisConfig` of ``--redis-url``/``--redis-index``; ``None`` without a URL.
+    """The :class:`~indexer.core.config.RedisConfig` of ``--redis-url``/``--redis-index``; ``None`` without a URL.
 
     Raises
     ------
     ConfigError
         ``required`` and no URL was given.
     """
-    from indexer.config import RedisConfig
+    from indexer.core.config import RedisConfig
 
     if not redis_url:
         if required:

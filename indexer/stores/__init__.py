@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from indexer.errors import ConfigError
+from indexer.core.errors import ConfigError
 
 if TYPE_CHECKING:  # the stores import FAISS, pandas and redis: only when opened
-    from indexer.config import RedisConfig
+    from indexer.core.config import RedisConfig
     from indexer.stores.base import VectorStore
 
 
@@ -85,7 +85,7 @@ def open_stores(
         counts itself); ``"off"``. A build checks the pair when it settles the manifest.
     wait
         A FAISS writer waits for another writer of the folder (else fails at once with
-        :class:`~indexer.errors.IndexBusyError`).
+        :class:`~indexer.core.errors.IndexBusyError`).
     faiss_store
         A FAISS store the caller already opened on ``index_dir`` (a build takes the folder's lock
         before it loads the model), used instead of opening another.
@@ -112,7 +112,7 @@ def open_stores(
         raise ConfigError("give an index folder (--index DIR) or a Redis URL (--redis-url)")
     faiss = redis_store = None
     if index_dir is not None and backend != "redis":
-        from indexer.stores.faiss_store import FaissStore
+        from indexer.stores.faiss.store import FaissStore
 
         faiss = faiss_store or FaissStore(
             index_dir,
@@ -126,7 +126,7 @@ def open_stores(
         if faiss_store is not None and dim is not None:
             faiss_store.expect_dim(dim)
     if redis is not None and backend != "faiss":
-        from indexer.stores.redis_store import RedisStore
+        from indexer.stores.redis.store import RedisStore
 
         try:
             redis_store = RedisStore(redis, dim=dim)

@@ -1,4 +1,5 @@
-"""The VectorStore protocol, the records it holds and the typed metadata filter.
+"""The VectorStore protocol and the rules every store follows (the records it holds live in
+:mod:`indexer.core.records`).
 
 Both stores (FAISS and Redis) implement all of :class:`VectorStore`; the retriever, eval and the CLIs
 see only this protocol. Vectors are float32, L2-normalised, so inner product = cosine similarity, and
@@ -7,24 +8,13 @@ every store reports ``score`` as cosine similarity (1.0 = identical) whatever it
 
 from __future__ import annotations
 
-import unicodedata
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from indexer.bbbc006.names import normalise_channel, normalise_well
-from indexer.errors import ConfigError
-
-#: Metadata fields every store keeps beside a vector, in this order.
-#: Whitespace Redis trims around tag values (ASCII only: Unicode spaces are kept, and so are they here).
-TRIM = " \t\n\r\f\v"
-
-RECORD_FIELDS = ("path", "plate", "well", "row", "column", "site", "channel", "z", "source")
-#: Values of :attr:`ImageRecord.source`: where the pixels came from (``None``: an index built before it was
-#: recorded).
-SOURCES = ("real", "synthetic")
+from indexer.core.errors import ConfigError
+from indexer.core.records import Hit, ImageRecord, MetadataFilter
 
 # --- store rules, named once: every store follows them, so both answer alike ------------------------
 
@@ -36,197 +26,6 @@ SPARE_CANDIDATES = 8
 DISTANCE_SLACK = 1e-6
 #: Largest difference expected between the same vector read back from two stores, by stored type.
 VECTOR_TOLERANCE = {"FLOAT32": 1e-6, "FLOAT16": 1e-3}
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRecord:
-    """One indexed image: its stable id and metadata (``None`` where the file name says nothing).
-
-    Slotted: the FAISS store holds one per image (52,224 for a full plate), and a slotted record is
-    ~100 B smaller than one with a ``__dict__``.
-    """
-
-    id: int
-    path: str
-    plate: str | None = None
-    well: str | None = None
-    row: str | None = None
-    column: int | None = None
-    site: int | None = None
-    channel: str | None = None
-    z: int | None = None
-    source: str | None = None
-    tags: tuple[tuple[str, str], ...] = ()  # (key, value) pairs, sorted: a metadata table's extra columns
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tags", normalise_tags(self.tags))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the record as a plain dict (JSON-ready; ``tags`` as ``{key: value}``)."""
-        d = asdict(self)
-        d["tags"] = dict(self.tags)
-        return d
-
-    @property
-    def tag_strings(self) -> tuple[str, ...]:
-        """The tags as ``key=value`` strings (what a tag filter names, what Redis stores)."""
-        return tag_strings(self.tags)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result: rank (1-based), cosine similarity and the record it points to."""
-
-    rank: int
-    score: float
-    record: ImageRecord
-
-    @property
-    def id(self) -> int:
-        """The id of the image found."""
-        return self.record.id
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return ``{rank, id, score, path, plate, well, row, column, site, channel, z, source}``."""
-        return {"rank": self.rank, "score": self.score, **self.record.to_dict()}
-
-
-def normalise_tags(tags: Any) -> tuple[tuple[str, str], ...]:
-    """Tags as sorted ``(key, value)`` pairs, from a dict, pairs, or ``key=value`` strings.
-
-    Raises
-    ------
-    ConfigError
-        A key that is empty or holds ``=``; a key or value with control characters.
-    """
-    if not tags:
-        return ()
-    if isinstance(tags, dict):
-        items = tags.items()
-    else:
-        items = [tuple(t.split("=", 1)) if isinstance(t, str) else tuple(t) for t in tags]
-    out = {}
-    for item in items:
-        if len(item) != 2:
-            raise ConfigError(f"a tag is KEY=VALUE, got {item[0]!r}")
-        key, value = (str(x).strip(TRIM) for x in item)
-        if not key or "=" in key:
-            raise ConfigError(f"invalid tag name {key!r} (not empty, no '=')")
-        if any(unicodedata.category(c) == "Cc" for c in key + value):
-            raise ConfigError(f"tag {key}={value!r} contains control characters")
-        out[key] = value
-    return tuple(sorted(out.items()))
-
-
-def _lenient(normalise):
-    # A value the normaliser does not recognise (a well "99", a channel "DAPI" of your own data) stays
-    # as given, stripped: it matches what the index holds, or nothing, and the query says so.
-    def convert(value: Any) -> str:
-        try:
-            return normalise(value)
-        except ValueError:
-            return str(value).strip(TRIM)
-
-    return convert
-
-
-def _tuple(values: Any, convert) -> tuple:
-    if values is None:
-        return ()
-    if isinstance(values, (str, int)):
-        values = (values,)
-    return tuple(sorted({convert(v) for v in values}))
-
-
-@dataclass(frozen=True)
-class MetadataFilter:
-    """A conjunction of per-field allow-lists: a record matches when, for every non-empty field, its
-    value is one of the listed values (OR within a field, AND across fields). ``z_min``/``z_max``
-    bound the z-slice inclusively. An empty filter matches everything.
-
-    Values are normalised on construction (``a1`` -> ``A01``, ``1`` -> ``w1``, surrounding whitespace
-    dropped, as Redis tags drop it), so a filter means the same thing in every store. Control
-    characters are refused. Stores render it themselves (FAISS: a boolean mask; Redis: an escaped
-    query); user text is never pasted into a query string.
-    """
-
-    plate: tuple[str, ...] = ()
-    well: tuple[str, ...] = ()
-    row: tuple[str, ...] = ()
-    column: tuple[int, ...] = ()
-    site: tuple[int, ...] = ()
-    channel: tuple[str, ...] = ()
-    z: tuple[int, ...] = ()
-    z_min: int | None = None
-    z_max: int | None = None
-    path: tuple[str, ...] = field(default=())
-    source: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()  # "key=value": OR among values of one key, AND across keys
-
-    def __post_init__(self) -> None:
-        conv = {
-            "plate": lambda v: str(v).strip(TRIM),
-            "well": _lenient(normalise_well),
-            "row": lambda r: str(r).strip(TRIM).upper(),
-            "column": int,
-            "site": int,
-            "channel": _lenient(normalise_channel),
-            "z": int,
-            "path": lambda v: str(v).strip(TRIM),
-            "source": lambda v: str(v).strip(TRIM).lower(),
-        }
-        for name, fn in conv.items():
-            object.__setattr__(self, name, _tuple(getattr(self, name), fn))
-        bad = [s for s in self.source if s not in SOURCES]
-        if bad:
-            raise ConfigError(f"unknown source filter {bad[0]!r}; choose from {', '.join(SOURCES)}")
-        tags = self.tags if isinstance(self.tags, (list, tuple, set, frozenset)) else (self.tags,)
-        pairs = [normalise_tags([t])[0] for t in tags]
-        object.__setattr__(self, "tags", tuple(sorted(set(tag_strings(pairs)))))
-        for name in ("plate", "well", "row", "channel", "path"):
-            for value in getattr(self, name):
-                if not value:
-                    raise ConfigError(f"empty {name} filter value")
-                # Redis tag tokenising mangles control characters; refuse them rather than match wrongly.
-                if any(unicodedata.category(c) == "Cc" for c in value):
-                    raise ConfigError(f"{name} filter value {value!r} contains control characters")
-
-    @property
-    def is_empty(self) -> bool:
-        """True when the filter matches every record."""
-        return not any(getattr(self, f.name) not in ((), None) for f in fields(self))
-
-    def matches(self, record: ImageRecord) -> bool:
-        """The reference semantics of the filter, for one record."""
-        for name in ("plate", "well", "row", "column", "site", "channel", "z", "path", "source"):
-            allowed = getattr(self, name)
-            value = getattr(record, name)
-            value = value.strip(TRIM) if isinstance(value, str) else value
-            if allowed and value not in allowed:
-                return False
-        if self.z_min is not None and (record.z is None or record.z < self.z_min):
-            return False
-        if self.z_max is not None and (record.z is None or record.z > self.z_max):
-            return False
-        return tags_match(self.tag_groups(), record.tag_strings)
-
-    def tag_groups(self) -> dict[str, tuple[str, ...]]:
-        """The tag filter grouped by key: ``{key: ("key=a", "key=b")}`` (OR within, AND across)."""
-        groups: dict[str, list[str]] = {}
-        for t in self.tags:
-            groups.setdefault(t.split("=", 1)[0], []).append(t)
-        return {k: tuple(v) for k, v in groups.items()}
-
-
-def tag_strings(tags: Iterable[tuple[str, str]]) -> tuple[str, ...]:
-    """``(key, value)`` tag pairs as the ``key=value`` strings a tag filter names and Redis stores."""
-    return tuple(f"{k}={v}" for k, v in tags)
-
-
-def tags_match(groups: dict[str, tuple[str, ...]], tag_strings: Sequence[str]) -> bool:
-    """True when ``tag_strings`` hold one of the values of every key in ``groups``."""
-    have = set(tag_strings)
-    return all(have.intersection(values) for values in groups.values())
 
 
 @runtime_checkable
@@ -379,7 +178,7 @@ def check_batch(vectors: np.ndarray, records: Sequence[ImageRecord]) -> np.ndarr
 def check_storable(records: Sequence[ImageRecord]) -> None:
     """Refuse records whose text cannot be stored as UTF-8 (Redis tags, parquet strings, JSON, CSV).
 
-    Paths of files whose names are not UTF-8 are escaped by :func:`indexer.sources.display_path`
+    Paths of files whose names are not UTF-8 are escaped by :func:`indexer.images.sources.display_path`
     before they get here; this check keeps any other caller from half-writing a batch.
 
     Raises
@@ -397,7 +196,7 @@ def check_storable(records: Sequence[ImageRecord]) -> None:
             except UnicodeEncodeError as e:
                 raise ValueError(
                     f"record {r.id}: {name} {value!r} is not valid UTF-8 (escape it with "
-                    "indexer.sources.display_path)"
+                    "indexer.images.sources.display_path)"
                 ) from e
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import ConfigError, IndexMismatchError
+from indexer.core.errors import ConfigError, IndexMismatchError
 
 RECORD_KEY = "redis"
 UID_KEY = "index_uid"
@@ -226,7 +226,7 @@ def bind_stores(
 def redis_config_for(
     index_dir: Path | None, url: str | None, given: str | None, writing: bool, **settings: Any
 ):
-    """The :class:`~indexer.config.RedisConfig` to use with ``index_dir``: ``None`` without a URL; the
+    """The :class:`~indexer.core.config.RedisConfig` to use with ``index_dir``: ``None`` without a URL; the
     index name given, else the folder's record, else (a build) a name of the folder's own.
 
     Raises
@@ -234,7 +234,7 @@ def redis_config_for(
     ConfigError
         See :func:`choose_redis_index`.
     """
-    from indexer.config import RedisConfig
+    from indexer.core.config import RedisConfig
     from indexer.stores.manifest import read_folder_manifest
 
     if not url:
@@ -258,7 +258,7 @@ def check_folder_pair(
     IndexMismatchError
         The Redis index holds another folder's data.
     """
-    from indexer.errors import StoreUnavailableError
+    from indexer.core.errors import StoreUnavailableError
     from indexer.stores.manifest import read_folder_manifest
 
     folder_manifest = read_folder_manifest(index_dir)
@@ -277,7 +277,7 @@ def check_folder_pair(
 
     def folder():
         if opened[0] is None:
-            from indexer.stores.faiss_store import FaissStore
+            from indexer.stores.faiss.store import FaissStore
 
             opened[0] = FaissStore(index_dir, read_only=True)
         return opened[0]

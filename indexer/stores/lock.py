@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from indexer.errors import IndexBusyError, StoreUnavailableError
+from indexer.core.errors import IndexBusyError, StoreUnavailableError
 
 LOCK_FILE = ".write.lock"
 #: Seconds between tries while waiting for another writer.

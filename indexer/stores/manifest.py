@@ -7,8 +7,8 @@ A manifest is a plain JSON dict::
      "versions": {"torch": ..., "transformers": ..., "faiss": ..., "mae_microscopy": ...},
      "normalize": {"kind": "none"} or {"kind", "eps", "fit_on", "n_fit", "sha256"}}
 
-``normalize`` is checked by :func:`indexer.build.plan.settle_normalize` and the fitted arrays by
-:mod:`indexer.stores.transform_file` (missing = ``none``, for indexes built before it).
+``normalize`` is checked by :func:`indexer.ingest.plan.settle_normalize` and the fitted arrays by
+:mod:`indexer.vectors.transform_file` (missing = ``none``, for indexes built before it).
 
 The count is not stored here; stores report it live. A stored manifest also carries ``"checksum":
 "sha256:..."`` over the rest of its content (:func:`seal_manifest`), so a manifest edited by hand
@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import IndexDamagedError, IndexMismatchError, ModelLoadError
+from indexer.core.errors import IndexDamagedError, IndexMismatchError, ModelLoadError
 
 MANIFEST_FORMAT = 1
 

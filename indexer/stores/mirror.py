@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.errors import IndexDamagedError, ShrinkRefusedError
+from indexer.core.errors import IndexDamagedError, ShrinkRefusedError
 from indexer.stores.base import VectorStore
 from indexer.stores.manifest import same_embedding
 from indexer.stores.recall import recall_at_k

@@ -1,7 +1,7 @@
 """The records of a FAISS folder in columns, with where each one's current vector lies (shard, row).
 
 Why columns: a store holds every record of its folder in memory (52,224 for a full plate; the plates
-users plan hold 10 M), a writer and a server alike. One :class:`~indexer.stores.base.ImageRecord` per
+users plan hold 10 M), a writer and a server alike. One :class:`~indexer.core.records.ImageRecord` per
 image in a dict, beside a second dict of ``(shard, row)``, cost ~550 B per image over its path string.
 Here a record is one row of a numpy structured array (an int64 id, small-int codes for the strings a
 plate repeats and for tags, int32 column/site/z, its shard and row: 53 B) and a path string in a list;
@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from indexer.stores.base import TRIM, ImageRecord, MetadataFilter, normalise_tags, tag_strings, tags_match
-from indexer.value_codes import ValueCodes
+from indexer.core.records import TRIM, ImageRecord, MetadataFilter, normalise_tags, tag_strings, tags_match
+from indexer.core.value_codes import ValueCodes
 
 #: The string fields stored as codes into one table of distinct values (-1: None). Paths are distinct.
 CODED_FIELDS = ("plate", "well", "row", "channel", "source")

@@ -7,8 +7,8 @@ import pytest
 
 from eval import gallery, live
 from eval.robustness import RobustnessConfig, run_robustness
-from indexer.config import BuildConfig, SourceConfig
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.config import BuildConfig, SourceConfig
+from indexer.stores.faiss.store import FaissStore
 from retriever.search import Retriever
 from retriever.server import App, QueryService
 from tests.retriever.test_explorer import _get
@@ -19,9 +19,9 @@ from tests.retriever.test_server_hardening import _start
 def stack_index(tmp_path_factory, tiny_model_dir):
     """32 synthetic images: 4 wells x 2 sites x 2 channels x 2 z-slices (4 per site)."""
     from indexer.bbbc006.synthetic import SyntheticConfig, generate
-    from indexer.build.local import build_index
-    from indexer.config import ModelConfig
-    from indexer.encoder import ViTMAEEncoder
+    from indexer.core.config import ModelConfig
+    from indexer.ingest.local import build_index
+    from indexer.model.encoder import ViTMAEEncoder
 
     tmp = tmp_path_factory.mktemp("live")
     generate(SyntheticConfig(out_dir=tmp / "synth", wells=("A01", "A02", "A03", "A04"), sites=(1, 2), channels=(1, 2),

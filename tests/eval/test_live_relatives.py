@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eval import gallery
-from indexer.stores.faiss_store import FaissStore
+from indexer.stores.faiss.store import FaissStore
 from retriever.catalog import Catalog
 from tests.retriever.test_catalog import DIM, _best_time, _store, _vectors, fixture_records
 

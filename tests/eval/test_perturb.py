@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eval import perturb
-from indexer.decode import decode_tiff
+from indexer.images.decode import decode_tiff
 
 NAMES = list(perturb.PERTURBATIONS)
 

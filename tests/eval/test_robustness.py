@@ -7,8 +7,8 @@ from click.testing import CliRunner
 from eval.cli import main as eval_main
 from eval.robustness import RobustnessConfig, run_robustness
 from indexer.cli import main as index_main
-from indexer.errors import ConfigError
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.errors import ConfigError
+from indexer.stores.faiss.store import FaissStore
 from retriever.search import Retriever
 
 
@@ -83,7 +83,7 @@ def test_unknown_perturbation_is_a_config_error():
 
 
 def test_compare_puts_two_models_side_by_side(index_dir, tmp_path, real_images):
-    from indexer.model_presets import create_model
+    from indexer.model.presets import create_model
 
     other_model = create_model(tmp_path / "m2", "test", seed=7)
     other = tmp_path / "idx2"
@@ -178,7 +178,7 @@ def _padded_copy(index_dir, dest, extra: int) -> list[int]:
 
     import numpy as np
 
-    from indexer.stores.base import ImageRecord
+    from indexer.core.records import ImageRecord
 
     shutil.copytree(index_dir, dest)
     with FaissStore(dest) as store:

@@ -7,10 +7,10 @@ import pytest
 from eval import metrics as m
 from eval.robustness import NATURAL, RobustnessConfig, run_robustness
 from indexer.bbbc006.synthetic import SyntheticConfig, generate
-from indexer.build.local import build_index
-from indexer.config import BuildConfig, ModelConfig, SourceConfig
-from indexer.encoder import ViTMAEEncoder
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.config import BuildConfig, ModelConfig, SourceConfig
+from indexer.ingest.local import build_index
+from indexer.model.encoder import ViTMAEEncoder
+from indexer.stores.faiss.store import FaissStore
 from retriever.search import Retriever
 
 WELLS = ("A01", "A02", "A09", "A11", "B01", "B02", "B09", "B11")

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer.stores.base import ImageRecord
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.records import ImageRecord
+from indexer.stores.faiss.store import FaissStore
 from retriever.catalog import COLUMNS, ROWS, Catalog
 
 DIM = 8
@@ -129,7 +129,7 @@ def filled(request, tmp_path):
             writer.add(_vectors(len(records)), records)
         store = FaissStore(tmp_path / "idx", read_only=True)
     else:
-        from indexer.stores.redis_store import RedisStore
+        from indexer.stores.redis.store import RedisStore
 
         store = RedisStore(request.getfixturevalue("redis_config"), dim=DIM)
         store.add(_vectors(len(records)), records)
@@ -279,7 +279,7 @@ def test_a_redis_served_catalog_uses_the_mirror_s_records_when_both_hold_the_sam
     read every record from Redis into a table of its own, beside the mirror's table of the same records:
     at 10 M images, two copies. It now takes the mirror's when the two hold the same ids, and reads Redis
     when they differ (a mirror behind its Redis index), so what it answers is always the searched store's."""
-    from indexer.stores.redis_store import RedisStore
+    from indexer.stores.redis.store import RedisStore
 
     records = fixture_records()
     vectors = _vectors(len(records))
@@ -308,8 +308,8 @@ MEMORY_SCRIPT = """
 import gc, sys, tracemalloc
 from pathlib import Path
 import numpy as np
-from indexer.stores.base import ImageRecord
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.records import ImageRecord
+from indexer.stores.faiss.store import FaissStore
 from retriever.catalog import Catalog
 folder, n = Path(sys.argv[1]), int(sys.argv[2])
 rows = "ABCDEFGHIJKLMNOP"

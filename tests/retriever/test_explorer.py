@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from eval import live
-from indexer.config import IntensityConfig
-from indexer.decode import decode_tiff
-from indexer.preprocess import intensity_window
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.config import IntensityConfig
+from indexer.images.decode import decode_tiff
+from indexer.model.preprocess import intensity_window
+from indexer.stores.faiss.store import FaissStore
 from retriever import explorer, render
 from retriever.search import Retriever
 from retriever.server import App, QueryService
@@ -89,7 +89,7 @@ def test_backend_choice_reports_and_the_perturb_plugin(redis_config, real_images
     from click.testing import CliRunner
 
     from indexer.cli import main
-    from indexer.stores.redis_store import RedisStore
+    from indexer.stores.redis.store import RedisStore
 
     idx = tmp_path / "idx"
     r = CliRunner().invoke(

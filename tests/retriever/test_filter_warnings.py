@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.cli import main as index_main
-from indexer.stores.base import MetadataFilter
+from indexer.core.records import MetadataFilter
 from retriever.cli import main as search_main
 from retriever.search import filter_warnings
 

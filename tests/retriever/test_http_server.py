@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from indexer.limits import RequestLimits
+from indexer.core.limits import RequestLimits
 from retriever.http_server import HttpServer, LogEvery
 
 

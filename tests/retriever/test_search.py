@@ -5,9 +5,9 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.cli import main as index_main
-from indexer.errors import IndexMismatchError
-from indexer.stores.base import MetadataFilter
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.errors import IndexMismatchError
+from indexer.core.records import MetadataFilter
+from indexer.stores.faiss.store import FaissStore
 from retriever.cli import main as search_main
 from retriever.search import QueryOptions, Retriever
 
@@ -59,7 +59,7 @@ def test_query_by_id_equals_query_by_file(built_index, real_images):
 
 
 def test_other_model_is_refused(built_index, tmp_path):
-    from indexer.model_presets import create_model
+    from indexer.model.presets import create_model
 
     other = create_model(tmp_path / "other", "test", seed=1)
     with pytest.raises(IndexMismatchError, match="not the one the index was built with"):

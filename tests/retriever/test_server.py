@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from indexer.model_presets import create_model
-from indexer.stores.base import MetadataFilter
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.records import MetadataFilter
+from indexer.model.presets import create_model
+from indexer.stores.faiss.store import FaissStore
 from retriever.search import QueryOptions, Retriever
 from retriever.server import QueryService, make_server, query_server
 

@@ -1,7 +1,7 @@
 """The query server under hostile or unlucky use: bombs, oversized requests, HTTP abuse, a store outage.
 
 Each test here failed on the server as it was before the hardening (see the commit message for the
-before/after log); the limits are the ones in :mod:`indexer.limits`.
+before/after log); the limits are the ones in :mod:`indexer.core.limits`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from indexer.stores.faiss_store import FaissStore
+from indexer.stores.faiss.store import FaissStore
 from retriever.search import QueryOptions, Retriever
 from retriever.server import QueryService, make_server
 from tests.conftest import zero_bomb
@@ -279,8 +279,8 @@ def test_redis_outage_is_503_and_health_names_the_store(start_redis, tmp_path, r
     from click.testing import CliRunner
 
     from indexer.cli import main
-    from indexer.config import RedisConfig
-    from indexer.stores.redis_store import RedisStore
+    from indexer.core.config import RedisConfig
+    from indexer.stores.redis.store import RedisStore
     from retriever.cli import main as search_main
 
     redis = start_redis()

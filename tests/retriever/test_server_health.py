@@ -3,10 +3,10 @@ shards are served), but ``degraded``, naming the damaged shard."""
 
 import pytest
 
-from indexer.build.local import build_index
-from indexer.config import BuildConfig, ModelConfig, PreprocessConfig, SourceConfig
-from indexer.encoder import ViTMAEEncoder
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.config import BuildConfig, ModelConfig, PreprocessConfig, SourceConfig
+from indexer.ingest.local import build_index
+from indexer.model.encoder import ViTMAEEncoder
+from indexer.stores.faiss.store import FaissStore
 from retriever.search import Retriever
 from retriever.server import QueryService
 from tests.support.small_builds import build_in_small_shards
@@ -40,7 +40,7 @@ def test_a_served_faiss_index_with_a_damaged_shard_is_degraded(encoder, real_sub
 def test_a_redis_index_whose_faiss_mirror_is_damaged_is_degraded(
     encoder, real_subset, tmp_path, redis_config
 ):
-    from indexer.stores.redis_store import RedisStore
+    from indexer.stores.redis.store import RedisStore
 
     bad = _damaged_index(encoder, real_subset, tmp_path / "idx", redis_config)
     service = QueryService(Retriever(RedisStore(redis_config), encoder, PreprocessConfig()))

@@ -14,7 +14,7 @@ from tests.support.serve import start_serve
 def test_rss_stays_flat_under_8_clients(index_dir, real_images):  # noqa: F811
     proc, port = start_serve(index_dir)
     try:
-        from indexer.stores.faiss_store import FaissStore
+        from indexer.stores.faiss.store import FaissStore
 
         ids = [int(i) for i in FaissStore(index_dir, read_only=True).ids()]
         blobs = [p.read_bytes() for p in real_images]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import tifffile
 
-from indexer.decode import decode_tiff
+from indexer.images.decode import decode_tiff
 from tests.conftest import REPO, SYNTH_DIR
 from tests.support.serve import start_serve
 
@@ -53,7 +53,7 @@ def explorer(tmp_path_factory, real_images):
     from click.testing import CliRunner
 
     from indexer.cli import main
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.stores.faiss.store import FaissStore
 
     tmp = tmp_path_factory.mktemp("web")
     odd = tmp / "odd"
@@ -229,7 +229,7 @@ def test_z_slider_walks_the_stack(explorer, page):
 )
 def test_live_perturbation_equals_eval(explorer, page, name, severity):
     from eval.robustness import RobustnessConfig, run_robustness
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.stores.faiss.store import FaissStore
     from retriever.search import Retriever
 
     url, index_dir, records = explorer

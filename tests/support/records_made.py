@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from indexer.stores.base import ImageRecord
+from indexer.core.records import ImageRecord
 
 
 @contextmanager

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from indexer.errors import StoreUnavailableError
+from indexer.core.errors import StoreUnavailableError
 
 #: The install/start script; present in a source checkout.
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "redis-stack.sh"

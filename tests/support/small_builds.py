@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from indexer.build.local import build_index
-from indexer.config import BuildConfig, SourceConfig
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.config import BuildConfig, SourceConfig
+from indexer.ingest.local import build_index
+from indexer.stores.faiss.store import FaissStore
 
 
 def build_in_small_shards(encoder, data, index, redis=None):
@@ -14,7 +14,7 @@ def build_in_small_shards(encoder, data, index, redis=None):
                       batch_size=2, flush_every=2, redis=redis)  # fmt: skip
     stores = [FaissStore(index, dim=encoder.dim)]
     if redis is not None:
-        from indexer.stores.redis_store import RedisStore
+        from indexer.stores.redis.store import RedisStore
 
         stores.append(RedisStore(redis, dim=encoder.dim))
     summary = build_index(cfg, stores, encoder=encoder)

@@ -32,7 +32,7 @@ alone is byte-identical to the same well written in a full plate, and the same s
 bytes (on the same numpy build: FFT rounding may differ between builds).
 
 Only numpy and tifffile are needed (blur by FFT), so the core install can run it. Every TIFF says
-it is synthetic in its ImageDescription (:data:`indexer.decode.SYNTHETIC_MARKER`).
+it is synthetic in its ImageDescription (:data:`indexer.images.decode.SYNTHETIC_MARKER`).
 
 Modules, one job each: :mod:`.spec` (what to write: config, well specs, keyed random streams, file
 names), :mod:`.phenotypes` (what a well looks like, and the ground truth), :mod:`.render` (drawing one

@@ -17,7 +17,7 @@ from indexer.bbbc006.synthetic.spec import (
     _rng,
     _well_index,
 )
-from indexer.errors import ConfigError
+from indexer.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

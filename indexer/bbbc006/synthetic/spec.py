@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from indexer.bbbc006.constants import CHANNELS, DEFAULT_PLATE, FOCUS_Z, N_COLUMNS, PLATE_ROWS, SITES, Z_SLICES
-from indexer.bbbc006.names import bbbc006_file_name, normalise_well, z_folder_name
-from indexer.errors import ConfigError
+from indexer.bbbc006.names import bbbc006_file_name, z_folder_name
+from indexer.core.errors import ConfigError
+from indexer.core.records import normalise_well
 
 # Independent random streams, so that adding a draw to one never shifts another.
 # Phenotype families (defined in .phenotypes, which imports this module): named here for validation.

@@ -15,8 +15,8 @@ from indexer.bbbc006.names import parse_path, z_folder_name
 from indexer.bbbc006.synthetic.phenotypes import GROUND_TRUTH_COLUMNS, SiteTruth
 from indexer.bbbc006.synthetic.render import render_site
 from indexer.bbbc006.synthetic.spec import SyntheticConfig, image_path
-from indexer.decode import SYNTHETIC_MARKER
-from indexer.errors import ConfigError
+from indexer.core.errors import ConfigError
+from indexer.images.decode import SYNTHETIC_MARKER
 
 GROUND_TRUTH_NAME = "BBBC006_synthetic_ground_truth.csv"
 
@@ -36,7 +36,7 @@ class GenerationSummary:
         return 60.0 * self.n_images / self.seconds if self.seconds > 0 else float("inf")
 
 
-#: The ImageDescription of every synthetic TIFF (see :func:`indexer.decode.image_source`).
+#: The ImageDescription of every synthetic TIFF (see :func:`indexer.images.decode.image_source`).
 SYNTHETIC_DESCRIPTION = f"mae-microscopy synthetic BBBC006 look-alike ({SYNTHETIC_MARKER}); not a real image"
 
 
@@ -45,7 +45,7 @@ def _write_tiff(path: Path, image: np.ndarray) -> None:
 
     Little-endian, LZW without predictor, 11 rows per strip, 72 dpi, orientation tag, no Software tag,
     and one difference from the real files: an ImageDescription that says the image is synthetic
-    (:data:`~indexer.decode.SYNTHETIC_MARKER`), so an index, a report or a user who copies the file
+    (:data:`~indexer.images.decode.SYNTHETIC_MARKER`), so an index, a report or a user who copies the file
     elsewhere can tell it from a real one.
     """
     import tifffile

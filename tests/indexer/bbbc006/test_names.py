@@ -2,15 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from indexer.bbbc006.names import (
-    ImageMeta,
-    bbbc006_file_name,
-    normalise_channel,
-    normalise_well,
-    parse_path,
-    parse_z,
-    z_folder_name,
-)
+from indexer.bbbc006.names import bbbc006_file_name, parse_path, parse_z, z_folder_name
+from indexer.core.records import ImageMeta, normalise_channel, normalise_well
 from tests.conftest import REAL_DIR
 
 DOC_NAMES = {

@@ -25,8 +25,8 @@ from indexer.bbbc006.synthetic import (
     well_phenotype,
     well_range,
 )
-from indexer.decode import image_source
-from indexer.errors import ConfigError
+from indexer.core.errors import ConfigError
+from indexer.images.decode import image_source
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Twelve wells whose seed-0 phenotypes cover all four classes.

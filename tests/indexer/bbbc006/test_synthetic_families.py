@@ -20,7 +20,7 @@ from indexer.bbbc006.synthetic import (
     render_site,
     well_phenotype,
 )
-from indexer.errors import ConfigError
+from indexer.core.errors import ConfigError
 
 OFFSET = 200.0  # camera offset of the simulator
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from indexer.stores.base import ImageRecord
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.records import ImageRecord
+from indexer.stores.faiss.store import FaissStore
 from indexer.stores.mirror import sync_mirror, verify_stores
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.config import RedisConfig
-from indexer.errors import ConfigError, StoreUnavailableError
+from indexer.core.config import RedisConfig
+from indexer.core.errors import ConfigError, StoreUnavailableError
+from indexer.core.records import ImageRecord
 from indexer.stores import open_stores
-from indexer.stores.base import ImageRecord, VectorStore
+from indexer.stores.base import VectorStore
 
 
 def test_a_faiss_folder_opens_writes_on_close_and_reopens_read_only(tmp_path):

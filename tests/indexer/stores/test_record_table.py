@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from indexer.stores.base import SPARE_CANDIDATES, ImageRecord, MetadataFilter
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.records import ImageRecord, MetadataFilter
+from indexer.stores.base import SPARE_CANDIDATES
+from indexer.stores.faiss.store import FaissStore
 from indexer.stores.record_table import RecordTable
 from tests.support.records_made import records_made
 
@@ -73,8 +74,8 @@ def test_vectors_are_found_at_their_last_row_in_the_last_shard_that_wrote_them()
 
 
 def _columns(records):
-    from indexer.stores.base import RECORD_FIELDS
-    from indexer.stores.faiss_shards import records_to_table
+    from indexer.core.records import RECORD_FIELDS
+    from indexer.stores.faiss.shards import records_to_table
 
     table = records_to_table(np.zeros((len(records), 2), dtype=np.float32), records)
     ids = table.column("id").to_numpy()
@@ -104,8 +105,8 @@ import sys, tracemalloc
 from pathlib import Path
 import numpy as np
 import pandas, pyarrow.parquet  # noqa: F401  (loaded by the first flush: not a record's memory)
-from indexer.stores.base import ImageRecord
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.records import ImageRecord
+from indexer.stores.faiss.store import FaissStore
 n = 20_000
 paths = [f"/data/BBBC006_v1_images_z_{i % 34:02d}/mcf-z-stacks-03212011_a{i % 24 + 1:02d}_s1_w1{i:08d}.tif"
          for i in range(n)]
@@ -151,7 +152,7 @@ def test_columns_read_raw_codes_without_records_and_decode_back():
 def test_sealing_leaves_no_row_in_the_dict_of_recent_ones_nor_spare_rows(tmp_path):
     """A reader's table is filled once: sealed after the shards are read (a FAISS reader at 10 M records
     would otherwise keep up to 2.5 M ids in a dict, ~100 B each)."""
-    from indexer.stores.faiss_store import FaissStore
+    from indexer.stores.faiss.store import FaissStore
 
     with FaissStore(tmp_path / "idx", dim=2) as store:
         for s in range(0, 6000, 500):

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from indexer.cli import main as index_main
 from indexer.stores.manifest import seal_manifest
-from indexer.stores.redis_store import redact_url
+from indexer.stores.redis.store import redact_url
 from retriever.cli import main as search_main
 
 needs_redis = pytest.mark.redis
@@ -111,8 +111,8 @@ def test_a_legacy_folder_without_a_record_is_checked_by_count(env_url, tmp_path,
 
 @needs_redis
 def test_json_summary_and_health_name_the_stores(env_url, tmp_path, tiny_model_dir, real_images):
-    from indexer.stores.faiss_store import FaissStore
-    from indexer.stores.redis_store import RedisStore
+    from indexer.stores.faiss.store import FaissStore
+    from indexer.stores.redis.store import RedisStore
     from retriever.search import Retriever
     from retriever.server import QueryService
 
@@ -121,7 +121,7 @@ def test_json_summary_and_health_name_the_stores(env_url, tmp_path, tiny_model_d
     name = json.loads((tmp_path / "a" / "manifest.json").read_text())["redis"]["index"]
     assert stores == [{"store": "faiss", "index": str(tmp_path / "a")},
                       {"store": "redis", "index": name, "server": redact_url(env_url)}]  # fmt: skip
-    from indexer.config import RedisConfig
+    from indexer.core.config import RedisConfig
 
     health = QueryService(
         Retriever.open(RedisStore(RedisConfig(url=env_url, index_name=name)), lazy=True)

@@ -11,9 +11,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from indexer.errors import ConfigError
-from indexer.stores.base import ImageRecord, MetadataFilter, VectorStore
-from indexer.stores.faiss_store import FaissStore
+from indexer.core.errors import ConfigError
+from indexer.core.records import ImageRecord, MetadataFilter
+from indexer.stores.base import VectorStore
+from indexer.stores.faiss.store import FaissStore
 
 DIM = 32
 N = 60
@@ -26,7 +27,7 @@ def make_store(request, tmp_path):
     def make(dim: int | None = DIM):
         if request.param == "faiss":
             return FaissStore(tmp_path / "idx", dim=dim)
-        from indexer.stores.redis_store import RedisStore
+        from indexer.stores.redis.store import RedisStore
 
         return RedisStore(request.getfixturevalue("redis_config"), dim=dim)
 
@@ -258,7 +259,7 @@ def test_a_reopened_store_holds_the_same_index(make_store):
 
 @pytest.mark.redis
 def test_redis_and_faiss_return_the_same_top10_on_a_flat_index(tmp_path, redis_config):
-    from indexer.stores.redis_store import RedisStore
+    from indexer.stores.redis.store import RedisStore
 
     rng = np.random.default_rng(5)
     v = _unit(300, 64, seed=6)

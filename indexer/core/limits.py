@@ -1,0 +1,102 @@
+"""Every size and time limit on untrusted input, in one place.
+
+Two frozen dataclasses: :class:`DecodeLimits` (what one image file may cost; the build and the query
+server apply the same defaults through :func:`indexer.images.decode.decode_tiff`) and :class:`RequestLimits`
+(what one HTTP request to ``mae-search serve`` may cost). The README's "Limits" table lists the same
+numbers; change them here and there.
+
+Why these defaults:
+
+- 64 MP per image: the model sees 64-224 px a side, a BBBC006 field is 0.36 MP, a 8k x 8k mosaic is
+  the largest single field of view worth embedding. A 16-bit 64 MP image is 128 MB decoded.
+- Compression ratio 256 (decoded / file bytes) above 16 MB decoded: LZW or deflate on real camera images
+  gives 1.2-4x (BBBC006: 1.4x); a file of zeros gives ~1,200x (16384 x 16384 in 430 KB). Small images
+  are exempt because a tiny flat test pattern compresses just as well and costs nothing.
+- 64 images, 1,000 ids and 10,000 results (k x queries) per request keep one request's answer in the
+  low megabytes; 1 GiB decoded per request bounds its CPU time. Images are decoded and preprocessed
+  one at a time, so the pixels held at once are one image's (at most 128 MB), whatever the batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from indexer.core.errors import ConfigError
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What decoding one image file may cost.
+
+    Attributes
+    ----------
+    max_pixels : int
+        Largest height x width accepted, checked from the TIFF header before any pixel is decoded.
+    max_ratio : float
+        Largest decoded-bytes / file-bytes ratio, checked from the header too (a decompression bomb).
+    ratio_floor_bytes : int
+        The ratio applies only to images larger than this when decoded.
+    """
+
+    max_pixels: int = 64 * MB
+    max_ratio: float = 256.0
+    ratio_floor_bytes: int = 16 * MB
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 16 * 16:
+            raise ConfigError(f"the pixel limit must allow one 16 x 16 patch, got {self.max_pixels}")
+        if self.max_ratio < 1:
+            raise ConfigError(f"the compression-ratio limit must be >= 1, got {self.max_ratio}")
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one HTTP request to the query server may cost, and how long its client may take.
+
+    Attributes
+    ----------
+    max_body_bytes : int
+        Largest request body (413 above it, answered from the header alone).
+    max_images : int
+        Images per ``/query/batch`` request.
+    max_ids : int
+        Ids per ``/query/ids`` request.
+    max_results : int
+        k x number of queries per request.
+    max_decoded_bytes : int
+        Decoded pixel bytes summed over one request's images.
+    request_timeout_s : float
+        Time from a request's first byte to its last (headers and body); a client that dribbles is cut off.
+    idle_timeout_s : float
+        A connection with no activity for this long is closed.
+    threads : int
+        Worker threads that run requests (the pool is bounded; idle connections hold no thread).
+    connection_limit : int
+        Open connections served at once; more wait in the listen backlog.
+    backlog : int
+        Listen backlog.
+    decode : DecodeLimits
+        Per-image limits, the same as the build's by default.
+    """
+
+    max_body_bytes: int = 64 * MB
+    max_images: int = 64
+    max_ids: int = 1000
+    max_results: int = 10_000
+    max_decoded_bytes: int = 1024 * MB
+    request_timeout_s: float = 30.0
+    idle_timeout_s: float = 60.0
+    threads: int = 8
+    connection_limit: int = 1000
+    backlog: int = 1024
+    decode: DecodeLimits = field(default_factory=DecodeLimits)
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_images", "max_ids", "max_results", "max_decoded_bytes",
+                     "threads", "connection_limit", "backlog"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.request_timeout_s <= 0 or self.idle_timeout_s <= 0:
+            raise ConfigError("timeouts must be > 0 seconds")

@@ -1,0 +1,114 @@
+"""On a CPU, decoding and the forward take turns: a decode worker beside a forward that has every core
+stalls the forward's threads at each barrier (bench/bench_build.py measures it)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import indexer.ingest.local as local
+from indexer.core.config import BuildConfig, ModelConfig, SourceConfig
+from indexer.ingest.local import build_index
+from indexer.ingest.turns import Turns
+from indexer.model.encoder import load_encoder
+from indexer.stores.faiss.store import FaissStore
+
+
+def _intervals(monkeypatch, encoder):
+    """Record when each decode and each forward ran, as (start, end) pairs."""
+    decodes, forwards, lock = [], [], threading.Lock()
+    real_prepare, real_embed = local.prepare_item, encoder.embed
+
+    def prepare(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = real_prepare(*args, **kwargs)
+        with lock:
+            decodes.append((t0, time.perf_counter()))
+        return out
+
+    def embed(pixels):
+        t0 = time.perf_counter()
+        out = real_embed(pixels)
+        forwards.append((t0, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(local, "prepare_item", prepare)
+    monkeypatch.setattr(encoder, "embed", embed)
+    return decodes, forwards
+
+
+def _overlaps(decodes, forwards) -> int:
+    return sum(1 for d0, d1 in decodes for f0, f1 in forwards if d0 < f1 and f0 < d1)
+
+
+def test_a_cpu_build_never_decodes_while_its_forward_runs(real_images, tmp_path, tiny_model_dir, monkeypatch):
+    """Before: the decode window kept both workers decoding through every forward pass. 20 images, batches
+    of 2, 2 workers: each decode is checked against each forward."""
+    data = tmp_path / "data" / "BBBC006_v1_images_z_16"
+    data.mkdir(parents=True)
+    for p in real_images:
+        (data / p.name).write_bytes(p.read_bytes())
+    encoder = load_encoder(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+    decodes, forwards = _intervals(monkeypatch, encoder)
+    overlaps = {}
+    for during in (None, True):
+        decodes.clear(), forwards.clear()
+        idx = tmp_path / f"idx-{during}"
+        cfg = BuildConfig(sources=SourceConfig(paths=(data.parent,)), index_dir=idx, model=encoder.config,
+                          batch_size=2, workers=2, progress=False, decode_during_forward=during)  # fmt: skip
+        summary = build_index(cfg, [FaissStore(idx, dim=encoder.dim)], encoder=encoder)
+        assert summary.indexed == 20 and len(forwards) == 10 and len(decodes) == 20
+        overlaps[during] = _overlaps(decodes, forwards)
+    assert overlaps[None] == 0, overlaps  # the CPU default; before, as with decode_during_forward=True
+    with (
+        FaissStore(tmp_path / "idx-None", read_only=True) as a,
+        FaissStore(tmp_path / "idx-True", read_only=True) as b,
+    ):
+        ids = a.ids()
+        assert (b.ids() == ids).all() and (a.get_vectors(ids) == b.get_vectors(ids)).all()
+
+
+def test_a_forward_waits_for_the_decodes_in_progress_and_holds_new_ones():
+    turns = Turns(enabled=True)
+    order: list[str] = []
+    decoding, release = threading.Event(), threading.Event()
+
+    def decode():
+        with turns.decode():
+            order.append("decode starts")
+            decoding.set()
+            release.wait(5)
+            order.append("decode ends")
+
+    first = threading.Thread(target=decode)
+    first.start()
+    decoding.wait(5)
+
+    def forward():
+        with turns.forward():
+            order.append("forward starts")
+            time.sleep(0.05)
+            order.append("forward ends")
+
+    f = threading.Thread(target=forward)
+    f.start()
+    time.sleep(0.05)
+
+    def second_decode():
+        with turns.decode():
+            order.append("second decode")
+
+    second = threading.Thread(target=second_decode)
+    second.start()
+    time.sleep(0.05)
+    assert order == ["decode starts"]  # the forward waits for the decode; the new decode for the forward
+    release.set()
+    for t in (first, f, second):
+        t.join(5)
+    assert order == ["decode starts", "decode ends", "forward starts", "forward ends", "second decode"]
+
+
+def test_without_turns_both_run_at_once():
+    turns = Turns(enabled=False)
+    with turns.forward(), turns.decode():
+        pass  # neither waits for the other: no deadlock on a GPU's overlapped decode

@@ -1,0 +1,126 @@
+"""The pure maths of --normalize (indexer.vectors.normalize) against numpy/sklearn references, and the build's
+small pure rules around it (the --fit-on syntax, the manifest handshake)."""
+
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler, normalize
+
+from indexer.core.config import NormalizeConfig
+from indexer.core.errors import ConfigError, IndexMismatchError
+from indexer.core.records import ImageRecord, MetadataFilter
+from indexer.ingest.plan import parse_fit_on, settle_normalize
+from indexer.vectors.normalize import fit_transform
+from indexer.vectors.transform_file import decode_transform, encode_transform
+
+
+def _correlated(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(d, d)) * np.linspace(3.0, 0.1, d)  # strongly unequal axes
+    return rng.normal(size=(n, d)) @ mixing.T + rng.normal(size=d) * 5
+
+
+def _cosines(x: np.ndarray) -> np.ndarray:
+    u = normalize(x)
+    return u @ u.T
+
+
+def test_center_subtracts_the_fit_mean_like_sklearn():
+    x = _correlated(300, 12)
+    t = fit_transform(x, "center")
+    np.testing.assert_allclose((x - t.mean).mean(axis=0), 0.0, atol=1e-10)
+    ref = normalize(StandardScaler(with_std=False).fit_transform(x))
+    np.testing.assert_allclose(t.apply(x), ref, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(t.apply(x), axis=1), 1.0, atol=1e-6)
+    assert t.apply(x).dtype == np.float32 and t.matrix is None and t.n_fit == 300
+
+
+def test_whitened_covariance_is_identity_on_the_fit_set():
+    x = _correlated(2000, 16)
+    t = fit_transform(x, "whiten", eps=1e-9)
+    white = (x - t.mean) @ t.matrix
+    np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(16), atol=1e-5)
+    assert np.linalg.cond(np.cov(x, rowvar=False)) > 100  # the input was far from white
+
+
+def test_whiten_matches_sklearn_pca_whitening_up_to_rotation():
+    # Cosine does not see the sign of a principal axis (nor PCA vs ZCA): compare cosine matrices.
+    x = _correlated(500, 10, seed=1)
+    ours = fit_transform(x, "whiten", eps=0.0).apply(x)
+    ref = PCA(whiten=True).fit_transform(x)
+    np.testing.assert_allclose(ours @ ours.T, _cosines(ref), atol=1e-5)
+
+
+def test_ridge_bounds_directions_the_fit_set_does_not_span():
+    x = _correlated(8, 20)  # 8 vectors span 7 of 20 directions
+    with pytest.raises(ConfigError, match="needs a ridge"):
+        fit_transform(x, "whiten", eps=0.0)
+    small = fit_transform(x, "whiten", eps=1e-6)
+    white_cov = np.cov((x - small.mean) @ small.matrix, rowvar=False)
+    eig = np.linalg.eigvalsh(white_cov)
+    assert eig.max() <= 1.0 + 1e-9 and np.sum(eig > 0.99) == 7  # spanned axes white, the rest at 0
+    # A huge ridge scales every axis alike: whitening turns into centering.
+    huge = fit_transform(x, "whiten", eps=1e9)
+    center = fit_transform(x, "center")
+    np.testing.assert_allclose(
+        huge.apply(x) @ huge.apply(x).T, center.apply(x) @ center.apply(x).T, atol=1e-5
+    )
+
+
+def test_none_fits_nothing_and_bad_input_is_refused():
+    assert fit_transform(np.ones((4, 3)), "none") is None
+    with pytest.raises(ConfigError, match="unknown normalisation"):
+        fit_transform(np.ones((4, 3)), "sphere")
+    with pytest.raises(ConfigError, match="at least 2"):
+        fit_transform(np.ones((1, 3)), "center")
+    with pytest.raises(ConfigError, match="3-d"):
+        fit_transform(_correlated(5, 3), "center").apply(np.ones((2, 4)))
+
+
+def test_file_round_trip_keeps_the_fingerprint_and_a_change_shows():
+    t = fit_transform(_correlated(50, 6), "whiten", eps=1e-4)
+    back = decode_transform(encode_transform(t))
+    assert back.fingerprint() == t.fingerprint() and back.kind == "whiten" and back.eps == 1e-4
+    np.testing.assert_array_equal(back.apply(_correlated(3, 6, 2)), t.apply(_correlated(3, 6, 2)))
+    changed = fit_transform(_correlated(50, 6), "whiten", eps=1e-3)
+    assert changed.fingerprint() != t.fingerprint()
+
+
+def test_fit_on_syntax():
+    where = parse_fit_on(["well=a01,A02", "site=1"])
+    assert where == MetadataFilter(well=("A01", "A02"), site=(1,))
+    assert where.matches(ImageRecord(1, "p", well="A02", site=1))
+    assert not where.matches(ImageRecord(2, "p", well="A02", site=2))
+    assert parse_fit_on(["tag=treatment=dmso"]) == MetadataFilter(tags=("treatment=dmso",))
+    assert parse_fit_on([]) is None
+    for bad in ("well", "colour=red", "site=x"):
+        with pytest.raises(ConfigError, match="--fit-on"):
+            parse_fit_on([bad])
+
+
+def test_manifest_handshake_names_the_field():
+    assert settle_normalize(NormalizeConfig(), None) == {"kind": "none"}
+    new = settle_normalize(NormalizeConfig(kind="whiten", fit_on=("well=A01",)), None)
+    assert new == {"kind": "whiten", "eps": 1e-6, "fit_on": "well=A01"}
+    stored = {"normalize": {**new, "n_fit": 4, "sha256": "ab"}}
+    assert settle_normalize(NormalizeConfig(), stored)["sha256"] == "ab"  # flags omitted: the index's own
+    with pytest.raises(IndexMismatchError, match="normalize.kind: the index has 'whiten'"):
+        settle_normalize(NormalizeConfig(kind="center"), stored)
+    with pytest.raises(IndexMismatchError, match="normalize.eps"):
+        settle_normalize(NormalizeConfig(kind="whiten", eps=1e-3), stored)
+    with pytest.raises(IndexMismatchError, match="normalize.kind: the index has 'none'"):
+        settle_normalize(NormalizeConfig(kind="whiten"), {"dim": 4})  # an index built before --normalize
+
+
+def test_describe_normalize_names_kind_ridge_subset_and_fingerprint():
+    from indexer.vectors.transform_file import describe_normalize
+
+    assert describe_normalize({"kind": "none"}) == "none"
+    centred = {"kind": "center", "eps": None, "fit_on": "well=A01", "n_fit": 8, "sha256": "ab" * 32}
+    assert (
+        describe_normalize(centred)
+        == "center (fitted on the well=A01 subset, 8 vectors, sha256 abababababab)"
+    )
+    assert describe_normalize({"kind": "whiten", "eps": 0.01, "fit_on": None}) == (
+        "whiten (eps 0.01, not fitted yet: the first build stopped before its fit)"
+    )
