@@ -163,7 +163,7 @@ def build_index(
     ledger = Ledger(config.strict)
     summary = ledger.summary
     plan = make_plan(config, stores, encoder, ledger, items, problems)
-    summary.runtime = f"{encoder.device.type} {encoder.precision}"
+    summary.runtime = encoder.runtime
     pre = plan.preprocess
     on_device = encoder.device.type == "cuda"
     writer = StoreWriter(stores, config.flush_every, plan.held, after_checkpoint)

@@ -50,11 +50,33 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(device: torch.device, precision: str) -> str:
-    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``fp32``; ``fp32``/``bf16`` as asked."""
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
+#: On a CPU, ``auto`` takes bf16 only for models at least this wide (hidden size). oneDNN's bf16 kernels
+#: win on large matmuls and lose on small ones, where the casts around each layer cost more than the
+#: narrower multiply saves: on a 2-core AVX512-BF16 CPU, ViT-S (384) ran 1.5x faster in bf16 and the
+#: shipped tiny model (192) 1.7-3x slower (bench/bench_forward.py; docs/performance).
+CPU_BF16_MIN_HIDDEN = 384
+
+
+def resolve_precision(
+    device: torch.device, precision: str, hidden_size: int | None = None
+) -> tuple[str, str]:
+    """Return ``(precision, why)``: ``fp32``/``bf16`` as asked, or what ``auto`` picks and the rule that
+    picked it.
+
+    ``auto`` is bf16 on a GPU with native bf16; on a CPU with native bf16 (:func:`native_bf16`) only for
+    models whose ``hidden_size`` is at least :data:`CPU_BF16_MIN_HIDDEN` (unknown: treated as large);
+    fp32 everywhere else.
+    """
+    if precision != "auto":
+        return precision, "as asked"
+    if not native_bf16(device):
+        return "fp32", f"auto: no native bf16 on {device.type}"
+    if device.type == "cpu" and hidden_size is not None and hidden_size < CPU_BF16_MIN_HIDDEN:
+        return "fp32", (
+            f"auto: hidden size {hidden_size} < {CPU_BF16_MIN_HIDDEN}, bf16 is slower than fp32 on a CPU for "
+            "a model this small"
+        )
+    return "bf16", f"auto: native bf16 on {device.type}"
 
 
 def pool_tokens(tokens: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -83,8 +105,20 @@ class Encoder(ABC):
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.device = resolve_device(config.device)
-        self.precision = resolve_precision(self.device, config.precision)
+        # A subclass that knows its model's width resolves ``auto`` again once loaded (:meth:`_set_precision`).
+        self.precision, self.precision_reason = resolve_precision(self.device, config.precision)
         self._pad_to = 0
+
+    def _set_precision(self, hidden_size: int) -> None:
+        self.precision, self.precision_reason = resolve_precision(
+            self.device, self.config.precision, hidden_size
+        )
+
+    @property
+    def runtime(self) -> str:
+        """Where and how the model runs, with the rule behind an ``auto`` precision (for summaries)."""
+        text = f"{self.device.type} {self.precision}"
+        return text if self.precision_reason == "as asked" else f"{text} ({self.precision_reason})"
 
     @property
     @abstractmethod
@@ -294,6 +328,7 @@ class ViTMAEEncoder(Encoder):
         if getattr(model.config, "model_type", None) != "vit_mae":
             raise ModelLoadError(f"{config.name!r} is a {model.config.model_type!r} model, not a ViT-MAE")
         self.model = model.to(self.device).eval()
+        self._set_precision(int(model.config.hidden_size))
         self._forward = self.model
         if config.compile:
             # On a CPU, inductor's freezing folds the weights into the graph as constants, so oneDNN gets
