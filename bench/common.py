@@ -77,7 +77,8 @@ def best_of(fn: Callable[[], object], repeat: int = 1) -> float:
 
 
 def print_table(title: str, rows: list[tuple], headers: tuple) -> None:
-    """Print an aligned plain-text table."""
+    """Print an aligned plain-text table (for bench_phenotype.py, an evaluation that leaves bench/ for
+    ``mae-eval phenotype``; the groups return rows instead)."""
     cells = [[str(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     print(f"\n{title}")

@@ -54,7 +54,7 @@ class Params:
     isa: str = "native"
 
 
-QUICK = Params(model="test", images=32, repeats=1)
+QUICK = Params(images=32, repeats=1)
 
 
 def cap_isa(isa: str) -> None:
