@@ -41,7 +41,8 @@ AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "
 
 @dataclass(frozen=True)
 class Params:
-    """``model``: test, tiny, small or base (random weights); ``repeats``: best of this many runs of
+    """``model``: tiny, small or base (random weights; test's 64 px input cannot go through the naive
+    loop's 224 px processor); ``repeats``: best of this many runs of
     each pipeline; ``compile``: torch.compile the model (during warm-up); ``isa``: native or avx2."""
 
     model: str = "tiny"

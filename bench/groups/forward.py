@@ -61,6 +61,7 @@ def images_per_second(model, batch: int, images: int, repeats: int) -> tuple[flo
 def run(p: Params) -> Iterator[Result]:
     """Images/s of each way (and its ratio to eager attention), and its first batch's seconds."""
     import torch
+    import torch.utils.mkldnn  # not loaded by ``import torch`` (torch.compile happened to load it)
     from transformers import ViTMAEModel
     from transformers.utils import logging as hf_logging
 
