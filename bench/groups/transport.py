@@ -37,10 +37,21 @@ class Params:
 QUICK = Params(rounds=2, queries=15)
 
 
+#: Modules the old server imports that have moved since (the layout of b690aef), old -> new.
+MOVED = {
+    "from indexer.decode import": "from indexer.images.decode import",
+    "from indexer.errors import": "from indexer.core.errors import",
+    "from indexer.stores.base import MetadataFilter": "from indexer.core.records import MetadataFilter",
+}
+
+
 def load_old(ref: str, tmp: Path):
-    """The old ``retriever/server.py`` of git ``ref`` as a module."""
+    """The old ``retriever/server.py`` of git ``ref`` as a module, its imports pointed at the modules'
+    present homes."""
     src = subprocess.run(["git", "show", f"{ref}:retriever/server.py"], cwd=REPO, check=True,
                          capture_output=True, text=True).stdout  # fmt: skip
+    for old, new in MOVED.items():
+        src = src.replace(old, new)
     path = tmp / "old_server.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("old_server", path)
