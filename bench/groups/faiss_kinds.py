@@ -168,19 +168,19 @@ def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args
         "kind": factory,
         "requested": kind_text,
         "n": n,
-        "train_s": round(train_s, 1),
-        **({"rerank_write_s": round(rerank_s, 1)} if rerank_file is not None else {}),
-        "build_s": round(build_s, 1),
-        "tune_s": round(tune_s, 1),
-        "ram_bytes_per_vector": round(kind.bytes_per_vector(dim) + centroids / n, 1),
-        "rss_bytes_per_vector": round(rss_fill / n, 1),
-        "disk_bytes_per_vector": round(disk / n, 1),
+        "train_s": train_s,
+        **({"rerank_write_s": rerank_s} if rerank_file is not None else {}),
+        "build_s": build_s,
+        "tune_s": tune_s,
+        "ram_bytes_per_vector": kind.bytes_per_vector(dim) + centroids / n,
+        "rss_bytes_per_vector": rss_fill / n,
+        "disk_bytes_per_vector": disk / n,
         **({"nprobe": nprobe} if nprobe else {}),
         **({"rerank": factor} if factor is not None else {}),
         **({"efSearch": ef} if ef else {}),
         "tuned_recall_at_10": tuned.get("recall_at_10"),
-        "recall_at_10": round(recall, 4),
-        "p50_query_ms": round(float(np.median(lat)) * 1e3, 3),
+        "recall_at_10": recall,
+        "p50_query_ms": float(np.median(lat)) * 1e3,
     }
     if args.filter_fraction:
         rng = np.random.default_rng(1)
@@ -190,18 +190,18 @@ def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args
         fparams = search_parameters(kind, nprobe, ef, sel, widen=widen)
         allowed = int(keep.sum())
         ffound = search(xq, fparams, allowed)
-        row["filtered_recall_at_10"] = round(recall_at(ffound, exact_top(xb, xq, 10, keep), 10), 4)
+        row["filtered_recall_at_10"] = recall_at(ffound, exact_top(xb, xq, 10, keep), 10)
         flat = []
         for q in xq[: args.latency_queries]:
             t = time.perf_counter()
             search(q[None], fparams, allowed)
             flat.append(time.perf_counter() - t)
-        row["filtered_p50_query_ms"] = round(float(np.median(flat)) * 1e3, 3)
+        row["filtered_p50_query_ms"] = float(np.median(flat)) * 1e3
     # What a reader (the server) holds: the index read back from disk, its lists sized exactly.
     index = None  # the search closure shares this name: the built index is freed here
     rss0 = rss_bytes()
     loaded = faiss.read_index(str(index_path))
-    row["rss_loaded_bytes_per_vector"] = round((rss_bytes() - rss0) / n, 1)
+    row["rss_loaded_bytes_per_vector"] = (rss_bytes() - rss0) / n
     del loaded
     index_path.unlink()
     return row
