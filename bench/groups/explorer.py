@@ -37,14 +37,15 @@ ROWS = "ABCDEFGHIJKLMNOP"
 
 @dataclass(frozen=True)
 class Params:
-    """``repeats`` requests of each kind; ``loads``: page loads in the browser; ``n_z`` z per site."""
+    """``repeats`` requests of each kind; ``loads``: page loads in the browser; ``n_z`` z per site (at
+    least 5: the filtered query asks for 10 hits of one well and channel)."""
 
     repeats: int = 200
     loads: int = 5
     n_z: int = 34
 
 
-QUICK = Params(repeats=30, loads=2, n_z=4)
+QUICK = Params(repeats=30, loads=2, n_z=6)  # 12 records per well and channel: a filtered k=10 fills
 
 
 def make_index(out: Path, n_z: int = 34, seed: int = 0) -> int:

@@ -68,7 +68,8 @@ def run(p: Params) -> Iterator[Result]:
 
     local = build_index(config(data, tmp / "local"), [FaissStore(tmp / "local", dim=enc.dim)], encoder=enc)
     t0 = time.perf_counter()
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    # address="local": a private runtime, never a cluster another process on this machine started
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)
     t_init = time.perf_counter() - t0
     rc = RayConfig(concurrency=p.concurrency or None, threads_per_worker=p.threads_per_worker or None)
     try:
