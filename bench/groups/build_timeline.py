@@ -87,6 +87,9 @@ def run(p: Params) -> Iterator[Result]:
         try:
             index_main(["build", str(data), "--index", str(Path(tmp) / "index"), "--model", p.model,
                         *shlex.split(p.build_args), "--no-progress"], standalone_mode=False)  # fmt: skip
+        except SystemExit as e:  # the CLI ends with its exit status even when it succeeds
+            if e.code not in (0, None):
+                raise RuntimeError(f"mae-index build exited {e.code}") from e
         finally:
             done.set()
             thread.join()
