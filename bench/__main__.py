@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     except (groups.UnknownGroup, ValueError) as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
-    rows = stamp(args.group, params, args.quick, lambda: module.run(params))
+    try:
+        rows = stamp(args.group, params, args.quick, lambda: module.run(params))
+    except SystemExit as e:  # a CLI called in-process ends with SystemExit even when it succeeds
+        print(f"error: group {args.group} exited ({e.code}) before returning its rows", file=sys.stderr)
+        return 1
     if not rows:
         print(f"error: group {args.group} measured nothing", file=sys.stderr)
         return 1
