@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -71,8 +72,9 @@ class Params:
 
 QUICK = Params(wells="A01:A02", z="14-17", eval_queries=8, eval_severities="0-1", serve_queries=30)
 
-#: Units of a step's figures, by the end of their names.
-UNITS = (("_per_s", "/s"), ("_mb", "MB"), ("_ms", "ms"), ("seconds", "s"), ("_s", "s"))
+#: Units of a step's figures, by a pattern of their names.
+UNITS = ((r"images_per_s$", "img/s"), (r"requests_per_s$", "req/s"), (r"_mb$", "MB"), (r"_ms$", "ms"),
+         (r"seconds", "s"), (r"_s$", "s"))  # fmt: skip
 
 
 def step_results(step: dict) -> Iterator[Result]:
@@ -83,7 +85,7 @@ def step_results(step: dict) -> Iterator[Result]:
             value = int(value)
         if key == "step" or not isinstance(value, int | float) or not np.isfinite(value):
             continue
-        unit = next((u for suffix, u in UNITS if key.endswith(suffix)), "")
+        unit = next((u for pattern, u in UNITS if re.search(pattern, key)), "")
         yield Result(step["step"], key, value, unit)
 
 
