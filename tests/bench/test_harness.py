@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -102,3 +103,11 @@ def test_an_unknown_group_or_parameter_is_a_usage_error(tmp_path):
     out = bench("run", "decode", "--quick", "--set", "bogus=1", "--results", str(tmp_path))
     assert out.returncode == 2 and "repeats" in out.stderr
     assert not list(Path(tmp_path).iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("name", groups.NAMES)
+def test_every_group_has_full_and_quick_parameters_and_a_run(name):
+    module = groups.load(name)
+    assert groups.summary(module) and callable(module.run)
+    assert dataclasses.is_dataclass(module.Params) and module.Params.__dataclass_params__.frozen
+    assert isinstance(module.QUICK, module.Params) and module.QUICK != module.Params()
