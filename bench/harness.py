@@ -131,6 +131,13 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def portable(value: Scalar) -> Scalar:
+    """A parameter as stored: a path inside this checkout relative to it (rows compare across machines)."""
+    if isinstance(value, str) and value.startswith(f"{REPO}/"):
+        return value[len(str(REPO)) + 1 :]
+    return value
+
+
 def stamp(group: str, params: object, quick: bool, results: Callable[[], Iterable[Result]]) -> list[Row]:
     """Run ``results()`` and return its results as rows, with the load average before and after."""
     cond = conditions()
@@ -140,7 +147,8 @@ def stamp(group: str, params: object, quick: bool, results: Callable[[], Iterabl
     end = load_average()
     base = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params or {})
     return [
-        Row(group=group, case=r.case, parameters={**base, **r.parameters}, metric=r.metric,
+        Row(group=group, case=r.case, parameters={k: portable(v) for k, v in {**base, **r.parameters}.items()},
+            metric=r.metric,
             value=float(f"{r.value:.6g}"), unit=r.unit, commit=cond.commit, cpu=cond.cpu, torch=cond.torch,
             load_start=start, load_end=end, ran_at=ran_at, quick=quick)
         for r in got

@@ -72,6 +72,16 @@ def test_stamp_merges_the_group_and_case_parameters_and_records_the_conditions()
     assert {r.ran_at for r in rows} == {first.ran_at}
 
 
+def test_paths_inside_the_checkout_are_stored_relative_to_it():
+    @dataclass(frozen=True)
+    class M:
+        model: str = str(REPO / "examples" / "models" / "mae-tiny-bbbc006")
+        data: str = "/elsewhere/data"
+
+    (r,) = stamp("g", M(), False, lambda: [Result("a", "m", 1, "s")])
+    assert r.parameters == {"model": "examples/models/mae-tiny-bbbc006", "data": "/elsewhere/data"}
+
+
 def test_a_run_replaces_the_earlier_run_of_its_kind_and_keeps_the_other(tmp_path):
     path = tmp_path / "decode.jsonl"
     write_rows(path, [row(quick=False, value=1.0), row(quick=False, value=1.5)])
