@@ -22,15 +22,6 @@ if not REAL_DIR.is_dir():
     REAL_DIR = REPO.parent / "shared" / "bbbc006" / "BBBC006_v1_images_z_16"
 
 
-def rss_mb(pid: int | str = "self") -> float:
-    """Resident set size of process ``pid`` (default: this one) now, in MB; NaN once it has none (it
-    exited). Linux ``/proc``."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def real_images() -> list[np.ndarray]:
     """The shipped real BBBC006 images, decoded."""
     return [decode_tiff(p.read_bytes()) for p in sorted(REAL_DIR.glob("*.tif"))]
@@ -86,7 +77,8 @@ def best_of(fn: Callable[[], object], repeat: int = 1) -> float:
 
 
 def print_table(title: str, rows: list[tuple], headers: tuple) -> None:
-    """Print an aligned plain-text table."""
+    """Print an aligned plain-text table (for bench_phenotype.py, an evaluation that leaves bench/ for
+    ``mae-eval phenotype``; the groups return rows instead)."""
     cells = [[str(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     print(f"\n{title}")
@@ -116,3 +108,31 @@ def redis_url(given: str | None = None, prefix: str = "mae-bench-redis-") -> Ite
         RedisServer(port=0, data_dir=data_dir) as server,
     ):
         yield server.url
+
+
+def synth_plate(out: Path, wells: str, z: str, seed: int = 0) -> Path:
+    """Write a synthetic BBBC006 look-alike of ``wells`` x ``z`` (``mae-index synth``) into ``out``."""
+    from indexer.cli import main as index_main
+
+    index_main(["synth", str(out), "--wells", wells, "--z", z, "--seed", str(seed)], standalone_mode=False)
+    return out
+
+
+def build_real_index(index: Path) -> Path:
+    """An index of the shipped real images built with the shipped tiny model (``mae-index build``).
+
+    Raises
+    ------
+    RuntimeError
+        The build failed; the message carries its output.
+    """
+    from click.testing import CliRunner
+
+    from indexer.cli import main as index_main
+
+    model = REPO / "examples" / "models" / "mae-tiny-bbbc006"
+    r = CliRunner().invoke(index_main, ["build", str(REAL_DIR), "--index", str(index), "--model", str(model),
+                                        "--device", "cpu", "--no-progress"])  # fmt: skip
+    if r.exit_code != 0:
+        raise RuntimeError(f"mae-index build failed: {r.output}")
+    return index

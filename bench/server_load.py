@@ -1,6 +1,6 @@
 """A bounded mixed load on a running ``mae-search serve``, sampling the server's resident memory.
 
-Used by ``bench/bench_server_rss.py`` (the 10-minute measurement) and by the short RSS test in
+Used by the ``server_rss`` and ``rehearsal`` bench groups (the 10-minute measurement) and by the short RSS test in
 ``tests/retriever/test_server_rss.py``. Each client keeps one keep-alive connection and cycles through
 uploads, id queries, a batch, health checks, bad requests (which must not leak either), and the web
 explorer's plate map, record and thumbnail requests (whose caches must stay within their budgets).
@@ -13,15 +13,8 @@ import http.client
 import json
 import threading
 import time
-from pathlib import Path
 
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of process ``pid`` (Linux ``/proc``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+from bench.measure import peak_rss
 
 
 def run_load(
@@ -95,7 +88,7 @@ def run_load(
         t.start()
     samples = []
     while (now := time.monotonic() - t0) < seconds:
-        samples.append((now, rss_bytes(pid)))
+        samples.append((now, int(peak_rss(pid).now_mb * 2**20)))
         time.sleep(sample_every)
     stop.set()
     for t in threads:

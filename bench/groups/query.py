@@ -1,49 +1,59 @@
 """Benchmark 4: query latency. Cold CLI (a new `mae-search query` process), warm server (p50/p95/p99
 over HTTP), and the model forward alone (preprocessed batch of 1), measured in one run.
 
-    python bench/bench_query.py --model tiny --queries 50
+    python -m bench run query --set model=tiny --set queries=50
 """
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.bench_build import make_model  # noqa: E402
-from bench.common import REAL_DIR, print_table  # noqa: E402
-from indexer.images.decode import decode_tiff  # noqa: E402
-from indexer.model.preprocess import preprocess_image  # noqa: E402
-from indexer.stores.faiss.store import FaissStore  # noqa: E402
-from retriever.search import Retriever  # noqa: E402
-from retriever.server import QueryService, make_server  # noqa: E402
+from bench.common import REAL_DIR
+from bench.groups.build import make_model
+from bench.harness import Result
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["test", "tiny", "base"], default="tiny")
-    ap.add_argument("--queries", type=int, default=50)
-    ap.add_argument("--cold-runs", type=int, default=3)
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class Params:
+    """``model``: test, tiny or base (random weights); ``queries`` timed over HTTP; ``cold_runs``."""
+
+    model: str = "tiny"
+    queries: int = 50
+    cold_runs: int = 3
+
+
+QUICK = Params(model="test", queries=15, cold_runs=1)
+
+
+def run(p: Params) -> Iterator[Result]:
+    """p50/p95/p99 of each path; warm p50 - forward p50; cold / warm."""
+    import torch
+
+    from indexer.images.decode import decode_tiff
+    from indexer.model.preprocess import preprocess_image
+    from indexer.stores.faiss.store import FaissStore
+    from retriever.search import Retriever
+    from retriever.server import QueryService, make_server
+
     tmp = Path(tempfile.mkdtemp(prefix="mae-bench-q-"))
-    model_dir = make_model(args.model, tmp / "model")
+    model_dir = make_model(p.model, tmp / "model")
     bin_dir = Path(sys.executable).parent
     subprocess.run([bin_dir / "mae-index", "build", str(REAL_DIR), "--index", str(tmp / "idx"), "--model",
                     str(model_dir), "--no-progress"], check=True, capture_output=True)  # fmt: skip
     files = sorted(REAL_DIR.glob("*.tif"))
 
     cold = []
-    for i in range(args.cold_runs):
+    for i in range(p.cold_runs):
         t0 = time.perf_counter()
         subprocess.run([bin_dir / "mae-search", "query", str(files[i]), "--index", str(tmp / "idx"), "-k", "10",
                         "--format", "json"], check=True, capture_output=True)  # fmt: skip
@@ -71,7 +81,7 @@ def main() -> None:
     def client() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=60)
         try:
-            for i in range(args.queries + 3):
+            for i in range(p.queries + 3):
                 t0 = time.perf_counter()
                 conn.request("POST", "/query?k=10", body=bodies[i % len(bodies)])
                 resp = conn.getresponse()
@@ -92,26 +102,20 @@ def main() -> None:
     # Why the server keeps model work on one thread: the same forward pass called from a second thread
     # (a second OpenMP pool beside this thread's).
     other: list[float] = []
-    side = threading.Thread(target=lambda: other.extend(timed_forward() for _ in range(args.queries + 3)))
+    side = threading.Thread(target=lambda: other.extend(timed_forward() for _ in range(p.queries + 3)))
     side.start()
     side.join()
     other = other[3:]
 
-    def ms(v, q):
-        return f"{np.percentile(np.array(v) * 1000, q):.1f}"
-
-    rows = [
-        ("cold CLI (new process)", ms(cold, 50), ms(cold, 95), ms(cold, 99), len(cold)),
-        ("warm server (HTTP, upload)", ms(warm, 50), ms(warm, 95), ms(warm, 99), len(warm)),
-        ("model forward alone (batch 1)", ms(fwd, 50), ms(fwd, 95), ms(fwd, 99), len(fwd)),
-        ("forward from a second thread", ms(other, 50), ms(other, 95), ms(other, 99), len(other)),
-    ]
-    print_table(f"Query latency in ms, model={args.model}, {torch.get_num_threads()} torch threads, index of 20",
-                rows, ("path", "p50", "p95", "p99", "n"))  # fmt: skip
-    overhead = np.percentile(warm, 50) * 1000 - np.percentile(fwd, 50) * 1000
-    print(f"\nwarm p50 - forward p50 = {overhead:.1f} ms   (target <= 10 ms)")
-    print(f"cold CLI / warm server p50 = {np.percentile(cold, 50) / np.percentile(warm, 50):.0f}x")
-
-
-if __name__ == "__main__":
-    main()
+    at = {"torch_threads": torch.get_num_threads(), "index_size": len(files)}
+    paths = {"cold CLI (new process)": cold, "warm server (HTTP, upload)": warm,
+             "model forward alone (batch 1)": fwd, "forward from a second thread": other}  # fmt: skip
+    for case, seconds in paths.items():
+        for q in (50, 95, 99):
+            yield Result(
+                case, f"p{q}", float(np.percentile(seconds, q)) * 1000, "ms", {**at, "n": len(seconds)}
+            )
+    overhead = (np.percentile(warm, 50) - np.percentile(fwd, 50)) * 1000
+    yield Result("warm p50 - forward p50 (target <= 10 ms)", "overhead", float(overhead), "ms", at)
+    yield Result("cold CLI / warm server p50", "ratio", float(np.percentile(cold, 50) / np.percentile(warm, 50)),
+                 "x", at)  # fmt: skip

@@ -1,12 +1,13 @@
-"""Benchmark: the web explorer on a full-plate index of 52,224 vectors (384 wells x 2 sites x 2 channels
-x 34 z, BBBC006's size). Vectors are synthetic (seeded, unit length, clustered per well so the plate map
-has structure); every record points at one of the shipped real TIFFs so thumbnails decode real data;
+"""The web explorer on a full-plate index of 52,224 vectors (384 wells x 2 sites x 2 channels x 34 z).
+
+The full plate is BBBC006's size (``n_z`` 34; fewer z make a smaller plate). Vectors are synthetic
+(seeded, unit length, clustered per well so the plate map has structure); every record points at one of the shipped real TIFFs so thumbnails decode real data;
 the manifest is that of an index of the real images built with the shipped tiny model, so the server
 loads a real model.
 
-    python bench/bench_explorer.py --repeats 200
+    python -m bench run explorer --set repeats=200
 
-Prints, measured in one run against a real `mae-search serve` on 127.0.0.1:
+Measured in one run against a real `mae-search serve` on 127.0.0.1:
 - thumbnail p50, cached (LRU hit) and uncached (first request of an id), and decode + window + resize of
   that image in-process (the uncached target is <= 1.5 x that);
 - plate map: the first request (which reads the plate's vectors) and p50 (POST /api/plate, from the
@@ -18,49 +19,41 @@ Prints, measured in one run against a real `mae-search serve` on 127.0.0.1:
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
-import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import REAL_DIR, REPO  # noqa: E402
+from bench.common import REAL_DIR, build_real_index
+from bench.harness import Result
 
 ROWS = "ABCDEFGHIJKLMNOP"
 
 
-def make_index(out: Path, n_z: int = 34, seed: int = 0) -> int:
-    """Build the real tiny index, then refill it with 52,224 synthetic records and vectors."""
-    from click.testing import CliRunner
+@dataclass(frozen=True)
+class Params:
+    """``repeats`` requests of each kind; ``loads``: page loads in the browser; ``n_z`` z per site (at
+    least 5: the filtered query asks for 10 hits of one well and channel)."""
 
-    from indexer.cli import main as index_main
+    repeats: int = 200
+    loads: int = 5
+    n_z: int = 34
+
+
+QUICK = Params(repeats=30, loads=2, n_z=6)  # 12 records per well and channel: a filtered k=10 fills
+
+
+def make_index(out: Path, n_z: int = 34, seed: int = 0) -> int:
+    """Build the real tiny index, then refill it with 384 x 2 x 2 x ``n_z`` synthetic records and vectors."""
     from indexer.core.records import ImageRecord
     from indexer.stores.faiss.store import FaissStore
 
-    real = out / "real"
-    model = REPO / "examples" / "models" / "mae-tiny-bbbc006"
-    r = CliRunner().invoke(
-        index_main,
-        [
-            "build",
-            str(REAL_DIR),
-            "--index",
-            str(real),
-            "--model",
-            str(model),
-            "--device",
-            "cpu",
-            "--no-progress",
-        ],
-    )
-    if r.exit_code != 0:
-        raise SystemExit(r.output)
+    real = build_real_index(out / "real")
     src = FaissStore(real, read_only=True)
     manifest = src.read_manifest()
     dim = int(manifest["dim"])
@@ -100,24 +93,20 @@ def timed(
     return (time.perf_counter() - t0) * 1000.0, data, r.status
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=200)
-    ap.add_argument("--loads", type=int, default=5, help="Page loads in the browser.")
-    args = ap.parse_args()
+def run(args: Params) -> Iterator[Result]:
+    """p50s of thumbnails (cached, uncached, in-process), plate map and filtered query; page loads."""
     from indexer.images.decode import decode_tiff
     from indexer.stores.faiss.store import FaissStore
     from retriever import render
     from tests.support.serve import start_serve
 
     tmp = Path(tempfile.mkdtemp(prefix="mae-bench-web-"))
-    count = make_index(tmp)
+    count = make_index(tmp, args.n_z)
     manifest = FaissStore(tmp / "idx", read_only=True).read_manifest()
     from indexer.core.config import PreprocessConfig
 
     intensity = PreprocessConfig.from_dict(manifest["preprocess"]).intensity
     proc, port = start_serve(tmp / "idx")
-    rows = []
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         # Uncached thumbnails (each id once) interleaved with the same work in-process (decode + window +
@@ -165,22 +154,23 @@ def main() -> None:
     def p50(v):
         return float(np.percentile(v, 50))
 
-    rows = [
-        ("index", f"{count} vectors, dim {manifest['dim']}"),
-        ("thumbnail, cached (LRU hit) p50", f"{p50(cached):.2f} ms (target <= 5 ms)"),
-        ("thumbnail, uncached p50", f"{p50(uncached):.2f} ms"),
-        ("decode + window + resize in-process p50", f"{p50(decode_resize):.2f} ms "
-         f"(+ PNG: {p50(full):.2f} ms); uncached / decode+resize = {p50(uncached) / p50(decode_resize):.2f} "
-         "(target <= 1.5)"),
-        ("plate map, first (reads the plate's vectors)", f"{plate[0]:.1f} ms"),
-        ("plate map p50 (POST /api/plate, FAISS mirror)", f"{p50(plate):.2f} ms (target <= 50 ms)"),
-        ("filtered query, first (finds the allowed ids)", f"{filtered[0]:.1f} ms"),
-        ("filtered query p50 (POST /query/ids, well + channel)", f"{p50(filtered):.2f} ms"),
-        ("page load -> k cards with decoded thumbnails",
-         f"median {p50(loads):.0f} ms, max {max(loads):.0f} ms over {len(loads)} loads (target <= 1 s)"),
-    ]  # fmt: skip
-    for k, v in rows:
-        print(f"{k:<48} {v}")
+    at = {"vectors": count, "dim": manifest["dim"], "n": args.repeats}
+    yield Result("thumbnail, cached (LRU hit) (target <= 5 ms)", "p50", p50(cached), "ms", at)
+    yield Result("thumbnail, uncached", "p50", p50(uncached), "ms", at)
+    yield Result("decode + window + resize in-process", "p50", p50(decode_resize), "ms", at)
+    yield Result("decode + window + resize + PNG in-process", "p50", p50(full), "ms", at)
+    yield Result(
+        "uncached / decode+resize (target <= 1.5)", "ratio", p50(uncached) / p50(decode_resize), "x", at
+    )
+    yield Result("plate map, first (reads the plate's vectors)", "first", plate[0], "ms", at)
+    yield Result("plate map (POST /api/plate, FAISS mirror) (target <= 50 ms)", "p50", p50(plate), "ms", at)
+    yield Result("filtered query, first (finds the allowed ids)", "first", filtered[0], "ms", at)
+    yield Result("filtered query (POST /query/ids, well + channel)", "p50", p50(filtered), "ms", at)
+    loaded = {**at, "n": len(loads)}
+    yield Result(
+        "page load -> k cards with decoded thumbnails (target <= 1 s)", "median", p50(loads), "ms", loaded
+    )
+    yield Result("page load -> k cards with decoded thumbnails", "max", max(loads), "ms", loaded)
 
 
 def page_loads(port: int, n: int) -> list[float]:
@@ -205,7 +195,3 @@ def page_loads(port: int, n: int) -> list[float]:
             page.close()
         browser.close()
     return out
-
-
-if __name__ == "__main__":
-    main()

@@ -8,26 +8,34 @@ vectors), opens it read-only as ``mae-search serve`` does, then measures in one 
 - the time per request of a record's siblings (``GET /api/record/{id}``) and of the live panel's
   exclusions (``POST /api/perturb``, ``exclude=site``), best of 5 batches; beside them, a scan of every
   record per request (the old siblings, ``eval.gallery.exclusions`` over every record).
-
-    python bench/bench_catalog.py --n 52224
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import sys
 import tempfile
 import tracemalloc
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import best_of  # noqa: E402
+from bench.common import best_of
+from bench.harness import Result
 
 ROWS = "ABCDEFGHIJKLMNOP"
+
+
+@dataclass(frozen=True)
+class Params:
+    """``n`` records (default: the full plate); ``queries`` records asked for per batch."""
+
+    n: int = 52_224
+    queries: int = 60
+
+
+QUICK = Params(n=4096, queries=20)
 
 
 def write_index(folder: Path, n: int) -> None:
@@ -65,17 +73,18 @@ def per_call(fn, ids: list[int], repeats: int = 5) -> float:
     return best_of(lambda: [fn(i) for i in ids], repeats) / len(ids)
 
 
-def main(n: int, queries: int) -> None:
-    """Print the catalog's memory and per-request costs at ``n`` records, with the scans beside them."""
+def run(p: Params) -> Iterator[Result]:
+    """The catalog's memory and per-request costs at ``p.n`` records, with the scans beside them."""
     from eval import gallery
     from indexer.stores.faiss.store import FaissStore
     from retriever.catalog import Catalog
 
+    n = p.n
     with tempfile.TemporaryDirectory() as tmp:
         write_index(Path(tmp) / "idx", n)
         store = FaissStore(Path(tmp) / "idx", read_only=True)
         ids = store.ids()
-        probe = ids[:: max(1, n // queries)][:queries].tolist()
+        probe = ids[:: max(1, n // p.queries)][: p.queries].tolist()
 
         def answered() -> Catalog:
             catalog = Catalog(store)
@@ -87,26 +96,17 @@ def main(n: int, queries: int) -> None:
 
         columnar, catalog = held(answered)
         as_dict, records = held(lambda: {r.id: r for r in store.get(ids)})
-        print(f"records: {n}")
-        print(f"catalog adds (columns, facets, group index): {columnar / n:.1f} B per record")
-        print(f"a dict of every record adds:                 {as_dict / n:.1f} B per record")
+        yield Result("catalog (columns, facets, group index)", "memory_added", columnar / n, "B/record")
+        yield Result("a dict of every record (before)", "memory_added", as_dict / n, "B/record")
         site = per_call(catalog.siblings, probe)
         exclusions = per_call(lambda q: gallery.exclusions_from(catalog.relatives, [q], "site"), probe)
         scan = per_call(
             lambda q: [r for r in records.values() if (r.plate, r.well, r.site) == (records[q].plate,
                        records[q].well, records[q].site)], probe[:10], repeats=3)  # fmt: skip
         scan_ex = per_call(lambda q: gallery.exclusions(records.values(), [q], "site"), probe[:10], repeats=3)
-        print(f"siblings per request:   {site * 1e6:8.0f} us (a scan of every record: {scan * 1e6:8.0f} us)")
-        print(f"exclusions per request: {exclusions * 1e6:8.0f} us (gallery.exclusions over every record: "
-              f"{scan_ex * 1e6:8.0f} us)")  # fmt: skip
+        yield Result("siblings (GET /api/record/{id})", "per_request", site * 1e6, "us")
+        yield Result("siblings, a scan of every record (before)", "per_request", scan * 1e6, "us")
+        yield Result("exclusions (POST /api/perturb, exclude=site)", "per_request", exclusions * 1e6, "us")
+        yield Result("exclusions, gallery.exclusions over every record (before)", "per_request",
+                     scan_ex * 1e6, "us")  # fmt: skip
         store.close()
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--n", type=int, default=52_224, help="records (default: the full plate)")
-    parser.add_argument("--queries", type=int, default=60, help="records asked for per batch")
-    args = parser.parse_args()
-    main(args.n, args.queries)

@@ -1,7 +1,7 @@
 """Redis at scale: bulk-load batch size, FLOAT32 vs FLOAT16 (memory, ingest, recall), index-after-load.
 
-Uses a private Redis Stack server on a free port (or --redis-url). The vectors are the clustered
-768-d vectors of ``bench_faiss_kinds.py`` (a decaying spectrum around 1,000 centres), queries are
+Uses a private Redis Stack server on a free port (or ``redis_url``). The vectors are the clustered
+768-d vectors of the ``faiss_kinds`` group (a decaying spectrum around 1,000 centres), queries are
 held-out points, and recall@10 is against exact inner-product search.
 
 1. Batch sweep: :meth:`RedisStore.bulk_load` (pipelined HSET, no MULTI) into a FLAT index at several
@@ -11,33 +11,48 @@ held-out points, and recall@10 is against exact inner-product search.
    query latency per EF_RUNTIME.
 3. Index after load: the hashes first, then FT.CREATE, the server indexing the existing hashes.
 
-    python bench/bench_redis_scale.py --vectors 50000 --batches 100,500,1000,5000 --ef 200,800
+    python -m bench run redis_scale --set vectors=50000 --set batches=100,500,1000,5000 --set ef=200,800
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import redis_url
+from bench.groups.faiss_kinds import clustered_vectors, exact_top
+from bench.harness import Result
 
-from bench.bench_faiss_kinds import clustered_vectors, exact_top  # noqa: E402
-from bench.common import redis_url  # noqa: E402
-from indexer.core.config import RedisConfig  # noqa: E402
-from indexer.core.records import ImageRecord
-from indexer.stores.faiss.kinds import recall_at  # noqa: E402
+
+@dataclass(frozen=True)
+class Params:
+    """``vectors`` of ``dim`` (``queries`` held out); ``sweep_vectors`` per batch-size run of
+    ``batches``; ``ef``: EF_RUNTIME values; ``dtypes``; ``redis_url`` (empty: a private server)."""
+
+    vectors: int = 50_000
+    dim: int = 768
+    queries: int = 200
+    sweep_vectors: int = 10_000
+    batches: str = "100,500,1000,5000"
+    ef: str = "200,800"
+    dtypes: str = "FLOAT32,FLOAT16"
+    redis_url: str = ""
+    seed: int = 0
+
+
+QUICK = Params(vectors=5000, dim=128, queries=50, sweep_vectors=2000, batches="100,1000", ef="200")
 
 
 def used_memory(client) -> int:
+    """The server's ``used_memory``, in bytes."""
     return int(client.info("memory")["used_memory"])
 
 
 def wait_indexed(store, n: int, timeout: float = 3600.0) -> None:
+    """Wait until the server has indexed ``n`` documents and no background indexing is left."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = store._index_info() or {}
@@ -47,25 +62,19 @@ def wait_indexed(store, n: int, timeout: float = 3600.0) -> None:
 
 
 def index_vector_mb(store) -> float:
+    """The index's own vector memory (``FT.INFO vector_index_sz_mb``)."""
     info = store._index_info() or {}
     return float(info.get("vector_index_sz_mb", 0) or 0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vectors", type=int, default=50_000)
-    ap.add_argument("--dim", type=int, default=768)
-    ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--sweep-vectors", type=int, default=10_000, help="Vectors per batch-size run.")
-    ap.add_argument("--batches", default="100,500,1000,5000")
-    ap.add_argument("--ef", default="200,800")
-    ap.add_argument("--dtypes", default="FLOAT32,FLOAT16")
-    ap.add_argument("--redis-url", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+def run(args: Params) -> Iterator[Result]:
+    """The batch sweep, each vector type's HNSW ingest, memory, recall and latency, index after load."""
+    from indexer.core.config import RedisConfig
+    from indexer.core.records import ImageRecord
+    from indexer.stores.faiss.kinds import recall_at
     from indexer.stores.redis.store import RedisStore
 
-    with redis_url(args.redis_url, prefix="mae-bench-rs-") as url:
+    with redis_url(args.redis_url or None, prefix="mae-bench-rs-") as url:
         x = clustered_vectors(args.vectors + args.queries, args.dim, 1000, args.seed)
         xb, xq = x[: args.vectors], x[args.vectors :]
         gt = exact_top(xb, xq, 10)
@@ -87,15 +96,16 @@ def main() -> None:
             store.flush()  # a last short batch is held back until then
             wait_indexed(store, n)
             t = time.perf_counter() - t0
-            print(json.dumps({"step": "bulk_load FLAT", "batch": batch, "vectors": n, "seconds": round(t, 2),
-                              "vectors_per_s": round(n / t)}), flush=True)  # fmt: skip
+            at = {"batch": batch, "vectors": n}
+            yield Result("bulk_load FLAT", "seconds", t, "s", at)
+            yield Result("bulk_load FLAT", "rate", n / t, "vectors/s", at)
             store.drop()
         store = fresh("sweep")
         t0 = time.perf_counter()
         store.add(xb[:n], recs[:n])
         t = time.perf_counter() - t0
-        print(json.dumps({"step": "add FLAT (MULTI, DEL+HSET, 500)", "vectors": n, "seconds": round(t, 2),
-                          "vectors_per_s": round(n / t)}), flush=True)  # fmt: skip
+        yield Result("add FLAT (MULTI, DEL+HSET, 500)", "seconds", t, "s", {"vectors": n})
+        yield Result("add FLAT (MULTI, DEL+HSET, 500)", "rate", n / t, "vectors/s", {"vectors": n})
         store.drop()
 
         # 2. HNSW per vector type
@@ -110,10 +120,11 @@ def main() -> None:
             wait_indexed(store, len(xb))
             t = time.perf_counter() - t0
             mem = used_memory(store.client) - before
-            row = {"step": f"HNSW {dtype} bulk_load", "vectors": len(xb), "seconds": round(t, 1),
-                   "vectors_per_s": round(len(xb) / t), "used_memory_bytes_per_vector": round(mem / len(xb)),
-                   "vector_index_bytes_per_vector": round(index_vector_mb(store) * 2**20 / len(xb))}  # fmt: skip
-            print(json.dumps(row), flush=True)
+            case, at = f"HNSW {dtype} bulk_load", {"vectors": len(xb)}
+            yield Result(case, "seconds", t, "s", at)
+            yield Result(case, "rate", len(xb) / t, "vectors/s", at)
+            yield Result(case, "used_memory_per_vector", mem / len(xb), "B", at)
+            yield Result(case, "vector_index_per_vector", index_vector_mb(store) * 2**20 / len(xb), "B", at)
             for ef in [int(e) for e in args.ef.split(",")]:
                 s = RedisStore(
                     RedisConfig(url=url, index_name="hnsw", algorithm="HNSW", dtype=dtype, ef_runtime=ef)
@@ -125,10 +136,10 @@ def main() -> None:
                     lat.append(time.perf_counter() - t1)
                 found = np.array([(g + [-1] * 10)[:10] for g in got])
                 ms = np.array(lat) * 1e3
-                print(json.dumps({"step": f"HNSW {dtype} query", "ef_runtime": ef,
-                                  "recall_at_10": round(recall_at(found, gt, 10), 4),
-                                  "p50_ms": round(float(np.percentile(ms, 50)), 2),
-                                  "p99_ms": round(float(np.percentile(ms, 99)), 2)}), flush=True)  # fmt: skip
+                case, at = f"HNSW {dtype} query", {"ef_runtime": ef}
+                yield Result(case, "recall_at_10", recall_at(found, gt, 10), "", at)
+                yield Result(case, "p50", float(np.percentile(ms, 50)), "ms", at)
+                yield Result(case, "p99", float(np.percentile(ms, 99)), "ms", at)
             store.drop()
 
         # 3. hashes first, then the index: the server builds the graph over existing hashes
@@ -145,11 +156,8 @@ def main() -> None:
         store = RedisStore(cfg, dim=args.dim)  # FT.CREATE, then waits for background indexing
         wait_indexed(store, len(xb))
         t_index = time.perf_counter() - t1
-        print(json.dumps({"step": "HNSW FLOAT32 index after load", "vectors": len(xb), "load_s": round(t_load, 1),
-                          "index_s": round(t_index, 1),
-                          "vectors_per_s": round(len(xb) / (t_load + t_index))}), flush=True)  # fmt: skip
+        case, at = "HNSW FLOAT32 index after load", {"vectors": len(xb)}
+        yield Result(case, "load_seconds", t_load, "s", at)
+        yield Result(case, "index_seconds", t_index, "s", at)
+        yield Result(case, "rate", len(xb) / (t_load + t_index), "vectors/s", at)
         store.drop()
-
-
-if __name__ == "__main__":
-    main()

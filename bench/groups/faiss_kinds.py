@@ -1,34 +1,62 @@
 """FAISS mirror kinds on synthetic clustered vectors: build time, RAM and disk per vector, p50 query, recall@10.
 
-The vectors are clustered, not uniform: ``--clusters`` centres, each point its centre plus noise with a
+The vectors are clustered, not uniform: ``clusters`` centres, each point its centre plus noise with a
 decaying spectrum in a random orientation (embeddings have a few strong directions and many weak
 ones), L2-normalised. Recall@10 is against exact search over the same vectors, with held-out points as
 queries. Each kind is built the way the store builds it (:mod:`indexer.stores.faiss.kinds`: trained on
 ``train_size`` sampled vectors, then filled), its nprobe/efSearch tuned by :func:`tune_search` on
 training-set queries, then measured on other queries. PQ kinds re-rank as the store does
-(:mod:`indexer.stores.faiss.rerank`): a float16 re-rank file written to ``--workdir`` and
+(:mod:`indexer.stores.faiss.rerank`): a float16 re-rank file written to ``workdir`` and
 memory-mapped, the (nprobe, rerank) pair tuned by :func:`tune_rerank`; the query time includes reading
 the candidates' rows. ``ram_bytes_per_vector`` is what the index keeps in memory (the kind's estimate
 plus the shared centroids; ``rss_bytes_per_vector`` is the process's RSS growth while filling it, with
 the lists' growth slack; ``rss_loaded_bytes_per_vector`` its growth when reading ``index.faiss`` back,
 as a reader does), ``disk_bytes_per_vector`` is ``index.faiss`` plus the re-rank file.
-``--filter-fraction`` adds the recall and latency of a filtered search (an IDSelector keeping that
+``filter_fraction`` adds the recall and latency of a filtered search (an IDSelector keeping that
 fraction, nprobe/efSearch widened as the store widens them).
 
-    python bench/bench_faiss_kinds.py --n 1000000 --kinds 'auto;Flat;IVF1024,PQ64;HNSW32' --hnsw-n 100000
+    python -m bench run faiss_kinds --set n=1000000 --set 'kinds=auto;Flat;IVF1024,PQ64;HNSW32' --set hnsw_n=100000
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import json
-import os
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from bench.harness import Result
+from bench.measure import peak_rss
+
+
+@dataclass(frozen=True)
+class Params:
+    """``n`` vectors of ``dim`` around ``clusters`` centres; ``queries`` held out for recall;
+    ``kinds``: ';'-separated factory strings or auto; ``hnsw_n``: HNSW kinds on the first N only (0:
+    all); ``memory_bytes_per_vector``: auto's budget (128: a PQ code that fits 128 B with its id);
+    ``filter_fraction``: a filtered search keeping this fraction (0: none); ``threads``: faiss OpenMP
+    threads (0: its default); ``workdir``: where re-rank files go (empty: a temporary folder)."""
+
+    n: int = 1_000_000
+    dim: int = 768
+    clusters: int = 1000
+    queries: int = 500
+    latency_queries: int = 200
+    tune_queries: int = 200
+    kinds: str = "Flat;auto;HNSW32"
+    hnsw_n: int = 0
+    memory_bytes_per_vector: float = 128.0
+    filter_fraction: float = 0.125
+    threads: int = 0
+    seed: int = 0
+    workdir: str = ""
+
+
+QUICK = Params(n=20_000, dim=128, clusters=100, queries=100, latency_queries=50, tune_queries=50,
+               kinds="Flat;IVF64,PQ16;HNSW32")  # fmt: skip
 
 
 def clustered_vectors(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
@@ -62,15 +90,11 @@ def exact_top(xb: np.ndarray, xq: np.ndarray, k: int, keep: np.ndarray | None = 
 
 def rss_bytes() -> int:
     """Resident set size now, after handing freed heap back to the OS (glibc)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return int(peak_rss(trim=True).now_mb * 2**20)
 
 
-def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args) -> dict:
+def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args: Params) -> dict:
+    """Build, tune and time one kind; its row of figures (``kind`` and ``requested`` are its names)."""
     import faiss
 
     from indexer.stores.faiss.kinds import (
@@ -144,19 +168,19 @@ def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args
         "kind": factory,
         "requested": kind_text,
         "n": n,
-        "train_s": round(train_s, 1),
-        **({"rerank_write_s": round(rerank_s, 1)} if rerank_file is not None else {}),
-        "build_s": round(build_s, 1),
-        "tune_s": round(tune_s, 1),
-        "ram_bytes_per_vector": round(kind.bytes_per_vector(dim) + centroids / n, 1),
-        "rss_bytes_per_vector": round(rss_fill / n, 1),
-        "disk_bytes_per_vector": round(disk / n, 1),
+        "train_s": train_s,
+        **({"rerank_write_s": rerank_s} if rerank_file is not None else {}),
+        "build_s": build_s,
+        "tune_s": tune_s,
+        "ram_bytes_per_vector": kind.bytes_per_vector(dim) + centroids / n,
+        "rss_bytes_per_vector": rss_fill / n,
+        "disk_bytes_per_vector": disk / n,
         **({"nprobe": nprobe} if nprobe else {}),
         **({"rerank": factor} if factor is not None else {}),
         **({"efSearch": ef} if ef else {}),
         "tuned_recall_at_10": tuned.get("recall_at_10"),
-        "recall_at_10": round(recall, 4),
-        "p50_query_ms": round(float(np.median(lat)) * 1e3, 3),
+        "recall_at_10": recall,
+        "p50_query_ms": float(np.median(lat)) * 1e3,
     }
     if args.filter_fraction:
         rng = np.random.default_rng(1)
@@ -166,66 +190,46 @@ def measure(kind_text: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args
         fparams = search_parameters(kind, nprobe, ef, sel, widen=widen)
         allowed = int(keep.sum())
         ffound = search(xq, fparams, allowed)
-        row["filtered_recall_at_10"] = round(recall_at(ffound, exact_top(xb, xq, 10, keep), 10), 4)
+        row["filtered_recall_at_10"] = recall_at(ffound, exact_top(xb, xq, 10, keep), 10)
         flat = []
         for q in xq[: args.latency_queries]:
             t = time.perf_counter()
             search(q[None], fparams, allowed)
             flat.append(time.perf_counter() - t)
-        row["filtered_p50_query_ms"] = round(float(np.median(flat)) * 1e3, 3)
+        row["filtered_p50_query_ms"] = float(np.median(flat)) * 1e3
     # What a reader (the server) holds: the index read back from disk, its lists sized exactly.
     index = None  # the search closure shares this name: the built index is freed here
     rss0 = rss_bytes()
     loaded = faiss.read_index(str(index_path))
-    row["rss_loaded_bytes_per_vector"] = round((rss_bytes() - rss0) / n, 1)
+    row["rss_loaded_bytes_per_vector"] = (rss_bytes() - rss0) / n
     del loaded
     index_path.unlink()
     return row
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=768)
-    p.add_argument("--clusters", type=int, default=1000)
-    p.add_argument("--queries", type=int, default=500, help="Held-out queries for recall.")
-    p.add_argument("--latency-queries", type=int, default=200, help="Single-query searches timed.")
-    p.add_argument("--tune-queries", type=int, default=200)
-    p.add_argument("--kinds", default="Flat;auto;HNSW32", help="';'-separated factory strings, or auto.")
-    p.add_argument("--hnsw-n", type=int, default=None, help="Build HNSW kinds on the first N vectors only.")
-    p.add_argument("--memory-bytes-per-vector", type=float, default=128.0,
-                   help="auto's budget, per vector (128: a PQ code that fits 128 B with its id).")  # fmt: skip
-    p.add_argument(
-        "--filter-fraction", type=float, default=0.125, help="Filtered search keeping this fraction."
-    )
-    p.add_argument("--threads", type=int, default=None, help="faiss OpenMP threads.")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--workdir", default=None, help="Where PQ kinds' re-rank files go [default: a temp folder]."
-    )
-    args = p.parse_args()
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench-faiss-")
-        args.workdir = tmp.name
+def run(p: Params) -> Iterator[Result]:
+    """Each kind's build, tuning, memory, disk, recall and latency figures."""
     import faiss
 
-    if args.threads:
-        faiss.omp_set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    x = clustered_vectors(args.n + args.queries, args.dim, args.clusters, args.seed)
-    xb, xq = x[: args.n], x[args.n :]
-    print(
-        json.dumps({"generated": args.n, "dim": args.dim, "seconds": round(time.perf_counter() - t0, 1)}),
-        flush=True,
-    )
-    for kind in args.kinds.split(";"):
-        sub = xb[: args.hnsw_n] if kind.startswith("HNSW") and args.hnsw_n else xb
-        gt = exact_top(sub, xq, 10)
-        print(json.dumps(measure(kind, sub, xq, gt, args)), flush=True)
-    if tmp is not None:
-        tmp.cleanup()
+    with tempfile.TemporaryDirectory(prefix="bench-faiss-") as tmp:
+        p = replace(p, workdir=p.workdir or tmp)
+        if p.threads:
+            faiss.omp_set_num_threads(p.threads)
+        t0 = time.perf_counter()
+        x = clustered_vectors(p.n + p.queries, p.dim, p.clusters, p.seed)
+        xb, xq = x[: p.n], x[p.n :]
+        yield Result("generate the vectors", "seconds", time.perf_counter() - t0, "s")
+        for kind in p.kinds.split(";"):
+            sub = xb[: p.hnsw_n] if kind.startswith("HNSW") and p.hnsw_n else xb
+            gt = exact_top(sub, xq, 10)
+            row = measure(kind, sub, xq, gt, p)
+            case = row.pop("kind")
+            at = {"requested": row.pop("requested"), "vectors": row.pop("n")}
+            at |= {k: row.pop(k) for k in ("nprobe", "rerank", "efSearch") if k in row}
+            for metric, value in row.items():
+                if value is not None:
+                    yield Result(case, metric, value, UNITS.get(metric.rsplit("_", 1)[-1], ""), at)
 
 
-if __name__ == "__main__":
-    main()
+#: The unit of a figure, by the last word of its name.
+UNITS = {"s": "s", "vector": "B", "ms": "ms", "10": ""}

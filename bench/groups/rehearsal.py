@@ -3,23 +3,23 @@ mae-eval robustness -> mae-search serve under load. Per step: wall time, images/
 used_memory, index size on disk; then the checks (every image exactly once, recall).
 
 Every step runs the real CLI in a child process; its peak RSS comes from ``wait4`` (the kernel's
-high-water mark of that process). The full plate is the default (384 wells x 2 sites x 2 channels x 34
-z = 52,224 images); ``--wells`` makes it smaller:
+high-water mark of that process, :func:`bench.measure.run_child`). The full plate is the default (384
+wells x 2 sites x 2 channels x 34 z = 52,224 images); ``wells`` makes it smaller:
 
-    python bench/rehearsal_full_plate.py --work runs/rehearsal --wells A01:A02        # 272 images
-    python bench/rehearsal_full_plate.py --work runs/plate                           # 52,224 images
-    python bench/rehearsal_full_plate.py --work runs/plate --serve-only --load-minutes 10   # serve again
-    python bench/rehearsal_full_plate.py --work runs/plate --reuse-data      # all but synth, afresh
+    python -m bench run rehearsal --set work=runs/rehearsal --set wells=A01:A02        # 272 images
+    python -m bench run rehearsal --set work=runs/plate                                # 52,224 images
+    python -m bench run rehearsal --set work=runs/plate --set serve_only=true --set load_minutes=10
+    python -m bench run rehearsal --set work=runs/plate --set reuse_data=true   # all but synth, afresh
 
-Needs a Redis Stack server: ``--redis-url``, or one is started here (scripts/redis-stack.sh install).
-Writes ``WORK/rehearsal.json``.
+Needs a Redis Stack server: ``redis_url``, or one is started here (scripts/redis-stack.sh install).
+Writes ``WORK/rehearsal.json`` (every step's figures, the load's RSS samples too).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,17 +27,66 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.common import rss_mb  # noqa: E402
+from bench.harness import REPO as ROOT
+from bench.harness import Result
+from bench.measure import ChildRun, peak_rss, run_child
 
 BIN = Path(sys.executable).parent
 MODEL = ROOT / "examples" / "models" / "mae-tiny-bbbc006"
+
+
+@dataclass(frozen=True)
+class Params:
+    """``work``: folder for data, index, reports (empty: a temporary one); ``wells`` x ``z`` to
+    synthesize; ``kill_at``: kill -9 the build at this fraction (0: never); ``checkpoint_every`` (0:
+    512, less for small runs so a kill lands between checkpoints); ``load_minutes`` of
+    bench/server_load.py's mixed load after the serve step (0: none); ``serve_only``: reuse WORK's data
+    and index, refill Redis from the mirror and serve; ``reuse_data``: keep WORK/data, skip synth."""
+
+    work: str = ""
+    wells: str = "A01:P24"
+    z: str = "0-33"
+    synth_workers: int = os.cpu_count() or 1
+    model: str = str(MODEL)
+    faiss_index: str = ""
+    kill_at: float = 0.5
+    checkpoint_every: int = 0
+    eval_queries: int = 50
+    eval_perturb: str = "gaussian_noise,gaussian_blur"
+    eval_severities: str = "0-2"
+    serve_queries: int = 200
+    load_minutes: float = 0.0
+    load_clients: int = 8
+    load_warmup: float = 60.0
+    serve_only: bool = False
+    reuse_data: bool = False
+    redis_url: str = ""
+    redis_index: str = "plate"
+
+
+QUICK = Params(wells="A01:A02", z="14-17", eval_queries=8, eval_severities="0-1", serve_queries=30)
+
+#: Units of a step's figures, by a pattern of their names.
+UNITS = ((r"images_per_s$", "img/s"), (r"requests_per_s$", "req/s"), (r"_mb$", "MB"), (r"_ms$", "ms"),
+         (r"seconds", "s"), (r"_s$", "s"))  # fmt: skip
+
+
+def step_results(step: dict) -> Iterator[Result]:
+    """A step's numeric figures as results (booleans as 1 or 0; lists and text stay in rehearsal.json)."""
+    flat = {**{k: v for k, v in step.items() if k != "summary"}, **(step.get("summary") or {})}
+    for key, value in flat.items():
+        if isinstance(value, bool):
+            value = int(value)
+        if key == "step" or not isinstance(value, int | float) or not np.isfinite(value):
+            continue
+        unit = next((u for pattern, u in UNITS if re.search(pattern, key)), "")
+        yield Result(step["step"], key, value, unit)
 
 
 def folder_bytes(path: Path) -> int:
@@ -49,33 +98,6 @@ def redis_used_memory(url: str) -> int:
     import redis
 
     return int(redis.Redis.from_url(url).info("memory")["used_memory"])
-
-
-def peak_rss_mb_of(cmd: list[str], env=None, kill_when=None) -> tuple[dict, float]:
-    """Like :func:`run_step`, with the child's own peak RSS from ``wait4``."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
-        killed = False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if kill_when is not None and not killed and kill_when():
-                os.kill(proc.pid, signal.SIGKILL)
-                killed = True
-            time.sleep(0.25)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        result = {
-            "seconds": round(time.perf_counter() - t0, 2),
-            "exit_code": proc.returncode,
-            "killed": killed,
-            "stdout": out.read(),
-            "stderr_tail": err.read()[-2000:],
-        }
-    return result, usage.ru_maxrss / 1024.0
 
 
 def shard_rows(index: Path) -> int:
@@ -91,56 +113,30 @@ def shard_rows(index: Path) -> int:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, required=True, help="Folder for data, index, reports.")
-    ap.add_argument("--wells", default="A01:P24", help="Wells to synthesize (A01:P24 = the full plate).")
-    ap.add_argument("--z", default="0-33")
-    ap.add_argument("--synth-workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--model", default=str(MODEL))
-    ap.add_argument("--faiss-index", default=None, help="--faiss-index of the build (default Flat).")
-    ap.add_argument(
-        "--kill-at", type=float, default=0.5, help="Kill -9 the build at this fraction (0: never)."
-    )
-    ap.add_argument("--checkpoint-every", type=int, default=None,
-                    help="The build's --checkpoint-every [default 512, less for small runs so a kill lands "
-                         "between checkpoints].")  # fmt: skip
-    ap.add_argument("--eval-queries", type=int, default=50)
-    ap.add_argument("--eval-perturb", default="gaussian_noise,gaussian_blur")
-    ap.add_argument("--eval-severities", default="0-2")
-    ap.add_argument("--serve-queries", type=int, default=200)
-    ap.add_argument("--load-minutes", type=float, default=0.0,
-                    help="Then this many minutes of bench/server_load.py's mixed load on the same server "
-                         "(0: none); the server's RSS after warm-up must stay within 10 %%.")  # fmt: skip
-    ap.add_argument("--load-clients", type=int, default=8)
-    ap.add_argument(
-        "--load-warmup", type=float, default=60.0, help="Seconds of load before the RSS baseline."
-    )
-    ap.add_argument("--serve-only", action="store_true",
-                    help="Reuse WORK's data and index from an earlier run: fill Redis from the FAISS mirror "
-                         "(bulk load), then run only the serve step (and --load-minutes); writes "
-                         "WORK/serve.json.")  # fmt: skip
-    ap.add_argument("--reuse-data", action="store_true",
-                    help="Keep WORK/data from an earlier run and skip synth; the index, the private Redis "
-                         "server's data and the report start afresh.")  # fmt: skip
-    ap.add_argument("--redis-url", default=None)
-    ap.add_argument("--redis-index", default="plate")
-    args = ap.parse_args()
-    if args.reuse_data and args.redis_url:
-        ap.error("--reuse-data starts a private Redis afresh; it cannot empty the one at --redis-url")
+def run(p: Params) -> Iterator[Result]:
+    """Every step's figures (wall seconds, images/s, peak RSS, Redis memory, index size, the checks)."""
+    if p.reuse_data and p.redis_url:
+        raise ValueError("reuse_data starts a private Redis afresh; it cannot empty the one at redis_url")
+    with tempfile.TemporaryDirectory(prefix="mae-bench-rehearsal-") as tmp:
+        steps = rehearse(p, Path(p.work or tmp))
+    for step in steps:
+        yield from step_results(step)
 
-    work = args.work.resolve()
+
+def rehearse(args: Params, work: Path) -> list[dict]:
+    """Run the rehearsal (or with ``serve_only`` the serve step) in ``work``; its steps' figures."""
+    work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     data, index = work / "data", work / "index"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     if args.reuse_data:
         if not any(data.rglob("*.tif")):
-            ap.error(f"--reuse-data: no images in {data}")
+            raise ValueError(f"reuse_data: no images in {data}")
         for old in (index, work / "redis", work / "report"):
             shutil.rmtree(old, ignore_errors=True)
     server = None
     url = args.redis_url
-    if url is None:
+    if not url:
         from tests.support.redis_server import RedisServer
 
         server = RedisServer(port=0, data_dir=work / "redis")
@@ -148,41 +144,39 @@ def main() -> None:
         url = server.url
     steps: list[dict] = []
 
-    def record(name: str, result: dict, peak_mb: float, images: int | None) -> dict:
+    def record(name: str, result: ChildRun, images: int | None) -> dict:
         row = {
             "step": name,
-            "seconds": result["seconds"],
+            "seconds": round(result.seconds, 2),
             "images": images,
-            "images_per_s": round(images / result["seconds"], 2) if images and result["seconds"] else None,
-            "peak_rss_mb": round(peak_mb, 1),
+            "images_per_s": round(images / result.seconds, 2) if images and result.seconds else None,
+            "peak_rss_mb": round(result.peak_rss_mb, 1),
             "redis_used_memory_mb": round(redis_used_memory(url) / 2**20, 1),
             "index_mb": round(folder_bytes(index) / 2**20, 1),
-            "exit_code": result["exit_code"],
-            "killed": result["killed"],
+            "exit_code": result.exit_code,
+            "killed": result.killed,
         }
         steps.append(row)
-        print(json.dumps(row), flush=True)
-        if result["exit_code"] not in (0, None) and not result["killed"]:
-            print(result["stderr_tail"], file=sys.stderr)
+        if result.exit_code != 0 and not result.killed:  # the rehearsal goes on; its checks show it
+            print(f"{name} exited {result.exit_code}: {result.stderr_tail}", file=sys.stderr)
         return row
 
     if args.serve_only:
         try:
-            serve_again(args, index, url, data, env)
+            return serve_again(args, work, index, url, data, env)
         finally:
             if server is not None:
                 server.stop()
-        return
     try:
         # 1. synth
         if not args.reuse_data:
             synth = [str(BIN / "mae-index"), "synth", str(data), "--wells", args.wells, "--z", args.z]
             if args.synth_workers > 1:
                 synth += ["--workers", str(args.synth_workers)]
-            res, rss = peak_rss_mb_of(synth, env)
+            res = run_child(synth, env)
         n_images = sum(1 for _ in data.rglob("*.tif"))
         if not args.reuse_data:
-            row = record("synth", res, rss, n_images)
+            row = record("synth", res, n_images)
             row["data_mb"] = round(folder_bytes(data) / 2**20, 1)
 
         # 2. build, killed -9 at --kill-at, then resumed
@@ -194,21 +188,21 @@ def main() -> None:
         build += ["--checkpoint-every", str(args.checkpoint_every or min(512, max(16, n_images // 16)))]
         if args.kill_at > 0:
             target = int(n_images * args.kill_at)
-            res, rss = peak_rss_mb_of(build, env, kill_when=lambda: shard_rows(index) >= target)
-            killed_row = record("build (killed -9)", res, rss, shard_rows(index))
+            res = run_child(build, env, kill_when=lambda: shard_rows(index) >= target)
+            killed_row = record("build (killed -9)", res, shard_rows(index))
             killed_row["rows_when_killed"] = shard_rows(index)
-        res, rss = peak_rss_mb_of(build, env)
-        summary = json.loads(res["stdout"].strip().splitlines()[-1]) if res["stdout"].strip() else {}
-        row = record("build (resumed)" if args.kill_at > 0 else "build", res, rss, summary.get("indexed"))
+        res = run_child(build, env)
+        summary = json.loads(res.stdout.strip().splitlines()[-1]) if res.stdout.strip() else {}
+        row = record("build (resumed)" if args.kill_at > 0 else "build", res, summary.get("indexed"))
         row["summary"] = {k: summary.get(k) for k in ("found", "indexed", "skipped_existing", "rejected",
                                                        "index_count", "stage_seconds", "complete")}  # fmt: skip
 
         # 3. verify (Redis vs the mirror, every image exactly once)
         verify = [str(BIN / "mae-index"), "verify", "--index", str(index), "--redis-url", url,
                   "--redis-index", args.redis_index, "--format", "json"]  # fmt: skip
-        res, rss = peak_rss_mb_of(verify, env)
-        report = json.loads(res["stdout"]) if res["stdout"].strip() else {}
-        row = record("verify", res, rss, report.get("count_mirror"))
+        res = run_child(verify, env)
+        report = json.loads(res.stdout) if res.stdout.strip() else {}
+        row = record("verify", res, report.get("count_mirror"))
         exactly_once = (
             report.get("count_primary") == report.get("count_mirror") == n_images
             and not report.get("missing_in_primary_count")
@@ -222,26 +216,24 @@ def main() -> None:
               "--redis-index", args.redis_index, "--queries", str(args.eval_queries), "--perturb",
               args.eval_perturb, "--severities", args.eval_severities, "--device", "cpu",
               "--out", str(work / "report")]  # fmt: skip
-        res, rss = peak_rss_mb_of(ev, env)
-        record("eval robustness", res, rss, args.eval_queries)
+        record("eval robustness", run_child(ev, env), args.eval_queries)
 
         # 5. mae-search serve: 200 queries, p50/p99, server RSS after warm-up and at the end; then the
         #    optional sustained load (reported as its own step, outside the rehearsal's 45-minute budget)
-        steps.extend(serve_step(args, index, url, data, env))
-        for row in steps[-2:] if args.load_minutes > 0 else steps[-1:]:
-            print(json.dumps(row), flush=True)
+        steps.extend(serve_step(args, work, index, url, data, env))
     finally:
         if server is not None:
             server.stop()
     out = {"images": n_images, "wells": args.wells, "z": args.z, "steps": steps}
     (work / "rehearsal.json").write_text(json.dumps(out, indent=2) + "\n")
     rehearsal_s = sum(s["seconds"] for s in steps if s["step"] != "serve load")
-    print(json.dumps({"total_seconds": round(sum(s["seconds"] for s in steps), 1),
-                      "rehearsal_seconds_without_load": round(rehearsal_s, 1)}))  # fmt: skip
+    total = {"step": "total", "seconds": round(sum(s["seconds"] for s in steps), 1),
+             "rehearsal_seconds_without_load": round(rehearsal_s, 1), "images": n_images}  # fmt: skip
+    return [*steps, total]
 
 
-def serve_again(args, index: Path, url: str, data: Path, env: dict) -> None:
-    """``--serve-only``: Redis refilled from the FAISS mirror, then :func:`serve_step`."""
+def serve_again(args: Params, work: Path, index: Path, url: str, data: Path, env: dict) -> list[dict]:
+    """``serve_only``: Redis refilled from the FAISS mirror, then :func:`serve_step`."""
     from indexer.core.config import RedisConfig
     from indexer.stores.faiss.store import FaissStore
     from indexer.stores.redis.store import RedisStore
@@ -260,15 +252,14 @@ def serve_again(args, index: Path, url: str, data: Path, env: dict) -> None:
     redis.close()
     rows = [{"step": "refill Redis from the mirror", "seconds": round(time.perf_counter() - t0, 2),
              "images": len(ids)}]  # fmt: skip
-    rows += serve_step(args, index, url, data, env)
-    for row in rows:
-        print(json.dumps(row), flush=True)
-    (args.work.resolve() / "serve.json").write_text(json.dumps(rows, indent=2) + "\n")
+    rows += serve_step(args, work, index, url, data, env)
+    (work / "serve.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
 
 
-def serve_step(args, index: Path, url: str, data: Path, env: dict) -> list[dict]:
-    """Start ``mae-search serve``, send ``--serve-queries`` TIFFs one at a time, then (with
-    ``--load-minutes``) ``--load-clients`` clients of mixed requests; stop it. One row per phase."""
+def serve_step(args: Params, work: Path, index: Path, url: str, data: Path, env: dict) -> list[dict]:
+    """Start ``mae-search serve``, send ``serve_queries`` TIFFs one at a time, then (with
+    ``load_minutes``) ``load_clients`` clients of mixed requests; stop it. One row per phase."""
     import socket
 
     with socket.socket() as s:
@@ -279,7 +270,7 @@ def serve_step(args, index: Path, url: str, data: Path, env: dict) -> list[dict]
     t0 = time.perf_counter()
     # stderr to a file, not a pipe: under load the server logs (waitress's queue-depth warnings), and a
     # pipe nobody reads fills at 64 KB and blocks every thread that logs: the server stops answering.
-    log_path = args.work.resolve() / "serve.log"
+    log_path = work / "serve.log"
     log_file = open(log_path, "w")  # noqa: SIM115 (closed below, after the server)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, text=True, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -307,8 +298,8 @@ def serve_step(args, index: Path, url: str, data: Path, env: dict) -> list[dict]
             json.loads(urllib.request.urlopen(req, timeout=60).read())
             lat.append(time.perf_counter() - t)
             if i == 9:
-                warm_rss = rss_mb(proc.pid)
-        end_rss = rss_mb(proc.pid)
+                warm_rss = peak_rss(proc.pid).now_mb
+        end_rss = peak_rss(proc.pid).now_mb
         queries_s = time.perf_counter() - t0
         load = None
         if args.load_minutes > 0:
@@ -340,9 +331,9 @@ def serve_step(args, index: Path, url: str, data: Path, env: dict) -> list[dict]
     return rows
 
 
-def sustained_load(args, pid: int, port: int, index: Path, picks: list[Path]) -> dict:
-    """``--load-minutes`` of bench/server_load.py's mixed load (uploads, id queries, batches, health,
-    bad requests, plate maps, records, thumbnails) from ``--load-clients`` keep-alive clients; the server's RSS every 5 s."""
+def sustained_load(args: Params, pid: int, port: int, index: Path, picks: list[Path]) -> dict:
+    """``load_minutes`` of bench/server_load.py's mixed load (uploads, id queries, batches, health,
+    bad requests, plate maps, records, thumbnails) from ``load_clients`` keep-alive clients; the server's RSS every 5 s."""
     from bench.server_load import run_load
     from indexer.stores.faiss.store import FaissStore
 
@@ -367,7 +358,3 @@ def sustained_load(args, pid: int, port: int, index: Path, picks: list[Path]) ->
         "rss_growth_after_warmup": round(res["growth"], 4) if "growth" in res else None,
         "rss_samples_mb": mb,
     }
-
-
-if __name__ == "__main__":
-    main()

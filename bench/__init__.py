@@ -1,0 +1,1 @@
+"""The benchmarks of mae-microscopy, run as ``python -m bench`` (see ``bench/__main__.py``)."""
