@@ -80,10 +80,10 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
     head = [f"answered by {answered_by}"] if answered_by else []
     if not rows:
         return "\n".join([*head, "(no results)"])
-    cols = ("rank", "score", "well", "site", "channel", "z", "id", "path")
-    cells = [
-        [("" if r[c] is None else f"{r[c]:.4f}" if c == "score" else str(r[c])) for c in cols] for r in rows
-    ]
+    # A tags column only where a hit has tags (a --metadata table's columns): key=value, ";" between.
+    tagged = any(r.get("tags") for r in rows)
+    cols = ("rank", "score", "well", "site", "channel", "z", "id", *(("tags",) if tagged else ()), "path")
+    cells = [[_cell(r.get(c), c) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = list(head)
     current = None
@@ -94,6 +94,17 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths)))
         lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)))
     return "\n".join(lines)
+
+
+def _cell(value, column: str) -> str:
+    """One table cell: a score to 4 decimals, tags as ``key=value;...``, None as empty."""
+    if value is None:
+        return ""
+    if column == "score":
+        return f"{value:.4f}"
+    if column == "tags":
+        return ";".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -281,6 +281,8 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
             err=True,
         )
         click.echo("Stores: " + "; ".join(describe_identity(i) for i in s.stores) + ".", err=True)
+        if s.metadata:
+            click.echo(s.metadata["said"][0].upper() + s.metadata["said"][1:] + ".", err=True)
         if s.stage_seconds:
             stages = ", ".join(f"{k.replace('_', '/')} {v:.1f} s" for k, v in s.stage_seconds.items())
             click.echo(f"Stage time, summed over workers: {stages}.", err=True)

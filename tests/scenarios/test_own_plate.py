@@ -1,0 +1,195 @@
+"""A new user's own plate, first class (issue 29): a folder of TIFFs named the lab's way (8-bit, float,
+an OME z-stack, a plain 3-page stack), a CSV of well, treatment and dose whose paths are typed from the
+working directory. The build matches the table and says how, the query table shows the tags, the planes of
+one file are one group for mae-eval's exclusions and for defocus_z, and an eval with nothing to compare
+says so."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+from indexer.cli import main as index_main
+from indexer.stores.faiss.store import FaissStore
+from retriever.cli import main as search_main
+from tests.conftest import REPO
+
+OWN = REPO / "examples" / "own-data" / "images"
+
+
+def _chdir_build(cwd: Path, data: Path, index: Path, model: Path, table: Path, *extra: str):
+    """``mae-index build`` run from ``cwd`` (a table's relative paths may be read from there)."""
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(index_main, ["build", str(data), "--index", str(index), "--model", str(model),
+                                               "--device", "cpu", "--no-progress", "--metadata", str(table),
+                                               *extra])  # fmt: skip
+    finally:
+        os.chdir(old)
+
+
+def _plain_stack(path: Path) -> None:
+    """A plain (not OME) 3-page TIFF: three z-planes of one field, nothing in its name."""
+    planes = [tifffile.imread(p) for p in sorted(OWN.glob("A*_actin*.tif"))[:1]]
+    base = planes[0] if planes[0].dtype == np.uint16 else (planes[0] * 4095).astype(np.uint16)
+    stack = np.stack([base, np.roll(base, 3, axis=0), np.roll(base, 7, axis=1)])
+    tifffile.imwrite(path, stack, photometric="minisblack")
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory, tiny_model_dir):
+    """``(root, index, summary)``: the own-data images plus a plain stack, built with a table whose paths
+    are relative to the working directory (``root``), not to the table's folder (``root/meta``)."""
+    root = tmp_path_factory.mktemp("own")
+    images = root / "lab" / "images"
+    shutil.copytree(OWN, images)
+    _plain_stack(images / "field_007.tif")
+    rows = [
+        ("lab/images/A01_dense_nuclei_8bit.tif", "A01", "1", "w1", "dmso", "0"),
+        ("lab/images/A01_dense_actin_float.tif", "A01", "1", "w2", "dmso", "0"),
+        ("lab/images/A02_control_actin_stack.ome.tif", "A02", "1", "w2", "dmso", "0"),
+        ("lab/images/A09_mitotic_actin.tif", "A09", "1", "w2", "nocodazole", "0.1"),
+        ("lab/images/A11_sparse_actin.tif", "A11", "1", "w2", "taxol", "1"),
+        ("lab/images/field_007.tif", "A05", "", "w2", "taxol", "=1+1"),
+    ]
+    (root / "meta").mkdir()
+    table = root / "meta" / "plate.csv"
+    pd.DataFrame(rows, columns=["path", "well", "site", "channel", "treatment", "dose"]).to_csv(
+        table, index=False
+    )
+    r = _chdir_build(
+        root, images.resolve(), root / "idx", tiny_model_dir, Path("meta/plate.csv"), "--format", "json"
+    )
+    assert r.exit_code == 0, r.output
+    return root, root / "idx", json.loads(r.stdout)
+
+
+def test_table_paths_relative_to_the_working_directory_match_and_the_build_says_so(plate):
+    """Before: 0 of 6 rows matched, exit 0, every image without tags. After: all matched, by that rule."""
+    _, index, summary = plate
+    assert summary["indexed"] == 10 and summary["without_metadata"] == 0
+    assert summary["metadata"]["matched"] == summary["metadata"]["rows"] == 6
+    assert summary["metadata"]["rules"] == {"working directory": 6}
+    assert "relative to the working directory" in summary["metadata"]["said"]
+    store = FaissStore(index, read_only=True)
+    tags = {Path(r.path.split("#")[0]).name: dict(r.tags) for r in store.get(store.ids())}
+    assert tags["A09_mitotic_actin.tif"] == {"treatment": "nocodazole", "dose": "0.1"}
+    assert tags["field_007.tif"] == {"treatment": "taxol", "dose": "=1+1"}
+
+
+def test_a_table_that_names_no_image_stops_the_build_before_any_work(plate, tmp_path, tiny_model_dir):
+    """Before: exit 0, an index without tags, and a warning to "give a table with --metadata". After:
+    exit 2 before the model loads, three table paths beside three images found, nothing written."""
+    root, _, _ = plate
+    bad = tmp_path / "wrong.csv"
+    bad.write_text("path,treatment\n" + "".join(f"images/x{i}.tif,dmso\n" for i in range(5)))
+    r = _chdir_build(tmp_path, root / "lab" / "images", tmp_path / "idx", tiny_model_dir, bad)
+    assert r.exit_code == 2, r.output
+    assert (
+        "none of the 5 paths in the metadata table" in r.output and "10" not in r.output.split("\n")[0][:20]
+    )
+    assert all(f"images/x{i}.tif" in r.output for i in range(3)) and "images/x3.tif" not in r.output
+    assert sum(name in r.output for name in os.listdir(root / "lab" / "images")) == 3
+    assert str(tmp_path) in r.output and str(tmp_path / "wrong.csv") in r.output
+    assert not (tmp_path / "idx").exists()
+
+
+def test_images_without_a_row_are_warned_about_without_asking_for_a_table(tmp_path, tiny_model_dir, caplog):
+    """Before: "Give a table with --metadata to add it", to a user who just did. After: the table named."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("A09_mitotic_actin.tif", "A11_sparse_actin.tif"):
+        shutil.copy(OWN / name, images / name)
+    table = tmp_path / "plate.csv"
+    table.write_text("path,treatment\nimages/A09_mitotic_actin.tif,dmso\n")
+    with caplog.at_level(logging.WARNING):
+        r = _chdir_build(tmp_path, images, tmp_path / "idx", tiny_model_dir, table)
+    assert r.exit_code == 0, r.output
+    (warning,) = [m for m in caplog.messages if "A11_sparse_actin.tif" in m]
+    assert "1 of 2 images have no row in the metadata table" in warning and str(table) in warning
+    assert "Give a table with --metadata" not in warning
+    assert "1 of 1 rows matched an image (1 relative to the table's folder" in r.output
+
+
+def test_query_table_shows_each_hit_s_tags(plate):
+    """Before: the table had rank, score, well, site, channel, z, id, path: no tags. After: a tags column."""
+    _, index, _ = plate
+    store = FaissStore(index, read_only=True)
+    (a09,) = [r for r in store.get(store.ids()) if r.path.endswith("A09_mitotic_actin.tif")]
+    r = CliRunner().invoke(search_main, ["query", "--id", str(a09.id), "--index", str(index), "-k", "10"])
+    assert r.exit_code == 0, r.output
+    header = next(line for line in r.stdout.splitlines() if line.strip().startswith("rank"))
+    assert header.split() == ["rank", "score", "well", "site", "channel", "z", "id", "tags", "path"]
+    first = next(line for line in r.stdout.splitlines() if line.strip().startswith("1 "))
+    assert "dose=0.1;treatment=nocodazole" in first and str(a09.id) in first
+    assert sum("treatment=" in line for line in r.stdout.splitlines()) == 10
+
+
+def test_the_planes_of_a_plain_stack_are_one_group(plate):
+    """Before: the plain stack's planes had z 0/1/2 and no site: each one's own relatives were itself only
+    (a fallback), and the OME stack (no plate) the same. After: the file is their group, in the catalog
+    and in the reference exclusions alike."""
+    from eval import gallery
+    from retriever.catalog import GROUP_KEYS, Catalog
+
+    _, index, _ = plate
+    store = FaissStore(index, read_only=True)
+    records = store.get(store.ids())
+    catalog = Catalog(store)
+    for stem in ("field_007.tif", "A02_control_actin_stack.ome.tif"):
+        planes = sorted(r.id for r in records if r.path.split("#")[0].endswith(stem))
+        assert len(planes) == 3 and sorted(r.z for r in records if r.id in planes) == [0, 1, 2]
+        for mode in ("site", "well"):
+            fast = gallery.exclusions_from(catalog.relatives, planes, mode)
+            ref = gallery.exclusions(records, planes, mode)
+            assert fast == ref and fast.fallback == ()
+            assert all(fast.excluded[q] >= set(planes) for q in planes)
+        assert sorted(catalog.relatives(planes[0], GROUP_KEYS).tolist()) == planes
+    single = next(r for r in records if r.path.endswith("A09_mitotic_actin.tif"))
+    assert catalog.relatives(single.id, GROUP_KEYS) is None  # no plate: a single file stays unknown
+
+
+def _eval(index, out, *extra):
+    from eval.cli import main as eval_main
+
+    return CliRunner().invoke(eval_main, ["robustness", "--index", str(index), "--out", str(out), "--device",
+                                          "cpu", "-k", "3", *extra])  # fmt: skip
+
+
+def test_defocus_z_pairs_the_planes_of_a_stack(plate, tmp_path):
+    """Before: no pair (the planes had no site), an empty report, exit 0. After: each stack's middle
+    plane is compared with its other two, one plane away each."""
+    _, index, _ = plate
+    r = _eval(index, tmp_path / "rep", "--perturb", "defocus_z")
+    assert r.exit_code == 0, r.output
+    rows = pd.read_csv(tmp_path / "rep" / "rows.csv")
+    store = FaissStore(index, read_only=True)
+    by_id = {rec.id: rec for rec in store.get(store.ids())}
+    assert sorted(rows["severity"]) == [1, 1, 1, 1]  # two stacks x (z 0, z 2) against z 1
+    for q, other in zip(rows["query_id"], rows["slice_id"]):
+        assert by_id[q].z == 1 and by_id[other].z in (0, 2)
+        assert by_id[q].path.split("#")[0] == by_id[other].path.split("#")[0]
+
+
+def test_an_eval_with_nothing_to_compare_exits_2_with_the_reason(plate, tmp_path):
+    """Before: exit 0, an empty report, and matplotlib's "No artists with labels" warning on stderr.
+    After: exit 2 with the reason, no report."""
+    _, index, _ = plate
+    store = FaissStore(index, read_only=True)
+    single = next(r for r in store.get(store.ids()) if r.path.endswith("A09_mitotic_actin.tif"))
+    (tmp_path / "q.csv").write_text(f"id\n{single.id}\n")
+    r = _eval(index, tmp_path / "rep", "--perturb", "defocus_z", "--query-list", str(tmp_path / "q.csv"))
+    assert r.exit_code == 2, r.output
+    assert "nothing to compare: defocus_z found no query with its own field of view at another z" in r.output
+    assert "Warning" not in r.output and "artist" not in r.output
+    assert not (tmp_path / "rep" / "report.json").exists()
