@@ -52,7 +52,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 #: The modules each optional extra provides, checked before a command starts any work.
-EXTRAS = {"eval": ("scipy", "matplotlib", "sklearn"), "ray": ("ray", "fsspec")}
+EXTRAS = {"eval": ("scipy", "matplotlib", "sklearn"), "ray": ("ray", "fsspec"), "export": ("anndata",)}
 
 
 def require_extra(extra: str) -> None:

@@ -193,3 +193,85 @@ def test_an_eval_with_nothing_to_compare_exits_2_with_the_reason(plate, tmp_path
     assert "nothing to compare: defocus_z found no query with its own field of view at another z" in r.output
     assert "Warning" not in r.output and "artist" not in r.output
     assert not (tmp_path / "rep" / "report.json").exists()
+
+
+def _export(index, fmt, out, *extra):
+    return CliRunner().invoke(index_main, ["export", "--index", str(index), "--format", fmt, "--out", str(out),
+                                           *extra])  # fmt: skip
+
+
+def _stored(index):
+    store = FaissStore(index, read_only=True)
+    ids = np.sort(store.ids())
+    return ids, {r.id: r for r in store.get(ids)}, store.get_vectors(ids)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_export_one_row_per_image_with_fields_tags_and_vector(plate, tmp_path, fmt):
+    """Before: no `mae-index export` (exit 2, no such command). After: every image once, read back with
+    pandas: its fields, its tags as columns, its vector as f0..f{d-1}, exactly the stored float32."""
+    _, index, _ = plate
+    out = tmp_path / f"plate.{fmt}"
+    r = _export(index, fmt, out)
+    assert r.exit_code == 0, r.output
+    df = pd.read_parquet(out) if fmt == "parquet" else pd.read_csv(out)
+    ids, records, vectors = _stored(index)
+    d = vectors.shape[1]
+    assert list(df.columns) == ["id", "path", "plate", "well", "row", "column", "site", "channel", "z", "source",
+                                "dose", "treatment", *(f"f{i}" for i in range(d))]  # fmt: skip
+    assert df["id"].tolist() == ids.tolist()
+    np.testing.assert_array_equal(df[[f"f{i}" for i in range(d)]].to_numpy(np.float32), vectors)
+    for row in df.itertuples(index=False):
+        rec = records[row.id]
+        assert (row.path, row.well, row.channel) == (rec.path, rec.well, rec.channel)
+        assert (None if pd.isna(row.z) else int(row.z)) == rec.z
+        assert (None if pd.isna(row.site) else int(row.site)) == rec.site
+    doses = set(df["dose"])
+    # A tag a spreadsheet would run as a formula is escaped in CSV (OWASP), kept as it is in parquet.
+    assert ("'=1+1" if fmt == "csv" else "=1+1") in {str(v) for v in doses}
+
+
+def test_export_anndata_x_is_the_vectors_and_obs_the_metadata(plate, tmp_path):
+    import anndata
+
+    _, index, _ = plate
+    r = _export(index, "anndata", tmp_path / "plate.h5ad")
+    assert r.exit_code == 0, r.output
+    adata = anndata.read_h5ad(tmp_path / "plate.h5ad")
+    ids, records, vectors = _stored(index)
+    assert adata.shape == vectors.shape and list(adata.obs_names) == [str(i) for i in ids]
+    np.testing.assert_array_equal(np.asarray(adata.X), vectors)
+    assert list(adata.var_names[:2]) == ["f0", "f1"]
+    assert {"well", "channel", "z", "treatment", "dose"} <= set(adata.obs.columns)
+    assert adata.obs.loc[str(ids[0]), "treatment"] == records[int(ids[0])].tags[1][1]
+
+
+def test_export_aggregate_well_is_the_median_per_well_and_channel(plate, tmp_path):
+    """pycytominer's aggregate: the feature-wise median of each (plate, well, channel), with its count."""
+    _, index, _ = plate
+    r = _export(index, "parquet", tmp_path / "wells.parquet", "--aggregate", "well")
+    assert r.exit_code == 0, r.output
+    df = pd.read_parquet(tmp_path / "wells.parquet")
+    ids, records, vectors = _stored(index)
+    groups: dict[tuple, list[int]] = {}
+    for i, image_id in enumerate(ids.tolist()):
+        groups.setdefault((records[image_id].well, records[image_id].channel), []).append(i)
+    assert sorted(zip(df["well"], df["channel"])) == sorted(groups)
+    for row in df.itertuples(index=False):
+        members = groups[(row.well, row.channel)]
+        assert row.count == len(members)
+        feats = np.asarray([getattr(row, f"f{i}") for i in range(vectors.shape[1])], np.float32)
+        np.testing.assert_allclose(feats, np.median(vectors[members], axis=0), rtol=1e-6)
+    a02 = df[(df["well"] == "A02") & (df["channel"] == "w2")]
+    assert a02["count"].tolist() == [3] and a02["treatment"].tolist() == ["dmso"]  # the OME stack's planes
+
+
+def test_export_anndata_without_its_extra_names_the_extra(plate, tmp_path, monkeypatch):
+    import sys
+
+    _, index, _ = plate
+    monkeypatch.setitem(sys.modules, "anndata", None)  # as if not installed
+    r = _export(index, "anndata", tmp_path / "plate.h5ad")
+    assert r.exit_code == 2
+    assert "needs the [export] extra (anndata missing): pip install 'mae-microscopy[export]'" in r.output
+    assert not (tmp_path / "plate.h5ad").exists()
