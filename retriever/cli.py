@@ -154,7 +154,13 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
           verbose):  # fmt: skip
     """Find the indexed images nearest to IMAGES (TIFF files) or to indexed images given by --id.
 
-    Scores are cosine similarity (1.0 = identical).
+    Scores are cosine similarity (1.0 = identical). The table shows each hit's tags (a --metadata
+    table's columns) as key=value; --format json or csv gives every field.
+
+    \b
+    Examples:
+      mae-search query image.tif --index runs/idx -k 5 --tag treatment=dmso
+      mae-search query --id 4191570912738437305 --index runs/idx --format csv
     """
     setup_logging(verbose)
     if not images and not ids:
@@ -210,7 +216,9 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
 
 @main.command()
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index folder (FAISS).")
-@click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None)
+@click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None,
+              help="Store the page and API search first (default: redis when a Redis URL is given, else faiss); "
+              "with both given the page offers either.")  # fmt: skip
 @redis_options
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
@@ -262,7 +270,7 @@ def serve(
       mae-search query image.tif --server http://127.0.0.1:8000
       curl -s --data-binary @image.tif 'http://127.0.0.1:8000/query?k=5&well=A01'
     """
-    setup_logging(max(verbose, 1))
+    setup_logging(verbose, floor=1)
     from indexer.core.limits import MB, DecodeLimits, RequestLimits
     from retriever.search import Retriever
     from retriever.server import QueryService, make_server
@@ -316,11 +324,12 @@ def build_app(service, index_dir: Path | None, reports: list[Path]):
     from retriever.server import App
 
     app = App(service, service.limits)
+    uid = (service.retriever.store.read_manifest() or {}).get("index_uid")
     faiss = service.backends.get("faiss")
     catalog = explorer.Catalog(service.retriever.store, faiss.store if faiss else None)
     app.catalog = catalog
     explorer.register(
-        app, service, catalog, explorer.find_reports(index_dir, reports), sorted(service.backends)
+        app, service, catalog, explorer.find_reports(index_dir, reports, uid), sorted(service.backends)
     )
     for ep in entry_points(group="mae_microscopy.serve"):
         try:

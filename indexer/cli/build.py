@@ -304,7 +304,12 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
 @format_option("text", "json")
 @handle_errors
 def info(index_dir, fmt):
-    """Show what an index holds and what it was built with."""
+    """Show what an index holds and what it was built with.
+
+    \b
+    Example:
+      mae-index info --index runs/idx --format json
+    """
     from indexer.ingest.jobs import index_info
     from indexer.vectors.transform_file import describe_normalize
 

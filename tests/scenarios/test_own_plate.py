@@ -275,3 +275,46 @@ def test_export_anndata_without_its_extra_names_the_extra(plate, tmp_path, monke
     assert r.exit_code == 2
     assert "needs the [export] extra (anndata missing): pip install 'mae-microscopy[export]'" in r.output
     assert not (tmp_path / "plate.h5ad").exists()
+
+
+def test_the_explorer_lists_only_its_own_index_s_reports_and_keeps_faiss_quiet(plate, tmp_path):
+    """Before: report.json did not say which index it measured, the explorer listed every report folder
+    beside its index, and `serve` logged faiss's loader lines (AVX512, AVX2). After: report.json holds the
+    index uid, the page lists the reports of its own index only, and faiss's loader is quiet without -v."""
+    import urllib.request
+
+    from tests.support.serve import start_serve
+
+    root, index, _ = plate
+    r = _eval(index, root / "rep-own", "--perturb", "brightness", "--severities", "1", "--queries", "3")
+    assert r.exit_code == 0, r.output
+    uid = json.loads((index / "manifest.json").read_text())["index_uid"]
+    assert json.loads((root / "rep-own" / "report.json").read_text())["index"]["index_uid"] == uid
+    other = root / "rep-other"
+    other.mkdir()
+    (other / "report.html").write_text("<h1>another index</h1>")
+    (other / "report.json").write_text(json.dumps({"index": {"index_uid": "f" * 32}}))
+    proc, port = start_serve(index)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/config", timeout=30) as resp:
+            reports = json.loads(resp.read())["reports"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert [rep["name"] for rep in reports] == ["rep-own"]
+    log = Path(proc.log_path).read_text()
+    assert "Serving 10 images" in log
+    assert "faiss.loader" not in log and "Could not load library" not in log
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_faiss_loader_lines_show_only_with_v(verbose):
+    """The loader's lines are faiss's own INFO logging (logger faiss.loader): shown with -v only."""
+    import subprocess
+    import sys
+
+    code = f"from indexer.cli.options import setup_logging; setup_logging({verbose}, floor=1); import faiss"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert ("faiss.loader" in out.stderr) == bool(verbose)
