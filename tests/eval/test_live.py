@@ -113,8 +113,6 @@ def test_the_panel_s_lists_equal_plain_queries_and_mae_eval_row_by_row(stack_ind
     live.register(app)
     srv, close = _start(service, app=app)
     try:
-        offered = json.loads(_get(srv, "/api/perturbations")[1])["perturbations"]
-        assert [p["name"] for p in offered][-1] == NATURAL
         body = {"id": str(query.id), "perturbation": "brightness", "severity": 2, "k": 5}
         status, data = _get(srv, "/api/perturb", json.dumps(body), "POST")
         assert status == 200, data
@@ -137,6 +135,8 @@ def test_the_panel_s_lists_equal_plain_queries_and_mae_eval_row_by_row(stack_ind
         assert out["chance"]["rbo"] == pytest.approx(chance.rbo(row["candidates"], 5, 0.9))
         assert out["chance"]["self_at_1"] == pytest.approx(1 / row["self_candidates"])
 
+        offered = json.loads(_get(srv, "/api/perturbations")[1])["perturbations"]
+        assert [p["name"] for p in offered][-1] == NATURAL
         defocus = {**body, "perturbation": NATURAL, "severity": 4}  # z 20 against z 16
         status, data = _get(srv, "/api/perturb", json.dumps(defocus), "POST")
         assert status == 200, data
