@@ -91,8 +91,8 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
         if r["query"] != current:
             current = r["query"]
             lines.append(f"query: {current}")
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-        lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)))
+            lines.append(("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths))).rstrip())
+        lines.append(("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths))).rstrip())
     return "\n".join(lines)
 
 
