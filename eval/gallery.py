@@ -15,8 +15,9 @@ the clean and the perturbed result lists:
 The planes of one multi-plane file (recorded as ``file.tif#0``, ``file.tif#1``, ...) are one field of
 view: in modes ``site`` and ``well`` they are each other's relatives whatever their names say (a plain
 stack has no site). A query whose site (or well) is unknown, because its file name says nothing, and
-that is no such plane, falls back to ``image`` and is counted. Self-retrieval (self@1) is always measured against the candidates plus the source
-image, so it stays defined when the source is excluded from the consistency lists.
+that is no such plane, falls back to ``image`` and is counted. Self-retrieval (self@1) is always
+measured against the candidates plus the source image, so it stays defined when the source is excluded
+from the consistency lists.
 """
 
 from __future__ import annotations

@@ -222,10 +222,9 @@ def register(app: Any) -> None:
             if k < 1 or k > 100:
                 raise ConfigError("k must be within 1..100")
             name = str(obj.get("perturbation", ""))
-            if name not in (*perturb.PERTURBATIONS, NATURAL):
-                raise ConfigError(
-                    f"unknown perturbation {name!r}; choose from {', '.join((*perturb.PERTURBATIONS, NATURAL))}"
-                )
+            names = (*perturb.PERTURBATIONS, NATURAL)
+            if name not in names:
+                raise ConfigError(f"unknown perturbation {name!r}; choose from {', '.join(names)}")
             exclude = str(obj.get("exclude", gallery.DEFAULT_EXCLUDE))
             if exclude not in gallery.EXCLUDE:
                 raise ConfigError(f"unknown exclude {exclude!r}; choose from {', '.join(gallery.EXCLUDE)}")

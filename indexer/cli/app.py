@@ -1,6 +1,7 @@
 """``mae-index``: the command group. One module per command group:
-:mod:`.build` (build, info), :mod:`.mirror` (verify, sync, repair, drop-redis), :mod:`.data` (synth, fetch) and
-:mod:`.model` (init-model, pretrain), :mod:`.export` (export); shared option groups live in :mod:`.options`."""
+:mod:`.build` (build, info), :mod:`.mirror` (verify, sync, repair, drop-redis), :mod:`.data` (synth, fetch),
+:mod:`.model` (init-model, pretrain) and :mod:`.export` (export); shared option groups live in
+:mod:`.options`."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """``--metadata table.csv|parquet``: metadata for images not named like BBBC006.
 
 The table has a ``path`` column (a relative path is read relative to the table's folder, else to the
-working directory, whichever names an image found; a zip member is ``archive.zip/member``) and any of ``plate``, ``well``, ``site``, ``channel``, ``z``. Every other column
-is a tag: ``key=value`` on each image, filterable in both stores (``mae-search query --tag key=value``).
-A table value replaces what the file name says; an empty cell says nothing. Rows whose file is not
-found are counted and reported by the build.
+working directory, whichever names an image found; a zip member is ``archive.zip/member``) and any of
+``plate``, ``well``, ``site``, ``channel``, ``z``. Every other column is a tag: ``key=value`` on each
+image, filterable in both stores (``mae-search query --tag key=value``). A table value replaces what
+the file name says; an empty cell says nothing. Rows whose file is not found are counted and reported
+by the build; a table none of whose rows names an image found stops the build (exit 2).
 """
 
 from __future__ import annotations

@@ -318,9 +318,9 @@ def count_without_metadata(items: Sequence[SourceItem], table: Path | None = Non
             example = example or it.path
     if bare and table is not None:
         log.warning(
-            "%d of %d images have no row in the metadata table %s and names that do not follow the BBBC006 "
-            "pattern (e.g. %s): they are indexed without plate, well, site or channel. Add their paths to the "
-            "table to describe them.",
+            "%d of %d images have no row in the metadata table %s and names that do not follow the "
+            "BBBC006 pattern (e.g. %s): they are indexed without plate, well, site or channel. Add their "
+            "paths to the table to describe them.",
             bare,
             len(items),
             table,
