@@ -79,9 +79,11 @@ def _evaluate_stores(stores, index_dir, redis_url, config, device, out, model=No
         bar.update(done - bar.n)
 
     catalog = Catalog(store, vector_store=mirror)  # a Redis store takes the mirror's record columns
-    result = run_robustness(retriever, config, progress=tick, exact=exact if store is not exact else None,
-                            catalog=catalog)  # fmt: skip
-    bar.close()
+    try:
+        result = run_robustness(retriever, config, progress=tick, exact=exact if store is not exact else None,
+                                catalog=catalog)  # fmt: skip
+    finally:
+        bar.close()  # an error's message then stands alone, not after a half-drawn bar
     if result.skipped_queries:
         skipped = result.skipped_queries
         n = len(skipped) + len(result.query_ids)
