@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from eval import gallery
+from eval import perturb as _perturbations
 from indexer.cli.options import (
     faiss_search_options,
     handle_errors,
@@ -78,16 +79,19 @@ def _evaluate_stores(stores, index_dir, redis_url, config, device, out, model=No
         bar.update(done - bar.n)
 
     catalog = Catalog(store, vector_store=mirror)  # a Redis store takes the mirror's record columns
-    result = run_robustness(retriever, config, progress=tick, exact=exact if store is not exact else None,
-                            catalog=catalog)  # fmt: skip
-    bar.close()
+    try:
+        result = run_robustness(retriever, config, progress=tick, exact=exact if store is not exact else None,
+                                catalog=catalog)  # fmt: skip
+    finally:
+        bar.close()  # an error's message then stands alone, not after a half-drawn bar
     if result.skipped_queries:
         skipped = result.skipped_queries
         n = len(skipped) + len(result.query_ids)
         click.echo(f"Warning: {len(skipped)} of {n} query images cannot be read (moved since the build?) and "
                    "are left out: " + "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5]), err=True)  # fmt: skip
     manifest = store.read_manifest() or {}
-    meta = {"location": str(index_dir), "count": store.count(), "model": manifest.get("model", {}).get("name"),
+    meta = {"location": str(index_dir), "index_uid": manifest.get("index_uid"), "count": store.count(),
+            "model": manifest.get("model", {}).get("name"),
             "backend": "redis" if redis_url else "faiss", "answered_by": store_identity(store)}  # fmt: skip
     rep = write_report(result, out, meta)
     click.echo(format_table(headline_rows(rep["summary"]), TABLE_COLUMNS))
@@ -104,7 +108,12 @@ _common = [
     click.option(
         "--query-list", type=click.Path(exists=True, path_type=Path), help="CSV with an 'id' column."
     ),
-    click.option("--perturb", default=None, help="Comma list (default all, with defocus_z)."),
+    click.option(
+        "--perturb",
+        default=None,
+        help=f"Comma list of: {', '.join(_perturbations.PERTURBATIONS)}, defocus_z (the same field of view at "
+        "another z of the index). Default: all.",
+    ),
     click.option("--severities", default="0-5", show_default=True),
     click.option("-k", "k", default=10, show_default=True),
     click.option("--seed", default=0, show_default=True),
@@ -131,7 +140,12 @@ def _with_common(fn):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mae-microscopy")
 def main() -> None:
-    """Measure how robust retrieval is to noise, blur, defocus and other perturbations."""
+    """Measure how robust retrieval is to noise, blur, defocus and other perturbations.
+
+    \b
+    Example:
+      mae-eval robustness --index runs/idx --queries 20 --out runs/report
+    """
 
 
 @main.command()
@@ -143,7 +157,12 @@ def main() -> None:
 @verbose_option
 @handle_errors
 def reconstruct(image, model, out, mask_ratio, seed, verbose):
-    """Save masked input, reconstruction and original of IMAGE side by side."""
+    """Save masked input, reconstruction and original of IMAGE side by side.
+
+    \b
+    Example:
+      mae-eval reconstruct image.tif --model runs/mae-pretrained --out runs/reconstruct.png
+    """
     setup_logging(verbose)
     from eval.reconstruct import reconstruct as run
 
@@ -187,7 +206,12 @@ def robustness(index_dir, redis_url, redis_index, queries, query_list, perturb, 
 def compare(
     indexes, queries, query_list, perturb, severities, k, seed, rbo_p, device, exclude, model, out, verbose
 ):
-    """Run the same evaluation on several indexes (e.g. one per model) and put them side by side."""
+    """Run the same evaluation on several indexes (e.g. one per model) and put them side by side.
+
+    \b
+    Example:
+      mae-eval compare --index runs/idx-tiny --index runs/idx-base --queries 20 --out runs/compare
+    """
     setup_logging(verbose)
     import json
 

@@ -12,9 +12,12 @@ the clean and the perturbed result lists:
 ``well``  every image of the query's well (same plate and well)
 ========= ===========================================================================================
 
-A query whose site (or well) is unknown, because its file name says nothing, falls back to ``image``
-and is counted. Self-retrieval (self@1) is always measured against the candidates plus the source
-image, so it stays defined when the source is excluded from the consistency lists.
+The planes of one multi-plane file (recorded as ``file.tif#0``, ``file.tif#1``, ...) are one field of
+view: in modes ``site`` and ``well`` they are each other's relatives whatever their names say (a plain
+stack has no site). A query whose site (or well) is unknown, because its file name says nothing, and
+that is no such plane, falls back to ``image`` and is counted. Self-retrieval (self@1) is always
+measured against the candidates plus the source image, so it stays defined when the source is excluded
+from the consistency lists.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def exclusions(records: Iterable[Any], query_ids: Iterable[int], mode: str) -> E
     Parameters
     ----------
     records : iterable of dict or object
-        Every indexed record, with ``id``, ``plate``, ``well`` and ``site`` (keys or attributes).
+        Every indexed record, with ``id``, ``path``, ``plate``, ``well`` and ``site`` (keys or attributes).
     query_ids : iterable of int
         The query ids (each must be among ``records``).
     mode : str
@@ -70,12 +73,20 @@ def exclusions(records: Iterable[Any], query_ids: Iterable[int], mode: str) -> E
     query_ids = list(query_ids)
     if mode not in _KEYS:
         return exclusions_from(lambda q, keys: None, query_ids, mode)  # none, image (or unknown: raises)
+    from indexer.images.sources import stack_file
+
     keys = _KEYS[mode]
     groups: dict[tuple[Any, ...], set[int]] = {}
     key_of: dict[int, tuple[Any, ...] | None] = {}
+    stacks: dict[str, set[int]] = {}
+    file_of: dict[int, str] = {}
     for r in records:
         key = tuple(_field(r, f) for f in keys)
         rid = int(_field(r, "id"))
+        file = stack_file(_field(r, "path"))
+        if file is not None:
+            file_of[rid] = file
+            stacks.setdefault(file, set()).add(rid)
         if any(v is None for v in key):
             key_of[rid] = None  # two unknown wells are not the same well
             continue
@@ -84,7 +95,9 @@ def exclusions(records: Iterable[Any], query_ids: Iterable[int], mode: str) -> E
 
     def relatives(q: int, _keys: tuple[str, ...]) -> set[int] | None:
         key = key_of.get(q)
-        return None if key is None else groups[key]
+        group = None if key is None else groups[key]
+        planes = stacks.get(file_of.get(q, ""))
+        return group if planes is None else planes | (group or set())
 
     return exclusions_from(relatives, query_ids, mode)
 

@@ -13,7 +13,9 @@ seeded perturbation, an unfiltered search deep enough, the top k of each once th
 named by ``exclude`` are cut out of both (:mod:`eval.gallery`; default ``site``, as ``mae-eval``'s; found
 by the explorer's catalog in the size of the query's group, :func:`eval.gallery.exclusions_from`), then
 :func:`eval.robustness.compare_results`. So they equal ``mae-eval robustness --exclude <the same>`` for
-the same query, perturbation, severity, k, seed and RBO p; the panel gives no chance level.
+the same query, perturbation, severity, k, seed and RBO p, with each metric's chance level
+(:mod:`eval.chance`) for the gallery left. ``defocus_z`` is offered where the index holds images at more
+than one z: the query's own field of view ``severity`` slices away stands in for the perturbed query.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ import math
 from http import HTTPStatus
 from typing import Any
 
-from eval import gallery, perturb
-from eval.robustness import RobustnessConfig, _ids, compare_results
+import numpy as np
+
+from eval import chance, gallery, perturb
+from eval.robustness import NATURAL, RobustnessConfig, _ids, compare_results
+from indexer.bbbc006.constants import FOCUS_Z
 from indexer.core.errors import ConfigError
-from indexer.core.records import ImageRecord
+from indexer.core.records import Hit, ImageRecord
 from indexer.images.sources import load_image
 from retriever import render
-from retriever.catalog import Catalog
+from retriever.catalog import GROUP_KEYS, Catalog
 from retriever.search import QueryOptions, Retriever
 
 
@@ -43,50 +48,107 @@ def compare_one(
     rbo_p: float,
     excluded: frozenset[int] = frozenset(),
     n_index: int | None = None,
+    partner: ImageRecord | None = None,
 ) -> dict[str, Any]:
     """Clean vs perturbed top-k of one indexed image, with the metrics of ``mae-eval robustness``.
 
     ``excluded``: the ids that leave both lists (the query's relatives, :func:`eval.gallery.exclusions`;
-    empty: ``--exclude none``); ``n_index``: the index's size (default: the store's count).
+    empty: ``--exclude none``); ``n_index``: the index's size (default: the store's count). For
+    ``defocus_z``, ``partner`` is the same field of view at another z (:func:`defocus_partner`): its
+    stored vector is the perturbed query and it leaves both lists, as in ``mae-eval``.
 
     Returns
     -------
     dict
-        ``clean`` and ``perturbed`` hit lists (k each), ``metrics`` (self_rank, self_at_1,
-        overlap_at_k, jaccard_at_k, rbo, kendall_tau), ``candidates`` (the gallery left), ``value`` (the
-        severity's parameter) and the perturbed raw image (``image``, a uint16 array).
+        ``clean`` and ``perturbed`` hit lists (k each, ranked 1..k once ``excluded`` is out, each hit with
+        the score of its own list's query), ``metrics`` (self_rank, self_at_1, overlap_at_k,
+        jaccard_at_k, rbo, kendall_tau), ``chance`` (each metric's chance level, :mod:`eval.chance`),
+        ``candidates`` (the gallery left), ``value`` (the severity's parameter) and the perturbed raw
+        image (``image``, a uint16 array).
 
     Raises
     ------
     ConfigError
-        Fewer than ``k + 1`` candidates are left once ``excluded`` is out (as ``mae-eval`` skips it).
+        Fewer than ``k + 1`` candidates are left once ``excluded`` is out (as ``mae-eval`` skips it), or
+        ``defocus_z`` without a ``partner``.
     """
     RobustnessConfig(perturbations=(name,), severities=(severity,), k=k, seed=seed, rbo_p=rbo_p)
     n_index = retriever.store.count() if n_index is None else n_index
-    candidates = n_index - len(excluded)
+    natural = name == NATURAL
+    if natural and partner is None:
+        raise ConfigError(f"defocus_z needs the same field of view at another z for image {record.id}")
+    drop = excluded | ({partner.id} if natural else set())
+    candidates = n_index - len(drop)
     if candidates < k + 1:
         raise ConfigError(
             f"image {record.id} has {candidates} candidates once its relatives are excluded, fewer than "
             f"k + 1 = {k + 1}: lower k, or choose a milder exclude"
         )
     raw = load_image(record.path)  # as eval.robustness.read_queries reads it
-    image = perturb.apply(name, raw, severity, perturb.perturbation_rng(seed, record.id, name, severity))
-    vectors = retriever.embed_arrays([raw, image])
+    if natural:
+        # As run_robustness: the other slice's stored vector is the perturbed query.
+        image = load_image(partner.path)
+        vectors = np.concatenate([retriever.embed_arrays([raw]), retriever.store.get_vectors([partner.id])])
+        value = perturb.defocus_offset_um(FOCUS_Z + severity, FOCUS_Z)
+    else:
+        image = perturb.apply(name, raw, severity, perturb.perturbation_rng(seed, record.id, name, severity))
+        vectors = retriever.embed_arrays([raw, image])
+        value = perturb.severity_value(name, severity)
     # As run_robustness: deep enough that k results survive the exclusion.
-    depth = min(n_index, k + len(excluded) + 2)
+    depth = min(n_index, k + len(drop) + 2)
     clean_hits, pert_hits = retriever.search_vectors(vectors, QueryOptions(k=depth))
-    clean = gallery.cut(_ids(clean_hits), excluded, k)
-    perturbed = gallery.cut(_ids(pert_hits), excluded, k)
-    self_list = gallery.cut(_ids(pert_hits), excluded - {record.id}, k)
-    by_id = {h.id: h for h in [*clean_hits, *pert_hits]}
+    clean = gallery.cut(_ids(clean_hits), drop, k)
+    perturbed = gallery.cut(_ids(pert_hits), drop, k)
+    self_drop = drop - {record.id}
+    self_list = gallery.cut(_ids(pert_hits), self_drop, k)
     return {
-        "clean": [by_id[i].to_dict() for i in clean],
-        "perturbed": [{**by_id[i].to_dict(), "rank": n + 1} for n, i in enumerate(perturbed)],
+        # Each list's hits with their own query's scores: an image in both lists has two.
+        "clean": _ranked(clean_hits, clean),
+        "perturbed": _ranked(pert_hits, perturbed),
         "metrics": compare_results(record.id, clean, perturbed, k, rbo_p, self_list=self_list),
+        "chance": {
+            m: chance.chance_level(m, n_index - len(self_drop) if m == "self_at_1" else candidates, k, rbo_p)
+            for m in chance.CHANCE_METRICS
+        },
         "candidates": candidates,
-        "value": perturb.severity_value(name, severity),
+        "value": value,
         "image": image,
     }
+
+
+def _ranked(hits: list[Hit], kept: list[int]) -> list[dict[str, Any]]:
+    """The hits of ``kept`` ids, in that order, ranked 1..len(kept) (their rank in the gallery left)."""
+    by_id = {h.id: h for h in hits}
+    return [{**by_id[i].to_dict(), "rank": n + 1} for n, i in enumerate(kept)]
+
+
+def defocus_partner(catalog: Catalog, record: ImageRecord, severity: int) -> ImageRecord:
+    """The image ``defocus_z`` compares ``record`` with at ``severity`` slices: the same field of view
+    (its site, or its multi-plane file) and channel ``severity`` slices from ``record``'s z, the lower id
+    first (as :func:`eval.perturb.z_pairs` orders them, with ``record`` as the reference).
+
+    Raises
+    ------
+    ConfigError
+        When no such image is indexed (the message names the severities there are).
+    """
+    group = catalog.relatives(record.id, GROUP_KEYS)
+    near = [r for r in catalog.records.get_many(group) if r is not None] if group is not None else []
+    pairs = perturb.z_pairs(near, reference_z=record.z) if record.z is not None else {}
+    others = pairs.get(record.id, [])
+    for other_id, dz in others:
+        if dz == severity:
+            return catalog.records[other_id]
+    have = sorted({dz for _, dz in others})
+    raise ConfigError(
+        f"image {record.id} has no image of its field of view {severity} z-slices away"
+        + (f"; severities there: {', '.join(map(str, have))}" if have else " (it is not part of a z-stack)")
+    )
+
+
+def has_stacks(catalog: Catalog) -> bool:
+    """True when the index holds images at more than one z (so that ``defocus_z`` may find pairs)."""
+    return len(catalog.records.distinct("z")) > 1
 
 
 def _finite(v: float) -> float | None:
@@ -99,7 +161,8 @@ def register(app: Any) -> None:
 
     ``POST /api/perturb`` takes ``{"id", "perturbation", "severity", "k", "seed", "rbo_p", "exclude"}``
     (``exclude`` one of :data:`eval.gallery.EXCLUDE`, default ``mae-eval``'s) and answers
-    :func:`compare_one`'s result with the perturbed image as a PNG data URL.
+    :func:`compare_one`'s result with the perturbed image as a PNG data URL. ``GET /api/perturbations``
+    lists ``defocus_z`` too where the index holds images at more than one z.
     """
     import threading
 
@@ -123,17 +186,21 @@ def register(app: Any) -> None:
             return catalogs[key]
 
     def perturbations(req: Any) -> Any:
+        offered = [
+            {
+                "name": n,
+                "values": [_finite(perturb.severity_value(n, s)) for s in range(perturb.N_LEVELS + 1)],
+            }
+            for n in perturb.PERTURBATIONS
+        ]
+        catalog = getattr(app, "catalog", None) or catalog_of(service.retriever)
+        if has_stacks(catalog):  # real z-slices: severity = slices from the query's own
+            offered.append(
+                {"name": NATURAL, "values": [perturb.defocus_offset_um(FOCUS_Z + s) for s in range(6)]}
+            )
         return json_response(
             {
-                "perturbations": [
-                    {
-                        "name": n,
-                        "values": [
-                            _finite(perturb.severity_value(n, s)) for s in range(perturb.N_LEVELS + 1)
-                        ],
-                    }
-                    for n in perturb.PERTURBATIONS
-                ],
+                "perturbations": offered,
                 "defaults": {"k": 10, "seed": 0, "rbo_p": 0.9, "exclude": gallery.DEFAULT_EXCLUDE},
             }
         )
@@ -155,10 +222,9 @@ def register(app: Any) -> None:
             if k < 1 or k > 100:
                 raise ConfigError("k must be within 1..100")
             name = str(obj.get("perturbation", ""))
-            if name not in perturb.PERTURBATIONS:
-                raise ConfigError(
-                    f"unknown perturbation {name!r}; choose from {', '.join(perturb.PERTURBATIONS)}"
-                )
+            names = (*perturb.PERTURBATIONS, NATURAL)
+            if name not in names:
+                raise ConfigError(f"unknown perturbation {name!r}; choose from {', '.join(names)}")
             exclude = str(obj.get("exclude", gallery.DEFAULT_EXCLUDE))
             if exclude not in gallery.EXCLUDE:
                 raise ConfigError(f"unknown exclude {exclude!r}; choose from {', '.join(gallery.EXCLUDE)}")
@@ -173,9 +239,11 @@ def register(app: Any) -> None:
         catalog = catalog_of(retriever)
         excluded = gallery.exclusions_from(catalog.relatives, [qid], exclude).excluded[qid]
         try:
+            partner = defocus_partner(catalog, record, severity) if name == NATURAL else None
             out = service.compute(
-                compare_one, retriever, record, name, severity, k, seed, p, excluded, len(catalog.records)
-            )
+                compare_one, retriever, record, name, severity, k, seed, p, excluded, len(catalog.records),
+                partner,
+            )  # fmt: skip
         except ConfigError as e:
             raise ClientError(HTTPStatus.BAD_REQUEST, str(e)) from e
         except OSError as e:
@@ -185,6 +253,7 @@ def register(app: Any) -> None:
         png = render.render_png(out.pop("image"), retriever.preprocess.intensity, 512)
         out["image"] = "data:image/png;base64," + base64.b64encode(png).decode()
         out["metrics"] = {m: _finite(v) if isinstance(v, float) else v for m, v in out["metrics"].items()}
+        out["chance"] = {m: _finite(v) for m, v in out["chance"].items()}
         out.update(
             id=qid,
             perturbation=name,

@@ -475,6 +475,7 @@ def _field(record: Any, key: str) -> Any:
 
 #: The fields that name one stack (a field of view in one channel), whose slices differ in z only.
 SITE_KEYS = ("plate", "well", "site", "channel")
+_STACK = object()  # the first item of a z-pair group keyed by its multi-plane file, not by its names
 
 
 def z_pairs(records: Sequence[Any], reference_z: int = FOCUS_Z) -> dict[int, list[tuple[int, int]]]:
@@ -485,7 +486,9 @@ def z_pairs(records: Sequence[Any], reference_z: int = FOCUS_Z) -> dict[int, lis
     records : sequence of dict or object
         Each with ``id``, ``plate``, ``well``, ``site``, ``channel`` and ``z`` (keys or attributes).
         Records with any of these fields ``None`` (a file name that says nothing) are left out: two
-        unknown wells are not the same well.
+        unknown wells are not the same well; except the planes of one multi-plane file (``path``
+        ``file.tif#2``), which are one field of view, paired by file and channel. Such a stack without
+        the reference slice takes its middle plane (the lower of two) as the reference.
     reference_z : int
         The slice whose records are the clean queries (BBBC006: 16, in focus).
 
@@ -496,21 +499,31 @@ def z_pairs(records: Sequence[Any], reference_z: int = FOCUS_Z) -> dict[int, lis
         records with the same (plate, well, site, channel) at another z, nearest slice first, ties by
         id. A reference record without partners maps to an empty list.
     """
+    from indexer.images.sources import stack_file
+
     groups: dict[tuple[Any, ...], list[Any]] = {}
     for r in records:
         key = tuple(_field(r, f) for f in SITE_KEYS)
-        if _field(r, "z") is None or _field(r, "id") is None or any(v is None for v in key):
+        if any(v is None for v in key):
+            # The planes of one multi-plane file are one field of view, named or not.
+            file = stack_file(_field(r, "path"))
+            key = None if file is None else (_STACK, file, _field(r, "channel"))
+        if _field(r, "z") is None or _field(r, "id") is None or key is None:
             continue
         groups.setdefault(key, []).append(r)
     out: dict[int, list[tuple[int, int]]] = {}
-    for members in groups.values():
+    for key, members in groups.items():
+        ref_z = reference_z
+        zs = sorted(int(_field(m, "z")) for m in members)
+        if key[0] is _STACK and reference_z not in zs:
+            ref_z = zs[(len(zs) - 1) // 2]  # a stack of its own numbering: its middle plane is the reference
         for ref in members:
-            if _field(ref, "z") != reference_z:
+            if _field(ref, "z") != ref_z:
                 continue
             others = [
-                (_field(m, "id"), abs(int(_field(m, "z")) - reference_z))
+                (_field(m, "id"), abs(int(_field(m, "z")) - ref_z))
                 for m in members
-                if _field(m, "z") != reference_z
+                if _field(m, "z") != ref_z
             ]
             out[_field(ref, "id")] = sorted(others, key=lambda t: (t[1], t[0]))
     return out

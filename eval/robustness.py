@@ -313,6 +313,12 @@ def run_robustness(
         done += 1
         if progress:
             progress(done, total)
+    if not rows:  # only defocus_z asked for, and no query has a z-pair: a report would be empty
+        raise ConfigError(
+            "nothing to compare: defocus_z found no query with its own field of view at another z-slice "
+            "(a z-stack: BBBC006 names with z, a --metadata table with site and z, or a multi-plane TIFF); "
+            "choose a simulated perturbation, e.g. --perturb gaussian_blur"
+        )
     ann = None
     if exact is not None:
         approx = [_ids(h)[:k] for h in store.search(clean_vec, k)]

@@ -164,6 +164,7 @@ class Catalog:
         self._plate_lock = threading.Lock()  # one reader of a plate's vectors at a time, not one per request
         self._table: RecordTable | None = None
         self._groups: _Groups | None = None
+        self._stacks: dict[str, np.ndarray] | None = None  # a multi-plane file -> its planes' ids
         self._ids: np.ndarray | None = None
         self._layout: dict[str, Any] | None = None
         self._facets: dict[str, Any] | None = None
@@ -196,6 +197,8 @@ class Catalog:
     def relatives(self, image_id: int, keys: Sequence[str]) -> np.ndarray | None:
         """Ids of the indexed images equal to ``image_id`` on ``keys`` (itself included), in the size of
         that group: ``None`` where the image is not indexed or one of its ``keys`` is unknown (None).
+        A plane of a multi-plane file (``file.tif#2``) has the file's other planes among its relatives
+        too, known keys or not.
 
         Parameters
         ----------
@@ -211,7 +214,33 @@ class Catalog:
         keys = tuple(keys)
         if not keys or keys != GROUP_KEYS[: len(keys)]:
             raise ValueError(f"relatives are grouped by a prefix of ({', '.join(GROUP_KEYS)}), not {keys}")
-        return self._members(image_id, keys, unknown_is_none=True)
+        members = self._members(image_id, keys, unknown_is_none=True)
+        # The planes of one multi-plane file are one field of view whatever its keys say (a plain stack
+        # has no site): its group is the file, joined to the keys' group.
+        planes = self._planes(image_id)
+        if planes is None:
+            return members
+        return planes if members is None else np.union1d(members, planes)
+
+    def _planes(self, image_id: int) -> np.ndarray | None:
+        """Ids of the planes of the file ``image_id`` is a plane of (``file.tif#2``); None for a file of
+        its own. The files' planes are found once, on the first plane asked about."""
+        from indexer.images.sources import stack_file
+
+        record = self.records.get(image_id)
+        file = stack_file(record.path if record is not None else None)
+        if file is None:
+            return None
+        with self._lock:
+            if self._stacks is None:
+                stacks: dict[str, list[int]] = {}
+                ids, paths = self._table.paths() if self._table is not None else (np.zeros(0, np.int64), [])
+                for i, path in zip(ids.tolist(), paths):
+                    f = stack_file(path)
+                    if f is not None:
+                        stacks.setdefault(f, []).append(i)
+                self._stacks = {f: np.sort(np.asarray(v, np.int64)) for f, v in stacks.items()}
+            return self._stacks.get(file)
 
     def _members(self, image_id: int, keys: tuple[str, ...], unknown_is_none: bool) -> np.ndarray | None:
         """Ids equal to ``image_id`` on ``keys`` (a prefix of :data:`GROUP_KEYS`), from the group index.

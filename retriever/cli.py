@@ -80,10 +80,10 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
     head = [f"answered by {answered_by}"] if answered_by else []
     if not rows:
         return "\n".join([*head, "(no results)"])
-    cols = ("rank", "score", "well", "site", "channel", "z", "id", "path")
-    cells = [
-        [("" if r[c] is None else f"{r[c]:.4f}" if c == "score" else str(r[c])) for c in cols] for r in rows
-    ]
+    # A tags column only where a hit has tags (a --metadata table's columns): key=value, ";" between.
+    tagged = any(r.get("tags") for r in rows)
+    cols = ("rank", "score", "well", "site", "channel", "z", "id", *(("tags",) if tagged else ()), "path")
+    cells = [[_cell(r.get(c), c) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = list(head)
     current = None
@@ -91,9 +91,20 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
         if r["query"] != current:
             current = r["query"]
             lines.append(f"query: {current}")
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-        lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)))
+            lines.append(("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths))).rstrip())
+        lines.append(("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths))).rstrip())
     return "\n".join(lines)
+
+
+def _cell(value, column: str) -> str:
+    """One table cell: a score to 4 decimals, tags as ``key=value;...``, None as empty."""
+    if value is None:
+        return ""
+    if column == "score":
+        return f"{value:.4f}"
+    if column == "tags":
+        return ";".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -143,7 +154,13 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
           verbose):  # fmt: skip
     """Find the indexed images nearest to IMAGES (TIFF files) or to indexed images given by --id.
 
-    Scores are cosine similarity (1.0 = identical).
+    Scores are cosine similarity (1.0 = identical). The table shows each hit's tags (a --metadata
+    table's columns) as key=value; --format json or csv gives every field.
+
+    \b
+    Examples:
+      mae-search query image.tif --index runs/idx -k 5 --tag treatment=dmso
+      mae-search query --id 4191570912738437305 --index runs/idx --format csv
     """
     setup_logging(verbose)
     if not images and not ids:
@@ -199,7 +216,9 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
 
 @main.command()
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index folder (FAISS).")
-@click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None)
+@click.option("--backend", type=click.Choice(["redis", "faiss"]), default=None,
+              help="Store the page and API search first (default: redis when a Redis URL is given, else faiss); "
+              "with both given the page offers either.")  # fmt: skip
 @redis_options
 @click.option(
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
@@ -251,7 +270,7 @@ def serve(
       mae-search query image.tif --server http://127.0.0.1:8000
       curl -s --data-binary @image.tif 'http://127.0.0.1:8000/query?k=5&well=A01'
     """
-    setup_logging(max(verbose, 1))
+    setup_logging(verbose, floor=1)
     from indexer.core.limits import MB, DecodeLimits, RequestLimits
     from retriever.search import Retriever
     from retriever.server import QueryService, make_server
@@ -305,11 +324,12 @@ def build_app(service, index_dir: Path | None, reports: list[Path]):
     from retriever.server import App
 
     app = App(service, service.limits)
+    uid = (service.retriever.store.read_manifest() or {}).get("index_uid")
     faiss = service.backends.get("faiss")
     catalog = explorer.Catalog(service.retriever.store, faiss.store if faiss else None)
     app.catalog = catalog
     explorer.register(
-        app, service, catalog, explorer.find_reports(index_dir, reports), sorted(service.backends)
+        app, service, catalog, explorer.find_reports(index_dir, reports, uid), sorted(service.backends)
     )
     for ep in entry_points(group="mae_microscopy.serve"):
         try:

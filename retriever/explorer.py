@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import logging
 import mimetypes
 from dataclasses import dataclass
@@ -116,13 +117,33 @@ class Renderer:
         return data, None
 
 
-def find_reports(index_dir: Path | None, extra: list[Path]) -> list[Path]:
-    """Report folders: those given, and any folder beside the index holding ``report.html``."""
+def report_index_uid(folder: Path) -> str | None:
+    """The ``index_uid`` of the index a ``mae-eval`` report folder was made from (its report.json's
+    ``index.index_uid``); None when it does not say (an older report) or cannot be read."""
+    try:
+        index = json.loads((Path(folder) / "report.json").read_text(encoding="utf-8")).get("index") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    uid = index.get("index_uid") if isinstance(index, dict) else None
+    return uid if isinstance(uid, str) else None
+
+
+def find_reports(index_dir: Path | None, extra: list[Path], index_uid: str | None = None) -> list[Path]:
+    """Report folders: those given, and any folder beside the index holding ``report.html`` that was made
+    from this index (its report.json's ``index_uid`` is ``index_uid``): a folder of several indexes and
+    their reports lists each index's own."""
     found = [Path(p).resolve() for p in extra]
     if index_dir is not None:
         parent = Path(index_dir).resolve().parent
         try:
-            found += sorted(d for d in parent.iterdir() if d.is_dir() and (d / "report.html").is_file())
+            found += sorted(
+                d
+                for d in parent.iterdir()
+                if d.is_dir()
+                and (d / "report.html").is_file()
+                and index_uid is not None
+                and report_index_uid(d) == index_uid
+            )
         except OSError:
             pass
     out = []

@@ -1,6 +1,7 @@
 """``mae-index``: the command group. One module per command group:
-:mod:`.build` (build, info), :mod:`.mirror` (verify, sync, repair, drop-redis), :mod:`.data` (synth, fetch) and
-:mod:`.model` (init-model, pretrain); shared option groups live in :mod:`.options`."""
+:mod:`.build` (build, info), :mod:`.mirror` (verify, sync, repair, drop-redis), :mod:`.data` (synth, fetch),
+:mod:`.model` (init-model, pretrain) and :mod:`.export` (export); shared option groups live in
+:mod:`.options`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import click
 
 from indexer.cli.build import build, info
 from indexer.cli.data import fetch, synth
+from indexer.cli.export import export
 from indexer.cli.mirror import drop_redis, repair, sync, verify
 from indexer.cli.model import init_model, pretrain
 
@@ -24,7 +26,7 @@ def main() -> None:
     """
 
 
-for _command in (build, info, verify, sync, repair, drop_redis, synth, init_model, pretrain, fetch):
+for _command in (build, info, export, verify, sync, repair, drop_redis, synth, init_model, pretrain, fetch):
     main.add_command(_command)
 
 

@@ -281,6 +281,8 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
             err=True,
         )
         click.echo("Stores: " + "; ".join(describe_identity(i) for i in s.stores) + ".", err=True)
+        if s.metadata:
+            click.echo(s.metadata["said"][0].upper() + s.metadata["said"][1:] + ".", err=True)
         if s.stage_seconds:
             stages = ", ".join(f"{k.replace('_', '/')} {v:.1f} s" for k, v in s.stage_seconds.items())
             click.echo(f"Stage time, summed over workers: {stages}.", err=True)
@@ -302,7 +304,12 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
 @format_option("text", "json")
 @handle_errors
 def info(index_dir, fmt):
-    """Show what an index holds and what it was built with."""
+    """Show what an index holds and what it was built with.
+
+    \b
+    Example:
+      mae-index info --index runs/idx --format json
+    """
     from indexer.ingest.jobs import index_info
     from indexer.vectors.transform_file import describe_normalize
 

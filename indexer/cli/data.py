@@ -53,7 +53,12 @@ def int_list(spec: str) -> tuple[int, ...]:
               help="Processes rendering sites in parallel (the files do not depend on it).")  # fmt: skip
 @handle_errors
 def synth(out, wells, sites, channels, z_spec, seed, family, workers):
-    """Write a synthetic BBBC006 look-alike (real naming, 696x520 16-bit LZW TIFF, ground-truth CSV)."""
+    """Write a synthetic BBBC006 look-alike (real naming, 696x520 16-bit LZW TIFF, ground-truth CSV).
+
+    \b
+    Example:
+      mae-index synth runs/synth --wells A01:B04 --z 10,16,22
+    """
     from indexer.bbbc006.synthetic import SyntheticConfig, generate, well_range
 
     config = SyntheticConfig(
@@ -77,7 +82,12 @@ def synth(out, wells, sites, channels, z_spec, seed, family, workers):
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @handle_errors
 def fetch(dataset, z_slices, out):
-    """Download BBBC006 z-slice zips from the Broad Bioimage Benchmark Collection (needs internet)."""
+    """Download BBBC006 z-slice zips from the Broad Bioimage Benchmark Collection (needs internet).
+
+    \b
+    Example:
+      mae-index fetch bbbc006 --z 16 --out data/bbbc006
+    """
     from indexer.bbbc006.download import download_bbbc006
 
     for path in download_bbbc006(out, tuple(z_slices)):

@@ -60,6 +60,11 @@ def verify(
     counts, id sets, manifests, sampled vectors, and recall@k of Redis search against exact FAISS search.
     Always: recall@k of the FAISS mirror's own index (HNSW, IVF, PQ) against exact search over the
     shards' float vectors, on --sample stored vectors as queries (1.0 for the exact Flat kind).
+
+    \b
+    Examples:
+      mae-index verify --index runs/idx
+      mae-index verify --index runs/idx --redis-url redis://localhost:6379
     """
     from indexer.stores import open_stores
     from indexer.stores.mirror import verify_stores
@@ -142,6 +147,10 @@ def sync(index_dir, redis_url, redis_index, allow_shrink, no_wait):
 
     Refuses to delete images from the mirror that Redis lacks unless --allow-shrink; the old shards
     are compacted away only once the new mirror is verified against Redis.
+
+    \b
+    Example:
+      mae-index sync --index runs/idx --redis-url redis://localhost:6379
     """
     from tqdm.auto import tqdm
 
@@ -245,7 +254,12 @@ def repair(index_dir, redis_url, redis_index, no_wait, fmt):
 )
 @handle_errors
 def drop_redis(redis_url, redis_index):
-    """Delete a Redis index, its vectors and its manifest (index folders that mirror it keep theirs)."""
+    """Delete a Redis index, its vectors and its manifest (index folders that mirror it keep theirs).
+
+    \b
+    Example:
+      mae-index drop-redis --redis-url redis://localhost:6379 --redis-index mae-idx
+    """
     from indexer.stores import open_stores
 
     with open_stores(None, redis_config(redis_url, redis_index)) as stores:

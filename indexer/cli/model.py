@@ -17,7 +17,12 @@ from indexer.core.errors import ConfigError
 @click.option("--seed", default=0, show_default=True, type=int)
 @handle_errors
 def init_model(out, size, seed):
-    """Create a randomly initialised ViT-MAE (for tests, or to pretrain from) as a Hugging Face folder."""
+    """Create a randomly initialised ViT-MAE (for tests, or to pretrain from) as a Hugging Face folder.
+
+    \b
+    Example:
+      mae-index init-model --out runs/mae-tiny --size tiny
+    """
     from indexer.model.presets import create_model
 
     create_model(out, size, seed)

@@ -18,10 +18,15 @@ from indexer.core.errors import ConfigError, MaeError
 REDIS_URL_ENV = "MAE_REDIS_URL"
 
 
-def setup_logging(verbose: int) -> None:
-    """Log to stderr (stdout stays clean for ``--format json``); quiet the libraries' progress bars."""
-    level = logging.WARNING - 10 * min(verbose, 2)
+def setup_logging(verbose: int, floor: int = 0) -> None:
+    """Log to stderr (stdout stays clean for ``--format json``); quiet the libraries' progress bars.
+
+    ``floor``: the least verbosity a command logs at (``serve`` says what it serves); the libraries'
+    chatter (faiss's loader trying AVX512 and AVX2 builds) shows only with the user's own ``-v``.
+    """
+    level = logging.WARNING - 10 * min(max(verbose, floor), 2)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.NOTSET if verbose else logging.WARNING)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -52,7 +57,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 #: The modules each optional extra provides, checked before a command starts any work.
-EXTRAS = {"eval": ("scipy", "matplotlib", "sklearn"), "ray": ("ray", "fsspec")}
+EXTRAS = {"eval": ("scipy", "matplotlib", "sklearn"), "ray": ("ray", "fsspec"), "export": ("anndata",)}
 
 
 def require_extra(extra: str) -> None:

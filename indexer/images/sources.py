@@ -251,10 +251,8 @@ class _Lister:
         return os.path.join(self._folder[1], tail)
 
     def _select(self, display: str, meta: ImageMeta) -> bool:
-        from indexer.images.metadata_table import path_key
-
         # A metadata table's row replaces what the name says, so the name need not be a BBBC006 one.
-        listed = self.table is not None and path_key(display) in self.table.rows
+        listed = self.table is not None and self.table.has(display)
         problem = None if listed else name_problem(display)
         if problem:
             self.problems.append(SourceProblem(display, problem))
@@ -392,6 +390,13 @@ def describe_search(config: SourceConfig) -> str:
 def plane_path(path: str, index: int) -> str:
     """The recorded path of plane ``index`` of a multi-plane file: ``file.tif#index``."""
     return f"{path}#{index}"
+
+
+def stack_file(path: str | None) -> str | None:
+    """The file a plane's recorded path comes from (``file.tif`` of ``file.tif#2``); None for an image
+    that is a file of its own. The planes of one file are one field of view: one group."""
+    m = _PLANE_RE.match(path or "")
+    return m.group(1) if m else None
 
 
 def load_image(path: str) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Any
 from indexer.core.config import BuildConfig
 from indexer.core.errors import StoreUnavailableError
 from indexer.ingest.local import build_index
-from indexer.ingest.plan import REJECTED_CSV, BuildSummary, check_not_empty, list_items
+from indexer.ingest.plan import REJECTED_CSV, BuildSummary, check_not_empty, list_items, load_table
 from indexer.stores import open_stores
 from indexer.stores.binding import store_identity
 from indexer.vectors.transform_file import normalize_record
@@ -26,9 +26,10 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
     from indexer.model.encoder import load_encoder
     from indexer.stores.faiss.store import FaissStore
 
-    items, problems = list_items(
-        config
-    )  # an empty listing or a bad --metadata table fails here, before the model
+    # An empty listing or a bad --metadata table (or one that names no image found) fails here, before
+    # the model.
+    table = load_table(config)
+    items, problems = list_items(config, table)
     # The folder's write lock, and with it the check that the folder is writable, also come before the
     # model loads and long before anything is embedded.
     # The Flat index is built from the shards when the build closes, not held while it embeds.
@@ -64,6 +65,8 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
             finally:
                 bar.close()
         summary.stores = [store_identity(store) for store in stores]
+        if table is not None:
+            summary.metadata = {**table.report(), "said": table.describe()}
         for store in stores:  # each store's own check (Redis: every hash indexed, no new indexing failure)
             store.flush()
             summary.store_problems += store.check()

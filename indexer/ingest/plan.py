@@ -59,6 +59,7 @@ class BuildSummary:
     store_problems: list[str] = field(default_factory=list)  # the stores' own check after the build
     duplicates_given: int = 0  # files reached twice through the paths given (indexed once; not a failure)
     excluded: int = 0  # names without a channel left out by a --channels selection
+    metadata: dict | None = None  # the --metadata table's rows matched, and by which path rule
 
     @property
     def images_per_second(self) -> float:
@@ -89,6 +90,7 @@ class BuildSummary:
             "store_problems": list(self.store_problems),
             "duplicates_given": self.duplicates_given,
             "excluded": self.excluded,
+            "metadata": self.metadata,
         }
 
 
@@ -251,8 +253,26 @@ def settle_normalize(requested: NormalizeConfig, stored: dict | None) -> dict:
     }
 
 
-def list_items(config: BuildConfig) -> tuple[SourceList, list[SourceProblem]]:
+def load_table(config: BuildConfig):
+    """The build's ``--metadata`` table (:class:`~indexer.images.metadata_table.MetadataTable`), or None.
+
+    Raises
+    ------
+    ConfigError
+        A table that cannot be read or holds a bad value.
+    """
+    if config.sources.metadata is None:
+        return None
+    from indexer.images.metadata_table import load_metadata_table
+
+    return load_metadata_table(config.sources.metadata)
+
+
+def list_items(config: BuildConfig, table=None) -> tuple[SourceList, list[SourceProblem]]:
     """List the images of a build: items (with any ``--metadata`` table applied) and listing problems.
+
+    ``table``: the build's table, already loaded (:func:`load_table`; loaded here when not given), so
+    that the caller can say how its rows matched.
 
     The items are collected as they are found into a :class:`~indexer.images.source_list.SourceList` (a few
     bytes per image besides its path), never held as one object each.
@@ -262,17 +282,19 @@ def list_items(config: BuildConfig) -> tuple[SourceList, list[SourceProblem]]:
     EmptyBuildError
         When nothing at all was found: the message says where, and what was looked for.
     ConfigError
-        A missing path, or a bad metadata table.
+        A missing path, a bad metadata table, or a table none of whose rows names an image found.
     """
     problems: list[SourceProblem] = []
-    table = None
-    if config.sources.metadata is not None:
-        from indexer.images.metadata_table import load_metadata_table
-
-        table = load_metadata_table(config.sources.metadata)
+    if table is None and config.sources.metadata is not None:
+        table = load_table(config)
     items = SourceList.collect(iter_sources(config.sources, problems, table))
     if not items and not any(p.kind == "rejected" for p in problems):
         raise EmptyBuildError(f"no images found: {describe_search(config.sources)}. Nothing was written.")
+    if table is not None and table.rows and items and not table.used:
+        # A table that describes nothing is a wrong path column, not a plate without metadata.
+        raise ConfigError(
+            table.nothing_matched([items[i].path for i in range(min(3, len(items)))], len(items))
+        )
     if table is not None and table.unmatched:
         log.warning(
             "%d of %d paths in the metadata table %s match no image found (e.g. %s)",
@@ -284,14 +306,27 @@ def list_items(config: BuildConfig) -> tuple[SourceList, list[SourceProblem]]:
     return items, problems
 
 
-def count_without_metadata(items: Sequence[SourceItem]) -> int:
-    """Log one warning, with a count and an example, for images without metadata; return the count."""
+def count_without_metadata(items: Sequence[SourceItem], table: Path | None = None) -> int:
+    """Log one warning, with a count and an example, for images without metadata; return the count.
+
+    ``table``: the ``--metadata`` table given, if any (the warning then says its rows missed them).
+    """
     bare, example = 0, None
     for it in items:  # counted, not collected: every image of a large plate may lack metadata
         if not it.meta.described:
             bare += 1
             example = example or it.path
-    if bare:
+    if bare and table is not None:
+        log.warning(
+            "%d of %d images have no row in the metadata table %s and names that do not follow the "
+            "BBBC006 pattern (e.g. %s): they are indexed without plate, well, site or channel. Add their "
+            "paths to the table to describe them.",
+            bare,
+            len(items),
+            table,
+            example,
+        )
+    elif bare:
         log.warning(
             "%d of %d images have names that do not follow the BBBC006 pattern (e.g. %s): they are indexed "
             "without plate, well, site or channel, so filters on those fields will not find them. Give a "
@@ -443,7 +478,7 @@ def make_plan(
         items, problems = list_items(config)
     items = SourceList.collect(items)  # as it is when listed here; a caller's list (benchmarks) collected
     book_listing(ledger, items, problems)
-    ledger.summary.without_metadata = count_without_metadata(items)
+    ledger.summary.without_metadata = count_without_metadata(items, config.sources.metadata)
     pre, record = settle_manifest(config, encoder, items, stores)
     transform, fit = settle_transform(stores, record) if stores else (None, None)
     existing, held = index_state(stores, config.force)

@@ -131,6 +131,11 @@ class RecordTable(Mapping[int, ImageRecord]):
         rows = self._rows[: self._n]
         return rows["id"][rows["live"]]
 
+    def paths(self) -> tuple[np.ndarray, list[str | None]]:
+        """The ids and paths of every live record, in the order rows were added (no record objects)."""
+        live = np.flatnonzero(self._rows["live"][: self._n])
+        return self._rows["id"][live], [self._paths[r] for r in live.tolist()]
+
     def ids(self) -> np.ndarray:
         """Every live id, sorted (int64)."""
         return np.sort(self._ids_in_row_order())

@@ -231,6 +231,11 @@ async function runPerturb() {
     $("#pert-overlap").textContent = r.metrics.overlap_at_k.toFixed(4);
     $("#pert-rbo").textContent = r.metrics.rbo.toFixed(4);
     $("#pert-self").textContent = r.metrics.self_rank === null ? "not in top-k" : String(r.metrics.self_rank);
+    // The floor each score is read against: random top-k lists from the same gallery (eval/chance.py).
+    let chance = $("#pert-chance");
+    if (!chance) { chance = el("span", { id: "pert-chance" }); $("#pert-metrics").append(chance); }
+    chance.textContent = ` · chance: overlap@k ${r.chance.overlap_at_k.toFixed(4)}, RBO ${r.chance.rbo.toFixed(4)}` +
+      ` · ${r.candidates} candidates, excluding the query's ${r.exclude}`;
     const clean = new Set(r.clean.map((h) => h.id));
     const pert = new Set(r.perturbed.map((h) => h.id));
     const li = (h, other) => {

@@ -103,10 +103,17 @@ def test_backend_choice_reports_and_the_perturb_plugin(redis_config, real_images
     (tmp_path / "robustness-run" / "secret.key").write_text("no")
     redis = RedisStore(redis_config)
     faiss = FaissStore(idx, read_only=True)
+    uid = faiss.read_manifest()["index_uid"]
+    (tmp_path / "robustness-run" / "report.json").write_text(json.dumps({"index": {"index_uid": uid}}))
+    (tmp_path / "another-index-run").mkdir()  # beside the index, but made from another one: not listed
+    (tmp_path / "another-index-run" / "report.html").write_text("<h1>other</h1>")
+    (tmp_path / "another-index-run" / "report.json").write_text(
+        json.dumps({"index": {"index_uid": "0" * 32}})
+    )
     service = QueryService(Retriever.open(redis, device="cpu"))
     service.add_backend(faiss)
     app = App(service, service.limits)
-    explorer.register(app, service, explorer.Catalog(redis, faiss), explorer.find_reports(idx, []),
+    explorer.register(app, service, explorer.Catalog(redis, faiss), explorer.find_reports(idx, [], uid),
                       sorted(service.backends))  # fmt: skip
     live.register(app)
     srv, close = _start(service, app=app)

@@ -256,6 +256,12 @@ def test_live_perturbation_equals_eval(explorer, page, name, severity):
         assert shown["overlap_at_k"] == 1.0 and page.text_content("#pert-overlap") == "1.0000"
     clean = page.eval_on_selector_all("#pert-clean li", "ls => ls.map(l => l.dataset.id)")
     assert len(clean) == 10
+    # The floor beside the scores (issue 29): random top-10 lists from the same gallery.
+    from eval import chance
+
+    said = page.text_content("#pert-chance")
+    assert f"overlap@k {chance.overlap(row['candidates'], 10):.4f}" in said
+    assert f"{row['candidates']} candidates, excluding the query's site" in said
 
 
 def test_hostile_file_name_renders_as_text(explorer, page):
