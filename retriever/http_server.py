@@ -13,7 +13,7 @@ What waitress lacks is added here: a deadline from a request's first byte to its
 body together). Its own ``channel_timeout`` only closes *idle* connections, so a client that sends one
 header byte a second would otherwise keep its connection forever.
 
-The latency cost measured against the old server is in the README (``bench/bench_query.py``).
+The latency cost measured against the old server is in the README (``python -m bench run query``).
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ class RedisConfig:
     dtype: Literal["FLOAT32", "FLOAT16"] = "FLOAT32"
     m: int = 16
     ef_construction: int = 200
-    ef_runtime: int = 800  # recall@10 >= 0.99 on hard clustered data (bench/bench_redis.py)
+    ef_runtime: int = 800  # recall@10 >= 0.99 on hard clustered data (`python -m bench run redis`)
     socket_timeout: float = 10.0
     retries: int = 5
 

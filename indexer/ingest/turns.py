@@ -3,7 +3,7 @@
 Why: torch runs a CPU forward on one thread per core, and each parallel region ends at a barrier. A
 decode worker running meanwhile takes a core from one of those threads, and the others wait for it at
 every barrier: a decode of 5 ms of CPU costs the forward more than 5 ms. Measured with
-``python bench/bench_build.py`` (the build against itself with decoding during the forward): tiny model
+``python -m bench run build`` (the build against itself with decoding during the forward): tiny model
 bf16 111 against 93 images/s; ViT-S fp32 within the run-to-run spread (0.92-0.96x model-only either
 way), its forward being long against a decode. On a GPU the forward leaves the cores free, and decoding
 overlaps it.

@@ -53,7 +53,7 @@ def native_bf16(device: torch.device) -> bool:
 #: On a CPU, ``auto`` takes bf16 only for models at least this wide (hidden size). oneDNN's bf16 kernels
 #: win on large matmuls and lose on small ones, where the casts around each layer cost more than the
 #: narrower multiply saves: on a 2-core AVX512-BF16 CPU, ViT-S (384) ran 1.5x faster in bf16 and the
-#: shipped tiny model (192) 1.7-3x slower (bench/bench_forward.py; docs/performance).
+#: shipped tiny model (192) 1.7-3x slower (`python -m bench run forward`; docs/performance).
 CPU_BF16_MIN_HIDDEN = 384
 
 
@@ -332,7 +332,7 @@ class ViTMAEEncoder(Encoder):
         self._forward = self.model
         if config.compile:
             # On a CPU, inductor's freezing folds the weights into the graph as constants, so oneDNN gets
-            # them pre-packed: ViT-S fp32 batch 16, 16.3 -> 17.5 images/s (bench/bench_forward.py). The
+            # them pre-packed: ViT-S fp32 batch 16, 16.3 -> 17.5 images/s (`python -m bench run forward`). The
             # weights are never trained here, and a frozen graph is only ever run under inference_mode.
             options = {"freezing": True} if self.device.type == "cpu" else None
             self._forward = torch.compile(self.model, options=options)

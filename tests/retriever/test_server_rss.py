@@ -1,5 +1,5 @@
 """A real ``mae-search serve`` under 8 clients keeps its memory flat (the short version of
-``bench/bench_server_rss.py``, which runs 10 minutes)."""
+``python -m bench run server_rss``, which runs 10 minutes)."""
 
 from __future__ import annotations
 

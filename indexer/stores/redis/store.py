@@ -73,7 +73,7 @@ from indexer.stores.redis.query import (
 #: Hashes per MULTI/EXEC in :meth:`RedisStore.add` (about 1.5 MB of 768-d float32 vectors).
 WRITE_CHUNK = 500
 #: Hashes per pipeline round trip in :meth:`RedisStore.bulk_load`, and the most it holds back between
-#: round trips (bench/bench_redis_scale.py, 10,000 x 768 into FLAT on a loaded 2-core box: 6,699 / 7,232
+#: round trips (`python -m bench run redis_scale`, 10,000 x 768 into FLAT on a loaded 2-core box: 6,699 / 7,232
 #: / 11,558 / 14,392 vectors/s at 100 / 500 / 1,000 / 5,000; 1,000 keeps a round trip near 3 MB, and a
 #: build's checkpoint, every ``--flush-every`` 512 images, sends what is held before that anyway).
 BULK_BATCH = 1000

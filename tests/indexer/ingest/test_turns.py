@@ -1,5 +1,5 @@
 """On a CPU, decoding and the forward take turns: a decode worker beside a forward that has every core
-stalls the forward's threads at each barrier (bench/bench_build.py measures it)."""
+stalls the forward's threads at each barrier (`python -m bench run build` measures it)."""
 
 from __future__ import annotations
 

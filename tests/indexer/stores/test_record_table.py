@@ -217,7 +217,7 @@ def test_matching_ids_are_the_filter_s_reference_semantics_read_from_the_columns
 
 def test_a_filtered_search_makes_records_for_its_hits_not_for_every_stored_image(tmp_path, monkeypatch):
     """The first filtered search of a FAISS store used to make a record dict per stored image (a pandas
-    frame of them: the first filtered query at 52k took 1.1 s in bench/bench_explorer.py, and at the scale
+    frame of them: the first filtered query at 52k took 1.1 s in `python -m bench run explorer`, and at the scale
     users plan it is a frame of 10 M rows)."""
     records = _varied(3000)
     vectors = np.random.default_rng(1).normal(size=(len(records), 16)).astype(np.float32)
