@@ -29,6 +29,7 @@ OUTPUT_FIELDS = (
     "rank",
     "id",
     "score",
+    "percentile",
     "path",
     "plate",
     "well",
@@ -54,14 +55,22 @@ def reader_redis(index_dir: Path | None, redis_url: str | None, redis_index: str
     return redis_config_for(index_dir, redis_url, redis_index, writing=False, ef_runtime=ef_runtime)
 
 
-def hits_to_rows(queries: list[str], results: list[list[Hit]], identity: dict | None = None) -> list[dict]:
+def hits_to_rows(
+    queries: list[str], results: list[list[Hit]], identity: dict | None = None, context=None
+) -> list[dict]:
     """Flatten per-query hits into rows with the query's name first (and the store and index that
-    answered, when given)."""
+    answered, when given; and each score's percentile among the index's nearest-neighbour scores, where
+    ``context``, a :class:`~retriever.score_context.ScoreContext`, is given)."""
     rows = []
     where = {"store": identity["store"], "index": identity["index"]} if identity else {}
     for q, hits in zip(queries, results):
-        for h in hits:
-            rows.append({"query": q, **h.to_dict(), **where})
+        pct = (
+            context.percentile([h.score for h in hits]).tolist()
+            if context is not None
+            else [None] * len(hits)
+        )
+        for h, p in zip(hits, pct):
+            rows.append({"query": q, **h.to_dict(), "percentile": None if p != p else round(p, 1), **where})
     return rows
 
 
@@ -80,10 +89,8 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
     head = [f"answered by {answered_by}"] if answered_by else []
     if not rows:
         return "\n".join([*head, "(no results)"])
-    cols = ("rank", "score", "well", "site", "channel", "z", "id", "path")
-    cells = [
-        [("" if r[c] is None else f"{r[c]:.4f}" if c == "score" else str(r[c])) for c in cols] for r in rows
-    ]
+    cols = ("rank", "score", "percentile", "well", "site", "channel", "z", "id", "path")
+    cells = [[_cell(c, r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = list(head)
     current = None
@@ -94,6 +101,12 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths)))
         lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)))
     return "\n".join(lines)
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if column == "score" else f"{value:.0f}" if column == "percentile" else str(value)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -143,11 +156,13 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
           verbose):  # fmt: skip
     """Find the indexed images nearest to IMAGES (TIFF files) or to indexed images given by --id.
 
-    Scores are cosine similarity (1.0 = identical).
+    Scores are cosine similarity (1.0 = identical). The percentile says where a score sits among the
+    index's own nearest-neighbour scores (50: as close as a typical image's nearest neighbour).
     """
     setup_logging(verbose)
     if not images and not ids:
         raise ConfigError("give one or more query images, or --id ID")
+    from retriever import score_context
     from retriever.search import QueryOptions, Retriever
 
     where = MetadataFilter(well=well, site=site, channel=channel, z=z_slices, plate=plate, tags=tags)
@@ -188,7 +203,9 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
         for warning in retriever.filter_warnings(where):
             click.echo(f"Warning: {warning}", err=True)
         identity = store_identity(stores.primary)
-    click.echo(format_rows(hits_to_rows(names, results, identity), fmt, describe_identity(identity)))
+        context = score_context.load_or_compute(stores.primary, index_dir)
+    rows = hits_to_rows(names, results, identity, context)
+    click.echo(format_rows(rows, fmt, describe_identity(identity)))
     if failures:
         for f in failures:
             click.echo(f"Error: {f.path}: {f.reason}", err=True)
