@@ -272,13 +272,18 @@ async function showView(state) {
     img.src = `/image/${entry.id}`;
     img.dataset.id = String(entry.id);
     $("#view-z").textContent = entry.z === null ? "–" : String(entry.z);
-    $("#view-main figcaption").textContent = `${info.record.well || ""} s${info.record.site ?? "–"} ${info.record.channel || ""} z${entry.z ?? "–"}`;
+    const rec = info.record;
+    const parts = [rec.well, rec.site === null ? null : `s${rec.site}`, rec.channel, entry.z === null ? null : `z${entry.z}`]
+      .filter((x) => x !== null && x !== undefined && x !== "");
+    for (const [k, v] of Object.entries(rec.tags || {})) parts.push(`${k}=${v}`);
+    $("#view-main figcaption").textContent = parts.join(" ");
   };
   const stack = info.stack;
   const slider = $("#z-slider");
   slider.max = String(stack.length - 1);
   slider.value = String(Math.max(0, stack.findIndex((e) => String(e.id) === String(state.id))));
   slider.disabled = stack.length < 2;
+  $("#z-label").hidden = stack.length < 2; // no z stack, no slider
   slider.oninput = () => showZ(stack[Number(slider.value)]);
   showZ(stack[Number(slider.value)]);
   const others = info.other_channels.map((r) => {

@@ -54,11 +54,13 @@ const EmbeddingMap = (() => {
       for (let dy = 0; dy < dot; dy++) { const row = (yi + dy - half) * w; for (let dx = 0; dx < dot; dx++) px[row + xi + dx - half] = v; }
     }
     ctx.putImageData(img, 0, 0);
+    let marked = 0;
     if (m.marks) {
       ctx.lineWidth = 2;
       for (const [j, id] of m.marks.hits.entries()) {
         const i = m.index.get(id);
         if (i === undefined) continue;
+        marked += 1;
         const [x, y] = pixel(i);
         ctx.strokeStyle = "#ffffff";
         ctx.beginPath(); ctx.arc(x, y, 5, 0, 2 * Math.PI); ctx.stroke();
@@ -72,6 +74,7 @@ const EmbeddingMap = (() => {
       }
     }
     canvas.dataset.drawn = String(n);
+    canvas.dataset.marked = String(marked);
     canvas.dataset.drawMs = String(Math.round(performance.now() - t0));
   }
 
@@ -97,7 +100,12 @@ const EmbeddingMap = (() => {
     const panel = document.querySelector("#map-panel");
     panel.hidden = false;
     const note = document.querySelector("#map-note");
-    if (!meta.available) { note.textContent = meta.hint; document.querySelector("#map-canvas").hidden = true; return meta; }
+    if (!meta.available) {
+      note.textContent = meta.hint;
+      document.querySelector("#map-canvas").hidden = true;
+      document.querySelector("#map-colour").closest("label").hidden = true;
+      return meta;
+    }
     note.textContent = `${meta.points} images, ${meta.method}` + (meta.stale ? ` · stale: ${meta.hint}` : "");
     note.className = meta.stale ? "hint warn" : "hint";
     const buf = await (await fetch("/api/map/points")).arrayBuffer();
