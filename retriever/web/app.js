@@ -419,6 +419,11 @@ async function start() {
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); takeFile(e.dataTransfer.files[0]); });
   window.addEventListener("popstate", () => render(readState()));
+  $("#map-colour").addEventListener("change", () => {
+    if (!current) return;
+    current = { ...current, color: $("#map-colour").value }; // the colouring is part of the view's URL
+    history.replaceState(null, "", urlOf(current));
+  });
   const mapLoad = EmbeddingMap.load(api, readState().color).then(() => {
     if (current && current.id) EmbeddingMap.mark(current.id, [...document.querySelectorAll(".card")].map((c) => c.dataset.id));
   }).catch((e) => setStatus("map: " + e.message, true));

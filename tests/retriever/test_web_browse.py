@@ -163,6 +163,12 @@ def test_embedding_map_draws_and_a_click_queries(own, page):  # noqa: F811
     assert page.input_value("#map-colour") == "tag:treatment"
     legend = page.eval_on_selector_all("#map-legend span", "ss => ss.map(s => s.textContent)")
     assert legend == ["dmso", "drug_a", "drug_b", "drug_c"]
+    page.select_option("#map-colour", "tag:dose")  # another colouring, kept in the URL
+    page.wait_for_url("**color=tag%3Adose**")
+    _wait(
+        page,
+        "[...document.querySelectorAll('#map-legend span')].map(s => s.textContent).join() === '0.1,1,10'",
+    )
     # Click the point farthest from any other, so the nearest point to the click is that one.
     d = np.linalg.norm(emap.xy[:, None] - emap.xy[None], axis=-1) + np.eye(len(emap.xy)) * 9
     target = str(emap.ids[int(np.argmax(d.min(axis=1)))])
