@@ -12,6 +12,7 @@ let current = null; // the state last rendered
 let facets = { tags: {} };
 let nnScores = null; // the index's sorted nearest-neighbour scores (GET /api/scores), loaded at the first query
 let hasWells = false;
+let lastPlate = null; // the [lo, hi] of the plate map drawn last
 
 function el(tag, attrs = {}, text = null) {
   const node = document.createElement(tag);
@@ -115,18 +116,31 @@ function percentile(score) {
   return 100 * lo / nnScores.length;
 }
 
+// The pNN of each result card, once the index's nearest-neighbour scores are here.
+function fillPercentiles() {
+  for (const c of document.querySelectorAll(".card[data-score]")) {
+    const p = percentile(Number(c.dataset.score));
+    if (p === null || c.querySelector(".pct")) continue;
+    c.querySelector(".score").after(el("span", { class: "pct", "data-pct": p.toFixed(1),
+      title: `closer than the nearest neighbour of ${p.toFixed(0)}% of this index's images` }, `p${Math.floor(p)}`));
+  }
+}
+
+// The index's sorted nearest-neighbour scores: asked for once (the server computes them at the first ask).
+let nnLoad = null;
+function loadScores() {
+  if (!nnLoad) nnLoad = api("GET", "/api/scores").then((r) => { nnScores = r.scores; }).catch(() => { nnLoad = null; });
+  return nnLoad;
+}
+
 function card(hit) {
   const c = el("div", { class: "card", "data-id": String(hit.id), title: "query with this image" });
   const img = el("img", { alt: "", loading: "lazy", src: `/thumb/${hit.id}?size=160` });
   c.append(img);
   const meta = el("div", { class: "meta" });
   if (hit.score !== undefined) {
+    c.dataset.score = String(hit.score);
     meta.append(el("span", { class: "score" }, hit.score.toFixed(4)));
-    const p = percentile(hit.score);
-    if (p !== null) {
-      meta.append(el("span", { class: "pct", "data-pct": p.toFixed(1),
-        title: `closer than the nearest neighbour of ${p.toFixed(0)}% of this index's images` }, `p${Math.floor(p)}`));
-    }
   }
   // Only the fields an image has: data without plates or wells shows its tags, not a row of dashes.
   for (const [f, label] of [["plate", ""], ["well", ""], ["site", "s"], ["channel", ""], ["z", "z"]]) {
@@ -193,10 +207,10 @@ async function render(state) {
       await browse(state);
       return;
     }
-    if (!nnScores) nnScores = (await api("GET", "/api/scores")).scores;
     $("#results-title").textContent = "Results";
     showResults(hits);
-    showScoreNote();
+    // Results first; their percentiles as soon as the index's nearest-neighbour scores are here.
+    loadScores().then(() => { fillPercentiles(); showScoreNote(); if (current === state && hasWells && lastPlate) plateLegend(...lastPlate); });
     setStatus(`${hits.length} results`);
     EmbeddingMap.mark(state.id || null, hits.map((h) => h.id));
     await Promise.all([showPlate(state, hits), showView(state), showRobust(state)]);
@@ -249,6 +263,7 @@ async function showPlate(state) {
     }
   }
   grid.replaceChildren(...cells);
+  lastPlate = [lo, hi];
   plateLegend(lo, hi);
 }
 
@@ -374,6 +389,7 @@ async function start() {
   const [cfg, fac] = await Promise.all([api("GET", "/api/config"), api("GET", "/api/facets")]);
   config = cfg;
   facets = fac;
+  loadScores(); // computed once per index by the server: ask early, while the user browses
   $("#index-info").textContent = `${facets.count} images`;
   fillSelect("#f-plate", facets.plate);
   fillSelect("#f-site", facets.site);
