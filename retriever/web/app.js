@@ -389,7 +389,6 @@ async function start() {
   const [cfg, fac] = await Promise.all([api("GET", "/api/config"), api("GET", "/api/facets")]);
   config = cfg;
   facets = fac;
-  loadScores(); // computed once per index by the server: ask early, while the user browses
   $("#index-info").textContent = `${facets.count} images`;
   fillSelect("#f-plate", facets.plate);
   fillSelect("#f-site", facets.site);
@@ -450,6 +449,7 @@ async function start() {
     if (config.robustness) await showRobust(readState());
   } else await render(readState());
   document.body.dataset.ready = "1";
+  loadScores(); // computed once per index by the server: ask once the first images are up, while the user browses
   await mapLoad;
 }
 

@@ -28,9 +28,9 @@ const EmbeddingMap = (() => {
 
   function cssOf(rgb) { return `rgb(${rgb[0]},${rgb[1]},${rgb[2]})`; }
 
-  function pixel(i) { // canvas pixel of point i (a margin of 6 px)
-    const s = m.size - 12;
-    return [6 + m.xy[2 * i] * s, 6 + (1 - m.xy[2 * i + 1]) * s];
+  function pixel(i) { // canvas pixel of point i (a margin of 12 px: the query's ring stays whole)
+    const s = m.size - 24;
+    return [12 + m.xy[2 * i] * s, 12 + (1 - m.xy[2 * i + 1]) * s];
   }
 
   function draw() {
@@ -108,23 +108,31 @@ const EmbeddingMap = (() => {
     }
     note.textContent = `${meta.points} images, ${meta.method}` + (meta.stale ? ` · stale: ${meta.hint}` : "");
     note.className = meta.stale ? "hint warn" : "hint";
-    const buf = await (await fetch("/api/map/points")).arrayBuffer();
+    const select = document.querySelector("#map-colour");
+    const options = [...meta.fields, ...meta.tags.map((t) => "tag:" + t)];
+    select.replaceChildren(...options.map((o) => { const e = document.createElement("option"); e.value = o; e.textContent = o; return e; }));
+    select.value = options.includes(by) ? by : (meta.tags.length ? "tag:" + meta.tags[0] : (options.includes("channel") ? "channel" : options[0] || ""));
+    select.onchange = () => recolour(api, select.value);
+    // The points and their colours in parallel: one round trip less before the first draw.
+    const [buf, colours] = await Promise.all([fetch("/api/map/points").then((r) => r.arrayBuffer()), colourCodes(api, select.value)]);
     const n = buf.byteLength / 16;
     m.ids = new BigInt64Array(buf, 0, n);
     m.xy = new Float32Array(buf, 8 * n, 2 * n);
     m.index = null;
-    const select = document.querySelector("#map-colour");
-    const options = [...meta.fields, ...meta.tags.map((t) => "tag:" + t)];
-    select.replaceChildren(...options.map((o) => { const e = document.createElement("option"); e.value = o; e.textContent = o; return e; }));
-    select.value = options.includes(by) ? by : (meta.tags.length ? "tag:" + meta.tags[0] : "channel");
-    select.onchange = () => recolour(api, select.value);
-    await recolour(api, select.value);
+    show(colours);
     return meta;
   }
 
+  function colourCodes(api, by) {
+    return by ? api("GET", "/api/map/colours?by=" + encodeURIComponent(by)) : Promise.resolve({ codes: [], names: [] });
+  }
+
   async function recolour(api, by) {
-    const c = await api("GET", "/api/map/colours?by=" + encodeURIComponent(by));
-    m.codes = Int32Array.from(c.codes);
+    show(await colourCodes(api, by));
+  }
+
+  function show(c) {
+    m.codes = c.codes.length ? Int32Array.from(c.codes) : null;
     m.names = c.names;
     legend();
     draw();
