@@ -203,7 +203,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
         for warning in retriever.filter_warnings(where):
             click.echo(f"Warning: {warning}", err=True)
         identity = store_identity(stores.primary)
-        context = score_context.load_or_compute(stores.primary, index_dir)
+        context = score_context.try_load_or_compute(stores.primary, index_dir)
     rows = hits_to_rows(names, results, identity, context)
     click.echo(format_rows(rows, fmt, describe_identity(identity)))
     if failures:

@@ -1,13 +1,14 @@
 """The explorer's embedding map: the layout ``mae-index map`` stored, sent to the page as one binary
 block (the page draws it on a canvas), and the colour of each point by any field or tag.
 
-``GET /api/map/points`` is ``n`` int64 ids then ``n`` (x, y) float32 pairs, little-endian: 12 bytes a
-point (627 kB for a full BBBC006 plate), read by the page as typed arrays without parsing. The map is
+``GET /api/map/points`` is ``n`` int64 ids then ``n`` (x, y) float32 pairs, little-endian: 16 bytes a
+point (836 kB for a full BBBC006 plate), read by the page as typed arrays without parsing. The map is
 read once; whether it is stale (the index's ids have changed since) is checked against the served ids.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ class MapView:
         self._map: EmbeddingMap | None = None
         self._read = False
         self._stale: bool | None = None
+        self._points: bytes | None = None
+        self._colours: dict[str, bytes] = {}  # by -> its JSON: the served map does not change
 
     def map(self) -> EmbeddingMap | None:
         """The stored map, or ``None`` where the index folder holds none."""
@@ -77,7 +80,16 @@ class MapView:
         emap = self.map()
         if emap is None:
             return b""
-        return emap.ids.astype("<i8").tobytes() + emap.xy.astype("<f4").tobytes()
+        if self._points is None:
+            self._points = emap.ids.astype("<i8").tobytes() + emap.xy.astype("<f4").tobytes()
+        return self._points
+
+    def colours_json(self, by: str) -> bytes:
+        """:meth:`colours` as UTF-8 JSON, made once per ``by`` (a handful: the fields and tag keys)."""
+        held = self._colours.get(by)
+        if held is None:
+            held = self._colours[by] = json.dumps(self.colours(by), separators=(",", ":")).encode()
+        return held
 
     def colours(self, by: str) -> dict[str, Any]:
         """``{"by", "names", "codes"}``: per map point the code of its value of ``by`` (a field of

@@ -268,7 +268,9 @@ def register(
     def map_colours(req: Request) -> Response:
         by = (req.query.get("by") or ["channel"])[0]
         try:
-            return json_response(map_view.colours(by))
+            return Response(
+                map_view.colours_json(by), 200, "application/json", [("Cache-Control", "no-cache")]
+            )
         except KeyError:
             raise ClientError(
                 HTTPStatus.BAD_REQUEST, f"cannot colour by {by[:40]!r}: give a field or tag:KEY"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.core.atomic import atomic_write
+from indexer.core.errors import MaeError
 from indexer.core.records import MetadataFilter
 from indexer.vectors.layout import ids_fingerprint
 
@@ -104,3 +105,13 @@ def load_or_compute(store, directory: Path | None) -> ScoreContext:
         except OSError as e:  # a read-only index folder: recomputed next time
             log.info("score context not kept in %s: %s", directory, e)
     return ctx
+
+
+def try_load_or_compute(store, directory: Path | None) -> ScoreContext | None:
+    """:func:`load_or_compute`, or ``None`` (logged) where the store cannot give it (a damaged index whose
+    vectors cannot all be read): hits are still answered, without percentiles."""
+    try:
+        return load_or_compute(store, directory)
+    except (MaeError, KeyError, OSError) as e:
+        log.warning("scores without percentiles: the index's nearest-neighbour scores cannot be read: %s", e)
+        return None

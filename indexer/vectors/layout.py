@@ -5,10 +5,14 @@
 since gained or lost images has another fingerprint, so its map reads as stale (the explorer says so and
 still draws the images it has).
 
-Why openTSNE: at 52,224 vectors of 192 dimensions on a 2-core machine it took ~2 min where UMAP took
-longer, and its neighbourhoods are kept (PCA takes seconds but mixes the clusters: 10-NN in the layout
-shared the point's cluster for 4 % of points against ~90 % with t-SNE). Above ``max_points`` a seeded
-sample is laid out: a map of more points than a screen has pixels shows nothing more.
+Why openTSNE (measured at 52,224 clustered vectors of 192 dimensions, bench/bench_explorer.py's index,
+on a shared 2-core machine): t-SNE and UMAP keep each image's neighbours, PCA does not. In both the 10
+nearest points of a point were of its own cluster 100 % of the time, in PCA's 2-4 %. openTSNE took 118 s
+of CPU on 2 threads and 735 MB at peak; UMAP 70 s of CPU on 1 thread (fixed seed: single-threaded; JIT
+compile included) and 950 MB: about the same wall time on 2 idle cores. openTSNE is kept for its lower
+peak, its lighter dependencies (no numba/llvmlite) and because the seed notebook's map was a t-SNE.
+Above ``max_points`` a seeded sample is laid out: a map of more points than a screen has pixels shows
+nothing more.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from indexer.core.atomic import atomic_write
 from indexer.core.errors import ConfigError
 
 MAP_FILE = "map.npz"
-#: The most points laid out; more are sampled (seeded). ~2 min per 50k points on 2 cores.
+#: The most points laid out; more are sampled (seeded). ~2 min of CPU per 50k points.
 MAX_POINTS = 100_000
 METHOD = "opentsne"
 

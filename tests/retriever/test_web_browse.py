@@ -182,3 +182,37 @@ def test_embedding_map_draws_and_a_click_queries(own, page):  # noqa: F811
     _wait(page, "document.querySelector('#map-canvas').dataset.marked === '10'")
     _shot(page, "embedding-map.png")
     assert not page.errors
+
+
+def test_api_facets_browse_and_map_answer_and_refuse(own):
+    import json
+    import urllib.error
+    import urllib.request
+
+    url, _, records = own
+
+    def call(path, body=None):
+        req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(req) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    status, body = call("/api/facets")
+    tags = json.loads(body)["tags"]
+    assert status == 200 and [v["value"] for v in tags["dose"]] == ["0.1", "1", "10"]
+    assert sum(v["count"] for v in tags["treatment"]) == len(records)
+    status, body = call("/api/browse", {"where": {"tags": ["dose=10"]}, "limit": 2})
+    got = json.loads(body)
+    assert got["total"] == sum(1 for r in records.values() if dict(r.tags)["dose"] == "10")
+    assert all(r["tags"]["dose"] == "10" for r in got["records"]) and len(got["records"]) <= 2
+    status, body = call("/api/map/points")
+    n = len(body) // 16
+    assert status == 200 and sorted(np.frombuffer(body[: 8 * n], "<i8").tolist()) == sorted(records)
+    assert call("/api/map/colours?by=tag:dose")[0] == 200
+    for path, body in (("/api/map/colours?by=path", None), ("/api/browse", {"limit": 0}),
+                       ("/api/browse", {"where": {"colour": ["red"]}}), ("/api/browse", {"page": 2})):  # fmt: skip
+        status, text = call(path, body)
+        assert status == 400, (path, body, text)
