@@ -46,6 +46,14 @@ def _facet_order(value: Any) -> tuple:
     return (value is None, str(type(value)), value or 0)
 
 
+def _tag_order(value: str) -> tuple:
+    # Doses sort as numbers (0.1 < 1 < 10), other values as text, numbers first.
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
 def _cell(well: str | None) -> int:
     """The plate cell (row * 24 + column) of a well name such as ``B03``; -1 for none or another shape."""
     if not well:
@@ -269,7 +277,8 @@ class Catalog:
             raise ClientError(HTTPStatus.NOT_FOUND, f"id {image_id} has no stored vector") from None
 
     def facets(self) -> dict[str, Any]:
-        """Counts per plate, well, site, channel and z (values sorted; missing metadata as ``null``).
+        """Counts per plate, well, site, channel and z (values sorted; missing metadata as ``null``), and
+        per tag key its values' counts (``"tags": {key: [{value, count}, ...]}``, numbers in numeric order).
 
         Computed once, from the record columns: the served index does not change while it is served.
         """
@@ -282,6 +291,13 @@ class Catalog:
             raw, counts = np.unique(columns[f], return_counts=True)
             count = dict(zip(table.decode(f, raw), counts.tolist()))
             out[f] = [{"value": v, "count": count[v]} for v in sorted(count, key=_facet_order)]
+        raw, counts = np.unique(table.columns(("tags",))["tags"], return_counts=True)
+        tags: dict[str, dict[str, int]] = {}
+        for pairs, n in zip(table.decode("tags", raw), counts.tolist()):
+            for key, value in pairs:
+                tags.setdefault(key, {})[value] = tags.get(key, {}).get(value, 0) + n
+        out["tags"] = {key: [{"value": v, "count": c[v]} for v in sorted(c, key=_tag_order)]
+                       for key, c in sorted(tags.items())}  # fmt: skip
         self._facets = {"count": len(table), **out}
         return self._facets
 

@@ -29,6 +29,7 @@ OUTPUT_FIELDS = (
     "rank",
     "id",
     "score",
+    "percentile",
     "path",
     "plate",
     "well",
@@ -54,14 +55,22 @@ def reader_redis(index_dir: Path | None, redis_url: str | None, redis_index: str
     return redis_config_for(index_dir, redis_url, redis_index, writing=False, ef_runtime=ef_runtime)
 
 
-def hits_to_rows(queries: list[str], results: list[list[Hit]], identity: dict | None = None) -> list[dict]:
+def hits_to_rows(
+    queries: list[str], results: list[list[Hit]], identity: dict | None = None, context=None
+) -> list[dict]:
     """Flatten per-query hits into rows with the query's name first (and the store and index that
-    answered, when given)."""
+    answered, when given; and each score's percentile among the index's nearest-neighbour scores, where
+    ``context``, a :class:`~retriever.score_context.ScoreContext`, is given)."""
     rows = []
     where = {"store": identity["store"], "index": identity["index"]} if identity else {}
     for q, hits in zip(queries, results):
-        for h in hits:
-            rows.append({"query": q, **h.to_dict(), **where})
+        pct = (
+            context.percentile([h.score for h in hits]).tolist()
+            if context is not None
+            else [None] * len(hits)
+        )
+        for h, p in zip(hits, pct):
+            rows.append({"query": q, **h.to_dict(), "percentile": None if p != p else round(p, 1), **where})
     return rows
 
 
@@ -82,7 +91,8 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
         return "\n".join([*head, "(no results)"])
     # A tags column only where a hit has tags (a --metadata table's columns): key=value, ";" between.
     tagged = any(r.get("tags") for r in rows)
-    cols = ("rank", "score", "well", "site", "channel", "z", "id", *(("tags",) if tagged else ()), "path")
+    cols = ("rank", "score", "percentile", "well", "site", "channel", "z", "id", *(("tags",) if tagged else ()),
+            "path")  # fmt: skip
     cells = [[_cell(r.get(c), c) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = list(head)
@@ -97,11 +107,13 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
 
 
 def _cell(value, column: str) -> str:
-    """One table cell: a score to 4 decimals, tags as ``key=value;...``, None as empty."""
+    """One table cell: a score to 4 decimals, a percentile whole, tags as ``key=value;...``, None as empty."""
     if value is None:
         return ""
     if column == "score":
         return f"{value:.4f}"
+    if column == "percentile":
+        return f"{value:.0f}"
     if column == "tags":
         return ";".join(f"{k}={v}" for k, v in value.items())
     return str(value)
@@ -154,8 +166,10 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
           verbose):  # fmt: skip
     """Find the indexed images nearest to IMAGES (TIFF files) or to indexed images given by --id.
 
-    Scores are cosine similarity (1.0 = identical). The table shows each hit's tags (a --metadata
-    table's columns) as key=value; --format json or csv gives every field.
+    Scores are cosine similarity (1.0 = identical). The percentile says where a score sits among the
+    index's own nearest-neighbour scores (50: as close as a typical image's nearest neighbour). The table
+    shows each hit's tags (a --metadata table's columns) as key=value; --format json or csv gives every
+    field.
 
     \b
     Examples:
@@ -165,6 +179,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
     setup_logging(verbose)
     if not images and not ids:
         raise ConfigError("give one or more query images, or --id ID")
+    from retriever import score_context
     from retriever.search import QueryOptions, Retriever
 
     where = MetadataFilter(well=well, site=site, channel=channel, z=z_slices, plate=plate, tags=tags)
@@ -205,7 +220,9 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
         for warning in retriever.filter_warnings(where):
             click.echo(f"Warning: {warning}", err=True)
         identity = store_identity(stores.primary)
-    click.echo(format_rows(hits_to_rows(names, results, identity), fmt, describe_identity(identity)))
+        context = score_context.try_load_or_compute(stores.primary, index_dir)
+    rows = hits_to_rows(names, results, identity, context)
+    click.echo(format_rows(rows, fmt, describe_identity(identity)))
     if failures:
         for f in failures:
             click.echo(f"Error: {f.path}: {f.reason}", err=True)

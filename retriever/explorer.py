@@ -6,7 +6,12 @@ Everything is added to the query server's :class:`~retriever.server.App` by :fun
 ``GET /``                the page (``retriever/web/index.html``); ``GET /static/NAME`` its files
 ``GET /thumb/{id}``      PNG thumbnail (``?size=32..512``, default 160), the index's intensity window
 ``GET /image/{id}``      PNG at full resolution (``?size=`` to shrink)
-``GET /api/facets``      plates, wells, sites, channels and z values, with counts
+``GET /api/facets``      plates, wells, sites, channels, z values and each tag key's values, with counts
+``POST /api/browse``     ``{"where", "offset", "limit", "seed"}`` -> a page of the images a filter keeps
+``GET /api/map``         whether ``mae-index map`` made a map, its size, whether it is stale
+``GET /api/map/points``  the map: n int64 ids then n (x, y) float32 pairs (:mod:`retriever.embedding_map`)
+``GET /api/map/colours`` ``?by=FIELD|tag:KEY`` -> each map point's value code and the values' names
+``GET /api/scores``      the index's sorted nearest-neighbour scores (:mod:`retriever.score_context`)
 ``GET /api/record/{id}`` one record, the other channel(s) of its site and z, and its z stack
 ``POST /api/plate``      ``{"id" | "image", "plate", "channel", "site"}`` -> best similarity per well
 ``GET /api/config``      backends, report folders, whether live robustness is available
@@ -33,10 +38,21 @@ from typing import Any
 
 from indexer.core.errors import DecodeError
 from indexer.images.sources import load_image
-from retriever import render
+from retriever import render, score_context
+from retriever.browse import browse
 from retriever.catalog import Catalog
+from retriever.embedding_map import MapView
 from retriever.lru import SizedLRU
-from retriever.server import App, ClientError, QueryService, Request, Response, json_response, parse_id
+from retriever.server import (
+    App,
+    ClientError,
+    QueryService,
+    Request,
+    Response,
+    json_response,
+    options_from,
+    parse_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +264,47 @@ def register(
             }
         )
 
+    index_dir = getattr(catalog.vector_store, "directory", None)
+    map_view = MapView(catalog, index_dir)
+    contexts: list[score_context.ScoreContext] = []
+
+    def browse_page(req: Request) -> Response:
+        obj = req.json()
+        unknown = sorted(set(obj) - {"where", "offset", "limit", "seed"})
+        if unknown:
+            raise ClientError(
+                HTTPStatus.BAD_REQUEST, f"unknown key {unknown[0]!r}; takes: where, offset, limit, seed"
+            )
+        where = options_from({"where": obj.get("where") or {}}).where
+        try:
+            offset, limit, seed = (int(obj.get(k, d)) for k, d in (("offset", 0), ("limit", 60), ("seed", 0)))
+        except (TypeError, ValueError) as e:
+            raise ClientError(HTTPStatus.BAD_REQUEST, "offset, limit and seed are integers") from e
+        if offset < 0 or not 1 <= limit <= 200 or not 0 <= seed < 2**63:
+            raise ClientError(
+                HTTPStatus.BAD_REQUEST, "offset >= 0, limit within 1..200, seed within [0, 2**63)"
+            )
+        return json_response(browse(catalog.records, where, seed, offset, limit))
+
+    def map_colours(req: Request) -> Response:
+        by = (req.query.get("by") or ["channel"])[0]
+        try:
+            return Response(
+                map_view.colours_json(by), 200, "application/json", [("Cache-Control", "no-cache")]
+            )
+        except KeyError:
+            raise ClientError(
+                HTTPStatus.BAD_REQUEST, f"cannot colour by {by[:40]!r}: give a field or tag:KEY"
+            ) from None
+
+    def scores(req: Request) -> Response:
+        if not contexts:  # one search of a sample, on the thread that searches (first use only)
+            contexts.append(
+                service.compute(score_context.load_or_compute, service.retriever.store, index_dir)
+            )
+        ctx = contexts[0]
+        return json_response({**ctx.summary(), "scores": [round(float(v), 6) for v in ctx.scores]})
+
     def report_file(req: Request) -> Response:
         rest = req.path[len("/reports/") :]
         num, _, name = rest.partition("/")
@@ -274,5 +331,11 @@ def register(
     app.add("GET", "/api/record/", record)
     app.add("POST", "/api/plate", plate)
     app.add("GET", "/api/config", config)
+    app.add("POST", "/api/browse", browse_page)
+    app.add("GET", "/api/map", lambda req: json_response(map_view.meta()))
+    app.add("GET", "/api/map/points", lambda req: Response(map_view.points(), 200, "application/octet-stream",
+                                                           [("Cache-Control", "no-cache")]))  # fmt: skip
+    app.add("GET", "/api/map/colours", map_colours, {"by"})
+    app.add("GET", "/api/scores", scores)
     app.add("GET", "/reports/", report_file)
     return renderer

@@ -1,7 +1,7 @@
 """``mae-index``: the command group. One module per command group:
 :mod:`.build` (build, info), :mod:`.mirror` (verify, sync, repair, drop-redis), :mod:`.data` (synth, fetch),
-:mod:`.model` (init-model, pretrain) and :mod:`.export` (export); shared option groups live in
-:mod:`.options`."""
+:mod:`.model` (init-model, pretrain), :mod:`.export` (export) and :mod:`.map` (map); shared option groups live
+in :mod:`.options`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 from indexer.cli.build import build, info
 from indexer.cli.data import fetch, synth
 from indexer.cli.export import export
+from indexer.cli.map import map_command
 from indexer.cli.mirror import drop_redis, repair, sync, verify
 from indexer.cli.model import init_model, pretrain
 
@@ -23,11 +24,13 @@ def main() -> None:
     Examples:
       mae-index build examples/bbbc006 --index runs/idx --model examples/models/mae-tiny-bbbc006
       mae-index info --index runs/idx
+      mae-index map --index runs/idx
     """
 
 
 for _command in (build, info, export, verify, sync, repair, drop_redis, synth, init_model, pretrain, fetch):
     main.add_command(_command)
+main.add_command(map_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -200,7 +200,9 @@ class RecordTable(Mapping[int, ImageRecord]):
         ----------
         names
             ``"id"`` (int64); a field of :data:`CODED_FIELDS` (int32 codes, -1 for None; :meth:`decode`
-            gives the values); a field of :data:`INT_COLUMNS` (int32, :data:`NO_INT` for None).
+            gives the values); a field of :data:`INT_COLUMNS` (int32, :data:`NO_INT` for None);
+            ``"tags"`` (int32 codes of a record's whole tag set, -1 for an id not held; :meth:`decode`
+            gives the ``(key, value)`` tuples).
         ids
             The ids to read (default: every live record).
 
@@ -210,7 +212,7 @@ class RecordTable(Mapping[int, ImageRecord]):
             A name that is not such a column.
         """
         for name in names:
-            if name != "id" and name not in CODED_FIELDS and name not in INT_COLUMNS:
+            if name not in ("id", "tags") and name not in CODED_FIELDS and name not in INT_COLUMNS:
                 raise KeyError(name)
         if ids is None:
             rows = self._rows[: self._n]
@@ -270,6 +272,8 @@ class RecordTable(Mapping[int, ImageRecord]):
             return [None if c < 0 else strings[c] for c in raw]
         if name in INT_COLUMNS:
             return [None if v == NO_INT else v for v in raw]
+        if name == "tags":
+            return [() if c < 0 else self._tags.values[c] for c in raw]
         raise KeyError(name)
 
     def tag_strings(self) -> list[str]:
