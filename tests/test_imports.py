@@ -57,7 +57,7 @@ def test_every_module_imports_without_the_extras():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["leaked"] == []
     for name in ("indexer.ingest.plan", "indexer.ingest.ray_engine", "indexer.bbbc006.synthetic.render",
-                 "indexer.stores.redis.query", "indexer.cli.build", "eval.report", "retriever.server"):  # fmt: skip
+                 "indexer.stores.redis.query", "indexer.cli.build", "eval.report", "retriever.http.app"):  # fmt: skip
         assert name in result["modules"]
     assert len(result["modules"]) >= 50
 
