@@ -9,10 +9,13 @@ from pathlib import Path
 import click
 
 from indexer.cli.options import (
+    KindChoice,
+    MemorySize,
     channels_tuple,
     format_option,
     handle_errors,
     no_wait_option,
+    normalize_options,
     option_group,
     redis_options,
     require_extra,
@@ -26,13 +29,11 @@ from indexer.core.config import (
     BuildConfig,
     IntensityConfig,
     ModelConfig,
-    NormalizeConfig,
     PreprocessConfig,
     SourceConfig,
 )
 from indexer.core.errors import ConfigError
 from indexer.stores.binding import describe_identity
-from indexer.stores.faiss.kinds import parse_memory
 from indexer.stores.manifest import read_folder_manifest, resolve_model_name
 
 
@@ -159,35 +160,15 @@ ray_options = option_group(
               help="CSV or parquet table: path -> plate, well, site, channel, z; other columns become tags.")  # fmt: skip
 @preprocess_options
 @redis_index_options
-@click.option(
-    "--normalize",
-    "normalize",
-    type=click.Choice(["none", "center", "whiten"]),
-    default=None,
-    help="Fit a centering or PCA whitening on this first build's vectors; stored with the index and "
-    "applied to every stored and query vector [default: none; an existing index: its own].",
-)
-@click.option(
-    "--normalize-eps",
-    "normalize_eps",
-    type=float,
-    default=None,
-    help="Whitening ridge added to each covariance eigenvalue [default: 1e-6].",
-)
-@click.option(
-    "--fit-on",
-    "fit_on",
-    multiple=True,
-    help="Fit the normalisation on a subset only: FIELD=VALUE[,VALUE] (well, site, plate, channel, "
-    "z, row, column, source, tag=KEY=VALUE); repeat to AND fields.",
-)
+@normalize_options
 @click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
 @click.option("--force", is_flag=True, help="Re-embed images already in the index.")
 @ray_options
-@click.option("--faiss-index", default=None, metavar="KIND",
+@click.option("--faiss-index", type=KindChoice(), default=None, metavar="KIND",
               help="FAISS mirror index: Flat (exact), HNSW32, IVF{n},Flat, IVF{n},PQ{m} (e.g. IVF4096,PQ96) or "
                    "auto (from the count and --faiss-memory) [default: the folder's, Flat for a new one].")  # fmt: skip
-@click.option("--faiss-memory", default="4G", show_default=True, help="Memory budget of auto's FAISS index.")
+@click.option("--faiss-memory", type=MemorySize(), default="4G", show_default=True,
+              help="Memory budget of auto's FAISS index.")  # fmt: skip
 @click.option("--checkpoint-every", default=512, show_default=True, type=int,
               help="Images between durable FAISS checkpoints (a crash loses at most this many).")  # fmt: skip
 @no_wait_option
@@ -197,7 +178,7 @@ ray_options = option_group(
 @handle_errors
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model,
           channels, z_slices, metadata, intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm,
-          redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, normalize, normalize_eps, fit_on, strict, force,
+          redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, normalize, strict, force,
           engine, ray_address, concurrency, num_gpus_per_worker, threads_per_worker, writers, faiss_index, faiss_memory,
           checkpoint_every, no_wait, fmt, no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
@@ -254,10 +235,10 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         strict=strict,
         force=force,
         flush_every=checkpoint_every,
-        normalize=NormalizeConfig(kind=normalize, eps=normalize_eps, fit_on=tuple(fit_on)),
+        normalize=normalize,
         wait=not no_wait,
         faiss_index=faiss_index,
-        faiss_memory=parse_memory(faiss_memory),
+        faiss_memory=faiss_memory,
     )
     from indexer.ingest.jobs import run_build
 
