@@ -14,7 +14,8 @@ ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 from indexer.core.config import BuildConfig, NormalizeSpec, SourceConfig, parse_fit_on  # noqa: E402
 from indexer.core.errors import ConfigError  # noqa: E402
 from indexer.ingest.local import build_index  # noqa: E402
-from indexer.ingest.ray_engine import RAW_DIR, SHARD_DIR, RayConfig, run_ray_build  # noqa: E402
+from indexer.ingest.ray_engine import RayConfig, run_ray_build  # noqa: E402
+from indexer.ingest.ray_shards import RAW_DIR, SHARD_DIR  # noqa: E402
 from indexer.stores.faiss.store import FaissStore  # noqa: E402
 from indexer.stores.mirror import verify_stores  # noqa: E402
 from indexer.stores.redis.store import RedisStore  # noqa: E402
