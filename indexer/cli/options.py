@@ -248,6 +248,22 @@ class MemorySize(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class FloatPair(click.ParamType):
+    """``LOW,HIGH`` (``--window 0,4095``) as a ``(low, high)`` tuple of floats."""
+
+    name = "low,high"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Parse one value (a tuple passes through)."""
+        if isinstance(value, tuple):
+            return value
+        try:
+            lo, hi = (float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"takes LOW,HIGH (e.g. 0,4095), got {value!r}", param, ctx)
+        return lo, hi
+
+
 def fit_on_filter(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
     """The ``--fit-on`` values (AND across options) as one :class:`~indexer.core.records.MetadataFilter`,
     or ``None`` for none given."""

@@ -28,6 +28,12 @@ def test_faiss_index_and_memory_are_parsed_into_typed_values(tmp_path):
     assert _params(tmp_path, "--faiss-memory", "512M")["faiss_memory"] == 512 * 2**20
 
 
+def test_window_is_parsed_into_two_floats(tmp_path):
+    # b690aef: the text reached the command body, which split it (and raised a ConfigError there).
+    assert _params(tmp_path, "--window", "0,255")["window"] == (0.0, 255.0)
+    assert _params(tmp_path)["window"] is None
+
+
 def test_fit_on_values_become_one_filter(tmp_path):
     p = _params(tmp_path, "--normalize", "whiten", "--fit-on", "well=a01,A02", "--fit-on", "site=1")
     assert p["fit_on"] == MetadataFilter(well=("A01", "A02"), site=(1,)) and p["normalize_kind"] == "whiten"
@@ -42,6 +48,8 @@ def test_fit_on_values_become_one_filter(tmp_path):
         (["--fit-on", "colour=red"], "Invalid value for '--fit-on': 'colour=red': give FIELD=VALUE"),
         (["--normalize", "sphere"], "Invalid value for '--normalize'"),
         (["--normalize-eps", "-1"], "Invalid value for '--normalize-eps'"),
+        (["--window", "0-4095"], "Invalid value for '--window': takes LOW,HIGH (e.g. 0,4095), got '0-4095'"),
+        (["--engine", "ray", "--concurrency", "0"], "Error: --concurrency must be >= 1"),
     ],
 )
 def test_a_bad_value_is_a_usage_error_before_any_work(tmp_path, args, message):
