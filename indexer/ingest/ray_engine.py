@@ -55,7 +55,7 @@ from indexer.ingest.ray_shards import (
     staged_ids,
     warn_loose_shards,
 )
-from indexer.ingest.ray_stages import NAME_FIELDS, STAGE_COLUMNS, Embed, Write, prepare_batch
+from indexer.ingest.ray_stages import NAME_FIELDS, STAGE_COLUMNS, _Embed, _prepare_batch, _Write
 from indexer.vectors.transform_file import encode_transform
 
 
@@ -250,17 +250,17 @@ def _stream(
                            "tags": json.dumps(dict(it.meta.tags))}}
                  for n, it in enumerate(plan.items)]  # fmt: skip
         ds = ray.data.from_items(items)
-        ds = ds.map_batches(prepare_batch, fn_kwargs={"pre": plan.preprocess.to_dict(),
+        ds = ds.map_batches(_prepare_batch, fn_kwargs={"pre": plan.preprocess.to_dict(),
                                                       "existing": run.skip},
                             batch_size=config.batch_size)  # fmt: skip
         actors, threads = ray_config.actors_and_threads(ray.cluster_resources())
-        ds = ds.map_batches(Embed, fn_constructor_args=(run.model, threads, plan.preprocess.to_dict(), run.transform),
+        ds = ds.map_batches(_Embed, fn_constructor_args=(run.model, threads, plan.preprocess.to_dict(), run.transform),
                             batch_size=config.batch_size, concurrency=actors,
                             num_gpus=ray_config.num_gpus_per_worker)  # fmt: skip
         write_to = (
             (run.raw_url, None, None) if plan.fit is not None else (run.shard_url, run.redis, run.redis_held)
         )
-        ds = ds.map_batches(Write, fn_constructor_args=write_to, batch_size=config.batch_size,
+        ds = ds.map_batches(_Write, fn_constructor_args=write_to, batch_size=config.batch_size,
                             concurrency=ray_config.writers, num_cpus=0)  # fmt: skip
         for row in ds.iter_rows():
             for column, stage in STAGE_COLUMNS.items():

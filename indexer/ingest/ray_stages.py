@@ -17,6 +17,9 @@ from indexer.ingest.plan import write_batch
 
 #: What a file name says (the listing's metadata); ``source`` is what decoding finds, per image.
 NAME_FIELDS = tuple(f for f in RECORD_FIELDS if f not in ("path", "source"))
+# The stages keep their underscored names: Ray shows them in its worker processes' titles
+# (ray::MapWorker(MapBatches(_Embed))), which is how an operator (and a test) finds a stage's workers.
+
 #: Per-row seconds each stage reports, summed into the build summary under the local build's names.
 STAGE_COLUMNS = {"t_prepare": "read_decode_preprocess", "t_embed": "model", "t_write": "write"}
 
@@ -27,7 +30,7 @@ def _zip_member(path: str) -> tuple[str, str] | None:
     return (path[: cut + 4], path[cut + 5 :]) if cut >= 0 and not Path(path).is_file() else None
 
 
-def prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[int]) -> dict[str, Any]:
+def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[int]) -> dict[str, Any]:
     """Stage 2, a CPU task: read, hash, decode and preprocess each row with the local engine's code.
 
     Metadata comes from the driver (parsed once, as the local build parses it); each zip is opened once
@@ -82,7 +85,7 @@ def prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[i
     return out
 
 
-class Embed:
+class _Embed:
     """Stage 3: an actor that loads the encoder once and embeds the usable rows of each batch.
 
     ``pre``: the preprocessing (its model channels' mean/std are applied here, to the one-channel planes the
@@ -127,7 +130,7 @@ class Embed:
         return out
 
 
-class Write:
+class _Write:
     """Stage 4: an actor that upserts batches into Redis (one connection, kept; ``redis`` None: none) and
     writes each batch as one parquet shard (fsspec). Writing is I/O, so the actor holds no CPU slot: it keeps
     pace even when the embedding actors hold every CPU, and embedded batches do not pile up in the object

@@ -71,7 +71,7 @@ def test_ray_prepare_task_opens_each_zip_once_and_takes_metadata_from_the_driver
         "path": np.array(paths, dtype=object),
         "meta": np.array(metas, dtype=object),
     }
-    out = ray_stages.prepare_batch(batch, PRE.to_dict(), frozenset())
+    out = ray_stages._prepare_batch(batch, PRE.to_dict(), frozenset())
     assert opened == [str(archive)]
     assert out["status"] == ["ok"] * 5
     assert [m["well"] for m in out["meta"]] == [f"B0{i}" for i in range(5)]
