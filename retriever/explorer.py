@@ -1,6 +1,6 @@
 """The web explorer's server side: the page, thumbnails, facets, the plate map and report links.
 
-Everything is added to the query server's :class:`~retriever.server.App` by :func:`register`:
+Everything is added to the query server's :class:`~retriever.http.app.App` by :func:`register`:
 
 ======================  =======================================================================
 ``GET /``                the page (``retriever/web/index.html``); ``GET /static/NAME`` its files
@@ -42,17 +42,9 @@ from retriever import render, score_context
 from retriever.browse import browse
 from retriever.catalog import Catalog
 from retriever.embedding_map import MapView
+from retriever.http.app import App, ClientError, Request, Response, json_response, options_from, parse_id
+from retriever.http.service import QueryService
 from retriever.lru import SizedLRU
-from retriever.server import (
-    App,
-    ClientError,
-    QueryService,
-    Request,
-    Response,
-    json_response,
-    options_from,
-    parse_id,
-)
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,9 @@ def run(p: Params) -> Iterator[Result]:
     from indexer.images.decode import decode_tiff
     from indexer.model.preprocess import preprocess_image
     from indexer.stores.faiss.store import FaissStore
+    from retriever.http.service import QueryService
+    from retriever.http.transport import make_server
     from retriever.search import Retriever
-    from retriever.server import QueryService, make_server
 
     tmp = Path(tempfile.mkdtemp(prefix="mae-bench-q-"))
     model_dir = make_model(p.model, tmp / "model")

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,8 @@ def load_old(ref: str, tmp: Path):
 def run(p: Params) -> Iterator[Result]:
     """p50 and p95 of each server's upload latency over all rounds."""
     from indexer.stores.faiss.store import FaissStore
-    from retriever import server as new
+    from retriever.http.service import QueryService
+    from retriever.http.transport import make_server
     from retriever.search import Retriever
 
     tmp = Path(tempfile.mkdtemp(prefix="mae-bench-http-"))
@@ -72,6 +74,7 @@ def run(p: Params) -> Iterator[Result]:
     retriever = Retriever.open(FaissStore(tmp / "idx", read_only=True), device="cpu")
     blobs = [path.read_bytes() for path in sorted(REAL_DIR.glob("*.tif"))]
     servers = {}
+    new = types.SimpleNamespace(QueryService=QueryService, make_server=make_server)
     for name, mod in (("stdlib ThreadingHTTPServer (old)", old), ("waitress (new)", new)):
         service = mod.QueryService(retriever)
         srv = mod.make_server(service, "127.0.0.1", 0)

@@ -129,7 +129,18 @@ def test_query_table_shows_each_hit_s_tags(plate):
     r = CliRunner().invoke(search_main, ["query", "--id", str(a09.id), "--index", str(index), "-k", "10"])
     assert r.exit_code == 0, r.output
     header = next(line for line in r.stdout.splitlines() if line.strip().startswith("rank"))
-    assert header.split() == ["rank", "score", "percentile", "well", "site", "channel", "z", "id", "tags", "path"]
+    assert header.split() == [
+        "rank",
+        "score",
+        "percentile",
+        "well",
+        "site",
+        "channel",
+        "z",
+        "id",
+        "tags",
+        "path",
+    ]
     first = next(line for line in r.stdout.splitlines() if line.strip().startswith("1 "))
     assert "dose=0.1;treatment=nocodazole" in first and str(a09.id) in first
     assert sum("treatment=" in line for line in r.stdout.splitlines()) == 10

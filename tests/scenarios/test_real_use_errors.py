@@ -119,7 +119,8 @@ def test_dataset_window_of_undecodable_images_is_a_message(tmp_path, tiny_model_
 def test_duplicate_content_in_one_ray_batch_is_written_once_not_a_traceback(tmp_path, redis_config):
     from dataclasses import asdict
 
-    from indexer.ingest.ray_engine import _Write, import_shards
+    from indexer.ingest.ray_shards import import_shards
+    from indexer.ingest.ray_stages import _Write
     from indexer.stores.faiss.store import FaissStore
     from indexer.stores.redis.store import RedisStore
 
