@@ -268,7 +268,9 @@ def test_hostile_file_name_renders_as_text(explorer, page):
     url, _, records = explorer
     hostile = next(r for r in records.values() if r.path.endswith(HOSTILE))
     _open(page, f"{url}/?id={hostile.id}&k=3")
-    assert _card_ids(page)[0] == str(hostile.id)
+    # Its one-pixel twin (the real file) scores 1.0000 too: which of the two comes first is float rounding
+    # (in fp32, which --precision auto now picks for the tiny model on a CPU).
+    assert str(hostile.id) in _card_ids(page)[:2]
     texts = page.eval_on_selector_all(".card .path", "ps => ps.map(p => p.textContent)")
     assert any(t.endswith(HOSTILE) for t in texts)
     assert page.evaluate("window.__pwned") is None
