@@ -19,10 +19,10 @@ GUIDES = REPO / "docs" / "guides"
 
 
 def first_steps(guide: str):
-    """The commands of a guide's "First steps" blocks."""
+    """The commands of a guide's "First steps" block (the first shell block under that heading)."""
     found = blocks(section((GUIDES / guide).read_text(), "First steps"))
     assert found, f"docs/guides/{guide} has no shell block under '## First steps'"
-    return [c for b in found for c in b.commands]
+    return list(found[0].commands)
 
 
 #: What each guide's first steps must print, in order: (command start, exit code, patterns in its output).
