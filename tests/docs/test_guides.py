@@ -146,7 +146,9 @@ def _drop_redis_index(index: Path, reader: Workdir) -> None:
 @pytest.mark.slow
 def test_ray_first_steps(tmp_path):
     pytest.importorskip("ray")
-    reader = Workdir(tmp_path / "reader")
+    # Without --ray-address Ray joins any cluster already running on the machine (another test's, on a
+    # shared machine, whose actors then die at start): RAY_ADDRESS=local keeps to the runtime the guide means.
+    reader = Workdir(tmp_path / "reader", env={"RAY_ADDRESS": "local"})
     build, verify = reader.run_all(runnable(first_steps("ray.md")))
     assert build.rc == 0, build.output[-3000:]
     assert "index now holds 20" in build.output
