@@ -12,6 +12,9 @@ Why these defaults:
 - Compression ratio 256 (decoded / file bytes) above 16 MB decoded: LZW or deflate on real camera images
   gives 1.2-4x (BBBC006: 1.4x); a file of zeros gives ~1,200x (16384 x 16384 in 430 KB). Small images
   are exempt because a tiny flat test pattern compresses just as well and costs nothing.
+- 1,000 planes per file: a z-stack of a few hundred planes times a few channels. Each plane becomes one
+  image (a 224 x 224 float tensor, 200 KB, once prepared), so the limit also bounds one file's share
+  of a build's memory; a 45 MB TIFF of 100,000 16 x 16 pages would otherwise cost 20 GB prepared.
 - 64 images, 1,000 ids and 10,000 results (k x queries) per request keep one request's answer in the
   low megabytes; 1 GiB decoded per request bounds its CPU time. Images are decoded and preprocessed
   one at a time, so the pixels held at once are one image's (at most 128 MB), whatever the batch size.
@@ -38,17 +41,23 @@ class DecodeLimits:
         Largest decoded-bytes / file-bytes ratio, checked from the header too (a decompression bomb).
     ratio_floor_bytes : int
         The ratio applies only to images larger than this when decoded.
+    max_planes : int
+        Most planes (pages) one file may hold, checked from its page count before tifffile builds a
+        series; a stack's metadata may not claim more planes than the file has pages either.
     """
 
     max_pixels: int = 64 * MB
     max_ratio: float = 256.0
     ratio_floor_bytes: int = 16 * MB
+    max_planes: int = 1000
 
     def __post_init__(self) -> None:
         if self.max_pixels < 16 * 16:
             raise ConfigError(f"the pixel limit must allow one 16 x 16 patch, got {self.max_pixels}")
         if self.max_ratio < 1:
             raise ConfigError(f"the compression-ratio limit must be >= 1, got {self.max_ratio}")
+        if self.max_planes < 1:
+            raise ConfigError(f"the plane limit must be >= 1, got {self.max_planes}")
 
 
 @dataclass(frozen=True)

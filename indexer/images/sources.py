@@ -405,15 +405,15 @@ def load_image(path: str) -> np.ndarray:
     DecodeError
         If the file is no longer a usable image.
     """
-    from indexer.images.decode import decode_planes, decode_tiff
+    from indexer.images.decode import decode_plane, decode_tiff
 
     m = _PLANE_RE.match(path)
     if m and not Path(path).is_file():
         index = int(m.group(2))
-        planes = decode_planes(read_path(m.group(1)))
-        if index >= len(planes):
-            raise FileNotFoundError(2, f"the file has {len(planes)} planes, no plane {index}", path)
-        return planes[index].image
+        plane = decode_plane(read_path(m.group(1)), index)  # that plane's page alone, not the stack
+        if plane is None:
+            raise FileNotFoundError(2, f"the file has no plane {index}", path)
+        return plane.image
     return decode_tiff(read_path(path))
 
 
