@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from indexer.core.errors import ConfigError
 
 MB = 1024 * 1024
+#: Largest JSON file of an index folder read (manifest.json, index.state.json, shard books): theirs are
+#: kilobytes to a few megabytes; a link to /dev/zero or a planted huge file is refused, not read to OOM.
+MAX_INDEX_JSON_BYTES = 64 * MB
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.core.errors import IndexDamagedError, IndexMismatchError, ModelLoadError
+from indexer.core.safe_files import NotARegularFile, read_bounded_text
 
 MANIFEST_FORMAT = 1
 
@@ -120,7 +121,9 @@ def read_folder_manifest(index_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_bounded_text(path))
+    except NotARegularFile:
+        raise
     except ValueError as e:
         raise IndexDamagedError(
             f"manifest {path} is not valid JSON ({e}): it was damaged or edited since the build; restore it, "

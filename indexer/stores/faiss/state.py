@@ -21,6 +21,7 @@ from typing import Any
 
 from indexer.core.atomic import atomic_write_json, file_sha256, temp_file_pid
 from indexer.core.errors import StoreUnavailableError
+from indexer.core.safe_files import read_bounded_text
 from indexer.stores.faiss.kinds import DEFAULT_KIND
 from indexer.stores.faiss.shards import SHARDS, ShardInfo
 from indexer.stores.lock import pid_alive
@@ -131,7 +132,7 @@ def read_state(directory: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not path.exists():
         return None, None
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = json.loads(read_bounded_text(path))  # a regular file of bounded size: never /dev/zero
         if not isinstance(state, dict) or not isinstance(state.get("shards"), list):
             raise ValueError("not an object with a shard list")
         return state, None
@@ -160,7 +161,7 @@ def stored_faiss_section(directory: Path) -> dict[str, Any]:
     """The ``faiss`` section of the manifest on disk, or empty (a damaged manifest is reported by
     :meth:`FaissStore.read_manifest`, not here)."""
     try:
-        data = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
+        data = json.loads(read_bounded_text(Path(directory) / MANIFEST))
     except (OSError, ValueError):
         return {}
     section = data.get("faiss") if isinstance(data, dict) else None

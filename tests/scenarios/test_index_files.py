@@ -1,0 +1,106 @@
+"""Issue 31, item 5: an index folder's files are untrusted. A planted ``.write.lock`` link is not followed
+(b690aef truncated and wrote its target), a FIFO as ``index.faiss`` does not hang a query, and an
+``index.state.json`` linked to ``/dev/zero`` is refused instead of read until memory runs out."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from indexer.core.config import ModelConfig
+from indexer.core.errors import StoreUnavailableError
+from indexer.model.encoder import ViTMAEEncoder
+from indexer.stores.lock import FolderLock
+from tests.conftest import REPO
+from tests.support.small_builds import build_in_small_shards
+
+CAP = 4 * 2**30
+
+
+def _run(args, timeout=120):
+    code = (
+        f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({CAP}, {CAP})); "
+        "from indexer.cli import main as m; from retriever.cli import main as s; "
+        "(s if sys.argv[1] == 'query' else m)()"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model_dir, real_images):
+    root = tmp_path_factory.mktemp("built")
+    data = root / "data" / "BBBC006_v1_images_z_16"
+    data.mkdir(parents=True)
+    for p in real_images[:4]:
+        shutil.copy(p, data / p.name)
+    encoder = ViTMAEEncoder(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+    build_in_small_shards(encoder, root / "data", root / "idx")
+    return root / "idx", data
+
+
+def _copy(built, tmp_path):
+    index = tmp_path / "idx"
+    shutil.copytree(built[0], index)
+    return index
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_kept(tmp_path):
+    index = tmp_path / "idx"
+    index.mkdir()
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me\n")
+    (index / ".write.lock").symlink_to(victim)
+    with pytest.raises(StoreUnavailableError, match="is a symbolic link; refused"):
+        FolderLock(index).acquire(wait=False)
+    assert victim.read_text() == "keep me\n"  # b690aef: "pid 1234 on host"
+    (index / ".write.lock").unlink()
+    os.mkfifo(index / ".write.lock")
+    with pytest.raises(StoreUnavailableError, match="is a FIFO, not a regular file"):
+        FolderLock(index).acquire(wait=False)
+    # An ordinary lock is still taken, and closed on exec.
+    (index / ".write.lock").unlink()
+    with FolderLock(index) as lock:
+        fd = __import__("indexer.stores.lock", fromlist=["_held"])._held[lock._key][0]
+        assert os.get_inheritable(fd) is False
+
+
+def test_a_fifo_as_index_faiss_does_not_hang_a_query(built, tmp_path, tiny_model_dir):
+    index = _copy(built, tmp_path)
+    (index / "index.faiss").unlink()
+    os.mkfifo(index / "index.faiss")
+    image = sorted(built[1].glob("*.tif"))[0]
+    r = _run(
+        [
+            "query",
+            image,
+            "--index",
+            index,
+            "--model",
+            tiny_model_dir,
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+            "-k",
+            "2",
+        ],
+        timeout=90,
+    )  # fmt: skip  (b690aef: hangs in open())
+    assert r.returncode == 0, r.stderr
+    rows = __import__("json").loads(r.stdout)
+    assert len(rows) == 2 and rows[0]["path"] == str(image)
+
+
+def test_a_state_file_linked_to_dev_zero_is_refused_not_read_to_oom(built, tmp_path):
+    index = _copy(built, tmp_path)
+    (index / "index.state.json").unlink()
+    (index / "index.state.json").symlink_to("/dev/zero")
+    r = _run(["info", "--index", index], timeout=90)
+    assert "MemoryError" not in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "index.state.json" in r.stdout + r.stderr and "not a regular file" in r.stdout + r.stderr
