@@ -20,6 +20,7 @@ from eval import intervals, perturb
 from eval.robustness import NATURAL, RobustnessResult
 from indexer.bbbc006.constants import SATURATION
 from indexer.core.atomic import atomic_write_json, atomic_write_text
+from indexer.core.csv_safe import escape_formula
 from retriever import render
 
 CURVE_METRICS = (("self_at_1", "self-retrieval@1"), ("overlap_at_k", "overlap@k"), ("rbo", "RBO"),
@@ -343,7 +344,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
             cols += [c for c in r if c not in cols]
         w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         w.writeheader()
-        w.writerows(_clean(rows))
+        w.writerows({k: escape_formula(v) for k, v in r.items()} for r in _clean(rows))  # paths, tags
     atomic_write_text(path, buf.getvalue())
 
 

@@ -19,6 +19,7 @@ from indexer.cli.options import (
     setup_logging,
     verbose_option,
 )
+from indexer.core.csv_safe import escape_formula
 from indexer.core.errors import ConfigError, DecodeError
 from indexer.core.records import Hit, MetadataFilter
 from indexer.stores import open_stores
@@ -75,7 +76,8 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=OUTPUT_FIELDS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
-        w.writerows(rows)
+        # Paths and tags are the user's text: a file named =HYPERLINK(...) must not run in a spreadsheet.
+        w.writerows({k: escape_formula(v) for k, v in r.items()} for r in rows)
         return buf.getvalue().rstrip("\n")
     head = [f"answered by {answered_by}"] if answered_by else []
     if not rows:
