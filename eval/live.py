@@ -69,7 +69,7 @@ def compare_one(
             f"image {record.id} has {candidates} candidates once its relatives are excluded, fewer than "
             f"k + 1 = {k + 1}: lower k, or choose a milder exclude"
         )
-    raw = load_image(record.path)  # as eval.robustness.read_queries reads it
+    raw = load_image(record.path, record.id)  # as eval.robustness.read_queries reads it
     image = perturb.apply(name, raw, severity, perturb.perturbation_rng(seed, record.id, name, severity))
     vectors = retriever.embed_arrays([raw, image])
     # As run_robustness: deep enough that k results survive the exclusion.
@@ -103,6 +103,7 @@ def register(app: Any) -> None:
     """
     import threading
 
+    from indexer.images.sources import ChangedImageError
     from retriever.server import ClientError, json_response, parse_id
 
     service = app.service
@@ -178,6 +179,8 @@ def register(app: Any) -> None:
             )
         except ConfigError as e:
             raise ClientError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        except ChangedImageError as e:  # replaced since the build: its pixels are not the indexed image's
+            raise ClientError(HTTPStatus.CONFLICT, str(e)) from e
         except OSError as e:
             raise ClientError(
                 HTTPStatus.NOT_FOUND, f"the source image of id {qid} cannot be read: {e}"

@@ -106,7 +106,7 @@ class Renderer:
         if cached is not None:
             return cached, None
         try:
-            image = load_image(rec.path)  # a file, a zip member or one plane of a stack
+            image = load_image(rec.path, image_id)  # a file, a zip member or one plane of a stack
         except (OSError, DecodeError) as e:
             reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             log.warning("image %d (%r) cannot be shown: %s", image_id, rec.path, reason)

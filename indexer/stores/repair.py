@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.core.config import RedisConfig
-from indexer.core.errors import MaeError
+from indexer.core.errors import IndexDamagedError, MaeError
 from indexer.core.records import ImageRecord
 
 DAMAGED_DIR = "damaged"
@@ -64,11 +64,15 @@ def repair_index(index_dir: Path, redis: RedisConfig | None = None, wait: bool =
     RepairReport
         Nothing is rewritten when the folder is sound.
     """
+    from indexer.stores.faiss.state import FOREIGN
     from indexer.stores.faiss.store import FaissStore
 
     store = FaissStore(index_dir, allow_damage=True, wait=wait)
     try:
         report = RepairReport(damage=store.check(full=True))
+        foreign = [d for d in report.damage if FOREIGN in d]
+        if foreign:  # rebuilding from another index's shards would make them this index's
+            raise IndexDamagedError(f"not repaired: {foreign[0]}")
         if redis is not None and not report.damage:
             _rewrite_damaged_hashes(store, redis, report)
         if not report.damage:

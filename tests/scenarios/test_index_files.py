@@ -104,3 +104,58 @@ def test_a_state_file_linked_to_dev_zero_is_refused_not_read_to_oom(built, tmp_p
     r = _run(["info", "--index", index], timeout=90)
     assert "MemoryError" not in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "index.state.json" in r.stdout + r.stderr and "not a regular file" in r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------ item 12: a manifest without its checksum
+def test_deleting_the_manifest_checksum_does_not_turn_the_edit_check_off(built, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from indexer.cli import main
+    from indexer.core.errors import IndexDamagedError
+    from indexer.stores.manifest import check_manifest
+
+    index = _copy(built, tmp_path)
+    path = index / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["checksum"]
+    manifest["pooling"] = "cls"  # the edit the checksum would have caught
+    path.write_text(json.dumps(manifest))
+    i = CliRunner().invoke(main, ["info", "--index", str(index)])
+    assert i.exit_code == 1 and "has no checksum" in i.output, i.output  # b690aef: 0, pooling cls
+    del manifest["index_uid"]  # removing the uid too: the state file still names it
+    path.write_text(json.dumps(manifest))
+    i = CliRunner().invoke(main, ["info", "--index", str(index)])
+    assert i.exit_code == 1 and "has no checksum" in i.output, i.output
+    # A manifest from before checksums (no index_uid, no state file beside it) is still read.
+    old = {k: v for k, v in manifest.items() if k != "index_uid"}
+    assert check_manifest(old, "old.json")["pooling"] == "cls"
+    with pytest.raises(IndexDamagedError, match="has no checksum"):
+        check_manifest(old, "folder/manifest.json", sealed=True)
+
+
+# ------------------------------------------------------------------ item 13: another index's files copied in
+def test_another_indexs_shards_state_and_snapshot_fail_verify_and_repair(built, tmp_path, tiny_model_dir,
+                                                                        real_images):  # fmt: skip
+    from click.testing import CliRunner
+
+    from indexer.cli import main
+
+    other_data = tmp_path / "other" / "BBBC006_v1_images_z_16"
+    other_data.mkdir(parents=True)
+    for p in real_images[10:13]:
+        shutil.copy(p, other_data / p.name)
+    encoder = ViTMAEEncoder(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+    build_in_small_shards(encoder, tmp_path / "other", tmp_path / "other-idx")
+    index = _copy(built, tmp_path)
+    shutil.rmtree(index / "shards")
+    shutil.copytree(tmp_path / "other-idx" / "shards", index / "shards")
+    for name in ("index.state.json", "index.faiss"):
+        shutil.copy(tmp_path / "other-idx" / name, index / name)
+    v = CliRunner().invoke(main, ["verify", "--index", str(index)])
+    assert v.exit_code == 1 and "index.state.json belongs to another index" in v.output, v.output
+    before = sorted(p.name for p in (index / "shards").iterdir())
+    r = CliRunner().invoke(main, ["repair", "--index", str(index)])
+    assert r.exit_code == 1 and "not repaired: index.state.json belongs to another index" in r.output
+    assert sorted(p.name for p in (index / "shards").iterdir()) == before  # b690aef: "sound", exit 0
