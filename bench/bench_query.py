@@ -25,8 +25,9 @@ from bench.common import REAL_DIR, print_table  # noqa: E402
 from indexer.images.decode import decode_tiff  # noqa: E402
 from indexer.model.preprocess import preprocess_image  # noqa: E402
 from indexer.stores.faiss.store import FaissStore  # noqa: E402
+from retriever.http.service import QueryService  # noqa: E402
+from retriever.http.transport import make_server  # noqa: E402
 from retriever.search import Retriever  # noqa: E402
-from retriever.server import QueryService, make_server  # noqa: E402
 
 
 def main() -> None:

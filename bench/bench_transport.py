@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,8 @@ def main() -> None:
 
     from indexer.cli import main as index_main
     from indexer.stores.faiss.store import FaissStore
-    from retriever import server as new
+    from retriever.http.service import QueryService
+    from retriever.http.transport import make_server
     from retriever.search import Retriever
 
     tmp = Path(tempfile.mkdtemp(prefix="mae-bench-http-"))
@@ -61,6 +63,7 @@ def main() -> None:
     retriever = Retriever.open(FaissStore(tmp / "idx", read_only=True), device="cpu")
     blobs = [p.read_bytes() for p in sorted(REAL_DIR.glob("*.tif"))]
     servers = {}
+    new = types.SimpleNamespace(QueryService=QueryService, make_server=make_server)
     for name, mod in (("stdlib ThreadingHTTPServer (old)", old), ("waitress (new)", new)):
         service = mod.QueryService(retriever)
         srv = mod.make_server(service, "127.0.0.1", 0)

@@ -2,7 +2,7 @@
 
 This module plugs into ``mae-search serve`` from above: imports run ``eval -> retriever -> indexer``,
 so the retriever cannot import the perturbations or the metrics. Instead the server's application
-takes extra routes (:meth:`retriever.server.App.add`), and the ``eval`` package offers
+takes extra routes (:meth:`retriever.http.app.App.add`), and the ``eval`` package offers
 :func:`register` under the entry-point group ``mae_microscopy.serve`` (pyproject.toml), which
 ``mae-search serve`` loads. Without the eval package (or its extra) the page simply has no
 robustness panel.
@@ -104,7 +104,7 @@ def register(app: Any) -> None:
     import threading
 
     from indexer.images.sources import ChangedImageError
-    from retriever.server import ClientError, json_response, parse_id
+    from retriever.http.app import ClientError, json_response, parse_id
 
     service = app.service
     # Per store, its catalog: the explorer's for the served store, one of its own for another backend (a

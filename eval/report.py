@@ -6,7 +6,6 @@ index, seed and options give a byte-identical file. Plots are matplotlib PNGs em
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
@@ -17,21 +16,11 @@ from typing import Any
 import numpy as np
 
 from eval import intervals, perturb
-from eval.robustness import NATURAL, RobustnessResult
-from indexer.bbbc006.constants import SATURATION
+from eval.figures import png, report_figures
+from eval.robustness import RobustnessResult
 from indexer.core.atomic import atomic_write_json, atomic_write_text
 from indexer.core.csv_safe import escape_formula
-from retriever import render
 
-CURVE_METRICS = (("self_at_1", "self-retrieval@1"), ("overlap_at_k", "overlap@k"), ("rbo", "RBO"),
-                 ("drift_normalised", "drift / median NN distance"))  # fmt: skip
-#: Y-axis label of each curve.
-Y_LABELS = {
-    "self_at_1": "share of queries whose source ranks 1st",
-    "overlap_at_k": "share of top-k shared with the clean list",
-    "rbo": "rank-biased overlap (p)",
-    "drift_normalised": "cosine drift / median NN distance",
-}
 HEADLINE = (
     "self_at_1",
     "overlap_at_k",
@@ -41,9 +30,6 @@ HEADLINE = (
     "drift_cosine",
     "drift_normalised",
 )
-#: The longer side, in pixels, of each image of the example figure: twice what a 1.7-inch panel shows at
-#: the report's 100 dpi (a 696 x 520 BBBC006 image is drawn block-averaged to 348 x 260).
-EXAMPLE_PX = 348
 #: Metrics whose chance level and chance-corrected score the headline shows.
 HEADLINE_CHANCE = ("self_at_1", "overlap_at_k", "jaccard_at_k", "rbo")
 #: Columns of the headline table printed by the CLI and written into the HTML.
@@ -101,180 +87,6 @@ def _ann_interval(result: RobustnessResult) -> list[float] | None:
         return None
     n = len(result.query_ids)
     return list(intervals.proportion_ci(result.ann_recall * n, n))
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _series(pts: list[dict], key: str) -> np.ndarray:
-    return np.array([e.get(key) if e.get(key) is not None else np.nan for e in pts], dtype=float)
-
-
-def _plot_metric(ax, pts: list[dict], x: list[float], metric: str, label: str, color=None) -> None:
-    y, lo, hi = (_series(pts, metric + s) for s in ("", "_low", "_high"))
-    (line,) = ax.plot(x, y, marker="o", label=label, color=color)
-    ax.fill_between(x, lo, hi, alpha=0.15, color=line.get_color())
-    chance = _series(pts, metric + "_chance")
-    if np.isfinite(chance).any():
-        ax.plot(x, chance, ls="--", lw=1, color=line.get_color(), alpha=0.8)
-    small = [i for i, e in enumerate(pts) if e.get("small_n")]
-    if small:  # n < 5: drawn hollow, read as anecdotes
-        ax.scatter(
-            [x[i] for i in small], y[small], s=60, facecolors="white", edgecolors=line.get_color(), zorder=3
-        )
-
-
-def _curves(summary: list[dict], perturbations: list[str]):
-    import matplotlib.pyplot as plt
-
-    names = [n for n in perturbations if n != NATURAL and any(e["perturbation"] == n for e in summary)]
-    if not names:
-        return None
-    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4.2 * len(CURVE_METRICS), 3.6))
-    for ax, (metric, label) in zip(axes, CURVE_METRICS):
-        for name in names:
-            pts = [e for e in summary if e["perturbation"] == name]
-            _plot_metric(ax, pts, [e["severity"] for e in pts], metric, name)
-        ax.set_title(label)
-        ax.set_xlabel("severity level (0 = clean)")
-        ax.set_ylabel(Y_LABELS[metric])
-        ax.grid(alpha=0.3)
-        if metric != "drift_normalised":
-            ax.set_ylim(-0.02, 1.02)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(
-        "Mean and 95 % interval per severity; dashed: chance level of random top-k lists", fontsize=9
-    )
-    fig.tight_layout()
-    return fig
-
-
-def _defocus_curve(summary: list[dict]):
-    import matplotlib.pyplot as plt
-
-    all_pts = [e for e in summary if e["perturbation"] == NATURAL]
-    if not all_pts:
-        return None
-    # One panel per provenance: a real stack and a synthetic one are different experiments, and each
-    # curve is labelled by what it contains.
-    curves = sorted({e.get("curve") or "unknown" for e in all_pts}, key=lambda c: (c != "real", c))
-    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 3.6), squeeze=False)
-    for ax, curve in zip(axes[0], curves):
-        pts = [e for e in all_pts if (e.get("curve") or "unknown") == curve]
-        um = [perturb.Z_STEP_UM * e["severity"] for e in pts]
-        for metric, label in CURVE_METRICS[:3]:
-            _plot_metric(ax, pts, um, metric, label)
-        ax.set_xlabel(f"distance from the focal plane |dz| (um, {perturb.Z_STEP_UM:g} um per slice)")
-        ax.set_ylabel("score (dashed: chance level)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"Defocus, {curve} z-stacks ({max(e['n_queries'] for e in pts)} sites)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def _drift_hist(rows: list[dict], perturbations: list[str]):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for name in perturbations:
-        sub = [r for r in rows if r["perturbation"] == name]
-        if not sub:
-            continue
-        top = max(r["severity"] for r in sub)
-        vals = [r["drift_cosine"] for r in sub if r["severity"] == top]
-        ax.hist(vals, bins=20, alpha=0.5, label=f"{name} (sev {top})")
-    ax.set_xlabel("cosine drift, clean vs perturbed embedding")
-    ax.set_ylabel("queries")
-    ax.legend(fontsize=7)
-    return fig
-
-
-def _heatmap(result: RobustnessResult):
-    import matplotlib.pyplot as plt
-
-    keys = sorted(result.perturbed_vectors)
-    key = next((k for k in keys if k == ("gaussian_noise", 3)), keys[len(keys) // 2] if keys else None)
-    if key is None:
-        return None, None
-    n = min(30, len(result.clean_vectors))
-    sims = result.clean_vectors[:n] @ result.perturbed_vectors[key][:n].T
-    fig, ax = plt.subplots(figsize=(4.6, 4))
-    im = ax.imshow(sims, cmap="viridis")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_xlabel(f"perturbed query ({key[0]}, severity {key[1]})")
-    ax.set_ylabel("clean query")
-    ax.set_title("cosine similarity")
-    return fig, key
-
-
-def _tsne(result: RobustnessResult, seed: int):
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-
-    name = "gaussian_noise" if any(k[0] == "gaussian_noise" for k in result.perturbed_vectors) else None
-    name = name or (sorted(result.perturbed_vectors)[0][0] if result.perturbed_vectors else None)
-    if name is None:
-        return None
-    sevs = sorted(s for (n, s) in result.perturbed_vectors if n == name)
-    blocks = [result.perturbed_vectors[(name, s)] for s in sevs]
-    x = np.concatenate([result.clean_vectors, *blocks])
-    if len(x) < 5:
-        return None
-    emb = TSNE(
-        n_components=2, perplexity=min(30, len(x) - 1) / 2, random_state=seed, init="pca"
-    ).fit_transform(x)
-    fig, ax = plt.subplots(figsize=(5, 4.2))
-    n = len(result.clean_vectors)
-    for i, s in enumerate(sevs):
-        pts = emb[n * (i + 1) : n * (i + 2)]
-        ax.scatter(pts[:, 0], pts[:, 1], s=10, alpha=0.6, label=f"{name} sev {s}")
-    ax.scatter(emb[:n, 0], emb[:n, 1], s=18, c="k", marker="x", label="clean")
-    ax.set_title("t-SNE of clean and perturbed query embeddings")
-    ax.legend(fontsize=6, markerscale=1.5)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return fig
-
-
-def _examples(result: RobustnessResult):
-    import matplotlib.pyplot as plt
-
-    names = sorted({n for n, _ in result.examples})
-    if not names:
-        return None
-    sevs = sorted({s for _, s in result.examples})
-    fig, axes = plt.subplots(
-        len(names), len(sevs), figsize=(1.7 * len(sevs), 1.5 * len(names)), squeeze=False
-    )
-    ref = result.examples.get((names[0], 0))
-    # Python floats, so that the float32 panels stay float32 (a numpy float64 would promote them).
-    lo, hi = (float(v) for v in (np.percentile(ref, [1, 99.8]) if ref is not None else (0, SATURATION)))
-    for i, n in enumerate(names):
-        for j, s in enumerate(sevs):
-            ax = axes[i][j]
-            img = result.examples.get((n, s))
-            if img is not None:
-                # Twice the panel's 170 px at 100 dpi is all a reader sees; full size in float64 cost
-                # ~150 MB over the figure, the peak of a whole run.
-                shown = render.downscale(img, EXAMPLE_PX)
-                ax.imshow(np.clip((shown - lo) / max(hi - lo, 1), 0, 1), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"severity {s}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(n, fontsize=7)
-    fig.suptitle("One query under each perturbation (fixed display window)", fontsize=9)
-    fig.tight_layout()
-    return fig
 
 
 def headline_rows(summary: list[dict]) -> list[dict]:
@@ -359,16 +171,7 @@ def write_report(result: RobustnessResult, out_dir: Path, index_meta: dict[str, 
     atomic_write_json(out_dir / "report.json", rep)
     _write_csv(out_dir / "rows.csv", result.rows)
     _write_csv(out_dir / "summary.csv", rep["summary"])
-    perturbations = list(result.config.perturbations)
-    figures: list[tuple[str, Any]] = [
-        ("Metric vs severity (mean, 95 % interval; dashed: chance)", _curves(rep["summary"], perturbations))
-    ]
-    figures.append(("Defocus curve (metric vs |dz|)", _defocus_curve(rep["summary"])))
-    figures.append(("Drift at the highest severity", _drift_hist(result.rows, perturbations)))
-    heat, key = _heatmap(result)
-    figures.append(("Clean vs perturbed embeddings", heat))
-    figures.append(("t-SNE", _tsne(result, result.config.seed)))
-    figures.append(("Example images", _examples(result)))
+    figures = report_figures(result, rep["summary"])
     head = headline_rows(rep["summary"])
     table = html.escape(format_table(head, TABLE_COLUMNS))
     g = result.gallery or {}
@@ -428,7 +231,7 @@ def write_report(result: RobustnessResult, out_dir: Path, index_meta: dict[str, 
         if fig is None:
             continue
         parts.append(
-            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{_png(fig)}'>"
+            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png(fig)}'>"
         )
     parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(rep["config"], indent=1)) + "</pre>")
     parts.append("<p>Files: report.json (all numbers), summary.csv, rows.csv (per query).</p></body></html>")

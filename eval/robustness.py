@@ -231,23 +231,72 @@ def run_robustness(
     # Images moved or changed since the build are skipped and listed first (the report names them), so
     # that "none can be read" is the error a user sees when every file has moved.
     chosen, raws_all, unreadable = read_queries(choose_queries(records, config))
-    k = config.k
     excl = gallery.exclusions_from(catalog.relatives, [r.id for r in chosen], config.exclude)
+    queries, raws, skipped = _admit_queries(chosen, raws_all, excl, n_index, config)
+    # Deep enough that k results survive the largest exclusion (+1 for a defocus slice, +1 for the source).
+    opts = QueryOptions(k=min(n_index, config.k + max(len(excl.excluded[r.id]) for r in queries) + 2))
+    clean_vec = retriever.embed_arrays(raws)
+    clean_hits = retriever.search_vectors(clean_vec, opts)
+    qs = [_Query(r, excl.excluded[r.id], _ids(h)) for r, h in zip(queries, clean_hits)]
+    nn_scale, spread = _index_scale(records.ids(), store, config.seed)
+
+    synthetic = [p for p in config.perturbations if p != NATURAL]
+    tick = _Progress(progress, len(synthetic) * len(config.severities) + (NATURAL in config.perturbations))
+    rows, perturbed_vectors, examples = _synthetic_rows(
+        retriever, qs, raws, clean_vec, opts, nn_scale, n_index, config, synthetic, tick
+    )
+    if NATURAL in config.perturbations:
+        rows.extend(_defocus_rows(retriever, catalog, qs, clean_vec, config, nn_scale, opts, n_index))
+        tick()
+    return RobustnessResult(
+        rows=rows,
+        query_ids=[r.id for r in queries],
+        median_nn_distance=float(nn_scale),
+        clean_vectors=clean_vec,
+        perturbed_vectors=perturbed_vectors,
+        examples=examples,
+        ann_recall=_ann_recall(store, exact, clean_vec, config.k),
+        config=config,
+        gallery=_gallery_facts(qs, queries, skipped, excl, n_index, spread, config),
+        skipped_queries=unreadable,
+    )
+
+
+class _Progress:
+    """Calls ``progress(done, total)`` after each step of a run (nothing when ``progress`` is None)."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.total)
+
+
+def _admit_queries(chosen: list, raws_all: list, excl, n_index: int, config: RobustnessConfig):
+    """The queries with a gallery of at least k + 1 candidates once their relatives are excluded, their
+    images, and the skipped ones (``{"query_id", "candidates"}``, each logged).
+
+    A query needs k + 1 candidates: with exactly k both lists are the whole gallery and agree by
+    construction (chance level 1), so nothing would be measured.
+
+    Raises
+    ------
+    ConfigError
+        No query has enough candidates.
+    """
+    k = config.k
     if excl.fallback:
         log.warning(
             "%d queries have no known %s (file names say nothing): only the image itself is excluded for them",
             len(excl.fallback), config.exclude,
         )  # fmt: skip
-    # A query needs k + 1 candidates: with exactly k both lists are the whole gallery and agree by
-    # construction (chance level 1), so nothing would be measured. +1 more leaves room for a defocus slice.
-    skipped = [
-        {"query_id": r.id, "candidates": n_index - len(excl.excluded[r.id])}
-        for r in chosen
-        if n_index - len(excl.excluded[r.id]) < k + 1
-    ]
-    queries = [r for r in chosen if n_index - len(excl.excluded[r.id]) >= k + 1]
+    left = {r.id: n_index - len(excl.excluded[r.id]) for r in chosen}
+    skipped = [{"query_id": r.id, "candidates": left[r.id]} for r in chosen if left[r.id] < k + 1]
+    queries = [r for r in chosen if left[r.id] >= k + 1]
     if not queries:
-        worst = max((n_index - len(excl.excluded[r.id]) for r in chosen), default=0)
+        worst = max((left[r.id] for r in chosen), default=0)
         raise ConfigError(
             f"no query has a gallery of at least k + 1 = {k + 1} images: the index holds {n_index}, and "
             f"after excluding each query's own {config.exclude if config.exclude != 'none' else 'nothing'} "
@@ -257,32 +306,32 @@ def run_robustness(
         log.warning(
             "query %d skipped: %d candidates, fewer than k + 1 = %d", s["query_id"], s["candidates"], k + 1
         )
-    # Deep enough that k results survive the largest exclusion (+1 for a defocus slice, +1 for the source).
-    depth = min(n_index, k + max(len(excl.excluded[r.id]) for r in queries) + 2)
-    opts = QueryOptions(k=depth)
-    raws = [raw for r, raw in zip(chosen, raws_all) if n_index - len(excl.excluded[r.id]) >= k + 1]
-    clean_vec = retriever.embed_arrays(raws)
-    clean_hits = retriever.search_vectors(clean_vec, opts)
-    qs = [_Query(r, excl.excluded[r.id], _ids(h)) for r, h in zip(queries, clean_hits)]
+    raws = [raw for r, raw in zip(chosen, raws_all) if left[r.id] >= k + 1]
+    return queries, raws, skipped
 
-    sample_ids = records.ids()
-    if len(sample_ids) > NN_SAMPLE:
-        sample_ids = np.sort(np.random.default_rng(config.seed).choice(sample_ids, NN_SAMPLE, replace=False))
-    sample_vec = store.get_vectors(sample_ids) if len(sample_ids) > 1 else None
+
+def _index_scale(ids: np.ndarray, store: VectorStore, seed: int) -> tuple[float, float]:
+    """The median nearest-neighbour cosine distance and the median pairwise cosine of the index, on a
+    sample of at most :data:`NN_SAMPLE` stored vectors (NaN for fewer than 2)."""
+    if len(ids) > NN_SAMPLE:
+        ids = np.sort(np.random.default_rng(seed).choice(ids, NN_SAMPLE, replace=False))
+    sample_vec = store.get_vectors(ids) if len(ids) > 1 else None
     nn_scale = metrics.median_nn_distance(sample_vec) if sample_vec is not None else float("nan")
     spread = metrics.median_pairwise_cosine(sample_vec) if sample_vec is not None else float("nan")
+    return nn_scale, spread
 
+
+def _synthetic_rows(retriever, qs, raws, clean_vec, opts, nn_scale, n_index, config, synthetic, tick):
+    """One row per query, synthetic perturbation and severity; with the perturbed vectors and the first
+    query's perturbed image of each (perturbation, severity)."""
     rows: list[dict[str, Any]] = []
     perturbed_vectors: dict[tuple[str, int], np.ndarray] = {}
     examples: dict[tuple[str, int], np.ndarray] = {}
-    synthetic = [p for p in config.perturbations if p != NATURAL]
-    total = len(synthetic) * len(config.severities) + (NATURAL in config.perturbations)
-    done = 0
     for name in synthetic:
         for sev in config.severities:
             images = [
-                perturb.apply(name, raw, sev, perturb.perturbation_rng(config.seed, rec.id, name, sev))
-                for raw, rec in zip(raws, queries)
+                perturb.apply(name, raw, sev, perturb.perturbation_rng(config.seed, q.record.id, name, sev))
+                for raw, q in zip(raws, qs)
             ]
             examples[(name, sev)] = images[0]
             vec = retriever.embed_arrays(images)
@@ -305,24 +354,26 @@ def run_robustness(
                         "drift_normalised": float(metrics.normalised_drift(cos[i], nn_scale)),
                     }
                 )
-            done += 1
-            if progress:
-                progress(done, total)
-    if NATURAL in config.perturbations:
-        rows.extend(_defocus_rows(retriever, catalog, qs, clean_vec, config, nn_scale, opts, n_index))
-        done += 1
-        if progress:
-            progress(done, total)
-    ann = None
-    if exact is not None:
-        approx = [_ids(h)[:k] for h in store.search(clean_vec, k)]
-        truth = [_ids(h)[:k] for h in exact.search(clean_vec, k)]
-        ann = recall_at_k(approx, truth, k)
+            tick()
+    return rows, perturbed_vectors, examples
+
+
+def _ann_recall(store: VectorStore, exact: VectorStore | None, clean_vec: np.ndarray, k: int) -> float | None:
+    """Recall@k of the store's search against ``exact``'s for the clean queries (None without one)."""
+    if exact is None:
+        return None
+    approx = [_ids(h)[:k] for h in store.search(clean_vec, k)]
+    truth = [_ids(h)[:k] for h in exact.search(clean_vec, k)]
+    return recall_at_k(approx, truth, k)
+
+
+def _gallery_facts(qs, queries, skipped, excl, n_index, spread, config) -> dict[str, Any]:
+    """What the report says about the galleries the lists were drawn from."""
     cands = [n_index - len(q.excluded) for q in qs]
-    gallery_facts = {
+    return {
         "exclude": config.exclude,
         "index_size": n_index,
-        "min_candidates": k + 1,
+        "min_candidates": config.k + 1,
         "candidates_min": int(min(cands)),
         "candidates_median": float(np.median(cands)),
         "candidates_max": int(max(cands)),
@@ -332,18 +383,6 @@ def run_robustness(
         "query_sources": _count(r.source or "unknown" for r in queries),
         "median_pairwise_cosine": float(spread),
     }
-    return RobustnessResult(
-        rows=rows,
-        query_ids=[r.id for r in queries],
-        median_nn_distance=float(nn_scale),
-        clean_vectors=clean_vec,
-        perturbed_vectors=perturbed_vectors,
-        examples=examples,
-        ann_recall=ann,
-        config=config,
-        gallery=gallery_facts,
-        skipped_queries=unreadable,
-    )
 
 
 def _count(values) -> dict[str, int]:

@@ -26,8 +26,8 @@ import numpy as np
 from indexer.core.records import ImageRecord
 from indexer.stores.base import VectorStore
 from indexer.stores.record_table import CODED_FIELDS, NO_INT, RecordTable
+from retriever.http.app import ClientError
 from retriever.lru import SizedLRU
-from retriever.server import ClientError
 
 ROWS = "ABCDEFGHIJKLMNOP"
 COLUMNS = 24

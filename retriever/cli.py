@@ -155,7 +155,7 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
     where = MetadataFilter(well=well, site=site, channel=channel, z=z_slices, plate=plate, tags=tags)
     options = QueryOptions(k=k, where=where, max_distance=max_distance)
     if server:
-        from retriever.server import query_server
+        from retriever.http.client import query_server
 
         if ids:
             raise ConfigError("--server takes query images; query by --id against the index directly")
@@ -255,8 +255,9 @@ def serve(
     """
     setup_logging(max(verbose, 1))
     from indexer.core.limits import MB, DecodeLimits, RequestLimits
+    from retriever.http.service import QueryService
+    from retriever.http.transport import make_server
     from retriever.search import Retriever
-    from retriever.server import QueryService, make_server
 
     limits = RequestLimits(
         max_body_bytes=max_upload_mb * MB,
@@ -304,7 +305,7 @@ def build_app(service, index_dir: Path | None, reports: list[Path]):
     from importlib.metadata import entry_points
 
     from retriever import explorer
-    from retriever.server import App
+    from retriever.http.app import App
 
     app = App(service, service.limits)
     faiss = service.backends.get("faiss")

@@ -1,6 +1,6 @@
 """The web explorer's server side: the page, thumbnails, facets, the plate map and report links.
 
-Everything is added to the query server's :class:`~retriever.server.App` by :func:`register`:
+Everything is added to the query server's :class:`~retriever.http.app.App` by :func:`register`:
 
 ======================  =======================================================================
 ``GET /``                the page (``retriever/web/index.html``); ``GET /static/NAME`` its files
@@ -34,8 +34,9 @@ from indexer.core.errors import DecodeError
 from indexer.images.sources import load_image
 from retriever import render
 from retriever.catalog import Catalog
+from retriever.http.app import App, ClientError, Request, Response, json_response, parse_id
+from retriever.http.service import QueryService
 from retriever.lru import SizedLRU
-from retriever.server import App, ClientError, QueryService, Request, Response, json_response, parse_id
 
 log = logging.getLogger(__name__)
 

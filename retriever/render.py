@@ -4,7 +4,7 @@ The intensity window is the index's own (:class:`~indexer.core.config.IntensityC
 percentiles computed exactly as :func:`indexer.model.preprocess.histogram_quantiles` does, or the fixed or
 data-set window recorded in the manifest. No torch here: the explorer renders on HTTP worker threads,
 and a torch call there would start a second OpenMP pool beside the compute thread's (see
-:class:`retriever.server.QueryService`).
+:class:`retriever.http.service.QueryService`).
 """
 
 from __future__ import annotations

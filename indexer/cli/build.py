@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -9,10 +10,14 @@ from pathlib import Path
 import click
 
 from indexer.cli.options import (
+    FloatPair,
+    KindChoice,
+    MemorySize,
     channels_tuple,
     format_option,
     handle_errors,
     no_wait_option,
+    normalize_options,
     option_group,
     redis_options,
     require_extra,
@@ -26,13 +31,11 @@ from indexer.core.config import (
     BuildConfig,
     IntensityConfig,
     ModelConfig,
-    NormalizeConfig,
     PreprocessConfig,
     SourceConfig,
 )
 from indexer.core.errors import ConfigError
 from indexer.stores.binding import describe_identity
-from indexer.stores.faiss.kinds import parse_memory
 from indexer.stores.manifest import read_folder_manifest, resolve_model_name
 
 
@@ -53,16 +56,6 @@ def resume_settings(manifest: dict | None, index_dir: Path) -> dict:
         "intensity": IntensityConfig(**inten),
         "resize": manifest["preprocess"]["resize"],
     }
-
-
-def _parse_window(value: str | None) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in value.split(","))
-    except ValueError as e:
-        raise ConfigError(f"--window takes LOW,HIGH (e.g. 0,4095), got {value!r}") from e
-    return lo, hi
 
 
 model_options = option_group(
@@ -86,7 +79,10 @@ preprocess_options = option_group(
         "--high", default=None, type=float, help="High percentile (percentile/dataset) [default: 99.8]."
     ),
     click.option(
-        "--window", default=None, help="Fixed window LOW,HIGH in the images' units (default 0,4095)."
+        "--window",
+        type=FloatPair(),
+        default=None,
+        help="Fixed window LOW,HIGH in the images' units (default 0,4095).",
     ),
     click.option(
         "--resize",
@@ -117,34 +113,54 @@ redis_index_options = option_group(
     click.option("--hnsw-ef-runtime", default=800, show_default=True, type=int),
 )
 
-ray_options = option_group(
-    click.option(
-        "--engine",
-        type=click.Choice(["local", "ray"]),
-        default="local",
-        show_default=True,
-        help="Run here, or on Ray Data (pip install 'mae-microscopy[ray]').",
-    ),  # fmt: skip
-    click.option(
-        "--ray-address", default=None, help="auto or ray://HOST:PORT; default: a local Ray runtime."
-    ),
-    click.option(
-        "--concurrency",
-        default=None,
-        type=int,
-        help="Ray embedding actors [default: one per GPU slot, or per CPU without GPUs].",
-    ),  # fmt: skip
-    click.option("--num-gpus-per-worker", default=0.0, show_default=True, type=float),
-    click.option(
-        "--threads-per-worker",
-        default=None,
-        type=int,
-        help="Torch threads per Ray embedding actor [default: cluster CPUs / actors].",
-    ),  # fmt: skip
-    click.option(
-        "--writers", default=1, show_default=True, type=int, help="Ray write actors (Redis, shards)."
-    ),
-)
+
+def ray_options(fn):
+    """``--engine`` and the Ray options, passed to the command as ``ray``: a
+    :class:`~indexer.ingest.ray_engine.RayConfig` for ``--engine ray``, ``None`` for the local engine."""
+
+    @functools.wraps(fn)
+    def command(
+        *args, engine, ray_address, concurrency, num_gpus_per_worker, threads_per_worker, writers, **kwargs
+    ):
+        ray = None
+        if engine == "ray":
+            from indexer.ingest.ray_engine import RayConfig
+
+            try:
+                ray = RayConfig(address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker,
+                                threads_per_worker=threads_per_worker, writers=writers)  # fmt: skip
+            except ConfigError as e:
+                raise click.UsageError(str(e)) from e
+        return fn(*args, ray=ray, **kwargs)
+
+    return option_group(
+        click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help="Run here, or on Ray Data (pip install 'mae-microscopy[ray]').",
+        ),  # fmt: skip
+        click.option(
+            "--ray-address", default=None, help="auto or ray://HOST:PORT; default: a local Ray runtime."
+        ),
+        click.option(
+            "--concurrency",
+            default=None,
+            type=int,
+            help="Ray embedding actors [default: one per GPU slot, or per CPU without GPUs].",
+        ),  # fmt: skip
+        click.option("--num-gpus-per-worker", default=0.0, show_default=True, type=float),
+        click.option(
+            "--threads-per-worker",
+            default=None,
+            type=int,
+            help="Torch threads per Ray embedding actor [default: cluster CPUs / actors].",
+        ),  # fmt: skip
+        click.option(
+            "--writers", default=1, show_default=True, type=int, help="Ray write actors (Redis, shards)."
+        ),
+    )(command)
 
 
 @click.command()
@@ -159,35 +175,15 @@ ray_options = option_group(
               help="CSV or parquet table: path -> plate, well, site, channel, z; other columns become tags.")  # fmt: skip
 @preprocess_options
 @redis_index_options
-@click.option(
-    "--normalize",
-    "normalize",
-    type=click.Choice(["none", "center", "whiten"]),
-    default=None,
-    help="Fit a centering or PCA whitening on this first build's vectors; stored with the index and "
-    "applied to every stored and query vector [default: none; an existing index: its own].",
-)
-@click.option(
-    "--normalize-eps",
-    "normalize_eps",
-    type=float,
-    default=None,
-    help="Whitening ridge added to each covariance eigenvalue [default: 1e-6].",
-)
-@click.option(
-    "--fit-on",
-    "fit_on",
-    multiple=True,
-    help="Fit the normalisation on a subset only: FIELD=VALUE[,VALUE] (well, site, plate, channel, "
-    "z, row, column, source, tag=KEY=VALUE); repeat to AND fields.",
-)
+@normalize_options
 @click.option("--strict", is_flag=True, help="Stop at the first unusable image instead of skipping it.")
 @click.option("--force", is_flag=True, help="Re-embed images already in the index.")
 @ray_options
-@click.option("--faiss-index", default=None, metavar="KIND",
+@click.option("--faiss-index", type=KindChoice(), default=None, metavar="KIND",
               help="FAISS mirror index: Flat (exact), HNSW32, IVF{n},Flat, IVF{n},PQ{m} (e.g. IVF4096,PQ96) or "
                    "auto (from the count and --faiss-memory) [default: the folder's, Flat for a new one].")  # fmt: skip
-@click.option("--faiss-memory", default="4G", show_default=True, help="Memory budget of auto's FAISS index.")
+@click.option("--faiss-memory", type=MemorySize(), default="4G", show_default=True,
+              help="Memory budget of auto's FAISS index.")  # fmt: skip
 @click.option("--checkpoint-every", default=512, show_default=True, type=int,
               help="Images between durable FAISS checkpoints (a crash loses at most this many).")  # fmt: skip
 @no_wait_option
@@ -197,9 +193,8 @@ ray_options = option_group(
 @handle_errors
 def build(data, index_dir, model, revision, pooling, batch_size, workers, device, precision, compile_model,
           channels, z_slices, metadata, intensity, low, high, window, resize, redis_url, redis_index, redis_algorithm,
-          redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, normalize, normalize_eps, fit_on, strict, force,
-          engine, ray_address, concurrency, num_gpus_per_worker, threads_per_worker, writers, faiss_index, faiss_memory,
-          checkpoint_every, no_wait, fmt, no_progress, verbose):  # fmt: skip
+          redis_dtype, hnsw_m, hnsw_ef_construction, hnsw_ef_runtime, normalize, strict, force, ray, faiss_index,
+          faiss_memory, checkpoint_every, no_wait, fmt, no_progress, verbose):  # fmt: skip
     """Embed the images in DATA (folders, BBBC006 zips, TIFFs) into the index at --index.
 
     Images already in the index (same content) are skipped, so a re-run resumes. Unusable images are
@@ -210,7 +205,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
       mae-index build examples/bbbc006 --index runs/idx --model examples/models/mae-tiny-bbbc006
     """
     setup_logging(verbose)
-    if engine == "ray":
+    if ray is not None:
         require_extra("ray")  # before the model loads or a folder is written
     from indexer.stores.binding import redis_config_for
 
@@ -223,7 +218,7 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         inten = resume.get("intensity", IntensityConfig())
     else:
         inten = IntensityConfig(mode=intensity or "percentile", low=1.0 if low is None else low,
-                                high=99.8 if high is None else high, window=_parse_window(window))  # fmt: skip
+                                high=99.8 if high is None else high, window=window)  # fmt: skip
     config = BuildConfig(
         sources=SourceConfig(
             paths=tuple(data), channels=channels_tuple(channels), z=tuple(z_slices), metadata=metadata
@@ -254,19 +249,13 @@ def build(data, index_dir, model, revision, pooling, batch_size, workers, device
         strict=strict,
         force=force,
         flush_every=checkpoint_every,
-        normalize=NormalizeConfig(kind=normalize, eps=normalize_eps, fit_on=tuple(fit_on)),
+        normalize=normalize,
         wait=not no_wait,
         faiss_index=faiss_index,
-        faiss_memory=parse_memory(faiss_memory),
+        faiss_memory=faiss_memory,
     )
     from indexer.ingest.jobs import run_build
 
-    ray = None
-    if engine == "ray":
-        from indexer.ingest.ray_engine import RayConfig
-
-        ray = RayConfig(address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker,
-                        threads_per_worker=threads_per_worker, writers=writers)  # fmt: skip
     summary = run_build(config, progress=not no_progress, ray=ray)
     for line in summary.store_problems:
         click.echo(f"Error: after the build, {line}", err=True)

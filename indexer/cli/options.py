@@ -205,3 +205,112 @@ def option_group(*decorators: Callable[..., Any]) -> Callable[[Callable[..., Any
         return fn
 
     return apply
+
+
+# -- option values parsed once, here, into the typed values the config takes -----------------------------
+
+
+class KindChoice(click.ParamType):
+    """``--faiss-index``: ``auto`` or a FAISS factory string, as a
+    :class:`~indexer.core.config.FaissIndexSpec` holding the canonical factory (``hnsw`` -> ``HNSW32``)."""
+
+    name = "kind"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Parse one value (a spec passes through: click converts defaults too)."""
+        from indexer.core.config import FaissIndexSpec
+        from indexer.stores.faiss.kinds import parse_kind
+
+        if isinstance(value, FaissIndexSpec):
+            return value
+        if value == "auto":
+            return FaissIndexSpec()
+        try:
+            return FaissIndexSpec(parse_kind(value).factory)
+        except ConfigError as e:
+            self.fail(str(e), param, ctx)
+
+
+class MemorySize(click.ParamType):
+    """``--faiss-memory``: a size like ``512M``, ``4G``, ``1.5GB`` or plain bytes, as bytes."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Parse one value into bytes."""
+        from indexer.stores.faiss.kinds import parse_memory
+
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_memory(value)
+        except ConfigError as e:
+            self.fail(str(e), param, ctx)
+
+
+class FloatPair(click.ParamType):
+    """``LOW,HIGH`` (``--window 0,4095``) as a ``(low, high)`` tuple of floats."""
+
+    name = "low,high"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Parse one value (a tuple passes through)."""
+        if isinstance(value, tuple):
+            return value
+        try:
+            lo, hi = (float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"takes LOW,HIGH (e.g. 0,4095), got {value!r}", param, ctx)
+        return lo, hi
+
+
+def fit_on_filter(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    """The ``--fit-on`` values (AND across options) as one :class:`~indexer.core.records.MetadataFilter`,
+    or ``None`` for none given."""
+    from indexer.core.config import parse_fit_on
+
+    try:
+        return parse_fit_on(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e).removeprefix("--fit-on "), ctx, param) from e
+
+
+def normalize_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--normalize``, ``--normalize-eps`` and ``--fit-on``, passed to the command as one
+    :class:`~indexer.core.config.NormalizeSpec` named ``normalize``."""
+    from indexer.vectors.normalize import KINDS
+
+    @functools.wraps(fn)
+    def command(
+        *args: Any, normalize_kind: str | None, normalize_eps: float | None, fit_on: Any, **kwargs: Any
+    ):
+        from indexer.core.config import NormalizeSpec
+
+        spec = NormalizeSpec(kind=normalize_kind, eps=normalize_eps, fit_on=fit_on)
+        return fn(*args, normalize=spec, **kwargs)
+
+    return option_group(
+        click.option(
+            "--normalize",
+            "normalize_kind",
+            type=click.Choice(KINDS),
+            default=None,
+            help="Fit a centering or PCA whitening on this first build's vectors; stored with the index and "
+            "applied to every stored and query vector [default: none; an existing index: its own].",
+        ),
+        click.option(
+            "--normalize-eps",
+            "normalize_eps",
+            type=click.FloatRange(min=0.0),
+            default=None,
+            help="Whitening ridge added to each covariance eigenvalue [default: 1e-6].",
+        ),
+        click.option(
+            "--fit-on",
+            "fit_on",
+            multiple=True,
+            callback=fit_on_filter,
+            help="Fit the normalisation on a subset only: FIELD=VALUE[,VALUE] (well, site, plate, channel, "
+            "z, row, column, source, tag=KEY=VALUE); repeat to AND fields.",
+        ),
+    )(command)

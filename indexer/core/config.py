@@ -6,16 +6,21 @@ query embeds images exactly as the index did.
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from indexer.bbbc006.constants import SATURATION
 from indexer.core.errors import ConfigError
+from indexer.core.records import MetadataFilter
 
 DEFAULT_MODEL = "facebook/vit-mae-base"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: ``--intensity fixed``'s default window: BBBC006's 12-bit range (its camera saturates at 4095,
+#: :data:`indexer.bbbc006.constants.SATURATION`; a test checks the two agree).
+DEFAULT_FIXED_WINDOW = (0.0, 4095.0)
 
 Pooling = Literal["mean", "cls", "iqm"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -49,7 +54,7 @@ class IntensityConfig:
         if not 0.0 <= self.low < self.high <= 100.0:
             raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
         if self.mode == "fixed" and self.window is None:
-            object.__setattr__(self, "window", (0.0, float(SATURATION)))
+            object.__setattr__(self, "window", DEFAULT_FIXED_WINDOW)
         if self.window is not None:
             lo, hi = (float(v) for v in self.window)
             if not hi > lo:
@@ -199,22 +204,113 @@ class SourceConfig:
             object.__setattr__(self, "metadata", Path(self.metadata))
 
 
+#: Fields ``--fit-on`` accepts (those of the query filters; tags as ``tag=key=value``).
+FIT_ON_FIELDS = ("plate", "well", "row", "column", "site", "channel", "z", "source", "tag")
+
+
+def parse_fit_on(specs: Sequence[str]) -> MetadataFilter | None:
+    """``--fit-on`` values (``well=A01,A02``, ``site=1``, ``tag=treatment=dmso``) as one filter (AND across
+    options, OR among one option's values); ``None`` for none given.
+
+    Raises
+    ------
+    ConfigError
+        A value without ``=``, an unknown field, or a value the field cannot take.
+    """
+    if not specs:
+        return None
+    values_of: dict[str, list] = {}
+    for spec in specs:
+        name, sep, values = str(spec).partition("=")
+        name = name.strip().lower()
+        if not sep or name not in FIT_ON_FIELDS or not values.strip():
+            raise ConfigError(
+                f"--fit-on {spec!r}: give FIELD=VALUE[,VALUE...] with FIELD one of {', '.join(FIT_ON_FIELDS)}"
+            )
+        key = "tags" if name == "tag" else name
+        parts = [values.strip()] if key == "tags" else [v.strip() for v in values.split(",") if v.strip()]
+        values_of.setdefault(key, []).extend(parts)
+    try:
+        return MetadataFilter(**{k: tuple(v) for k, v in values_of.items()})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--fit-on {' '.join(specs)}: {e}") from e
+
+
+def fit_on_text(where: MetadataFilter | None) -> str | None:
+    """A ``--fit-on`` filter as the manifest records it: ``FIELD=VALUE[,VALUE]`` items joined by spaces, in
+    the filter's field order (an item holding a space is quoted); ``None`` for no filter."""
+    if where is None:
+        return None
+    items = []
+    for name in FIT_ON_FIELDS:
+        values = getattr(where, "tags" if name == "tag" else name)
+        if name == "tag":
+            items.extend(f"tag={t}" for t in values)
+        elif values:
+            items.append(f"{name}={','.join(str(v) for v in values)}")
+    return " ".join(shlex.quote(i) if any(c.isspace() for c in i) else i for i in items) or None
+
+
+def _fit_on_items(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError:  # an unbalanced quote in a tag value recorded before items were quoted
+        return text.split()
+
+
 @dataclass(frozen=True)
-class NormalizeConfig:
-    """``--normalize``: the kind (``None`` = the index's own, or none for a new index), the whitening
-    ridge, and the subset to fit on (``("well=A01,A02", "site=1")``: fields of the query filters)."""
+class NormalizeSpec:
+    """``--normalize``, ``--normalize-eps`` and ``--fit-on``, parsed: the kind (``None`` = the index's own,
+    or none for a new index; the CLI checks it against :data:`indexer.vectors.normalize.KINDS`), the
+    whitening ridge, and the subset to fit on (a filter of the query filters' fields)."""
 
     kind: str | None = None
     eps: float | None = None
-    fit_on: tuple[str, ...] = ()
+    fit_on: MetadataFilter | None = None
 
     def __post_init__(self) -> None:
-        from indexer.vectors.normalize import check_kind
-
-        if self.kind is not None:
-            check_kind(self.kind)
         if self.eps is not None and self.eps < 0:
             raise ConfigError(f"--normalize-eps must be >= 0, got {self.eps}")
+        if self.fit_on is not None and self.fit_on.is_empty:
+            object.__setattr__(self, "fit_on", None)
+
+    def to_record(self) -> dict[str, Any]:
+        """The manifest's ``normalize`` record of a transform still to fit: ``{"kind": "none"}``, or
+        ``{"kind", "eps" (whiten only, else None), "fit_on" (text, or None)}``."""
+        if self.kind in (None, "none"):
+            return {"kind": "none"}
+        return {
+            "kind": self.kind,
+            "eps": self.eps if self.kind == "whiten" else None,
+            "fit_on": fit_on_text(self.fit_on),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> NormalizeSpec:
+        """The spec a manifest's ``normalize`` record (fitted or not) was made from."""
+        text = record.get("fit_on")
+        return cls(
+            kind=record.get("kind", "none"),
+            eps=record.get("eps"),
+            fit_on=parse_fit_on(_fit_on_items(text)) if text else None,
+        )
+
+
+@dataclass(frozen=True)
+class FaissIndexSpec:
+    """``--faiss-index``, parsed by the CLI: a FAISS factory string in its canonical form, or ``auto``
+    (``factory`` None: the kind is chosen from the count and the memory budget at the end of a build)."""
+
+    factory: str | None = None
+
+    @property
+    def auto(self) -> bool:
+        """True for ``auto``."""
+        return self.factory is None
+
+    def __str__(self) -> str:
+        """The text the FAISS store takes: the factory string, or ``auto``."""
+        return self.factory or "auto"
 
 
 @dataclass(frozen=True)
@@ -233,9 +329,9 @@ class BuildConfig:
     flush_every: int = 512  # images between durable FAISS checkpoints
     progress: bool = True
     wait: bool = True  # wait for another writer of the index folder (False: fail at once)
-    faiss_index: str | None = None  # FAISS factory string or "auto"; None keeps the folder's (Flat if new)
+    faiss_index: FaissIndexSpec | None = None  # None keeps the folder's (Flat if new)
     faiss_memory: int | None = None  # auto's memory budget for the FAISS index, bytes (default 4 GiB)
-    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    normalize: NormalizeSpec = field(default_factory=NormalizeSpec)
     # Decode workers run while the forward runs: None (auto) on a GPU only; on a CPU they take turns
     # with it (indexer.ingest.turns).
     decode_during_forward: bool | None = None
@@ -248,9 +344,5 @@ class BuildConfig:
         if self.flush_every < 1:
             raise ConfigError(f"checkpoint interval must be >= 1, got {self.flush_every}")
         object.__setattr__(self, "index_dir", Path(self.index_dir))
-        if self.faiss_index is not None and self.faiss_index != "auto":
-            from indexer.stores.faiss.kinds import parse_kind
-
-            object.__setattr__(self, "faiss_index", parse_kind(self.faiss_index).factory)
         if self.faiss_memory is not None and self.faiss_memory <= 0:
             raise ConfigError(f"--faiss-memory must be positive, got {self.faiss_memory}")

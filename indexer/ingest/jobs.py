@@ -32,8 +32,10 @@ def run_build(config: BuildConfig, progress: bool = True, ray=None) -> BuildSumm
     # The folder's write lock, and with it the check that the folder is writable, also come before the
     # model loads and long before anything is embedded.
     # The Flat index is built from the shards when the build closes, not held while it embeds.
-    faiss = FaissStore(config.index_dir, wait=config.wait, kind=config.faiss_index,
-                       memory=config.faiss_memory, defer_index=True)  # fmt: skip
+    kind = None if config.faiss_index is None else str(config.faiss_index)  # the store takes it as text
+    faiss = FaissStore(
+        config.index_dir, wait=config.wait, kind=kind, memory=config.faiss_memory, defer_index=True
+    )
     try:
         encoder = load_encoder(config.model)
         opened = open_stores(config.index_dir, config.redis, dim=encoder.dim, faiss_store=faiss)

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from indexer.core.config import BuildConfig
+from indexer.core.config import BuildConfig, NormalizeSpec
 from indexer.core.errors import ConfigError, MaeError
 from indexer.core.records import ImageRecord
 from indexer.images.sources import SourceItem
@@ -90,13 +90,12 @@ def fit_and_write(
     ConfigError
         The ``--fit-on`` subset holds fewer than 2 of the images.
     """
-    from indexer.ingest.plan import parse_fit_on
     from indexer.vectors.normalize import fit_transform
     from indexer.vectors.transform_file import encode_transform, fitted_record
 
     vectors = np.concatenate([v for v, _ in held])
     records = [r for _, rs in held for r in rs]
-    where = parse_fit_on(tuple(record["fit_on"].split())) if record.get("fit_on") else None
+    where = NormalizeSpec.from_record(record).fit_on
     chosen = vectors if where is None else vectors[[where.matches(r) for r in records]]
     if where is not None and len(chosen) < 2:
         raise ConfigError(

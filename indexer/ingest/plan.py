@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from indexer.core.atomic import atomic_write
-from indexer.core.config import BuildConfig, NormalizeConfig, PreprocessConfig
+from indexer.core.config import BuildConfig, NormalizeSpec, PreprocessConfig, fit_on_text
 from indexer.core.csv_safe import escape_formula
-from indexer.core.errors import ConfigError, DecodeError, EmptyBuildError, IndexMismatchError
-from indexer.core.records import ImageRecord, MetadataFilter
+from indexer.core.errors import DecodeError, EmptyBuildError, IndexMismatchError
+from indexer.core.records import ImageRecord
 from indexer.images.source_list import SourceList
 from indexer.images.sources import SourceItem, SourceProblem, describe_search, iter_sources
 from indexer.ingest.prepare import Rejected
@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 REJECTED_CSV = "rejected.csv"
 #: ``--normalize`` of a new index when the flag is not given (chosen by the README's measurement).
 DEFAULT_NORMALIZE = "none"
-#: Fields ``--fit-on`` accepts (those of the query filters; tags as ``tag=key=value``).
-_FIT_FIELDS = ("plate", "well", "row", "column", "site", "channel", "z", "source", "tag")
 #: Images sampled (evenly over the sorted list) to compute a data-set intensity window.
 DATASET_WINDOW_IMAGES = 64
 
@@ -179,35 +177,7 @@ def write_batch(
         store.bulk_load(vectors[new_rows_], [records[i] for i in new_rows_])
 
 
-def parse_fit_on(specs: Sequence[str]) -> MetadataFilter | None:
-    """``--fit-on`` values (``well=A01,A02``, ``site=1``, ``tag=treatment=dmso``) as one filter (AND across
-    options, OR among one option's values); ``None`` for none given.
-
-    Raises
-    ------
-    ConfigError
-        A value without ``=``, an unknown field, or a value the field cannot take.
-    """
-    if not specs:
-        return None
-    fields: dict[str, list] = {}
-    for spec in specs:
-        name, sep, values = str(spec).partition("=")
-        name = name.strip().lower()
-        if not sep or name not in _FIT_FIELDS or not values.strip():
-            raise ConfigError(
-                f"--fit-on {spec!r}: give FIELD=VALUE[,VALUE...] with FIELD one of {', '.join(_FIT_FIELDS)}"
-            )
-        key = "tags" if name == "tag" else name
-        parts = [values.strip()] if key == "tags" else [v.strip() for v in values.split(",") if v.strip()]
-        fields.setdefault(key, []).extend(parts)
-    try:
-        return MetadataFilter(**{k: tuple(v) for k, v in fields.items()})
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"--fit-on {' '.join(specs)}: {e}") from e
-
-
-def settle_normalize(requested: NormalizeConfig, stored: dict | None) -> dict:
+def settle_normalize(requested: NormalizeSpec, stored: dict | None) -> dict:
     """The manifest's ``normalize`` record for this build: the stored one for an existing index (a
     different ``--normalize``, ridge or subset is refused), else a new, not yet fitted one.
 
@@ -217,39 +187,30 @@ def settle_normalize(requested: NormalizeConfig, stored: dict | None) -> dict:
         The flags differ from the index's manifest (the message names the field).
     """
     have = normalize_record(stored)
+    had = NormalizeSpec.from_record(have)
     # A first build that stopped before its fit (a --fit-on that matched too few images) fitted nothing:
     # its re-run may ask again, the flags it leaves out taken from the record.
-    if stored is not None and have.get("kind") != "none" and not have.get("sha256"):
-        requested = NormalizeConfig(
-            kind=requested.kind or have["kind"],
-            eps=have.get("eps") if requested.eps is None else requested.eps,
-            fit_on=requested.fit_on or tuple((have.get("fit_on") or "").split()),
+    if stored is not None and had.kind != "none" and not have.get("sha256"):
+        requested = NormalizeSpec(
+            kind=requested.kind or had.kind,
+            eps=had.eps if requested.eps is None else requested.eps,
+            fit_on=requested.fit_on or had.fit_on,
         )
         stored = None
     if stored is not None:
-        asked = {"kind": requested.kind, "eps": requested.eps, "fit_on": " ".join(requested.fit_on) or None}
+        asked = {"kind": requested.kind, "eps": requested.eps, "fit_on": requested.fit_on}
         for key, value in asked.items():
-            if (
-                value is not None
-                and (key != "eps" or have.get("kind") == "whiten")
-                and have.get(key) != value
-            ):
+            if value is not None and (key != "eps" or had.kind == "whiten") and getattr(had, key) != value:
+                shown = fit_on_text(value) if key == "fit_on" else value
                 raise IndexMismatchError(
-                    f"normalize.{key}: the index has {have.get(key)!r}, this run asks for {value!r}. The "
+                    f"normalize.{key}: the index has {have.get(key)!r}, this run asks for {shown!r}. The "
                     "transform is fitted once, at the first build: omit --normalize to reuse it, or build a "
                     "new index (another --index folder)."
                 )
         return have
     kind = requested.kind or DEFAULT_NORMALIZE
-    if kind == "none":
-        return {"kind": "none"}
-    parse_fit_on(requested.fit_on)  # refuse a bad subset before any image is read
     eps = DEFAULT_EPS if requested.eps is None else requested.eps
-    return {
-        "kind": kind,
-        "eps": eps if kind == "whiten" else None,
-        "fit_on": " ".join(requested.fit_on) or None,
-    }
+    return replace(requested, kind=kind, eps=eps).to_record()
 
 
 def list_items(config: BuildConfig) -> tuple[SourceList, list[SourceProblem]]:

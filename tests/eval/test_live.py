@@ -9,8 +9,9 @@ from eval import gallery, live
 from eval.robustness import RobustnessConfig, run_robustness
 from indexer.core.config import BuildConfig, SourceConfig
 from indexer.stores.faiss.store import FaissStore
+from retriever.http.app import App
+from retriever.http.service import QueryService
 from retriever.search import Retriever
-from retriever.server import App, QueryService
 from tests.retriever.test_explorer import _get
 from tests.retriever.test_server_hardening import _start
 

@@ -4,7 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from eval import report  # noqa: E402
+from eval import figures, report  # noqa: E402
 from eval.summary import summarise  # noqa: E402
 
 
@@ -28,14 +28,14 @@ def _rows():
 
 def test_curves_have_labelled_axes_and_chance_lines():
     s = summarise(_rows(), metrics=("self_at_1", "overlap_at_k", "rbo", "drift_normalised"), k=10)
-    fig = report._curves(s, ["gaussian_blur", "defocus_z"])
+    fig = figures.curves_figure(s, ["gaussian_blur", "defocus_z"])
     for ax in fig.axes:
         assert ax.get_ylabel() and "severity" in ax.get_xlabel() and "dz" not in ax.get_xlabel()
         # defocus is not drawn on the severity axis
         assert all(line.get_label() != "defocus_z" for line in ax.get_lines())
     # a dashed chance line beside each score curve (not for drift)
     assert any(line.get_linestyle() == "--" for line in fig.axes[1].get_lines())
-    dfig = report._defocus_curve(s)
+    dfig = figures.defocus_figure(s)
     ax = dfig.axes[0]
     assert "|dz|" in ax.get_xlabel() and "um" in ax.get_xlabel() and ax.get_ylabel()
     assert any(line.get_linestyle() == "--" for line in ax.get_lines())
@@ -49,7 +49,7 @@ def test_defocus_panels_are_labelled_by_provenance():
     ]
     rows += [{**r, "query_id": r["query_id"] + 100, "source": "real", "curve": "real"} for r in rows]
     s = summarise(rows, metrics=report.HEADLINE, k=10)
-    titles = [ax.get_title() for ax in report._defocus_curve(s).axes]
+    titles = [ax.get_title() for ax in figures.defocus_figure(s).axes]
     assert titles[0].startswith("Defocus, real z-stacks") and titles[1].startswith(
         "Defocus, synthetic z-stacks"
     )
@@ -95,7 +95,7 @@ def test_the_example_figure_draws_its_images_at_display_size_not_full_resolution
     image = rng.integers(0, 4095, size=(520, 696), dtype=np.uint16)
     examples = {(name, sev): image for name in "abcdefg" for sev in range(6)}
     tracemalloc.start()
-    fig = report._examples(SimpleNamespace(examples=examples))
+    fig = figures.examples_figure(SimpleNamespace(examples=examples))
     fig.savefig(io.BytesIO(), format="png", dpi=100)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

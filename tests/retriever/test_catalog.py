@@ -261,7 +261,7 @@ def test_the_plate_map_reads_the_vectors_of_the_plate_asked_for_and_keeps_a_boun
 
 
 def test_an_unknown_id_is_a_404_and_the_count_is_the_store_s(filled):
-    from retriever.server import ClientError
+    from retriever.http.app import ClientError
 
     store, records = filled
     catalog = Catalog(store, read_chunk=7)

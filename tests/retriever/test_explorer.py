@@ -16,8 +16,9 @@ from indexer.images.decode import decode_tiff
 from indexer.model.preprocess import intensity_window
 from indexer.stores.faiss.store import FaissStore
 from retriever import explorer, render
+from retriever.http.app import App
+from retriever.http.service import QueryService
 from retriever.search import Retriever
-from retriever.server import App, QueryService
 from tests.retriever.test_server_hardening import _start, index_dir  # noqa: F401
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from indexer.core.limits import RequestLimits
-from retriever.http_server import HttpServer, LogEvery
+from retriever.http.transport import HttpServer, LogEvery
 
 
 def _app(environ, start_response):  # pragma: no cover - never called: no request is sent

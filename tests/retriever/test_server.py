@@ -8,8 +8,10 @@ import pytest
 from indexer.core.records import MetadataFilter
 from indexer.model.presets import create_model
 from indexer.stores.faiss.store import FaissStore
+from retriever.http.client import query_server
+from retriever.http.service import QueryService
+from retriever.http.transport import make_server
 from retriever.search import QueryOptions, Retriever
-from retriever.server import QueryService, make_server, query_server
 
 
 @pytest.fixture(scope="module")

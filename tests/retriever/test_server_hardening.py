@@ -20,8 +20,9 @@ import pytest
 import tifffile
 
 from indexer.stores.faiss.store import FaissStore
+from retriever.http.service import QueryService
+from retriever.http.transport import make_server
 from retriever.search import QueryOptions, Retriever
-from retriever.server import QueryService, make_server
 from tests.conftest import zero_bomb
 
 

@@ -7,8 +7,8 @@ from indexer.core.config import BuildConfig, ModelConfig, PreprocessConfig, Sour
 from indexer.ingest.local import build_index
 from indexer.model.encoder import ViTMAEEncoder
 from indexer.stores.faiss.store import FaissStore
+from retriever.http.service import QueryService
 from retriever.search import Retriever
-from retriever.server import QueryService
 from tests.support.small_builds import build_in_small_shards
 
 

@@ -119,7 +119,8 @@ def test_dataset_window_of_undecodable_images_is_a_message(tmp_path, tiny_model_
 def test_duplicate_content_in_one_ray_batch_is_written_once_not_a_traceback(tmp_path, redis_config):
     from dataclasses import asdict
 
-    from indexer.ingest.ray_engine import _Write, import_shards
+    from indexer.ingest.ray_shards import import_shards
+    from indexer.ingest.ray_stages import Write
     from indexer.stores.faiss.store import FaissStore
     from indexer.stores.redis.store import RedisStore
 
@@ -130,7 +131,7 @@ def test_duplicate_content_in_one_ray_batch_is_written_once_not_a_traceback(tmp_
              "status": np.array(["ok", "ok", "ok"]), "stage": np.array(["", "", ""]),
              "reason": np.array(["", "", ""]), "meta": [meta] * 3, "vector": list(vec),
              "t_prepare": np.zeros(3), "t_embed": np.zeros(3), "precision": np.array(["fp32"] * 3)}  # fmt: skip
-    _Write(str(tmp_path / "shards"), asdict(redis_config))(batch)
+    Write(str(tmp_path / "shards"), asdict(redis_config))(batch)
     store = FaissStore(tmp_path / "idx", dim=4)
     assert import_shards(str(tmp_path / "shards"), store) == 2
     assert store.count() == 2 and RedisStore(redis_config).count() == 2

@@ -39,6 +39,7 @@ names), :mod:`.phenotypes` (what a well looks like, and the ground truth), :mod:
 field of view, no I/O) and :mod:`.write` (TIFFs and the ground-truth CSV).
 """
 
+from indexer.bbbc006.synthetic.optics import defocus_radius, defocus_transfer
 from indexer.bbbc006.synthetic.phenotypes import (
     GROUND_TRUTH_COLUMNS,
     PHENOTYPE_CLASSES,
@@ -48,7 +49,7 @@ from indexer.bbbc006.synthetic.phenotypes import (
     family_classes,
     well_phenotype,
 )
-from indexer.bbbc006.synthetic.render import RenderedSite, defocus_radius, defocus_transfer, render_site
+from indexer.bbbc006.synthetic.render import RenderedSite, render_site
 from indexer.bbbc006.synthetic.spec import SyntheticConfig, file_uuid, image_path, well_range
 from indexer.bbbc006.synthetic.write import GROUND_TRUTH_NAME, GenerationSummary, generate
 

@@ -133,7 +133,7 @@ def test_fit_on_a_subset_and_center(tmp_path, tiny_model_dir, real_images, redis
 
 
 def test_server_and_explorer_path_apply_the_transform(whitened, redis_config, real_images):
-    from retriever.server import QueryService
+    from retriever.http.service import QueryService
 
     retriever = Retriever.open(FaissStore(whitened, read_only=True), device="cpu")
     service = QueryService(retriever)

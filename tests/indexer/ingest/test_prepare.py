@@ -13,7 +13,7 @@ import numpy as np
 from indexer.core.config import PreprocessConfig
 from indexer.core.records import RECORD_FIELDS, ImageMeta
 from indexer.images.sources import SourceItem
-from indexer.ingest import ray_engine
+from indexer.ingest import ray_stages
 from indexer.ingest.prepare import prepare_item
 
 PRE = PreprocessConfig(image_size=(64, 64))
@@ -71,7 +71,7 @@ def test_ray_prepare_task_opens_each_zip_once_and_takes_metadata_from_the_driver
         "path": np.array(paths, dtype=object),
         "meta": np.array(metas, dtype=object),
     }
-    out = ray_engine._prepare_batch(batch, PRE.to_dict(), frozenset())
+    out = ray_stages.prepare_batch(batch, PRE.to_dict(), frozenset())
     assert opened == [str(archive)]
     assert out["status"] == ["ok"] * 5
     assert [m["well"] for m in out["meta"]] == [f"B0{i}" for i in range(5)]

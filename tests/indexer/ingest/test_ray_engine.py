@@ -10,7 +10,8 @@ ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
 from indexer.core.config import BuildConfig, SourceConfig  # noqa: E402
 from indexer.ingest.local import build_index  # noqa: E402
-from indexer.ingest.ray_engine import SHARD_DIR, RayConfig, run_ray_build  # noqa: E402
+from indexer.ingest.ray_engine import RayConfig, run_ray_build  # noqa: E402
+from indexer.ingest.ray_shards import SHARD_DIR  # noqa: E402
 from indexer.stores.faiss.store import FaissStore, records_to_table  # noqa: E402
 from indexer.stores.mirror import verify_stores  # noqa: E402
 from tests.conftest import SYNTH_DIR  # noqa: E402

@@ -11,10 +11,11 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
-from indexer.core.config import BuildConfig, NormalizeConfig, SourceConfig  # noqa: E402
+from indexer.core.config import BuildConfig, NormalizeSpec, SourceConfig, parse_fit_on  # noqa: E402
 from indexer.core.errors import ConfigError  # noqa: E402
 from indexer.ingest.local import build_index  # noqa: E402
-from indexer.ingest.ray_engine import RAW_DIR, SHARD_DIR, RayConfig, run_ray_build  # noqa: E402
+from indexer.ingest.ray_engine import RayConfig, run_ray_build  # noqa: E402
+from indexer.ingest.ray_shards import RAW_DIR, SHARD_DIR  # noqa: E402
 from indexer.stores.faiss.store import FaissStore  # noqa: E402
 from indexer.stores.mirror import verify_stores  # noqa: E402
 from indexer.stores.redis.store import RedisStore  # noqa: E402
@@ -27,9 +28,14 @@ pytestmark = pytest.mark.ray
 TWO_ACTORS = RayConfig(concurrency=2)
 
 
+def _spec(kind=None, eps=None, fit_on=()):
+    """The --normalize options as the CLI parses them."""
+    return NormalizeSpec(kind=kind, eps=eps, fit_on=parse_fit_on(fit_on))
+
+
 def _config(data, idx, encoder, redis=None, batch_size=4, **normalize):
     return BuildConfig(sources=SourceConfig(paths=(data,)), index_dir=idx, model=encoder.config, redis=redis,
-                       batch_size=batch_size, normalize=NormalizeConfig(**normalize))  # fmt: skip
+                       batch_size=batch_size, normalize=_spec(**normalize))  # fmt: skip
 
 
 def _stores(idx, encoder, redis=None):

@@ -11,7 +11,14 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
-from indexer.core.config import BuildConfig, IntensityConfig, NormalizeConfig, PreprocessConfig, SourceConfig  # noqa: E402
+from indexer.core.config import (  # noqa: E402
+    BuildConfig,
+    IntensityConfig,
+    NormalizeSpec,
+    PreprocessConfig,
+    SourceConfig,
+    parse_fit_on,
+)
 from indexer.core.errors import ConfigError  # noqa: E402
 from indexer.ingest.local import build_index  # noqa: E402
 from indexer.ingest.ray_engine import RayConfig, run_ray_build  # noqa: E402
@@ -24,9 +31,14 @@ TWO_ACTORS = RayConfig(concurrency=2)
 OTHER_PRE = PreprocessConfig(intensity=IntensityConfig(low=5.0, high=95.0))
 
 
+def _spec(kind=None, eps=None, fit_on=()):
+    """The --normalize options as the CLI parses them."""
+    return NormalizeSpec(kind=kind, eps=eps, fit_on=parse_fit_on(fit_on))
+
+
 def _config(data, idx, encoder, preprocess=None, **normalize):
     return BuildConfig(sources=SourceConfig(paths=(data,)), index_dir=idx, model=encoder.config, batch_size=4,
-                       preprocess=preprocess or PreprocessConfig(), normalize=NormalizeConfig(**normalize))  # fmt: skip
+                       preprocess=preprocess or PreprocessConfig(), normalize=_spec(**normalize))  # fmt: skip
 
 
 def _local(data, idx, encoder, preprocess=None, **normalize):

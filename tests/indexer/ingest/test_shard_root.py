@@ -1,4 +1,4 @@
-"""Where an index's Ray shards go (indexer.ingest.ray_engine.shard_root), and the uid they are kept under.
+"""Where an index's Ray shards go (indexer.ingest.ray_shards.shard_root), and the uid they are kept under.
 
 Pure and real-folder checks, no Ray: the end-to-end runs are in test_ray_shard_url.py."""
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.core.records import ImageRecord
-from indexer.ingest.ray_engine import SHARD_DIR, shard_root
+from indexer.ingest.ray_shards import SHARD_DIR, shard_root
 from indexer.stores.binding import UID_KEY, bind_stores
 from indexer.stores.faiss.store import FaissStore
 from indexer.stores.manifest import build_manifest
@@ -52,7 +52,7 @@ def test_shards_left_directly_under_a_custom_url_by_an_older_run_are_reported_no
     without a word: the build says where they are and what to do with them."""
     import logging
 
-    from indexer.ingest.ray_engine import warn_loose_shards
+    from indexer.ingest.ray_shards import warn_loose_shards
 
     url = tmp_path / "shards"
     (url / ("a" * 32)).mkdir(parents=True)
@@ -60,7 +60,7 @@ def test_shards_left_directly_under_a_custom_url_by_an_older_run_are_reported_no
     assert warn_loose_shards(str(url)) == []
     for name in ("w0-1.parquet", "w1-1.parquet"):
         (url / name).write_bytes(b"x")
-    with caplog.at_level(logging.WARNING, logger="indexer.ingest.ray_engine"):
+    with caplog.at_level(logging.WARNING, logger="indexer.ingest.ray_shards"):
         loose = warn_loose_shards(str(url))
     assert [Path(p).name for p in loose] == ["w0-1.parquet", "w1-1.parquet"]
     (message,) = [r.getMessage() for r in caplog.records]

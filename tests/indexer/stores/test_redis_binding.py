@@ -116,8 +116,8 @@ def test_a_legacy_folder_without_a_record_is_checked_by_count(env_url, tmp_path,
 def test_json_summary_and_health_name_the_stores(env_url, tmp_path, tiny_model_dir, real_images):
     from indexer.stores.faiss.store import FaissStore
     from indexer.stores.redis.store import RedisStore
+    from retriever.http.service import QueryService
     from retriever.search import Retriever
-    from retriever.server import QueryService
 
     r = _build(real_images[:3], tmp_path / "a", tiny_model_dir, "--format", "json")
     stores = json.loads(r.stdout)["stores"]

@@ -6,10 +6,10 @@ import pytest
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler, normalize
 
-from indexer.core.config import NormalizeConfig
+from indexer.core.config import NormalizeSpec, fit_on_text, parse_fit_on
 from indexer.core.errors import ConfigError, IndexMismatchError
 from indexer.core.records import ImageRecord, MetadataFilter
-from indexer.ingest.plan import parse_fit_on, settle_normalize
+from indexer.ingest.plan import settle_normalize
 from indexer.vectors.normalize import fit_transform
 from indexer.vectors.transform_file import decode_transform, encode_transform
 
@@ -99,17 +99,46 @@ def test_fit_on_syntax():
 
 
 def test_manifest_handshake_names_the_field():
-    assert settle_normalize(NormalizeConfig(), None) == {"kind": "none"}
-    new = settle_normalize(NormalizeConfig(kind="whiten", fit_on=("well=A01",)), None)
+    assert settle_normalize(NormalizeSpec(), None) == {"kind": "none"}
+    new = settle_normalize(NormalizeSpec(kind="whiten", fit_on=parse_fit_on(["well=A01"])), None)
     assert new == {"kind": "whiten", "eps": 1e-6, "fit_on": "well=A01"}
     stored = {"normalize": {**new, "n_fit": 4, "sha256": "ab"}}
-    assert settle_normalize(NormalizeConfig(), stored)["sha256"] == "ab"  # flags omitted: the index's own
+    assert settle_normalize(NormalizeSpec(), stored)["sha256"] == "ab"  # flags omitted: the index's own
     with pytest.raises(IndexMismatchError, match="normalize.kind: the index has 'whiten'"):
-        settle_normalize(NormalizeConfig(kind="center"), stored)
+        settle_normalize(NormalizeSpec(kind="center"), stored)
     with pytest.raises(IndexMismatchError, match="normalize.eps"):
-        settle_normalize(NormalizeConfig(kind="whiten", eps=1e-3), stored)
+        settle_normalize(NormalizeSpec(kind="whiten", eps=1e-3), stored)
     with pytest.raises(IndexMismatchError, match="normalize.kind: the index has 'none'"):
-        settle_normalize(NormalizeConfig(kind="whiten"), {"dim": 4})  # an index built before --normalize
+        settle_normalize(NormalizeSpec(kind="whiten"), {"dim": 4})  # an index built before --normalize
+
+
+def test_a_normalize_spec_round_trips_through_its_manifest_record():
+    # b690aef: --fit-on was joined into one string and split back on spaces, so a tag value with a space
+    # ("treatment=DMSO 0.1%") came back as two items and the build failed at its fit, after embedding.
+    where = parse_fit_on(["site=1", "well=a02,A01", "tag=treatment=DMSO 0.1%"])
+    spec = NormalizeSpec(kind="center", fit_on=where)
+    record = spec.to_record()
+    assert record == {
+        "kind": "center",
+        "eps": None,
+        "fit_on": "well=A01,A02 site=1 'tag=treatment=DMSO 0.1%'",
+    }
+    assert NormalizeSpec.from_record(record) == spec
+    assert NormalizeSpec.from_record({**record, "n_fit": 8, "sha256": "ab"}) == spec  # a fitted record
+    # Records written before: the same text, the same filter; a re-run with the fields in another order
+    # asks for the same subset.
+    assert NormalizeSpec.from_record(
+        {"kind": "center", "fit_on": "site=1 well=A02,A01"}
+    ).fit_on == parse_fit_on(["well=A02,A01", "site=1"])
+    assert fit_on_text(parse_fit_on(["site=2"])) == "site=2" and fit_on_text(None) is None
+    assert NormalizeSpec().to_record() == {"kind": "none"}
+    assert NormalizeSpec(kind="whiten", eps=1e-3).to_record() == {
+        "kind": "whiten",
+        "eps": 1e-3,
+        "fit_on": None,
+    }
+    with pytest.raises(ConfigError, match="--normalize-eps"):
+        NormalizeSpec(kind="whiten", eps=-1.0)
 
 
 def test_describe_normalize_names_kind_ridge_subset_and_fingerprint():

@@ -22,9 +22,14 @@ import logging
 import math
 import threading
 import time
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from indexer.core.limits import RequestLimits
+from retriever.http.app import App
+
+if TYPE_CHECKING:
+    from retriever.http.service import QueryService
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +180,29 @@ class HttpServer:
             self._server.close()
         except OSError:  # pragma: no cover
             pass
+
+
+def make_server(
+    service: QueryService,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_body: int | None = None,
+    limits: RequestLimits | None = None,
+    request_timeout: float | None = None,
+    app: App | None = None,
+) -> HttpServer:
+    """Create (not start) the HTTP server; ``port=0`` picks a free port.
+
+    ``max_body`` and ``request_timeout`` override the same fields of ``limits``. The returned server
+    has ``.service`` and ``.app`` for tests and extensions.
+    """
+    limits = limits or service.limits
+    if max_body is not None:
+        limits = replace(limits, max_body_bytes=max_body)
+    if request_timeout is not None:
+        limits = replace(limits, request_timeout_s=request_timeout, idle_timeout_s=request_timeout)
+    service.limits = limits
+    app = app or App(service, limits)
+    server = HttpServer(app, host, port, limits)
+    server.service = service  # type: ignore[attr-defined]
+    return server
