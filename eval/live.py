@@ -105,6 +105,7 @@ def register(app: Any) -> None:
 
     from indexer.images.sources import ChangedImageError
     from retriever.http.app import ClientError, json_response, parse_id
+    from retriever.http.checks import check_json_size
 
     service = app.service
     # Per store, its catalog: the explorer's for the served store, one of its own for another backend (a
@@ -140,6 +141,7 @@ def register(app: Any) -> None:
         )
 
     def run(req: Any) -> Any:
+        check_json_size(req.body, service.limits, "a /api/perturb")
         obj = req.json()
         allowed = {"id", "perturbation", "severity", "k", "seed", "rbo_p", "backend", "exclude"}
         unknown = sorted(set(obj) - allowed)

@@ -35,6 +35,7 @@ from indexer.images.sources import load_image
 from retriever import render
 from retriever.catalog import Catalog
 from retriever.http.app import App, ClientError, Request, Response, json_response, parse_id
+from retriever.http.checks import check_filter, is_decimal
 from retriever.http.service import QueryService
 from retriever.lru import SizedLRU
 
@@ -60,7 +61,7 @@ def _sec_headers(csp: str = CSP) -> list[tuple[str, str]]:
 
 def _id_from(path: str, prefix: str) -> int:
     tail = path[len(prefix) :]
-    if not tail.isdigit() or len(tail) > 19 or int(tail) >= 2**63:
+    if not is_decimal(tail) or len(tail) > 19 or int(tail) >= 2**63:
         raise ClientError(HTTPStatus.BAD_REQUEST, f"bad id {tail[:40]!r}: ids are integers in [0, 2**63)")
     return int(tail)
 
@@ -211,9 +212,11 @@ def register(
         plate_name = obj.get("plate") or None
         if plate_name is not None and not isinstance(plate_name, str):
             raise ClientError(HTTPStatus.BAD_REQUEST, "plate must be a string")
+        given = {k: obj[k] for k in ("plate", "channel", "site") if obj.get(k) not in (None, "", [])}
+        checked = check_filter(given, service.limits)  # list lengths, string sizes, sites in range
         out = catalog.plate_map(
-            query, plate_name, as_tuple(obj.get("channel"), lambda c: str(c).lower()),
-            as_tuple(obj.get("site"), int),
+            query, plate_name, as_tuple(checked.get("channel"), lambda c: str(c).lower()),
+            as_tuple(checked.get("site"), int),
         )  # fmt: skip
         return json_response(out)
 
@@ -231,7 +234,7 @@ def register(
     def report_file(req: Request) -> Response:
         rest = req.path[len("/reports/") :]
         num, _, name = rest.partition("/")
-        if not num.isdigit() or int(num) >= len(reports):
+        if not is_decimal(num) or int(num) >= len(reports):
             raise ClientError(HTTPStatus.NOT_FOUND, "no such report folder")
         name = name or "report.html"
         folder = reports[int(num)]

@@ -15,6 +15,9 @@ Why these defaults:
 - 1,000 planes per file: a z-stack of a few hundred planes times a few channels. Each plane becomes one
   image (a 224 x 224 float tensor, 200 KB, once prepared), so the limit also bounds one file's share
   of a build's memory; a 45 MB TIFF of 100,000 16 x 16 pages would otherwise cost 20 GB prepared.
+- 1,000 values per filter field, 1,000 characters per filter value, 1 MB per JSON body without an
+  image: a 30 MB filter list cost up to 870 MB to parse and match; a plate has 384 wells, 4 channels.
+- 2,048 px a side for an explorer PNG: a 64 MP image's full view was a 53 MB PNG costing 680 MB.
 - 64 images, 1,000 ids and 10,000 results (k x queries) per request keep one request's answer in the
   low megabytes; 1 GiB decoded per request bounds its CPU time. Images are decoded and preprocessed
   one at a time, so the pixels held at once are one image's (at most 128 MB), whatever the batch size.
@@ -82,6 +85,15 @@ class RequestLimits:
         k x number of queries per request.
     max_decoded_bytes : int
         Decoded pixel bytes summed over one request's images.
+    max_filter_values : int
+        Values per filter field (``where``'s lists, ``/api/plate``'s channel and site).
+    max_field_chars : int
+        Characters per filter string value.
+    max_json_bytes : int
+        Body of a JSON request that carries no image (``/query/ids``, ``/api/perturb``): 413 above it,
+        before the JSON is parsed.
+    max_image_side : int
+        Longest side of a PNG the explorer renders (``/image``, ``/thumb``): a larger image is shrunk.
     request_timeout_s : float
         Time from a request's first byte to its last (headers and body); a client that dribbles is cut off.
     idle_timeout_s : float
@@ -101,6 +113,10 @@ class RequestLimits:
     max_ids: int = 1000
     max_results: int = 10_000
     max_decoded_bytes: int = 1024 * MB
+    max_filter_values: int = 1000
+    max_field_chars: int = 1000
+    max_json_bytes: int = 1 * MB
+    max_image_side: int = 2048
     request_timeout_s: float = 30.0
     idle_timeout_s: float = 60.0
     threads: int = 8
@@ -110,6 +126,7 @@ class RequestLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_images", "max_ids", "max_results", "max_decoded_bytes",
+                     "max_filter_values", "max_field_chars", "max_json_bytes", "max_image_side",
                      "threads", "connection_limit", "backlog"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

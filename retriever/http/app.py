@@ -40,6 +40,7 @@ from urllib.parse import parse_qs
 from indexer.core.errors import ConfigError, StoreUnavailableError
 from indexer.core.limits import RequestLimits
 from indexer.core.records import MetadataFilter
+from retriever.http.checks import check_filter, check_json_size, is_decimal, whole_number
 from retriever.search import QueryOptions
 
 if TYPE_CHECKING:  # the service imports ClientError from here
@@ -60,8 +61,10 @@ class ClientError(Exception):
         self.status = status
 
 
-def options_from(params: dict[str, Any]) -> QueryOptions:
-    """Build :class:`QueryOptions` from query-string or JSON values (lists allowed for filters)."""
+def options_from(params: dict[str, Any], limits: RequestLimits | None = None) -> QueryOptions:
+    """Build :class:`QueryOptions` from query-string or JSON values (lists allowed for filters), each
+    checked against ``limits`` (:func:`retriever.http.checks.check_filter`)."""
+    limits = limits or RequestLimits()
     try:
         where_src = params.get("where", params)
         if not isinstance(where_src, dict):
@@ -71,8 +74,9 @@ def options_from(params: dict[str, Any]) -> QueryOptions:
         where = {f: where_src[f] for f in _FILTER_FIELDS if f in where_src}
         for bound in ("z_min", "z_max"):
             if bound in where_src:
-                where[bound] = int(_one(where_src[bound]))
-        k = int(_one(params.get("k", 10)))
+                where[bound] = _one(where_src[bound])
+        where = check_filter(where, limits)
+        k = whole_number(_one(params.get("k", 10)), "k", 1, limits.max_results)
         max_distance = params.get("max_distance")
         return QueryOptions(
             k=k,
@@ -163,7 +167,7 @@ def parse_id(value: Any) -> int:
 
     Strings are accepted because JavaScript numbers lose precision above 2**53 and ids are 63-bit.
     """
-    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
+    if isinstance(value, str) and is_decimal(value) and len(value) <= 19:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
         raise ClientError(
@@ -235,7 +239,7 @@ class App:
         return json_response(payload, status)
 
     def _query(self, req: Request) -> Response:
-        options = options_from(req.query)
+        options = options_from(req.query, self.limits)
         check_results(options.k, 1, self.limits)
         if not req.body:
             raise ClientError(HTTPStatus.BAD_REQUEST, "empty body: send one TIFF file")
@@ -253,16 +257,17 @@ class App:
                 HTTPStatus.BAD_REQUEST,
                 f"{len(images)} images given; at most {self.limits.max_images} images per request",
             )
-        options = options_from(obj)
+        options = options_from(obj, self.limits)
         check_results(options.k, len(images), self.limits)
         backend = _backend(obj.get("backend"))
         return json_response({"results": self.service.query_images(_b64_stream(images), options, backend)})
 
     def _ids(self, req: Request) -> Response:
+        check_json_size(req.body, self.limits, "a /query/ids")
         obj = req.json()
         _check_keys(obj, _JSON_KEYS | {"ids"}, "key")
         ids = parse_ids(obj.get("ids"), self.limits)
-        options = options_from(obj)
+        options = options_from(obj, self.limits)
         check_results(options.k, len(ids), self.limits)
         return json_response({"results": self.service.query_ids(ids, options, _backend(obj.get("backend")))})
 

@@ -11,7 +11,8 @@ import pytest
 
 from eval.robustness import read_queries
 from indexer.core.config import ModelConfig
-from indexer.images.sources import ChangedImageError, load_image
+from indexer.core.errors import DecodeError
+from indexer.images.sources import load_image
 from indexer.model.encoder import ViTMAEEncoder
 from indexer.stores.faiss.store import FaissStore
 from tests.support.small_builds import build_in_small_shards
@@ -33,7 +34,7 @@ def swapped(tmp_path, tiny_model_dir, real_images):
 
 def test_a_replaced_file_is_named_not_used(swapped):
     store, records = swapped
-    with pytest.raises(ChangedImageError, match="changed since it was indexed"):
+    with pytest.raises(DecodeError, match="changed since it was indexed"):
         load_image(records[0].path, records[0].id)
     assert load_image(records[1].path, records[1].id).shape == (520, 696)
     kept, raws, skipped = read_queries(records)  # what mae-eval reads its queries with
@@ -48,7 +49,7 @@ def test_perturb_answers_409_for_a_replaced_file(swapped):
 
     store, records = swapped
     retriever = Retriever.open(store, device="cpu", index_dir=store.directory)
-    with pytest.raises(ChangedImageError):
+    with pytest.raises(DecodeError, match="changed since it was indexed"):
         compare_one(retriever, records[0], "gaussian_blur", 1, 1, 0, 0.9, {records[0].id}, len(records))
     out = compare_one(retriever, records[1], "gaussian_blur", 1, 1, 0, 0.9, {records[1].id}, len(records))
     assert np.isfinite(out["metrics"]["overlap_at_k"])
