@@ -20,7 +20,7 @@ from indexer.cli.options import (
     verbose_option,
 )
 from indexer.core.csv_safe import escape_formula
-from indexer.core.errors import ConfigError, DecodeError
+from indexer.core.errors import ConfigError, DecodeError, MaeError
 from indexer.core.records import Hit, MetadataFilter
 from indexer.stores import open_stores
 from indexer.stores.binding import describe_identity, store_identity
@@ -207,7 +207,8 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free one).")  # fmt: skip
 @click.option("--max-upload-mb", default=64, show_default=True, type=int, help="Largest request body.")
 @click.option("--max-megapixels", default=64, show_default=True, type=int,
               help="Largest query image (the build's default limit too).")  # fmt: skip
@@ -254,6 +255,7 @@ def serve(
       curl -s --data-binary @image.tif 'http://127.0.0.1:8000/query?k=5&well=A01'
     """
     setup_logging(max(verbose, 1))
+    check_listen_address(host, port)
     from indexer.core.limits import MB, DecodeLimits, RequestLimits
     from retriever.http.service import QueryService
     from retriever.http.transport import make_server
@@ -279,7 +281,10 @@ def serve(
         if other is not primary:
             service.add_backend(other)
     app = build_app(service, index_dir, list(reports))
-    server = make_server(service, host, port, app=app)
+    try:
+        server = make_server(service, host, port, app=app)
+    except OSError as e:  # the port taken, or an address this machine does not have
+        raise MaeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     service.warm_up()
     # HTTP on a side thread; the model and index work on this one, the thread that loaded the model
     # (see QueryService).
@@ -293,6 +298,16 @@ def serve(
         server.shutdown()
         server.server_close()
         stores.close()
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Refuse, before the model loads, a ``--host`` that is no address (exit 2): ``256.0.0.1``, a typo."""
+    import socket
+
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"--host {host!r} is not an address to listen on ({e})") from e
 
 
 def build_app(service, index_dir: Path | None, reports: list[Path]):

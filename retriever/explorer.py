@@ -165,6 +165,8 @@ def register(
     def picture(req: Request, prefix: str, default_size: int | None) -> Response:
         image_id = _id_from(req.path, prefix)
         size = _one_int(req, "size", default_size or 0, 0 if default_size is None else 32, 4096) or None
+        # The full view too is at most max_image_side a side: a 64 MP image was a 53 MB PNG costing 680 MB.
+        size = min(size or service.limits.max_image_side, service.limits.max_image_side)
         etag = renderer.etag(image_id, size)
         if req.headers.get("if-none-match") == etag:
             catalog.record(image_id)  # an unknown id is still a 404

@@ -17,6 +17,8 @@ Why these defaults:
   of a build's memory; a 45 MB TIFF of 100,000 16 x 16 pages would otherwise cost 20 GB prepared.
 - 1,000 values per filter field, 1,000 characters per filter value, 1 MB per JSON body without an
   image: a 30 MB filter list cost up to 870 MB to parse and match; a plate has 384 wells, 4 channels.
+- 2 live perturbations at once, one per client, of images up to 4 MP: a perturbation of a large image
+  held the one compute thread 7-9 s, and 8 of them raised another client's median query to 4.4 s.
 - 2,048 px a side for an explorer PNG: a 64 MP image's full view was a 53 MB PNG costing 680 MB.
 - 64 images, 1,000 ids and 10,000 results (k x queries) per request keep one request's answer in the
   low megabytes; 1 GiB decoded per request bounds its CPU time. Images are decoded and preprocessed
@@ -94,6 +96,10 @@ class RequestLimits:
         before the JSON is parsed.
     max_image_side : int
         Longest side of a PNG the explorer renders (``/image``, ``/thumb``): a larger image is shrunk.
+    max_perturbs : int
+        Live-panel perturbations (``/api/perturb``) running at once; one per client address (429 else).
+    max_perturb_pixels : int
+        Largest image the live panel perturbs (400 above it; ``mae-eval`` takes any size).
     request_timeout_s : float
         Time from a request's first byte to its last (headers and body); a client that dribbles is cut off.
     idle_timeout_s : float
@@ -117,6 +123,8 @@ class RequestLimits:
     max_field_chars: int = 1000
     max_json_bytes: int = 1 * MB
     max_image_side: int = 2048
+    max_perturbs: int = 2
+    max_perturb_pixels: int = 4 * MB
     request_timeout_s: float = 30.0
     idle_timeout_s: float = 60.0
     threads: int = 8
@@ -127,6 +135,7 @@ class RequestLimits:
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_images", "max_ids", "max_results", "max_decoded_bytes",
                      "max_filter_values", "max_field_chars", "max_json_bytes", "max_image_side",
+                     "max_perturbs", "max_perturb_pixels",
                      "threads", "connection_limit", "backlog"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

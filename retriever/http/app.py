@@ -76,7 +76,7 @@ def options_from(params: dict[str, Any], limits: RequestLimits | None = None) ->
             if bound in where_src:
                 where[bound] = _one(where_src[bound])
         where = check_filter(where, limits)
-        k = whole_number(_one(params.get("k", 10)), "k", 1, limits.max_results)
+        k = whole_number(_one(params.get("k", 10)), "k", 1, 2**31 - 1)  # k x queries: check_results
         max_distance = params.get("max_distance")
         return QueryOptions(
             k=k,
@@ -100,6 +100,7 @@ class Request:
     query: dict[str, list[str]]
     body: bytes
     headers: dict[str, str]
+    client: str = ""  # the peer's address (REMOTE_ADDR), for per-client limits
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object (400 for anything else, including nesting too deep to parse)."""
@@ -311,6 +312,7 @@ class App:
             query=parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True),
             body=body,
             headers={k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")},
+            client=str(environ.get("REMOTE_ADDR", "")),
         )
         resp = self.handle(req)
         self.service.stats.record(time.perf_counter() - t0, resp.status < 400)
