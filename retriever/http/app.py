@@ -296,6 +296,12 @@ class App:
                 {"error": f"the {name} store is unavailable: {e}"}, HTTPStatus.SERVICE_UNAVAILABLE
             )
         except Exception as e:  # a bug: answer 500 without the stack, log it
+            from retriever.http.service import lost_index
+
+            lost = lost_index(e)
+            if lost is not None:
+                return json_response({"error": f"the {self.service.store_name} store is unavailable: {lost}"},
+                                     HTTPStatus.SERVICE_UNAVAILABLE)  # fmt: skip
             log.exception("internal error on %s %s", req.method, req.path)
             return json_response({"error": f"internal error: {type(e).__name__}"}, 500)
 

@@ -117,7 +117,10 @@ class QueryService:
     def health_status(self) -> tuple[int, dict[str, Any]]:
         """``(200, health)``, or ``(503, {"status": "unavailable", "stores": {name: {ok, reason}}})``."""
         try:
-            return 200, self.health()
+            try:
+                return 200, self.health()
+            except Exception as e:
+                raise (lost_index(e) or e) from e
         except StoreUnavailableError as e:
             name = _store_name(self.retriever.store)
             log.warning("health: the %s store is unavailable: %s", name, e)
@@ -257,6 +260,19 @@ class QueryService:
         except ConfigError as e:
             raise ClientError(HTTPStatus.NOT_FOUND, str(e)) from e
         return [[h.to_dict() for h in hits] for hits in results]
+
+
+def lost_index(e: BaseException) -> StoreUnavailableError | None:
+    """The 503 a Redis "no such index" error means under a running server (Redis restarted without its
+    data, or the index dropped), else None. Matched by the redis-py class name and Redis's words, so this
+    module imports no Redis client."""
+    text = str(e).lower()
+    if type(e).__name__ == "ResponseError" and ("no such index" in text or "unknown index name" in text):
+        return StoreUnavailableError(
+            "Redis has no such index any more (restarted empty, or dropped?): rebuild its copy from the "
+            "index folder with `mae-index sync --index DIR`, then restart the server"
+        )
+    return None
 
 
 def _damage(store: Any) -> list[str]:
