@@ -40,7 +40,14 @@ from urllib.parse import parse_qs
 from indexer.core.errors import ConfigError, StoreUnavailableError
 from indexer.core.limits import RequestLimits
 from indexer.core.records import MetadataFilter
-from retriever.http.checks import check_filter, check_json_size, is_decimal, whole_number
+from retriever.http.checks import (  # ClientError lives there so that the checks need not import this
+    ClientError,
+    check_filter,
+    check_json_size,
+    is_decimal,
+    lost_index,
+    whole_number,
+)
 from retriever.search import QueryOptions
 
 if TYPE_CHECKING:  # the service imports ClientError from here
@@ -51,14 +58,6 @@ log = logging.getLogger(__name__)
 #: Default largest request body (see :class:`~indexer.core.limits.RequestLimits`).
 DEFAULT_MAX_BODY = RequestLimits().max_body_bytes
 _FILTER_FIELDS = ("plate", "well", "row", "column", "site", "channel", "z", "source", "tags")
-
-
-class ClientError(Exception):
-    """A request the client must fix (answered with ``status`` and the message)."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def options_from(params: dict[str, Any], limits: RequestLimits | None = None) -> QueryOptions:
@@ -296,8 +295,6 @@ class App:
                 {"error": f"the {name} store is unavailable: {e}"}, HTTPStatus.SERVICE_UNAVAILABLE
             )
         except Exception as e:  # a bug: answer 500 without the stack, log it
-            from retriever.http.service import lost_index
-
             lost = lost_index(e)
             if lost is not None:
                 return json_response({"error": f"the {self.service.store_name} store is unavailable: {lost}"},

@@ -11,6 +11,7 @@ import math
 from http import HTTPStatus
 from typing import Any
 
+from indexer.core.errors import StoreUnavailableError
 from indexer.core.limits import METADATA_NUMBER_RANGES, RequestLimits
 
 #: The inclusive range of each numeric filter field (sites and z as a ``--metadata`` table may give them).
@@ -23,9 +24,15 @@ NUMBER_RANGES = {
 }
 
 
-def _client_error(status: HTTPStatus, message: str) -> Exception:
-    from retriever.http.app import ClientError
+class ClientError(Exception):
+    """A request the client must fix (answered with ``status`` and the message)."""
 
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _client_error(status: HTTPStatus, message: str) -> Exception:
     return ClientError(status, message)
 
 
@@ -87,3 +94,16 @@ def check_filter(where: dict[str, Any], limits: RequestLimits) -> dict[str, Any]
         else:
             out[name] = value
     return out
+
+
+def lost_index(e: BaseException) -> StoreUnavailableError | None:
+    """The 503 a Redis "no such index" error means under a running server (Redis restarted without its
+    data, or the index dropped), else None. Matched by the redis-py class name and Redis's words, so this
+    module imports no Redis client."""
+    text = str(e).lower()
+    if type(e).__name__ == "ResponseError" and ("no such index" in text or "unknown index name" in text):
+        return StoreUnavailableError(
+            "Redis has no such index any more (restarted empty, or dropped?): rebuild its copy from the "
+            "index folder with `mae-index sync --index DIR`, then restart the server"
+        )
+    return None

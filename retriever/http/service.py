@@ -22,6 +22,7 @@ from indexer.images.decode import decode_tiff
 from indexer.model.preprocess import preprocess_image
 from indexer.stores.binding import store_identity
 from retriever.http.app import ClientError
+from retriever.http.checks import lost_index
 from retriever.search import QueryOptions, Retriever
 
 log = logging.getLogger(__name__)
@@ -260,19 +261,6 @@ class QueryService:
         except ConfigError as e:
             raise ClientError(HTTPStatus.NOT_FOUND, str(e)) from e
         return [[h.to_dict() for h in hits] for hits in results]
-
-
-def lost_index(e: BaseException) -> StoreUnavailableError | None:
-    """The 503 a Redis "no such index" error means under a running server (Redis restarted without its
-    data, or the index dropped), else None. Matched by the redis-py class name and Redis's words, so this
-    module imports no Redis client."""
-    text = str(e).lower()
-    if type(e).__name__ == "ResponseError" and ("no such index" in text or "unknown index name" in text):
-        return StoreUnavailableError(
-            "Redis has no such index any more (restarted empty, or dropped?): rebuild its copy from the "
-            "index folder with `mae-index sync --index DIR`, then restart the server"
-        )
-    return None
 
 
 def _damage(store: Any) -> list[str]:
