@@ -214,7 +214,9 @@ def repair(index_dir, redis_url, redis_index, no_wait, fmt):
     if fmt == "json":
         click.echo(json.dumps(report.to_dict()))
         return
-    if not report.damage and not report.redis_rewritten:
+    if report.redis_manifest_restored:
+        click.echo("Rewrote the Redis manifest, lost from Redis, from the folder's.", err=True)
+    if not report.damage and not report.redis_rewritten and not report.redis_manifest_restored:
         click.echo(f"Nothing to repair: {index_dir} is sound ({report.total} images).", err=True)
         return
     for line in report.damage:
