@@ -41,9 +41,16 @@ def _query_ids(path: Path | None) -> tuple[int, ...]:
     return tuple(int(i) for i in df["id"])
 
 
+def report_folder(out: Path) -> None:
+    """Refuse, before any work, an ``--out`` that exists and is not a folder (exit 2)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder: give a folder for the report")
+
+
 def _evaluate(index_dir, redis_url, redis_index, queries, query_list, perturb, severities, k, seed, rbo_p,
               device, out, model=None, exclude="site", nprobe=None, ef_search=None, rerank=None):  # fmt: skip
     require_extra("eval")  # report.py needs scipy, matplotlib and scikit-learn: say so before any query
+    report_folder(out)
     from eval import perturb as perturbations
     from eval.robustness import NATURAL, RobustnessConfig
     from indexer.stores import open_stores
@@ -213,6 +220,7 @@ def compare(
       mae-eval compare --index runs/idx-tiny --index runs/idx-base --queries 20 --out runs/compare
     """
     setup_logging(verbose)
+    report_folder(out)
     import json
 
     from eval.report import format_table, headline_rows

@@ -49,6 +49,8 @@ def compare_one(
     excluded: frozenset[int] = frozenset(),
     n_index: int | None = None,
     partner: ImageRecord | None = None,
+    compute: Any = None,
+    max_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Clean vs perturbed top-k of one indexed image, with the metrics of ``mae-eval robustness``.
 
@@ -56,6 +58,9 @@ def compare_one(
     empty: ``--exclude none``); ``n_index``: the index's size (default: the store's count). For
     ``defocus_z``, ``partner`` is the same field of view at another z (:func:`defocus_partner`): its
     stored vector is the perturbed query and it leaves both lists, as in ``mae-eval``.
+    ``compute`` runs the model and index work (``compute(fn, *args)``, the server's compute thread); reading
+    and perturbing the image run on the calling thread, so a large image does not hold up other queries.
+    ``max_pixels`` refuses a larger source image (:class:`~indexer.core.errors.ConfigError`).
 
     Returns
     -------
@@ -84,19 +89,32 @@ def compare_one(
             f"image {record.id} has {candidates} candidates once its relatives are excluded, fewer than "
             f"k + 1 = {k + 1}: lower k, or choose a milder exclude"
         )
-    raw = load_image(record.path)  # as eval.robustness.read_queries reads it
+    raw = load_image(record.path, record.id)  # as eval.robustness.read_queries reads it
+    if max_pixels is not None and raw.size > max_pixels:
+        raise ConfigError(
+            f"image {record.id} has {raw.size / 2**20:.1f} M pixels; the live panel perturbs images of at "
+            f"most {max_pixels / 2**20:.0f} M pixels (use mae-eval for larger ones)"
+        )
     if natural:
         # As run_robustness: the other slice's stored vector is the perturbed query.
-        image = load_image(partner.path)
-        vectors = np.concatenate([retriever.embed_arrays([raw]), retriever.store.get_vectors([partner.id])])
+        image = load_image(partner.path, partner.id)
         value = perturb.defocus_offset_um(FOCUS_Z + severity, FOCUS_Z)
     else:
         image = perturb.apply(name, raw, severity, perturb.perturbation_rng(seed, record.id, name, severity))
-        vectors = retriever.embed_arrays([raw, image])
         value = perturb.severity_value(name, severity)
     # As run_robustness: deep enough that k results survive the exclusion.
     depth = min(n_index, k + len(drop) + 2)
-    clean_hits, pert_hits = retriever.search_vectors(vectors, QueryOptions(k=depth))
+
+    def embed_and_search() -> list:
+        if natural:
+            vectors = np.concatenate(
+                [retriever.embed_arrays([raw]), retriever.store.get_vectors([partner.id])]
+            )
+        else:
+            vectors = retriever.embed_arrays([raw, image])
+        return retriever.search_vectors(vectors, QueryOptions(k=depth))
+
+    clean_hits, pert_hits = compute(embed_and_search) if compute is not None else embed_and_search()
     clean = gallery.cut(_ids(clean_hits), drop, k)
     perturbed = gallery.cut(_ids(pert_hits), drop, k)
     self_drop = drop - {record.id}
@@ -151,6 +169,41 @@ def has_stacks(catalog: Catalog) -> bool:
     return len(catalog.records.distinct("z")) > 1
 
 
+class PerturbSlots:
+    """At most ``limit`` perturbations at once, and one per client address: a busy client gets 429."""
+
+    def __init__(self, limit: int, error: type) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._limit = limit
+        self._clients: dict[str, int] = {}
+        self._error = error
+
+    def take(self, client: str) -> Any:
+        """A context manager holding one slot for ``client``; raises ``error(429, ...)`` when none is free."""
+        import contextlib
+
+        with self._lock:
+            if self._clients.get(client) or sum(self._clients.values()) >= self._limit:
+                raise self._error(
+                    HTTPStatus.TOO_MANY_REQUESTS,
+                    "a perturbation is already running for this client (or the server's "
+                    f"{self._limit} are busy); wait for it to finish",
+                )
+            self._clients[client] = 1
+
+        @contextlib.contextmanager
+        def held() -> Any:
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._clients.pop(client, None)
+
+        return held()
+
+
 def _finite(v: float) -> float | None:
     """JSON has no infinity: the identity of ``poisson_noise`` (infinite photons) goes out as null."""
     return v if math.isfinite(v) else None
@@ -166,9 +219,12 @@ def register(app: Any) -> None:
     """
     import threading
 
+    from indexer.images.sources import ChangedImageError
     from retriever.http.app import ClientError, json_response, parse_id
+    from retriever.http.checks import check_json_size
 
     service = app.service
+    slots = PerturbSlots(service.limits.max_perturbs, ClientError)
     # Per store, its catalog: the explorer's for the served store, one of its own for another backend (a
     # FAISS store's own record table, no copy; Redis's records read once into columns). A query's
     # relatives come from its grouped lookup, in the size of the group, as mae-eval finds them.
@@ -206,6 +262,7 @@ def register(app: Any) -> None:
         )
 
     def run(req: Any) -> Any:
+        check_json_size(req.body, service.limits, "a /api/perturb")
         obj = req.json()
         allowed = {"id", "perturbation", "severity", "k", "seed", "rbo_p", "backend", "exclude"}
         unknown = sorted(set(obj) - allowed)
@@ -238,14 +295,20 @@ def register(app: Any) -> None:
             raise ClientError(HTTPStatus.NOT_FOUND, f"id {qid} is not in the index")
         catalog = catalog_of(retriever)
         excluded = gallery.exclusions_from(catalog.relatives, [qid], exclude).excluded[qid]
+        limits = service.limits
         try:
             partner = defocus_partner(catalog, record, severity) if name == NATURAL else None
-            out = service.compute(
-                compare_one, retriever, record, name, severity, k, seed, p, excluded, len(catalog.records),
-                partner,
-            )  # fmt: skip
+            # Reading and perturbing run here, on this request's thread, a bounded few at once and one per
+            # client; only the embedding and search wait their turn on the compute thread, after queries.
+            with slots.take(getattr(req, "client", "")):
+                out = compare_one(
+                    retriever, record, name, severity, k, seed, p, excluded, len(catalog.records), partner,
+                    compute=lambda fn: service.compute(fn, priority=1), max_pixels=limits.max_perturb_pixels,
+                )  # fmt: skip
         except ConfigError as e:
             raise ClientError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        except ChangedImageError as e:  # replaced since the build: its pixels are not the indexed image's
+            raise ClientError(HTTPStatus.CONFLICT, str(e)) from e
         except OSError as e:
             raise ClientError(
                 HTTPStatus.NOT_FOUND, f"the source image of id {qid} cannot be read: {e}"

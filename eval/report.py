@@ -19,6 +19,7 @@ from eval import intervals, perturb
 from eval.figures import png, report_figures
 from eval.robustness import RobustnessResult
 from indexer.core.atomic import atomic_write_json, atomic_write_text
+from indexer.core.csv_safe import escape_formula
 
 HEADLINE = (
     "self_at_1",
@@ -155,7 +156,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
             cols += [c for c in r if c not in cols]
         w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         w.writeheader()
-        w.writerows(_clean(rows))
+        w.writerows({k: escape_formula(v) for k, v in r.items()} for r in _clean(rows))  # paths, tags
     atomic_write_text(path, buf.getvalue())
 
 

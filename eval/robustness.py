@@ -134,7 +134,7 @@ def read_queries(
     kept, raws, skipped = [], [], []
     for rec in records:
         try:
-            raws.append(load_image(rec.path))
+            raws.append(load_image(rec.path, rec.id))  # a file replaced since the build is skipped
             kept.append(rec)
         except (OSError, DecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)

@@ -19,7 +19,8 @@ from indexer.cli.options import (
     setup_logging,
     verbose_option,
 )
-from indexer.core.errors import ConfigError, DecodeError
+from indexer.core.csv_safe import escape_formula
+from indexer.core.errors import ConfigError, DecodeError, MaeError
 from indexer.core.records import Hit, MetadataFilter
 from indexer.stores import open_stores
 from indexer.stores.binding import describe_identity, store_identity
@@ -84,7 +85,8 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=OUTPUT_FIELDS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
-        w.writerows(rows)
+        # Paths and tags are the user's text: a file named =HYPERLINK(...) must not run in a spreadsheet.
+        w.writerows({k: escape_formula(v) for k, v in r.items()} for r in rows)
         return buf.getvalue().rstrip("\n")
     head = [f"answered by {answered_by}"] if answered_by else []
     if not rows:
@@ -241,7 +243,8 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
     "--hnsw-ef-runtime", default=800, show_default=True, type=int, help="HNSW search breadth (Redis)."
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free one).")  # fmt: skip
 @click.option("--max-upload-mb", default=64, show_default=True, type=int, help="Largest request body.")
 @click.option("--max-megapixels", default=64, show_default=True, type=int,
               help="Largest query image (the build's default limit too).")  # fmt: skip
@@ -288,6 +291,7 @@ def serve(
       curl -s --data-binary @image.tif 'http://127.0.0.1:8000/query?k=5&well=A01'
     """
     setup_logging(verbose, floor=1)
+    check_listen_address(host, port)
     from indexer.core.limits import MB, DecodeLimits, RequestLimits
     from retriever.http.service import QueryService
     from retriever.http.transport import make_server
@@ -313,7 +317,10 @@ def serve(
         if other is not primary:
             service.add_backend(other)
     app = build_app(service, index_dir, list(reports))
-    server = make_server(service, host, port, app=app)
+    try:
+        server = make_server(service, host, port, app=app)
+    except OSError as e:  # the port taken, or an address this machine does not have
+        raise MaeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     service.warm_up()
     # HTTP on a side thread; the model and index work on this one, the thread that loaded the model
     # (see QueryService).
@@ -327,6 +334,16 @@ def serve(
         server.shutdown()
         server.server_close()
         stores.close()
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Refuse, before the model loads, a ``--host`` that is no address (exit 2): ``256.0.0.1``, a typo."""
+    import socket
+
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"--host {host!r} is not an address to listen on ({e})") from e
 
 
 def build_app(service, index_dir: Path | None, reports: list[Path]):

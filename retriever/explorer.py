@@ -43,6 +43,7 @@ from retriever.browse import browse
 from retriever.catalog import Catalog
 from retriever.embedding_map import MapView
 from retriever.http.app import App, ClientError, Request, Response, json_response, options_from, parse_id
+from retriever.http.checks import check_filter, is_decimal
 from retriever.http.service import QueryService
 from retriever.lru import SizedLRU
 
@@ -68,7 +69,7 @@ def _sec_headers(csp: str = CSP) -> list[tuple[str, str]]:
 
 def _id_from(path: str, prefix: str) -> int:
     tail = path[len(prefix) :]
-    if not tail.isdigit() or len(tail) > 19 or int(tail) >= 2**63:
+    if not is_decimal(tail) or len(tail) > 19 or int(tail) >= 2**63:
         raise ClientError(HTTPStatus.BAD_REQUEST, f"bad id {tail[:40]!r}: ids are integers in [0, 2**63)")
     return int(tail)
 
@@ -115,7 +116,7 @@ class Renderer:
         if cached is not None:
             return cached, None
         try:
-            image = load_image(rec.path)  # a file, a zip member or one plane of a stack
+            image = load_image(rec.path, image_id)  # a file, a zip member or one plane of a stack
         except (OSError, DecodeError) as e:
             reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             log.warning("image %d (%r) cannot be shown: %s", image_id, rec.path, reason)
@@ -192,6 +193,8 @@ def register(
     def picture(req: Request, prefix: str, default_size: int | None) -> Response:
         image_id = _id_from(req.path, prefix)
         size = _one_int(req, "size", default_size or 0, 0 if default_size is None else 32, 4096) or None
+        # The full view too is at most max_image_side a side: a 64 MP image was a 53 MB PNG costing 680 MB.
+        size = min(size or service.limits.max_image_side, service.limits.max_image_side)
         etag = renderer.etag(image_id, size)
         if req.headers.get("if-none-match") == etag:
             catalog.record(image_id)  # an unknown id is still a 404
@@ -239,9 +242,11 @@ def register(
         plate_name = obj.get("plate") or None
         if plate_name is not None and not isinstance(plate_name, str):
             raise ClientError(HTTPStatus.BAD_REQUEST, "plate must be a string")
+        given = {k: obj[k] for k in ("plate", "channel", "site") if obj.get(k) not in (None, "", [])}
+        checked = check_filter(given, service.limits)  # list lengths, string sizes, sites in range
         out = catalog.plate_map(
-            query, plate_name, as_tuple(obj.get("channel"), lambda c: str(c).lower()),
-            as_tuple(obj.get("site"), int),
+            query, plate_name, as_tuple(checked.get("channel"), lambda c: str(c).lower()),
+            as_tuple(checked.get("site"), int),
         )  # fmt: skip
         return json_response(out)
 
@@ -300,7 +305,7 @@ def register(
     def report_file(req: Request) -> Response:
         rest = req.path[len("/reports/") :]
         num, _, name = rest.partition("/")
-        if not num.isdigit() or int(num) >= len(reports):
+        if not is_decimal(num) or int(num) >= len(reports):
             raise ClientError(HTTPStatus.NOT_FOUND, "no such report folder")
         name = name or "report.html"
         folder = reports[int(num)]

@@ -18,7 +18,7 @@ from indexer.cli.options import (
     redis_options,
     redis_url_option,
 )
-from indexer.core.errors import ConfigError, IndexDamagedError
+from indexer.core.errors import ConfigError, IndexDamagedError, MaeError
 from indexer.stores.binding import describe_identity, redis_config_for, redis_record
 
 mirror_index_option = click.option(
@@ -223,7 +223,9 @@ def repair(index_dir, redis_url, redis_index, no_wait, fmt):
     if fmt == "json":
         click.echo(json.dumps(report.to_dict()))
         return
-    if not report.damage and not report.redis_rewritten:
+    if report.redis_manifest_restored:
+        click.echo("Rewrote the Redis manifest, lost from Redis, from the folder's.", err=True)
+    if not report.damage and not report.redis_rewritten and not report.redis_manifest_restored:
         click.echo(f"Nothing to repair: {index_dir} is sound ({report.total} images).", err=True)
         return
     for line in report.damage:
@@ -264,6 +266,9 @@ def drop_redis(redis_url, redis_index):
 
     with open_stores(None, redis_config(redis_url, redis_index)) as stores:
         n = stores.redis.count()
+        if n == 0 and stores.redis.read_manifest() is None:
+            raise MaeError(f"there is no Redis index {redis_index!r} at {describe_identity(stores.redis.identity)}; "
+                           "nothing dropped (mae-index info lists an index folder's Redis index)")  # fmt: skip
         stores.redis.drop(delete_documents=True)
         identity = stores.redis.identity
     click.echo(f"Dropped {describe_identity(identity)} and its {n} vectors.", err=True)

@@ -93,9 +93,12 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes (hex), read in 1 MB chunks."""
+    """SHA-256 of a regular file's bytes (hex), read in 1 MB chunks (a FIFO or device is refused:
+    :class:`~indexer.core.safe_files.NotARegularFile`, an ``OSError``)."""
+    from indexer.core.safe_files import open_regular
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

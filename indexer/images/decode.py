@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -104,17 +105,6 @@ def _check_pixels(image: np.ndarray, where: str = "") -> np.ndarray:
     return image
 
 
-def _plane_axes(tif) -> tuple[str, tuple[int, ...]]:
-    """The axes and shape of the file's planes: one series, or pages of one 2-D shape (plain multi-page)."""
-    series = tif.series
-    if len(series) == 1:
-        return series[0].axes, tuple(series[0].shape)
-    shapes = {tuple(p.shape) for p in tif.pages}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise DecodeError(f"{len(tif.pages)} pages of different shapes {sorted(shapes)[:3]}: not one stack")
-    return "IYX", (len(tif.pages), *next(iter(shapes)))
-
-
 def check_size(
     shape: tuple, itemsize: int, file_bytes: int, limits: DecodeLimits | None = None, planes: int = 1
 ) -> None:
@@ -142,27 +132,105 @@ def check_size(
         )
 
 
-def decode_planes(data: bytes, limits: DecodeLimits | None = None) -> list[Plane]:
-    """Decode a TIFF (single plane, multi-page or OME-TIFF stack) into its 2-D planes.
+def _claimed_planes(tif) -> int:
+    """How many planes the first page's OME or ImageJ description claims (0 where it claims nothing).
+
+    Read from the text before tifffile builds its series: tifffile makes a list entry (and later a
+    zero-filled frame) for every plane claimed, so a 1 KB file claiming 10^9 planes would exhaust memory.
+    """
+    description = tif.pages[0].description or ""
+    if "<OME" in description[:4096]:
+        total = 0
+        for pixels in re.finditer(r"<(?:\w+:)?Pixels\b[^>]*>", description):
+            sizes = [int(m) for m in re.findall(r'\bSize[CZT]="(\d+)"', pixels.group(0))]
+            total += int(np.prod(sizes, dtype=object)) if sizes else 1
+        return total
+    m = re.search(r"^images=(\d+)", description, re.M) if description.startswith("ImageJ=") else None
+    return int(m.group(1)) if m else 0
+
+
+def _layout(tif, file_bytes: int, limits: DecodeLimits) -> tuple[str, tuple[int, ...], list]:
+    """The axes and shape of a file's planes and the page of each plane, checked from the header.
+
+    Planes are read page by page, never through a series that fills in frames a file lacks: a stack
+    whose metadata claims more planes than the file has pages is refused, and so is one over
+    ``limits.max_planes``.
+    """
+    n_pages = len(tif.pages)  # walks the chain of page offsets only: 0.3 s and 3 MB for 100,000 pages
+    if n_pages > limits.max_planes:
+        raise DecodeError(
+            f"{n_pages} pages; the limit is {limits.max_planes} planes per file (split the stack into files)"
+        )
+    claimed = _claimed_planes(tif)
+    if claimed > n_pages:
+        raise DecodeError(
+            f"the file's metadata claims {claimed} planes but it holds {n_pages} pages: damaged or "
+            "incomplete (a multi-file OME set?); refused rather than indexing missing planes as blank"
+        )
+    series = tif.series
+    if len(series) == 1:
+        axes, shape = series[0].axes, tuple(series[0].shape)
+        pages = list(series[0].pages)
+    else:
+        shapes = {tuple(p.shape) for p in tif.pages}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise DecodeError(f"{n_pages} pages of different shapes {sorted(shapes)[:3]}: not one stack")
+        axes, shape, pages = "IYX", (n_pages, *next(iter(shapes))), list(tif.pages)
+    if "S" in axes:
+        raise DecodeError(f"not a single-channel image (axes {axes}, shape {shape}): samples per pixel")
+    if len(shape) < 2 or axes[-2:] != "YX":
+        raise DecodeError(f"a stack with axes {axes}: expected its planes last (...YX)")
+    other = [a for a in axes[:-2] if a not in PLANE_AXES]
+    if other or sum(PLANE_AXES[a] == "z" for a in axes[:-2]) > 1:
+        raise DecodeError(
+            f"a stack with axes {axes}: only Z (focus) and C (channel) axes are indexed, one plane "
+            "per image; split time series or tiles into files first"
+        )
+    n_planes = int(np.prod(shape[:-2], dtype=np.int64))
+    present = [p for p in pages if p is not None]
+    if n_planes > limits.max_planes:
+        raise DecodeError(f"{n_planes} planes; the limit is {limits.max_planes} planes per file")
+    if len(present) != n_planes or any(tuple(p.shape) != shape[-2:] for p in present):
+        raise DecodeError(
+            f"the file's metadata gives {n_planes} planes of {shape[-1]}x{shape[-2]} but it holds "
+            f"{len(present)} such pages: damaged or incomplete; refused rather than indexing missing planes"
+        )
+    check_size(shape, tif.pages[0].dtype.itemsize, file_bytes, limits, n_planes)
+    return axes, shape, pages
+
+
+def _unreadable(e: Exception) -> DecodeError:
+    return DecodeError(f"not a readable TIFF: {type(e).__name__}: {e}".splitlines()[0][:300])
+
+
+def iter_planes(
+    data: bytes, limits: DecodeLimits | None = None, only: int | None = None, single: bool = False
+) -> Iterator[Plane]:
+    """Decode a TIFF (single plane, multi-page or OME-TIFF stack) into its 2-D planes, one page at a time.
 
     Each plane gets its position along the file's Z and C axes (:data:`PLANE_AXES`); a single-plane
-    file is one plane with neither. Sizes are checked from the header (:func:`check_size`, ``limits``)
-    before any pixel is decoded.
+    file is one plane with neither. Sizes and the plane count are checked from the header
+    (:func:`check_size`, ``limits``) before any pixel is decoded, and only one plane's pixels are held
+    at a time. ``only`` decodes plane ``only`` alone (none if the file has no such plane); ``single``
+    refuses a stack before decoding any of it.
 
     Raises
     ------
     DecodeError
         Not a readable TIFF; samples per pixel (RGB), a time or other axis; an unsupported pixel type
         (see :data:`ACCEPTED`); NaN pixels; a plane smaller than one patch; a file over ``limits``
-        (pixels per plane, compression ratio).
+        (pixels per plane, compression ratio, planes per file); metadata claiming planes the file lacks.
     """
     if not data:
         raise DecodeError("empty file")
+    limits = limits or DEFAULT_LIMITS
     try:
         with open_tiff(data) as tif:
             if len(tif.pages) == 0:
                 raise DecodeError("not a readable TIFF: no image found (truncated or damaged file?)")
-            if len(tif.pages) == 1:
+            if len(tif.pages) == 1 and not _claimed_planes(tif) > 1:
+                if only not in (None, 0):
+                    return
                 page = tif.pages[0]
                 shape = tuple(page.shape)
                 if len(shape) != 2:
@@ -171,39 +239,49 @@ def decode_planes(data: bytes, limits: DecodeLimits | None = None) -> list[Plane
                 image = _libtiff_pixels(data, shape, page.dtype)
                 if image is None:
                     image = page.asarray(maxworkers=1)  # parallelism comes from the callers' workers
-                return [Plane(_check_pixels(image), 0)]
-            axes, shape = _plane_axes(tif)
-            if "S" in axes:
+                yield Plane(_check_pixels(image), 0)
+                return
+            axes, shape, pages = _layout(tif, len(data), limits)
+            if single:
                 raise DecodeError(
-                    f"not a single-channel image (axes {axes}, shape {shape}): samples per pixel"
+                    f"a stack of {len(pages)} planes; a query is one plane: give one plane's file, or the "
+                    "id of an indexed plane (mae-index build indexes each plane as one image)"
                 )
-            if axes[-2:] != "YX":
-                raise DecodeError(f"a stack with axes {axes}: expected its planes last (...YX)")
-            other = [a for a in axes[:-2] if a not in PLANE_AXES]
-            if other or sum(PLANE_AXES[a] == "z" for a in axes[:-2]) > 1:
-                raise DecodeError(
-                    f"a stack with axes {axes}: only Z (focus) and C (channel) axes are indexed, one plane "
-                    "per image; split time series or tiles into files first"
-                )
-            n_planes = int(np.prod(shape[:-2], dtype=np.int64))
-            check_size(shape, tif.pages[0].dtype.itemsize, len(data), limits, n_planes)
-            if len(tif.series) == 1:
-                stack = tif.series[0].asarray(maxworkers=1)
-            else:
-                stack = np.stack([p.asarray(maxworkers=1) for p in tif.pages])
+            lead = axes[:-2]
+            for index, position in enumerate(np.ndindex(*shape[:-2])):
+                if only is not None and index != only:
+                    continue
+                where = dict(zip(lead, position))
+                z = next((int(v) for a, v in where.items() if PLANE_AXES[a] == "z"), None)
+                channel = f"c{where['C']}" if "C" in where else None
+                image = pages[index].asarray(maxworkers=1)
+                yield Plane(_check_pixels(image, f"plane {index}: "), index, z, channel)
     except DecodeError:
         raise
     except Exception as e:  # tifffile raises many types for damaged files
-        raise DecodeError(f"not a readable TIFF: {type(e).__name__}: {e}".splitlines()[0][:300]) from e
-    lead = axes[:-2]
-    planes = []
-    for index, position in enumerate(np.ndindex(*shape[:-2])):
-        where = dict(zip(lead, position))
-        z = next((int(v) for a, v in where.items() if PLANE_AXES[a] == "z"), None)
-        channel = f"c{where['C']}" if "C" in where else None
-        image = _check_pixels(stack.reshape(-1, *shape[-2:])[index], f"plane {index}: ")
-        planes.append(Plane(image, index, z, channel))
-    return planes
+        raise _unreadable(e) from e
+
+
+def decode_planes(data: bytes, limits: DecodeLimits | None = None) -> list[Plane]:
+    """Every plane of a TIFF as a list (:func:`iter_planes`; a build iterates instead, to hold one at a time).
+
+    Raises
+    ------
+    DecodeError
+        As :func:`iter_planes`.
+    """
+    return list(iter_planes(data, limits))
+
+
+def decode_plane(data: bytes, index: int, limits: DecodeLimits | None = None) -> Plane | None:
+    """Plane ``index`` of a TIFF alone, decoding only its page; ``None`` if the file has no such plane.
+
+    Raises
+    ------
+    DecodeError
+        As :func:`iter_planes`.
+    """
+    return next(iter_planes(data, limits, only=index), None)
 
 
 def decode_tiff(data: bytes, limits: DecodeLimits | None = None) -> np.ndarray:
@@ -212,17 +290,11 @@ def decode_tiff(data: bytes, limits: DecodeLimits | None = None) -> np.ndarray:
     Raises
     ------
     DecodeError
-        If the bytes are not a readable TIFF, hold several planes (index those with ``mae-index
-        build``: each plane is one image) or samples, have an unsupported pixel type, are smaller than
-        one patch, or break ``limits`` (:func:`check_size`).
+        If the bytes are not a readable TIFF, hold several planes (refused from the header, before any
+        is decoded: index those with ``mae-index build``, each plane is one image) or samples, have an
+        unsupported pixel type, are smaller than one patch, or break ``limits`` (:func:`check_size`).
     """
-    planes = decode_planes(data, limits)
-    if len(planes) != 1:
-        raise DecodeError(
-            f"a stack of {len(planes)} planes; a query is one plane: give one plane's file, or the id of "
-            "an indexed plane (mae-index build indexes each plane as one image)"
-        )
-    return planes[0].image
+    return next(iter_planes(data, limits, single=True)).image
 
 
 #: What ``mae-index synth`` writes into the TIFF ImageDescription tag, so a synthetic image says so

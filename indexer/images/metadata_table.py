@@ -16,6 +16,7 @@ from pathlib import Path
 
 from indexer.core.errors import ConfigError
 from indexer.core.records import ImageMeta, normalise_channel, normalise_tags, normalise_well
+from indexer.images.metadata_checks import check_columns, header_columns, whole_number
 
 KNOWN = ("path", "plate", "well", "site", "channel", "z")
 
@@ -137,10 +138,7 @@ class MetadataTable:
 
 
 def _int(value: str, column: str, line: int, source: Path) -> int:
-    try:
-        return int(float(value))
-    except ValueError as e:
-        raise ConfigError(f"{source}, row {line}: {column} must be a number, got {value!r}") from e
+    return whole_number(value, column, line, source)  # finite, whole and in range, or exit 2 naming the row
 
 
 def load_metadata_table(source: Path) -> MetadataTable:
@@ -164,6 +162,7 @@ def load_metadata_table(source: Path) -> MetadataTable:
     except (OSError, ValueError, ImportError) as e:
         raise ConfigError(f"cannot read the metadata table {source}: {e}".splitlines()[0]) from e
     df.columns = [str(c).strip() for c in df.columns]
+    check_columns(header_columns(source) or list(df.columns), KNOWN, source)
     if "path" not in df.columns:
         raise ConfigError(
             f"the metadata table {source} has no 'path' column (columns: {', '.join(df.columns)}); it needs "

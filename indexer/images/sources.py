@@ -19,7 +19,7 @@ import numpy as np
 
 from indexer.bbbc006.names import name_problem, parse_path
 from indexer.core.config import SourceConfig
-from indexer.core.errors import ConfigError
+from indexer.core.errors import ConfigError, DecodeError
 from indexer.core.records import ImageMeta
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
@@ -399,27 +399,48 @@ def stack_file(path: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-def load_image(path: str) -> np.ndarray:
+def load_image(path: str, expected_id: int | None = None) -> np.ndarray:
     """Read and decode the image an index recorded at ``path``: a file, a zip member, or one plane of
     a stack (``file.tif#index``).
+
+    ``expected_id`` is the id the index gave the image. Ids derive from the file's bytes
+    (:func:`~indexer.images.decode.content_id`, :func:`~indexer.images.decode.plane_id`), so a file
+    replaced since the build by another valid image is told apart from the one indexed.
 
     Raises
     ------
     FileNotFoundError
         If nothing exists at ``path`` any more (moved since the build?).
     DecodeError
-        If the file is no longer a usable image.
+        If the file is no longer a usable image; :class:`ChangedImageError` if its bytes are no longer
+        those of image ``expected_id``.
     """
-    from indexer.images.decode import decode_planes, decode_tiff
+    from indexer.images.decode import content_id, decode_plane, decode_tiff, plane_id
 
     m = _PLANE_RE.match(path)
     if m and not Path(path).is_file():
         index = int(m.group(2))
-        planes = decode_planes(read_path(m.group(1)))
-        if index >= len(planes):
-            raise FileNotFoundError(2, f"the file has {len(planes)} planes, no plane {index}", path)
-        return planes[index].image
-    return decode_tiff(read_path(path))
+        data = read_path(m.group(1))
+        _check_same(path, expected_id, lambda: plane_id(content_id(data), index))
+        plane = decode_plane(data, index)  # that plane's page alone, not the stack
+        if plane is None:
+            raise FileNotFoundError(2, f"the file has no plane {index}", path)
+        return plane.image
+    data = read_path(path)
+    _check_same(path, expected_id, lambda: content_id(data))
+    return decode_tiff(data)
+
+
+class ChangedImageError(DecodeError):
+    """The file at an indexed path holds other bytes than the image indexed there."""
+
+
+def _check_same(path: str, expected_id: int | None, actual_id: Callable[[], int]) -> None:
+    if expected_id is not None and expected_id >= 0 and actual_id() != expected_id:
+        raise ChangedImageError(
+            f"{path} changed since it was indexed (its content is no longer that of image {expected_id}); "
+            "rebuild the index to use the new file"
+        )
 
 
 def read_path(path: str) -> bytes:

@@ -19,6 +19,7 @@ import numpy as np
 
 from indexer.core.atomic import atomic_write
 from indexer.core.config import BuildConfig, NormalizeSpec, PreprocessConfig, fit_on_text
+from indexer.core.csv_safe import escape_formula
 from indexer.core.errors import ConfigError, DecodeError, EmptyBuildError, IndexMismatchError
 from indexer.core.records import ImageRecord
 from indexer.images.source_list import SourceList
@@ -497,7 +498,7 @@ def write_rejected(index_dir: Path, rejected: Sequence[Rejected]) -> None:
             w = csv.writer(f)
             w.writerow(["path", "stage", "reason"])
             for r in rejected:
-                w.writerow([r.path, r.stage, r.reason])
+                w.writerow([escape_formula(r.path), r.stage, escape_formula(r.reason)])
 
     try:
         atomic_write(Path(index_dir) / REJECTED_CSV, write)

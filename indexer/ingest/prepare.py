@@ -15,7 +15,7 @@ import torch
 from indexer.core.config import PreprocessConfig
 from indexer.core.errors import DecodeError
 from indexer.core.records import ImageRecord
-from indexer.images.decode import Plane, content_id, decode_planes, image_source, plane_id
+from indexer.images.decode import Plane, content_id, image_source, iter_planes, plane_id
 from indexer.images.sources import SourceItem, plane_path
 from indexer.model.preprocess import prepare_plane
 
@@ -83,12 +83,18 @@ def prepare_item(
         if file_id in existing:
             return [Prepared(image_record(item, file_id), skipped=True, seconds=time.perf_counter() - t0)]
         stage = "decode"
-        planes = decode_planes(data)
         source = image_source(data)  # a synthetic TIFF says so in its ImageDescription
-        stage = "preprocess"
+        # One page is decoded and prepared at a time: what a stack holds at once is its prepared planes
+        # (at most DecodeLimits.max_planes of them), never all its decoded pages.
+        done: list[tuple[Plane, np.ndarray | torch.Tensor]] = []
+        for plane in iter_planes(data):
+            stage = "preprocess"
+            pixels = plane.image if on_device else prepare_plane(plane.image, preprocess_config)
+            done.append((replace(plane, image=np.empty((0, 0), np.uint8)), pixels))
+            stage = "decode"
         out = []
-        for plane in planes:
-            if len(planes) == 1:
+        for plane, pixels in done:
+            if len(done) == 1:
                 record = image_record(item, file_id)
             else:
                 record = image_record(item, plane_id(file_id, plane.index), plane)
@@ -96,9 +102,9 @@ def prepare_item(
             if record.id in existing:
                 out.append(Prepared(record, skipped=True))
             elif on_device:
-                out.append(Prepared(record, raw=plane.image))
+                out.append(Prepared(record, raw=pixels))
             else:
-                out.append(Prepared(record, pixels=prepare_plane(plane.image, preprocess_config)))
+                out.append(Prepared(record, pixels=pixels))
         per_plane = (time.perf_counter() - t0) / len(out)
         return [replace(p, seconds=per_plane) for p in out]
     except DecodeError as e:

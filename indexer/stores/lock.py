@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from indexer.core.errors import IndexBusyError, StoreUnavailableError
+from indexer.core.safe_files import NotARegularFile, open_regular, read_bounded
 
 LOCK_FILE = ".write.lock"
 #: Seconds between tries while waiting for another writer.
@@ -37,7 +38,7 @@ _guard = threading.Lock()
 
 def _holder_note(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        text = read_bounded(path, 512).decode("utf-8", "replace").strip()
     except OSError:
         return ""
     return f" (held by {text})" if text else ""
@@ -70,7 +71,12 @@ class FolderLock:
         """
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, like every index file
+            # Never through a link: a planted .write.lock -> elsewhere would be truncated and written.
+            fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, 0o666, follow=False)  # less the umask
+        except NotARegularFile as e:
+            raise StoreUnavailableError(
+                f"the write lock {e}: the index folder {self.directory} was tampered with"
+            ) from e
         except OSError as e:
             raise StoreUnavailableError(
                 f"index folder {self.directory} is not writable ({e.strerror or e}): choose another --index "

@@ -14,7 +14,8 @@ The count is not stored here; stores report it live. A stored manifest also carr
 "sha256:..."`` over the rest of its content (:func:`seal_manifest`), so a manifest edited by hand
 after the build (another pooling or preprocessing would silently change what queries mean) is refused
 when it is read (:func:`check_manifest`). Manifests written before the checksum existed have none and
-are accepted as they are.
+are accepted as they are; one that should have one (it has an ``index_uid``, or its folder's state
+file names one: both came later) and lacks it was edited, and is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.core.errors import IndexDamagedError, IndexMismatchError, ModelLoadError
+from indexer.core.safe_files import NotARegularFile, read_bounded_text
 
 MANIFEST_FORMAT = 1
 
@@ -120,13 +122,25 @@ def read_folder_manifest(index_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_bounded_text(path))
+    except NotARegularFile:
+        raise
     except ValueError as e:
         raise IndexDamagedError(
             f"manifest {path} is not valid JSON ({e}): it was damaged or edited since the build; restore it, "
             "or rebuild the index into a new folder"
         ) from e
-    return check_manifest(data, str(path))
+    return check_manifest(data, str(path), sealed=_state_names_a_uid(Path(index_dir)))
+
+
+def _state_names_a_uid(index_dir: Path) -> bool:
+    """Whether the folder's state file records an index uid: written since manifests are sealed, so its
+    manifest had a checksum (and an ``index_uid``) whatever an edit left of them."""
+    try:
+        state = json.loads(read_bounded_text(index_dir / "index.state.json"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and bool(state.get("index_uid"))
 
 
 def _model_identity(model: dict[str, Any]) -> tuple[str, str | None]:
@@ -210,7 +224,7 @@ def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, CHECKSUM_KEY: manifest_checksum(manifest)}
 
 
-def check_manifest(data: Any, where: str) -> dict[str, Any]:
+def check_manifest(data: Any, where: str, sealed: bool = False) -> dict[str, Any]:
     """Return ``data`` (without its checksum) when it is a sound manifest; otherwise say what is wrong.
 
     Parameters
@@ -219,12 +233,15 @@ def check_manifest(data: Any, where: str) -> dict[str, Any]:
         The parsed JSON.
     where
         The file or Redis key, for the message.
+    sealed
+        The manifest must carry a checksum (its folder's state file names an index uid: written since).
+        One with an ``index_uid`` must too: the uid came after the checksum, so only an edit removes it.
 
     Raises
     ------
     IndexDamagedError
-        Not a JSON object, a required key missing, or a checksum that does not match the content
-        (the manifest was changed since the build).
+        Not a JSON object, a required key missing, a checksum that does not match the content (the
+        manifest was changed since the build), or no checksum where the manifest's age says it had one.
     """
     fix = "restore it from a backup, or rebuild the index into a new folder / Redis index name"
     if not isinstance(data, dict):
@@ -237,6 +254,11 @@ def check_manifest(data: Any, where: str) -> dict[str, Any]:
             f"manifest {where} lacks {', '.join(missing)}: it was damaged or edited; {fix}"
         )
     stored = data.get(CHECKSUM_KEY)
+    if stored is None and (sealed or "index_uid" in data):
+        raise IndexDamagedError(
+            f"manifest {where} has no checksum, though every manifest written since checksums were added "
+            f"has one: it was edited (deleting the checksum does not make an edit valid); {fix}"
+        )
     if stored is not None and stored != manifest_checksum(data):
         raise IndexDamagedError(
             f"manifest {where} was changed since the build (its checksum does not match its content), so "

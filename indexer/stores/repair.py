@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.core.config import RedisConfig
-from indexer.core.errors import MaeError
+from indexer.core.errors import IndexDamagedError, MaeError
 from indexer.core.records import ImageRecord
 
 DAMAGED_DIR = "damaged"
@@ -35,11 +35,12 @@ class RepairReport:
     manifest_restored: bool = False
     redis_damage: list[str] = field(default_factory=list)
     redis_rewritten: int = 0  # damaged or lost Redis hashes rewritten from the folder
+    redis_manifest_restored: bool = False  # Redis had lost its manifest; rewritten from the folder's
 
     @property
     def repaired(self) -> bool:
         """True when something was damaged and was rewritten."""
-        return bool(self.damage) or bool(self.redis_rewritten)
+        return bool(self.damage) or bool(self.redis_rewritten) or self.redis_manifest_restored
 
     def to_dict(self) -> dict:
         """JSON-ready report."""
@@ -64,11 +65,15 @@ def repair_index(index_dir: Path, redis: RedisConfig | None = None, wait: bool =
     RepairReport
         Nothing is rewritten when the folder is sound.
     """
+    from indexer.stores.faiss.state import FOREIGN
     from indexer.stores.faiss.store import FaissStore
 
     store = FaissStore(index_dir, allow_damage=True, wait=wait)
     try:
         report = RepairReport(damage=store.check(full=True))
+        foreign = [d for d in report.damage if FOREIGN in d]
+        if foreign:  # rebuilding from another index's shards would make them this index's
+            raise IndexDamagedError(f"not repaired: {foreign[0]}")
         if redis is not None and not report.damage:
             _rewrite_damaged_hashes(store, redis, report)
         if not report.damage:
@@ -138,6 +143,15 @@ def _rewrite_damaged_hashes(store, redis: RedisConfig, report: RepairReport, sou
         if fixable:
             source.add(store.get_vectors(fixable), store.get(fixable))
             report.redis_rewritten = len(fixable)
+        # A Redis restarted without its data lost its manifest (and transform) too: without them it
+        # answers no query, so a repair that rewrote the hashes alone would say "repaired" and be wrong.
+        manifest = store.read_manifest()
+        if manifest is not None and source.read_manifest() is None:
+            source.write_manifest(manifest)
+            transform = store.read_transform()
+            if transform is not None and source.read_transform() is None:
+                source.write_transform(transform)
+            report.redis_manifest_restored = True
     finally:
         if own:
             source.close()

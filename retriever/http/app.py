@@ -40,6 +40,14 @@ from urllib.parse import parse_qs
 from indexer.core.errors import ConfigError, StoreUnavailableError
 from indexer.core.limits import RequestLimits
 from indexer.core.records import MetadataFilter
+from retriever.http.checks import (  # ClientError lives there so that the checks need not import this
+    ClientError,
+    check_filter,
+    check_json_size,
+    is_decimal,
+    lost_index,
+    whole_number,
+)
 from retriever.search import QueryOptions
 
 if TYPE_CHECKING:  # the service imports ClientError from here
@@ -52,16 +60,10 @@ DEFAULT_MAX_BODY = RequestLimits().max_body_bytes
 _FILTER_FIELDS = ("plate", "well", "row", "column", "site", "channel", "z", "source", "tags")
 
 
-class ClientError(Exception):
-    """A request the client must fix (answered with ``status`` and the message)."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def options_from(params: dict[str, Any]) -> QueryOptions:
-    """Build :class:`QueryOptions` from query-string or JSON values (lists allowed for filters)."""
+def options_from(params: dict[str, Any], limits: RequestLimits | None = None) -> QueryOptions:
+    """Build :class:`QueryOptions` from query-string or JSON values (lists allowed for filters), each
+    checked against ``limits`` (:func:`retriever.http.checks.check_filter`)."""
+    limits = limits or RequestLimits()
     try:
         where_src = params.get("where", params)
         if not isinstance(where_src, dict):
@@ -71,8 +73,9 @@ def options_from(params: dict[str, Any]) -> QueryOptions:
         where = {f: where_src[f] for f in _FILTER_FIELDS if f in where_src}
         for bound in ("z_min", "z_max"):
             if bound in where_src:
-                where[bound] = int(_one(where_src[bound]))
-        k = int(_one(params.get("k", 10)))
+                where[bound] = _one(where_src[bound])
+        where = check_filter(where, limits)
+        k = whole_number(_one(params.get("k", 10)), "k", 1, 2**31 - 1)  # k x queries: check_results
         max_distance = params.get("max_distance")
         return QueryOptions(
             k=k,
@@ -96,6 +99,7 @@ class Request:
     query: dict[str, list[str]]
     body: bytes
     headers: dict[str, str]
+    client: str = ""  # the peer's address (REMOTE_ADDR), for per-client limits
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object (400 for anything else, including nesting too deep to parse)."""
@@ -163,7 +167,7 @@ def parse_id(value: Any) -> int:
 
     Strings are accepted because JavaScript numbers lose precision above 2**53 and ids are 63-bit.
     """
-    if isinstance(value, str) and value.isdigit() and len(value) <= 19:
+    if isinstance(value, str) and is_decimal(value) and len(value) <= 19:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
         raise ClientError(
@@ -235,7 +239,7 @@ class App:
         return json_response(payload, status)
 
     def _query(self, req: Request) -> Response:
-        options = options_from(req.query)
+        options = options_from(req.query, self.limits)
         check_results(options.k, 1, self.limits)
         if not req.body:
             raise ClientError(HTTPStatus.BAD_REQUEST, "empty body: send one TIFF file")
@@ -253,16 +257,17 @@ class App:
                 HTTPStatus.BAD_REQUEST,
                 f"{len(images)} images given; at most {self.limits.max_images} images per request",
             )
-        options = options_from(obj)
+        options = options_from(obj, self.limits)
         check_results(options.k, len(images), self.limits)
         backend = _backend(obj.get("backend"))
         return json_response({"results": self.service.query_images(_b64_stream(images), options, backend)})
 
     def _ids(self, req: Request) -> Response:
+        check_json_size(req.body, self.limits, "a /query/ids")
         obj = req.json()
         _check_keys(obj, _JSON_KEYS | {"ids"}, "key")
         ids = parse_ids(obj.get("ids"), self.limits)
-        options = options_from(obj)
+        options = options_from(obj, self.limits)
         check_results(options.k, len(ids), self.limits)
         return json_response({"results": self.service.query_ids(ids, options, _backend(obj.get("backend")))})
 
@@ -290,6 +295,10 @@ class App:
                 {"error": f"the {name} store is unavailable: {e}"}, HTTPStatus.SERVICE_UNAVAILABLE
             )
         except Exception as e:  # a bug: answer 500 without the stack, log it
+            lost = lost_index(e)
+            if lost is not None:
+                return json_response({"error": f"the {self.service.store_name} store is unavailable: {lost}"},
+                                     HTTPStatus.SERVICE_UNAVAILABLE)  # fmt: skip
             log.exception("internal error on %s %s", req.method, req.path)
             return json_response({"error": f"internal error: {type(e).__name__}"}, 500)
 
@@ -306,6 +315,7 @@ class App:
             query=parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True),
             body=body,
             headers={k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")},
+            client=str(environ.get("REMOTE_ADDR", "")),
         )
         resp = self.handle(req)
         self.service.stats.record(time.perf_counter() - t0, resp.status < 400)

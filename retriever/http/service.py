@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -21,6 +22,7 @@ from indexer.images.decode import decode_tiff
 from indexer.model.preprocess import preprocess_image
 from indexer.stores.binding import store_identity
 from retriever.http.app import ClientError
+from retriever.http.checks import lost_index
 from retriever.search import QueryOptions, Retriever
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,8 @@ class QueryService:
         self.backends: dict[str, Retriever] = {_store_name(retriever.store): retriever}
         self.lock = threading.Lock()
         self.stats = LatencyStats()
-        self._jobs: queue.Queue = queue.Queue()
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()  # (priority, order, fn, args, future)
+        self._order = itertools.count()
         self._compute_thread: threading.Thread | None = None
         self._submit = threading.Lock()  # a job is queued only while a compute loop will take it
 
@@ -115,7 +118,10 @@ class QueryService:
     def health_status(self) -> tuple[int, dict[str, Any]]:
         """``(200, health)``, or ``(503, {"status": "unavailable", "stores": {name: {ok, reason}}})``."""
         try:
-            return 200, self.health()
+            try:
+                return 200, self.health()
+            except Exception as e:
+                raise (lost_index(e) or e) from e
         except StoreUnavailableError as e:
             name = _store_name(self.retriever.store)
             log.warning("health: the %s store is unavailable: %s", name, e)
@@ -125,14 +131,15 @@ class QueryService:
                 "stores": {name: {"ok": False, "reason": str(e)}},
             }
 
-    def compute(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def compute(self, fn: Callable[..., Any], *args: Any, priority: int = 0) -> Any:
         """Run ``fn(*args)`` on the compute thread (or here, under the lock, when none runs); return its
-        result or raise its exception."""
+        result or raise its exception. Queued work runs lowest ``priority`` first, in order within one:
+        queries (0) go before the live panel's perturbations (1)."""
         with self._submit:
             loop = self._compute_thread
             if loop is not None and loop is not threading.current_thread():
                 future: Future = Future()
-                self._jobs.put((fn, args, future))
+                self._jobs.put((priority, next(self._order), fn, args, future))
         if loop is None or loop is threading.current_thread():
             with self.lock:
                 return fn(*args)
@@ -145,7 +152,7 @@ class QueryService:
         try:
             while not stop.is_set():
                 try:
-                    fn, args, future = self._jobs.get(timeout=poll)
+                    _, _, fn, args, future = self._jobs.get(timeout=poll)
                 except queue.Empty:
                     continue
                 if not future.set_running_or_notify_cancel():
@@ -161,7 +168,7 @@ class QueryService:
             with self._submit:
                 self._compute_thread = None
                 while not self._jobs.empty():
-                    self._jobs.get_nowait()[2].set_exception(_stopping())
+                    self._jobs.get_nowait()[-1].set_exception(_stopping())
 
     def warm_up(self) -> None:
         """Run one forward pass (on the compute thread, when one runs) so the first query is not slow."""

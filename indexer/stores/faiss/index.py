@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from indexer.core.errors import ConfigError, MaeError
+from indexer.core.safe_files import require_regular
 from indexer.stores.faiss.kinds import (
     DEFAULT_KIND,
     IndexKind,
@@ -135,6 +136,7 @@ class IndexMixin:
         index = None
         if not self.damage and covered and index_path.exists() and folder.snapshot_kind == self._kind.factory:
             try:
+                require_regular(index_path)  # a FIFO here would hang every query
                 index = load_faiss().read_index(str(index_path))
                 if index.d != self.dim:
                     index = None
@@ -233,10 +235,11 @@ class IndexMixin:
             return empty
         try:
             faiss = load_faiss()
+            require_regular(path)
             index = faiss.read_index(str(path))
             ids = faiss.vector_to_array(index.id_map).astype(np.int64)
             vectors = np.stack([index.reconstruct(int(i)) for i in ids]) if len(ids) else empty[1]
-        except (RuntimeError, AttributeError, ValueError) as e:
+        except (RuntimeError, AttributeError, ValueError, OSError) as e:
             log.warning("%s cannot be read (%s)", path, e)
             return empty
         return ids, vectors.astype(np.float32)

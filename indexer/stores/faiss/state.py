@@ -21,6 +21,7 @@ from typing import Any
 
 from indexer.core.atomic import atomic_write_json, file_sha256, temp_file_pid
 from indexer.core.errors import StoreUnavailableError
+from indexer.core.safe_files import read_bounded_text
 from indexer.stores.faiss.kinds import DEFAULT_KIND
 from indexer.stores.faiss.shards import SHARDS, ShardInfo
 from indexer.stores.lock import pid_alive
@@ -131,17 +132,48 @@ def read_state(directory: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not path.exists():
         return None, None
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = json.loads(read_bounded_text(path))  # a regular file of bounded size: never /dev/zero
         if not isinstance(state, dict) or not isinstance(state.get("shards"), list):
             raise ValueError("not an object with a shard list")
-        return state, None
+        return state, foreign_state_problem(state, stored_index_uid(directory))
     except (OSError, ValueError) as e:
         return None, f"{INDEX_STATE} is unreadable ({e})"
 
 
 def write_state(directory: Path, document: dict[str, Any]) -> None:
-    """Write ``index.state.json`` atomically."""
-    atomic_write_json(Path(directory) / INDEX_STATE, document)
+    """Write ``index.state.json`` atomically, with the folder's index uid (from its manifest)."""
+    uid = stored_index_uid(directory)
+    atomic_write_json(Path(directory) / INDEX_STATE, {**document, **({"index_uid": uid} if uid else {})})
+
+
+#: What :func:`foreign_state_problem` says; ``repair`` refuses a folder where it is found.
+FOREIGN = "belongs to another index"
+
+
+def foreign_state_problem(state: dict[str, Any], uid: str | None) -> str | None:
+    """The problem of a state file written for another index than the folder's manifest names, else None.
+
+    The state file records each shard's SHA-256 and the snapshot it describes, so a state file that is
+    this folder's vouches for its shards and ``index.faiss``; one copied in with another index's files
+    vouches for those instead.
+    """
+    theirs = state.get("index_uid")
+    if theirs and uid and theirs != uid:
+        return (
+            f"{INDEX_STATE} {FOREIGN} (index uid {theirs}; this folder's manifest says {uid}): its shards and "
+            f"{INDEX} were copied from another index folder; copy that whole folder instead, or rebuild"
+        )
+    return None
+
+
+def stored_index_uid(directory: Path) -> str | None:
+    """The ``index_uid`` of the manifest on disk, or None (no manifest, or one without a uid)."""
+    try:
+        data = json.loads(read_bounded_text(Path(directory) / MANIFEST))
+    except (OSError, ValueError):
+        return None
+    uid = data.get("index_uid") if isinstance(data, dict) else None
+    return uid if isinstance(uid, str) else None
 
 
 def checksum_problems(directory: Path, shards: dict[str, ShardInfo]) -> list[str]:
@@ -160,7 +192,7 @@ def stored_faiss_section(directory: Path) -> dict[str, Any]:
     """The ``faiss`` section of the manifest on disk, or empty (a damaged manifest is reported by
     :meth:`FaissStore.read_manifest`, not here)."""
     try:
-        data = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
+        data = json.loads(read_bounded_text(Path(directory) / MANIFEST))
     except (OSError, ValueError):
         return {}
     section = data.get("faiss") if isinstance(data, dict) else None

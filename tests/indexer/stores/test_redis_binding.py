@@ -96,6 +96,9 @@ def test_a_legacy_folder_without_a_record_is_checked_by_count(env_url, tmp_path,
         m = json.loads((folder / "manifest.json").read_text())
         m.pop("redis"), m.pop("index_uid"), m.pop("checksum")
         (folder / "manifest.json").write_text(json.dumps(m))
+        state = json.loads((folder / "index.state.json").read_text())
+        state.pop("index_uid")  # a state file from before the uid names none either
+        (folder / "index.state.json").write_text(json.dumps(state))
     client = redis_py.Redis.from_url(env_url)
     for name in ("legacyA", "legacyB"):
         m = json.loads(client.get(f"{name}:manifest"))
