@@ -40,7 +40,22 @@ def ref_facets(records: dict[int, ImageRecord]) -> dict[str, Any]:
             {"value": v, "count": d[v]} for v in sorted(d, key=lambda x: (x is None, str(type(x)), x or 0))
         ]
 
-    return {"count": len(records), **{f: ordered(d) for f, d in out.items()}}
+    tags: dict[str, dict[str, int]] = {}
+    for r in records.values():
+        for key, value in r.tags:
+            tags.setdefault(key, {})[value] = tags.get(key, {}).get(value, 0) + 1
+
+    def numeric_first(v: str) -> tuple:
+        try:
+            return (0, float(v), v)
+        except ValueError:
+            return (1, 0.0, v)
+
+    tag_facets = {
+        k: [{"value": v, "count": c[v]} for v in sorted(c, key=numeric_first)]
+        for k, c in sorted(tags.items())
+    }
+    return {"count": len(records), **{f: ordered(d) for f, d in out.items()}, "tags": tag_facets}
 
 
 def ref_siblings(records: dict[int, ImageRecord], image_id: int) -> dict[str, Any]:
