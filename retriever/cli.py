@@ -71,7 +71,9 @@ def hits_to_rows(
             else [None] * len(hits)
         )
         for h, p in zip(hits, pct):
-            rows.append({"query": q, **h.to_dict(), "percentile": None if p != p else round(p, 1), **where})
+            # None without a context, NaN where the context has no reference scores: both print as empty.
+            pct_value = None if p is None or p != p else round(p, 1)
+            rows.append({"query": q, **h.to_dict(), "percentile": pct_value, **where})
     return rows
 
 
