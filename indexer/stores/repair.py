@@ -119,7 +119,7 @@ def repair_index(index_dir: Path, redis: RedisConfig | None = None, wait: bool =
             vectors.append(snap_vectors[extra])
             report.from_snapshot = len(extra)
         if store.dim is None and snap_vectors.size:
-            store.dim = snap_vectors.shape[1]
+            store.expect_dim(snap_vectors.shape[1])
         all_vectors = np.concatenate(vectors) if records else np.zeros((0, store.dim or 0), np.float32)
         store.replace_all(all_vectors, records, keep_old_in=DAMAGED_DIR)
         report.total = store.count()

@@ -163,9 +163,9 @@ def test_a_manifest_edited_by_hand_is_a_clear_error(
 def test_redis_manifest_checksum(redis_config):
     store = RedisStore(redis_config, dim=4)
     store.write_manifest({"model": {"name": "m"}, "pooling": "mean", "preprocess": {}, "dim": 4})
-    raw = json.loads(store.client.get(store._manifest_key))
+    raw = json.loads(store.client.get(store.manifest_key))
     assert raw["checksum"].startswith("sha256:")
-    store.client.set(store._manifest_key, json.dumps({**raw, "pooling": "iqm"}))
+    store.client.set(store.manifest_key, json.dumps({**raw, "pooling": "iqm"}))
     with pytest.raises(IndexDamagedError, match="changed since the build"):
         store.read_manifest()
 

@@ -50,7 +50,7 @@ def test_two_concurrent_builds_keep_every_image_exactly_once(tmp_path, real_imag
         assert [p.returncode for p in procs] == [0, 0], errs
         store = FaissStore(index, read_only=True)
         assert store.ids().tolist() == expected, f"round {round_no}: {store.count()} of 20"
-        assert store._index.ntotal == 20
+        assert store.search_index.ntotal == 20
         # Every shard row is an image of the set, and no flushed shard was lost or overwritten.
         import pyarrow.parquet as pq
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.core.errors import ConfigError
+from indexer.core.errors import ConfigError, StoreUnavailableError
 
 DEFAULT_KIND = "Flat"
 #: Recall@10 against exact search that ``auto`` tunes nprobe/efSearch for.
@@ -162,6 +162,19 @@ def parse_kind(text: str) -> IndexKind:
     return kind
 
 
+def open_kind(stored: str | None, requested: str | None) -> tuple[IndexKind, bool]:
+    """The kind a store opens with: ``requested`` (unless ``None`` or ``auto``), else the folder's
+    ``stored`` one (Flat when it names none); and whether ``stored`` was a kind this code knows (an
+    unknown one opens as Flat, and the caller reports the folder damaged)."""
+    try:
+        kind, known = parse_kind(stored or DEFAULT_KIND), True
+    except ConfigError:
+        kind, known = parse_kind(DEFAULT_KIND), False
+    if requested not in (None, "auto"):
+        kind = parse_kind(requested)
+    return kind, known
+
+
 def ivf_lists(n: int) -> int:
     """Number of IVF lists for ``n`` vectors: a power of two near ``4 * sqrt(n)`` (FAISS's guideline of
     4-16 sqrt(n)), at least 1 and at most ``n / 39`` so every list can be trained."""
@@ -211,6 +224,15 @@ def parse_memory(text: str) -> int:
     if m is None:
         raise ConfigError(f"--faiss-memory takes a size like 512M or 4G, got {text!r}")
     return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
+
+
+def load_faiss():
+    """The ``faiss`` module, or :class:`StoreUnavailableError` saying how to install it."""
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - faiss is a core dependency
+        raise StoreUnavailableError("FAISS is not installed: pip install faiss-cpu") from e
+    return faiss
 
 
 def new_index(kind: IndexKind, dim: int) -> Any:

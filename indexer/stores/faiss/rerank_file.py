@@ -163,17 +163,18 @@ class RerankKeeper:
     by a writer, into a private temporary folder by a reader (which may not write the index folder).
     """
 
-    def __init__(self, directory: Path, writable: bool) -> None:
-        self.directory = Path(directory)
-        self.writable = writable
+    def __init__(self, directory: Path | None, writable: bool) -> None:
+        # No folder (an index built from arrays): every file is a private temporary one.
+        self.directory = Path(directory) if directory is not None else None
+        self.writable = writable and directory is not None
         self._file: RerankFile | None = None
         self._sha: str | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     @property
-    def path(self) -> Path:
-        """The folder's re-rank file."""
-        return self.directory / RERANK
+    def path(self) -> Path | None:
+        """The folder's re-rank file (``None`` without a folder)."""
+        return self.directory / RERANK if self.directory is not None else None
 
     @property
     def current(self) -> RerankFile | None:
@@ -188,6 +189,8 @@ class RerankKeeper:
         """Use the folder's file if it matches the snapshot (``entry``: the state file's record of it);
         return whether it did."""
         self.invalidate()
+        if self.path is None:
+            return False
         header = read_header(self.path)
         if not entry or header != (count, dim, last_shard) or self.path.stat().st_size != entry.get("bytes"):
             return False
@@ -199,7 +202,7 @@ class RerankKeeper:
     ) -> RerankFile:
         """Write a new file from the shards (``parts``) and use it."""
         path = self.path
-        if not self.writable:
+        if not self.writable or path is None:
             if self._tmp is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="mae-rerank-")
             path = Path(self._tmp.name) / RERANK
@@ -208,7 +211,7 @@ class RerankKeeper:
 
     def state_entry(self) -> dict[str, Any]:
         """What the state file records of the folder's file: size and SHA-256 (computed once)."""
-        if self._file is None or self._file.path != self.path:
+        if self._file is None or self.path is None or self._file.path != self.path:
             return {}
         if self._sha is None:
             self._sha = file_sha256(self.path)
@@ -216,7 +219,7 @@ class RerankKeeper:
 
     def problems(self, entry: dict | None) -> list[str]:
         """The folder's file against the state file's record (a full check: reads the whole file)."""
-        if not entry or not entry.get("sha256"):
+        if not entry or not entry.get("sha256") or self.path is None:
             return []
         if not self.path.exists():
             return [f"{RERANK} is missing (it is rebuilt from the shards by the next writer)"]

@@ -49,6 +49,8 @@ class FolderState:
         The copy of the manifest's ``faiss`` section (for folders without a manifest).
     rerank
         What the state file records of ``index.rerank`` (PQ kinds), or empty.
+    found
+        Whether there was a state document at all.
     """
 
     shards: dict[str, ShardInfo] = field(default_factory=dict)
@@ -56,11 +58,13 @@ class FolderState:
     snapshot_kind: str = DEFAULT_KIND
     faiss: dict[str, Any] = field(default_factory=dict)
     rerank: dict[str, Any] = field(default_factory=dict)
+    found: bool = False
 
 
 def parse_state(state: dict[str, Any] | None) -> FolderState:
     """Read a state document (as :func:`read_state` returns it; ``None`` for none) into a
     :class:`FolderState`."""
+    found = state is not None
     state = state or {}
     recorded: dict[str, ShardInfo] = {}
     for entry in state.get("shards", []):
@@ -79,6 +83,7 @@ def parse_state(state: dict[str, Any] | None) -> FolderState:
         snapshot_kind=snap.get("index", DEFAULT_KIND),
         faiss=dict(snap.get("faiss") or {}),
         rerank=dict(snap.get("rerank") or {}),
+        found=found,
     )
 
 

@@ -24,51 +24,48 @@ filter are query ``PARAMS``, and every tag value is escaped (:mod:`indexer.store
 change a query's meaning. Redis returns a cosine *distance* in [0, 2]; this store reports
 ``score = 1 - distance``, cosine similarity, like the FAISS store, and breaks ties by id the same way
 (:func:`indexer.stores.base.rank_hits`).
+
+The store holds its parts, imported one way: the connection (:mod:`indexer.stores.redis.connection`:
+client, credential and engine checks, error translation), the schema and hash layout
+(:mod:`indexer.stores.redis.schema`, pure), query rendering (:mod:`indexer.stores.redis.query`, pure)
+and error messages (:mod:`indexer.stores.redis.errors`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from indexer.core.config import RedisConfig
-from indexer.core.errors import (
-    ConfigError,
-    IndexDamagedError,
-    IndexMismatchError,
-    StoreUnavailableError,
-)
+from indexer.core.errors import ConfigError, IndexDamagedError
 from indexer.core.records import RECORD_FIELDS, Hit, ImageRecord, MetadataFilter
-from indexer.stores.base import (
-    DISTANCE_SLACK,
-    SPARE_CANDIDATES,
-    VECTOR_TOLERANCE,
-    check_batch,
-    check_queries,
-    check_storable,
-    rank_hits,
-)
+from indexer.stores.base import SPARE_CANDIDATES, VECTOR_TOLERANCE, check_batch, check_queries, check_storable
 from indexer.stores.manifest import check_manifest, seal_manifest
-from indexer.stores.redis.errors import ENGINE_HINT, redact_url, translate_error
+from indexer.stores.redis.connection import RedisConnection
+from indexer.stores.redis.errors import redact_url
 from indexer.stores.redis.query import (
-    DISTANCE_FIELD,
     NUMERIC_FIELDS,
-    TAG_FIELDS,
     TAG_SEPARATOR,
     TAGS_FIELD,
     VECTOR_FIELD,
     pairs,
-    query_params,
-    render_filter,
     text,
 )
+from indexer.stores.redis.schema import (
+    check_index,
+    create_command,
+    hash_mapping,
+    hash_record,
+    knn_commands,
+    reply_hits,
+)
+
+__all__ = ["BULK_BATCH", "QUERY_BATCH", "READ_CHUNK", "WRITE_CHUNK", "RedisStore", "redact_url"]
 
 #: Hashes per MULTI/EXEC in :meth:`RedisStore.add` (about 1.5 MB of 768-d float32 vectors).
 WRITE_CHUNK = 500
@@ -82,46 +79,6 @@ READ_CHUNK = 1000
 QUERY_BATCH = 32
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
-
-
-def _redis():
-    try:
-        import redis
-    except ImportError as e:  # pragma: no cover - redis is a core dependency
-        raise StoreUnavailableError("the Redis client is not installed: pip install redis") from e
-    return redis
-
-
-#: The fields this tool's queries need, and their types; an index of the same name with others is refused.
-EXPECTED_FIELDS = {
-    **dict.fromkeys((*TAG_FIELDS, TAGS_FIELD), "TAG"),
-    **dict.fromkeys(NUMERIC_FIELDS, "NUMERIC"),
-}
-
-
-def _schema_problems(attributes: Iterable[Any]) -> list[str]:
-    """Compare an ``FT.INFO`` attribute list with :data:`EXPECTED_FIELDS` (names, types, tag options)."""
-    found: dict[str, tuple[str, list[str]]] = {}
-    for attr in attributes:
-        raw = [text(v) for v in attr]
-        fields = {k.lower(): v for k, v in pairs(attr).items()}
-        name = text(fields.get("attribute", fields.get("identifier", "")))
-        found[name] = (text(fields.get("type", "")).upper(), raw)
-    problems = []
-    for name, kind in EXPECTED_FIELDS.items():
-        if name not in found:
-            problems.append(f"no {kind} field {name!r}")
-            continue
-        have, raw = found[name]
-        if have != kind:
-            problems.append(f"field {name!r} of type {have} (this tool needs {kind})")
-        elif kind == "TAG":
-            separator = raw[raw.index("SEPARATOR") + 1] if "SEPARATOR" in raw[:-1] else ","
-            if separator != TAG_SEPARATOR or "CASESENSITIVE" not in raw:
-                problems.append(
-                    f"tag field {name!r} with other options (this tool needs SEPARATOR \\x1f CASESENSITIVE)"
-                )
-    return problems
 
 
 class RedisStore:
@@ -147,31 +104,13 @@ class RedisStore:
     """
 
     def __init__(self, config: RedisConfig, dim: int | None = None) -> None:
-        redis = _redis()
-        from redis.backoff import ExponentialBackoff
-        from redis.retry import Retry
-
         self.config = config
-        self._errors = redis.exceptions
         self.dim: int | None = None
         self._failures_at_open = 0
         # bulk_load's hashes not sent yet, (key, mapping); sent before any other call reaches the server,
         # so the server sees every command in the order it was made.
         self._held: list[tuple[str, dict[str, Any]]] = []
-        try:
-            # RESP2 on purpose: its reply shapes are stable across redis-py versions, and parsed here.
-            self.client = redis.Redis.from_url(
-                config.url,
-                protocol=2,
-                socket_timeout=config.socket_timeout,
-                socket_connect_timeout=config.socket_timeout,
-                retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), config.retries),
-                retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
-            )
-        except ValueError as e:
-            raise ConfigError(f"invalid Redis URL {redact_url(config.url)}: {e}") from None
-        self._check_credentials(redis)
-        self._check_server()
+        self._conn = RedisConnection(config)
         info = self._index_info()
         if info is None:
             if dim is None:
@@ -180,7 +119,7 @@ class RedisStore:
             if dim is not None:
                 self._create_index(int(dim))
         else:
-            self._check_index(info, dim)
+            self.config, self.dim, self._failures_at_open = check_index(info, self.config, dim, self.location)
 
     # ---------------------------------------------------------------- plumbing
     @property
@@ -204,97 +143,52 @@ class RedisStore:
         return np.dtype("<f2") if self.config.dtype == "FLOAT16" else np.dtype("<f4")
 
     @property
-    def _manifest_key(self) -> str:
+    def client(self):
+        """The redis-py client (RESP2), for callers that inspect the server."""
+        return self._conn.client
+
+    @property
+    def manifest_key(self) -> str:
+        """The key of the manifest (JSON) beside the index."""
         return f"{self.config.index_name}:manifest"
 
-    def _key(self, image_id: int) -> str:
+    @property
+    def _transform_key(self) -> str:
+        return f"{self.config.index_name}:normalize"
+
+    def key(self, image_id: int) -> str:
+        """The key of image ``image_id``'s hash."""
         return f"{self.config.prefix}{int(image_id)}"
 
     def _call(self, fn, *args, **kwargs):
-        """Run one Redis call, turning connection, credential and memory errors into project errors.
-
-        Hashes :meth:`bulk_load` holds back are sent first.
-        """
+        """Run one Redis call (:meth:`RedisConnection.call`); hashes :meth:`bulk_load` holds back are
+        sent first."""
         if self._held:
             self._send_held()
-        try:
-            return fn(*args, **kwargs)
-        except self._errors.RedisError as e:
-            mapped = translate_error(e, self._errors, self.config.url, self.config.retries)
-            if mapped is None:
-                raise
-            raise mapped from e
+        return self._conn.call(fn, *args, **kwargs)
 
-    def _check_credentials(self, redis) -> None:
-        """Refuse wrong credentials at once: the client's retries (meant for a restarting server)
-        would otherwise repeat a refused AUTH for seconds. Any other failure is left to those retries."""
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        # A short timeout: when the probe cannot connect, the retrying client decides anyway.
-        timeout = min(self.config.socket_timeout, 2.0)
-        probe = redis.Redis.from_url(
-            self.config.url,
-            protocol=2,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        try:
-            self._call(probe.ping)
-        except StoreUnavailableError as e:
-            if isinstance(e.__cause__, self._errors.AuthenticationError):
-                raise
-        finally:
-            probe.close()
-
-    def _check_server(self) -> None:
-        """Refuse a server without the query engine, with a message that says what to run instead."""
-        try:
-            self._call(self.client.execute_command, "FT._LIST")
-        except StoreUnavailableError as e:
-            if "no query engine" not in str(e):
-                raise
-            version = "?"
-            try:
-                version = text(self.client.info("server").get("redis_version", "?"))
-            except self._errors.RedisError:
-                pass  # the version only decorates the message
-            raise StoreUnavailableError(
-                f"Redis {version} at {redact_url(self.config.url)} has no vector search: {ENGINE_HINT}"
-            ) from e.__cause__
+    def _pipelined(self, commands: Sequence[tuple[Any, ...]], chunk: int = READ_CHUNK) -> list[Any]:
+        if self._held:
+            self._send_held()
+        return self._conn.pipelined(commands, chunk)
 
     def _index_info(self) -> dict[str, Any] | None:
-        try:
-            reply = self._call(self.client.execute_command, "FT.INFO", self.config.index_name)
-        except self._errors.ResponseError as e:
-            text = str(e).lower()
-            if "unknown index" in text or "no such index" in text or "not found" in text:
-                return None
-            raise
-        return pairs(reply)
+        if self._held:
+            self._send_held()
+        return self._conn.index_info(self.config.index_name)
 
     def _create_index(self, dim: int) -> None:
-        c = self.config
-        vector = ["TYPE", c.dtype, "DIM", int(dim), "DISTANCE_METRIC", "COSINE"]
-        if c.algorithm == "HNSW":
-            vector += ["M", c.m, "EF_CONSTRUCTION", c.ef_construction, "EF_RUNTIME", c.ef_runtime]
-        schema: list[Any] = []
-        for name in (*TAG_FIELDS, TAGS_FIELD):
-            schema += [name, "TAG", "SEPARATOR", TAG_SEPARATOR, "CASESENSITIVE"]
-        for name in NUMERIC_FIELDS:
-            schema += [name, "NUMERIC"]
-        schema += [VECTOR_FIELD, "VECTOR", c.algorithm, len(vector), *vector]
         try:
-            self._call(self.client.execute_command, "FT.CREATE", c.index_name, "ON", "HASH",
-                       "PREFIX", 1, c.prefix, "SCHEMA", *schema)  # fmt: skip
-        except self._errors.ResponseError as e:
+            self._call(self.client.execute_command, *create_command(self.config, dim))
+        except self._conn.errors.ResponseError as e:
             if "already exists" not in str(e).lower():
                 raise
             # Another writer created it between our FT.INFO and FT.CREATE: check it is the same.
             info = self._index_info()
             if info is not None:
-                self._check_index(info, dim)
+                self.config, self.dim, self._failures_at_open = check_index(
+                    info, self.config, dim, self.location
+                )
                 return
         self.dim = int(dim)
         self._wait_indexed()
@@ -308,53 +202,6 @@ class RedisStore:
             if int(info.get("indexing", 0) or 0) == 0:
                 return
             time.sleep(0.05)
-
-    def _check_index(self, info: dict[str, Any], dim: int | None) -> None:
-        definition = pairs(info.get("index_definition", []))
-        prefixes = [text(p) for p in definition.get("prefixes", [])]
-        vector: dict[str, str] | None = None
-        for attr in info.get("attributes", []):
-            fields = {k.lower(): text(v) for k, v in pairs(attr).items()}
-            if fields.get("identifier") == VECTOR_FIELD or fields.get("attribute") == VECTOR_FIELD:
-                vector = fields
-        if vector is None or vector.get("type", "VECTOR").upper() != "VECTOR":
-            raise IndexMismatchError(
-                f"{self.location} exists but has no VECTOR field {VECTOR_FIELD!r}: it is not an index of "
-                "this tool. Use another --redis-index name."
-            )
-        problems = []
-        if self.config.prefix not in prefixes or text(definition.get("key_type", "HASH")).upper() != "HASH":
-            problems.append(f"keys {prefixes} of type {text(definition.get('key_type'))} "
-                            f"(this tool uses HASH keys under {self.config.prefix!r})")  # fmt: skip
-        problems += _schema_problems(info.get("attributes", []))
-        if vector.get("distance_metric", "COSINE").upper() != "COSINE":
-            problems.append(f"distance metric {vector.get('distance_metric')} (this tool uses COSINE)")
-        have_dim = int(vector.get("dim", 0))
-        have_algorithm = vector.get("algorithm", self.config.algorithm).upper()
-        have_dtype = vector.get("data_type", self.config.dtype).upper()
-        if dim is not None:
-            if have_dim != int(dim):
-                problems.append(f"DIM {have_dim} (this model gives {dim})")
-            if have_algorithm != self.config.algorithm:
-                problems.append(f"algorithm {have_algorithm} (asked for {self.config.algorithm})")
-            if have_dtype != self.config.dtype:
-                problems.append(f"type {have_dtype} (asked for {self.config.dtype})")
-        if problems:
-            raise IndexMismatchError(
-                f"{self.location} already exists with "
-                + ", ".join(problems)
-                + ". Use another --redis-index name, or drop this one first (it deletes its vectors): "
-                f"`mae-index drop-redis --redis-index {self.config.index_name}`."
-            )
-        # A reader (dim=None) adopts the index's own settings; a writer has just been checked against them.
-        adopt: dict[str, Any] = {"algorithm": have_algorithm, "dtype": have_dtype}
-        if have_algorithm == "HNSW":
-            for key, name in (("m", "m"), ("ef_construction", "ef_construction")):
-                if vector.get(name, "").isdigit():
-                    adopt[key] = int(vector[name])
-        self.config = replace(self.config, **adopt)
-        self.dim = have_dim
-        self._failures_at_open = int(info.get("hash_indexing_failures", 0) or 0)
 
     # ---------------------------------------------------------------- writes
     def add(self, vectors: np.ndarray, records: Sequence[ImageRecord]) -> None:
@@ -385,9 +232,9 @@ class RedisStore:
         for start in range(0, len(records), WRITE_CHUNK):
             pipe = self.client.pipeline(transaction=True)
             for blob, rec in zip(blobs[start : start + WRITE_CHUNK], records[start : start + WRITE_CHUNK]):
-                key = self._key(rec.id)
+                key = self.key(rec.id)
                 pipe.delete(key)
-                pipe.hset(key, mapping=self._mapping(blob, rec))
+                pipe.hset(key, mapping=hash_mapping(blob, rec))
             self._call(pipe.execute)
 
     def bulk_load(self, vectors: np.ndarray, records: Sequence[ImageRecord], batch: int = BULK_BATCH) -> None:
@@ -402,7 +249,7 @@ class RedisStore:
         at the call that sends the hashes.
         """
         blobs = self._blobs(vectors, records)
-        self._held.extend((self._key(rec.id), self._mapping(blob, rec)) for blob, rec in zip(blobs, records))
+        self._held.extend((self.key(rec.id), hash_mapping(blob, rec)) for blob, rec in zip(blobs, records))
         if len(self._held) >= batch:
             self._send_held(batch)
 
@@ -435,23 +282,13 @@ class RedisStore:
                 self._held = held[start:] + self._held
                 raise
 
-    def _mapping(self, blob: np.ndarray, rec: ImageRecord) -> dict[str, Any]:
-        mapping: dict[str, Any] = {VECTOR_FIELD: blob.tobytes(), "path": str(rec.path)}
-        for name in RECORD_FIELDS:
-            value = getattr(rec, name)
-            if value is not None and name != "path":
-                mapping[name] = int(value) if name in NUMERIC_FIELDS else str(value)
-        if rec.tags:
-            mapping[TAGS_FIELD] = TAG_SEPARATOR.join(rec.tag_strings)
-        return mapping
-
     def delete(self, ids: Sequence[int]) -> int:
         """Delete ``ids``; return how many were present (an id given twice counts once).
 
         A delete retried after a lost connection may count an id its first try already removed as
         absent; the store's content is right either way.
         """
-        keys = sorted({self._key(i) for i in ids})
+        keys = sorted({self.key(i) for i in ids})
         removed = 0
         for start in range(0, len(keys), READ_CHUNK):
             removed += int(self._call(self.client.delete, *keys[start : start + READ_CHUNK]))
@@ -468,7 +305,7 @@ class RedisStore:
         try:
             self.flush()
         finally:
-            self.client.close()
+            self._conn.close()
 
     def drop(self, delete_documents: bool = True) -> None:
         """Remove the index.
@@ -482,14 +319,14 @@ class RedisStore:
         args = ["FT.DROPINDEX", self.config.index_name] + (["DD"] if delete_documents else [])
         try:
             self._call(self.client.execute_command, *args)
-        except self._errors.ResponseError:
+        except self._conn.errors.ResponseError:
             pass  # no such index: nothing to drop
         if delete_documents:
             # DD removes indexed hashes; this catches any the index skipped, and the manifest.
             keys = self._scan_keys()
             for start in range(0, len(keys), READ_CHUNK):
                 self._call(self.client.delete, *keys[start : start + READ_CHUNK])
-            self._call(self.client.delete, self._manifest_key, self._transform_key)
+            self._call(self.client.delete, self.manifest_key, self._transform_key)
         self.dim = None
 
     # ---------------------------------------------------------------- reads
@@ -533,33 +370,6 @@ class RedisStore:
                 values.add(int(float(raw)) if name in NUMERIC_FIELDS else raw)
         return sorted(values)
 
-    def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        out: list[Any] = []
-        for start in range(0, len(commands), READ_CHUNK):
-            pipe = self.client.pipeline(transaction=False)
-            for command in commands[start : start + READ_CHUNK]:
-                pipe.execute_command(*command)
-            out += self._call(pipe.execute)
-        return out
-
-    @staticmethod
-    def _record(image_id: int, fields: dict[str, Any]) -> ImageRecord:
-        kw: dict[str, Any] = {}
-        for name in RECORD_FIELDS:
-            value = fields.get(name)
-            if value is not None:
-                if name in NUMERIC_FIELDS:
-                    kw[name] = int(float(text(value)))
-                else:
-                    # A plate has one plate name, 384 wells, 2 channels: one string each, not one per
-                    # record read back (mae-eval holds every record). Paths are distinct: not for them.
-                    kw[name] = text(value) if name == "path" else sys.intern(text(value))
-        kw.setdefault("path", "")
-        tags = fields.get(TAGS_FIELD)
-        if tags:
-            kw["tags"] = text(tags).split(TAG_SEPARATOR)
-        return ImageRecord(id=int(image_id), **kw)
-
     def get(self, ids: Sequence[int]) -> list[ImageRecord | None]:
         """Return the records of ``ids`` (``None`` for an id not in the store).
 
@@ -569,11 +379,11 @@ class RedisStore:
         out: list[ImageRecord | None] = []
         for start in range(0, len(ids), READ_CHUNK):
             chunk = ids[start : start + READ_CHUNK]
-            replies = self._pipelined([("HMGET", self._key(i), *names) for i in chunk])
+            replies = self._pipelined([("HMGET", self.key(i), *names) for i in chunk])
             for image_id, values in zip(chunk, replies):
                 fields = dict(zip(names, values))
                 # add() always writes "path", so a hash without it is no hash at all.
-                out.append(None if fields["path"] is None else self._record(int(image_id), fields))
+                out.append(None if fields["path"] is None else hash_record(int(image_id), fields))
         return out
 
     def get_vectors(self, ids: Sequence[int]) -> np.ndarray:
@@ -584,7 +394,7 @@ class RedisStore:
         KeyError
             For an id not in the store.
         """
-        replies = self._pipelined([("HGET", self._key(i), VECTOR_FIELD) for i in ids])
+        replies = self._pipelined([("HGET", self.key(i), VECTOR_FIELD) for i in ids])
         out = np.empty((len(ids), self.dim or 0), dtype=np.float32)
         size = (self.dim or 0) * self._dtype.itemsize
         absent, corrupt = [], []
@@ -596,7 +406,7 @@ class RedisStore:
             else:
                 out[row] = np.frombuffer(blob, dtype=self._dtype)
         if absent:
-            exists = self._pipelined([("EXISTS", self._key(i)) for i in absent])
+            exists = self._pipelined([("EXISTS", self.key(i)) for i in absent])
             no_vector = [i for i, e in zip(absent, exists) if int(e)]
             if len(no_vector) < len(absent):
                 missing = [i for i, e in zip(absent, exists) if not int(e)]
@@ -614,7 +424,7 @@ class RedisStore:
         """Ids whose hash has no vector, or a vector of the wrong byte length (a full scan)."""
         ids = self.ids()
         size = (self.dim or 0) * self._dtype.itemsize
-        lengths = self._pipelined([("HSTRLEN", self._key(i), VECTOR_FIELD) for i in ids])
+        lengths = self._pipelined([("HSTRLEN", self.key(i), VECTOR_FIELD) for i in ids])
         return [int(i) for i, n in zip(ids, lengths) if int(n) != size]
 
     def check(self, full: bool = False) -> list[str]:
@@ -693,52 +503,20 @@ class RedisStore:
         queries = check_queries(queries, k, self.dim)
         if self.dim is None:
             return [[] for _ in queries]
-        prefix, params = render_filter(where)
         kk = k + SPARE_CANDIDATES
         if kk > 1000:
             kk = max(1, min(kk, self.count()))  # never ask for more than exists (MAXSEARCHRESULTS)
-        hnsw = self.config.algorithm == "HNSW"
-        ef = " EF_RUNTIME $EF" if hnsw else ""
-        text = f"{prefix}=>[KNN $K @{VECTOR_FIELD} $BLOB{ef} AS {DISTANCE_FIELD}]"
-        returned = [DISTANCE_FIELD, *RECORD_FIELDS, TAGS_FIELD]
-        commands = []
-        for blob in queries.astype(self._dtype):
-            p = {**params, "K": kk, "BLOB": blob.tobytes()}
-            if hnsw:
-                p["EF"] = max(self.config.ef_runtime, kk)
-            commands.append(("FT.SEARCH", self.config.index_name, text, *query_params(p),
-                             "SORTBY", DISTANCE_FIELD, "ASC", "LIMIT", 0, kk,
-                             "RETURN", len(returned), *returned, "DIALECT", 2))  # fmt: skip
-        out: list[list[Hit]] = []
-        for start in range(0, len(commands), QUERY_BATCH):
-            pipe = self.client.pipeline(transaction=False)
-            for command in commands[start : start + QUERY_BATCH]:
-                pipe.execute_command(*command)
-            for reply in self._call(pipe.execute):
-                out.append(self._hits(reply, k, max_distance))
-        return out
-
-    def _hits(self, reply: list[Any], k: int, max_distance: float | None) -> list[Hit]:
-        n = len(self.config.prefix)
-        ids, scores, records = [], [], {}
-        for key, values in zip(reply[1::2], reply[2::2]):
-            fields = pairs(values)
-            distance = float(text(fields[DISTANCE_FIELD]))
-            if max_distance is not None and distance > max_distance + DISTANCE_SLACK:
-                continue
-            image_id = int(text(key)[n:])
-            ids.append(image_id)
-            scores.append(1.0 - distance)
-            records[image_id] = self._record(image_id, fields)
-        return rank_hits(np.array(ids, dtype=np.int64), np.array(scores, dtype=np.float64), records, k)
+        commands = knn_commands(self.config, queries.astype(self._dtype), where, kk)
+        replies = self._pipelined(commands, QUERY_BATCH)
+        return [reply_hits(reply, self.config.prefix, k, max_distance) for reply in replies]
 
     # ---------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any] | None:
         """Return the manifest stored beside the index, or ``None`` for a new index."""
-        raw = self._call(self.client.get, self._manifest_key)
+        raw = self._call(self.client.get, self.manifest_key)
         if raw is None:
             return None
-        where = f"{self._manifest_key!r} of {self.location}"
+        where = f"{self.manifest_key!r} of {self.location}"
         try:
             data = json.loads(raw)
         except ValueError as e:
@@ -749,11 +527,7 @@ class RedisStore:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Store the manifest as JSON at ``<index_name>:manifest``, sealed with a checksum of its content."""
-        self._call(self.client.set, self._manifest_key, json.dumps(seal_manifest(manifest), sort_keys=True))
-
-    @property
-    def _transform_key(self) -> str:
-        return f"{self.config.index_name}:normalize"
+        self._call(self.client.set, self.manifest_key, json.dumps(seal_manifest(manifest), sort_keys=True))
 
     def read_transform(self) -> bytes | None:
         """The fitted normalisation (``.npz`` bytes) at ``<index_name>:normalize``, or ``None``."""

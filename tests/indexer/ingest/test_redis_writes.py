@@ -76,7 +76,7 @@ def test_an_id_redis_holds_but_faiss_lacks_is_upserted_without_stale_fields(
         victim = int(faiss.ids()[2])
         assert faiss.delete([victim]) == 1
     redis = RedisStore(redis_config)
-    redis.client.hset(redis._key(victim), TAGS_FIELD, "batch=old")
+    redis.client.hset(redis.key(victim), TAGS_FIELD, "batch=old")
     existing, held = index_state([FaissStore(idx, read_only=True), redis])
     assert victim not in existing and held == (frozenset(), frozenset({victim}))
     before = _calls(redis.client)
@@ -85,7 +85,7 @@ def test_an_id_redis_holds_but_faiss_lacks_is_upserted_without_stale_fields(
     assert s.indexed == 1 and s.skipped_existing == 5
     # Upserted: one MULTI of DEL + HSET, so the stale tag is gone in Redis as in FAISS.
     assert {k: after[k] - before[k] for k in after} == {"multi": 1, "del": 1, "hset": 1}
-    assert redis.get([victim])[0].tags == () and redis.client.hget(redis._key(victim), TAGS_FIELD) is None
+    assert redis.get([victim])[0].tags == () and redis.client.hget(redis.key(victim), TAGS_FIELD) is None
     report = verify_stores(redis, FaissStore(idx, read_only=True), sample=6)
     assert report.ok and report.count_primary == report.count_mirror == 6
 

@@ -108,7 +108,45 @@ def test_a_forward_waits_for_the_decodes_in_progress_and_holds_new_ones():
     assert order == ["decode starts", "decode ends", "forward starts", "forward ends", "second decode"]
 
 
+def _overlap(turns: Turns) -> list[str]:
+    """A forward and a decode in two threads, each waiting (up to 1 s) for the other to be inside its
+    turn before it ends: what happened, in order."""
+    order: list[str] = []
+    inside = {"forward": threading.Event(), "decode": threading.Event()}
+
+    def run(name: str, other: str, turn) -> None:
+        with turn():
+            order.append(f"{name} starts")
+            inside[name].set()
+            order.append(f"{name} saw {other}" if inside[other].wait(1) else f"{name} alone")
+            order.append(f"{name} ends")  # inside the turn: the next one cannot start before this
+
+    threads = [
+        threading.Thread(target=run, args=("forward", "decode", turns.forward)),
+        threading.Thread(target=run, args=("decode", "forward", turns.decode)),
+    ]
+    threads[0].start()
+    inside["forward"].wait(5)
+    threads[1].start()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads), order
+    return order
+
+
 def test_without_turns_both_run_at_once():
-    turns = Turns(enabled=False)
-    with turns.forward(), turns.decode():
-        pass  # neither waits for the other: no deadlock on a GPU's overlapped decode
+    """On a GPU neither waits for the other: the decode starts while the forward is inside its turn,
+    and both finish."""
+    order = _overlap(Turns(enabled=False))
+    assert order[:2] == ["forward starts", "decode starts"], order
+    assert {"forward saw decode", "decode saw forward", "forward ends", "decode ends"} <= set(order), order
+    # With turns, the same two threads take turns: the forward finds itself alone, then the decode.
+    taking_turns = _overlap(Turns(enabled=True))
+    assert taking_turns == [
+        "forward starts",
+        "forward alone",
+        "forward ends",
+        "decode starts",
+        "decode saw forward",
+        "decode ends",
+    ], taking_turns

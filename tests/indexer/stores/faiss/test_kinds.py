@@ -169,12 +169,12 @@ def test_a_resumed_build_keeps_the_kind_and_catches_up_after_a_kill(tmp_path):
     assert s2.kind.factory == "IVF16,PQ16"
     s2.add(v[2000:2500], recs[2000:2500])
     s2.flush()
-    s2._release()  # the process dies here: the snapshot still covers the first shard only
+    s2.folder.release()  # the process dies here: the snapshot still covers the first shard only
     state = json.loads((tmp_path / INDEX_STATE).read_text())
     assert len(state["shards"]) == 2 and len(state["snapshot"]["shards"]) == 1
     reader = FaissStore(tmp_path, read_only=True)
     assert reader.count() == 2500 and reader.kind.factory == "IVF16,PQ16"
-    assert reader._index.ntotal == 2500  # caught up from the later shard, not retrained
+    assert reader.search_index.ntotal == 2500  # caught up from the later shard, not retrained
     assert reader.search(v[2100:2101], 1)[0][0].id == 2100
     with FaissStore(tmp_path) as s3:
         s3.add(v[2500:], recs[2500:])

@@ -51,7 +51,7 @@ def test_a_pq_store_reaches_recall_09_by_reranking_from_disk(tmp_path):
     assert abs(best.score - float(v[best.id] @ q[0])) < 2e-3
     # the float vectors are in the re-rank file, not in the index: it is 8 bytes per vector
     assert (tmp_path / RERANK).stat().st_size == file_bytes(N, DIM)
-    assert reader._index.invlists.code_size == 8
+    assert reader.search_index.faiss_index.invlists.code_size == 8
     # query-side override, like nprobe: no re-ranking loses most of the recall
     codes_only = FaissStore(tmp_path, read_only=True, rerank=0)
     assert codes_only.search_settings["rerank"] == 0
@@ -99,7 +99,7 @@ def test_the_rerank_file_follows_the_folder_life_cycle(tmp_path):
     extra, extra_recs = clustered(1, dim=DIM, clusters=20, seed=5, start=N)
     s.add(extra, extra_recs)
     s.flush()
-    s._release()  # killed: index.faiss and index.rerank still describe the first two shards
+    s.folder.release()  # killed: index.faiss and index.rerank still describe the first two shards
     reader = FaissStore(tmp_path, read_only=True)
     assert reader.search(-v[3:4], 1)[0][0].id == 3
     assert reader.search(extra, 1)[0][0].id == N

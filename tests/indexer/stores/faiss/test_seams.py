@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from indexer.stores.faiss.search import exact_top_k
+from indexer.stores.faiss.exact import exact_top_k
 from indexer.stores.faiss.shards import ShardInfo
 from indexer.stores.faiss.state import (
     INDEX,

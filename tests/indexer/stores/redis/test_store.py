@@ -485,21 +485,18 @@ def test_build_writes_both_then_verify_and_sync(tmp_path, redis_config, tiny_mod
 
 @needs_redis
 def test_build_with_another_model_is_refused_by_the_redis_manifest(
-    tmp_path, redis_config, tiny_model_dir, real_images
+    tmp_path, start_redis, tiny_model_dir, real_images
 ):
+    """On a server with a password: the refusal names the server, never its password."""
+    from urllib.parse import quote
+
     from indexer.cli import main
     from indexer.model.presets import create_model
 
+    password = "manifest s3cret@pw"
+    srv = start_redis(password=password)
     other = create_model(tmp_path / "other", "test", seed=1)
-    base = [
-        "--redis-url",
-        redis_config.url,
-        "--redis-index",
-        redis_config.index_name,
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
+    base = ["--redis-url", srv.url, "--redis-index", "refused", "--device", "cpu", "--no-progress"]
     runner = CliRunner()
     ok = runner.invoke(
         main,
@@ -511,7 +508,9 @@ def test_build_with_another_model_is_refused_by_the_redis_manifest(
         main, ["build", str(real_images[1]), "--index", str(tmp_path / "b"), "--model", str(other), *base]
     )
     assert bad.exit_code == 1 and "Redis index" in bad.output and "model" in bad.output
-    assert "redis://" not in bad.output or "***" in bad.output or "@" not in bad.output
+    assert f"127.0.0.1:{srv.port}" in bad.output and "***" in bad.output  # the server, without its password
+    for out in (ok.output, bad.output):
+        assert "s3cret" not in out and quote(password, safe="") not in out and srv.url not in out
 
 
 @needs_redis
