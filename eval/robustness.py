@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from eval import gallery, metrics, perturb
+from eval import gallery, intensity, metrics, perturb
 from eval.summary import summarise
 from indexer.bbbc006.constants import FOCUS_Z
 from indexer.core.errors import ConfigError, DecodeError, MaeError
@@ -262,6 +262,11 @@ def run_robustness(
     opts = QueryOptions(k=depth)
     raws = [raw for r, raw in zip(chosen, raws_all) if n_index - len(excl.excluded[r.id]) >= k + 1]
     clean_vec = retriever.embed_arrays(raws)
+    # Each image type's full scale (8, 12, 16 bits, float): the perturbations are relative to it.
+    kinds = [r.source for r in queries]
+    scales = intensity.scales_by_type(
+        raws, kinds, [intensity.declared_full_scale_at(r.path) for r in queries]
+    )
     clean_hits = retriever.search_vectors(clean_vec, opts)
     qs = [_Query(r, excl.excluded[r.id], _ids(h)) for r, h in zip(queries, clean_hits)]
 
@@ -281,8 +286,10 @@ def run_robustness(
     for name in synthetic:
         for sev in config.severities:
             images = [
-                perturb.apply(name, raw, sev, perturb.perturbation_rng(config.seed, rec.id, name, sev))
-                for raw, rec in zip(raws, queries)
+                perturb.apply(
+                    name, raw, sev, perturb.perturbation_rng(config.seed, rec.id, name, sev), sc.full_scale
+                )
+                for raw, rec, sc in zip(raws, queries, scales)
             ]
             examples[(name, sev)] = images[0]
             vec = retriever.embed_arrays(images)
@@ -331,6 +338,7 @@ def run_robustness(
         "queries_without_known_group": list(excl.fallback),
         "query_sources": _count(r.source or "unknown" for r in queries),
         "median_pairwise_cosine": float(spread),
+        "intensity_scales": intensity.describe(scales, kinds),
     }
     return RobustnessResult(
         rows=rows,

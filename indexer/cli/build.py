@@ -172,7 +172,8 @@ ray_options = option_group(
     "normalize_eps",
     type=float,
     default=None,
-    help="Whitening ridge added to each covariance eigenvalue [default: 1e-6].",
+    help="Whitening ridge added to each covariance eigenvalue, as a fraction of the mean eigenvalue "
+    "[default: 0.1].",
 )
 @click.option(
     "--fit-on",

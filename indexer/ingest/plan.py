@@ -247,6 +247,7 @@ def settle_normalize(requested: NormalizeConfig, stored: dict | None) -> dict:
     return {
         "kind": kind,
         "eps": eps if kind == "whiten" else None,
+        **({"ridge": "relative"} if kind == "whiten" else {}),
         "fit_on": " ".join(requested.fit_on) or None,
     }
 
