@@ -173,7 +173,7 @@ ray_options = option_group(
     type=float,
     default=None,
     help="Whitening ridge added to each covariance eigenvalue, as a fraction of the mean eigenvalue "
-    "[default: 0.1].",
+    "[default: 1].",
 )
 @click.option(
     "--fit-on",

@@ -102,7 +102,7 @@ def test_fit_on_syntax():
 def test_manifest_handshake_names_the_field():
     assert settle_normalize(NormalizeConfig(), None) == {"kind": "none"}
     new = settle_normalize(NormalizeConfig(kind="whiten", fit_on=("well=A01",)), None)
-    assert new == {"kind": "whiten", "eps": 0.1, "ridge": "relative", "fit_on": "well=A01"}
+    assert new == {"kind": "whiten", "eps": 1.0, "ridge": "relative", "fit_on": "well=A01"}
     stored = {"normalize": {**new, "n_fit": 4, "sha256": "ab"}}
     assert settle_normalize(NormalizeConfig(), stored)["sha256"] == "ab"  # flags omitted: the index's own
     with pytest.raises(IndexMismatchError, match="normalize.kind: the index has 'whiten'"):
