@@ -311,5 +311,63 @@ def precision(index_dir, queries, k, seed, with_compile, device, out, verbose):
         Path(out).write_text(json.dumps({"index": str(index_dir), "k": k, "rows": rows}, indent=2) + "\n")
 
 
+@main.command()
+@click.option(
+    "--index", "index_dir", required=True, type=click.Path(exists=True, path_type=Path), help="Index folder."
+)
+@click.option(
+    "--label", required=True, help="Record field (well, plate, ...) or --metadata tag to retrieve by."
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder.")
+@click.option(
+    "--baseline",
+    default="histogram,classical",
+    show_default=True,
+    help="Comma list of baselines from the indexed images: histogram, classical ('' for none).",
+)
+@click.option(
+    "--level",
+    type=click.Choice(["image", "well"]),
+    default="image",
+    show_default=True,
+    help="Compare images, or wells (the mean profile of their images).",
+)
+@click.option(
+    "--negatives", default=None, help="LABEL=VALUE: negatives are these controls (default: other labels)."
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap over wells.")
+@verbose_option
+@handle_errors
+def phenotype(index_dir, label, out, baseline, level, negatives, seed, verbose):  # fmt: skip
+    """mAP of retrieval by a label (copairs' definition), the model against baselines, with intervals.
+
+    Positives share the label in another well (another image where there are no wells); negatives have
+    another label, or are the --negatives controls. Writes phenotype.json, phenotype.csv and
+    phenotype.html; intervals resample wells; chance is the mAP of random rankings.
+
+    \b
+    Example:
+      mae-eval phenotype --index runs/idx --label phenotype_class --out runs/pheno --level well
+    """
+    setup_logging(verbose)
+    require_extra("eval")
+    from eval.phenotype_run import PhenotypeConfig, parse_negatives, run_phenotype, write_outputs
+    from indexer.stores import open_stores
+
+    names = tuple(b.strip() for b in baseline.split(",") if b.strip())
+    config = PhenotypeConfig(label=label, baselines=names, level=level, negatives=parse_negatives(negatives),
+                             seed=seed)  # fmt: skip
+    with open_stores(index_dir, None, read_only=True) as stores:
+        result = run_phenotype(stores.faiss, config)
+    write_outputs(result, Path(out))
+    for r in result["overall"]:
+        if r["map"] is None:
+            click.echo(f"{r['embedding']:10s} no scored query")
+            continue
+        click.echo(f"{r['embedding']:10s} mAP {r['map']:.3f} [{r['map_low']:.3f}, {r['map_high']:.3f}]  "
+                   f"chance {r['chance']:.3f}  ({r['n_queries']} queries, {r['n_groups']} wells)")  # fmt: skip
+    click.echo(f"Report: {Path(out) / 'phenotype.html'}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

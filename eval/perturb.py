@@ -1,7 +1,13 @@
-"""Perturbations of the raw 16-bit image, applied BEFORE any preprocessing. Pure and seeded.
+"""Perturbations of the raw image, applied BEFORE any preprocessing, in the image's own intensity scale.
+Pure and seeded.
 
-Each perturbation takes a 2-D camera image (counts) and returns a uint16 image clipped to
-``[0, saturation]`` (BBBC006: 12-bit, saturating at 4095). Each has a ladder of 5 severities; severity 0
+Each perturbation takes a 2-D camera image and returns an image of the same pixel type clipped to
+``[0, saturation]``, the image's full scale (:mod:`eval.intensity`: 255 for 8-bit, 4095 for 12-bit data in
+16-bit files such as BBBC006, 65535 for 16-bit, 1.0 for float in [0, 1]). Every parameter is relative to
+that scale, so one severity is the same degradation of the same picture stored at 8, 12 or 16 bits or as
+float: the read-noise sigma is given in counts of a 12-bit full scale (4095) and scaled by
+``saturation / 4095``; the photon budget, the exposure factor and the gamma are taken at full scale.
+Each has a ladder of 5 severities; severity 0
 is the identity and returns an identical copy, bit for bit. Randomness comes only from the
 ``np.random.Generator`` passed in; :func:`perturbation_rng` derives one per (seed, image, perturbation,
 severity), so a run can be repeated and each image gets its own noise.
@@ -12,7 +18,7 @@ Ladders (severity 0 is the identity value in brackets). BBBC006 pixel on the sam
 ============== ============================================ ======== ==================================
 name           parameter (unit)                             identity levels 1..5
 ============== ============================================ ======== ==================================
-gaussian_noise read-noise sigma (counts)                    0        10, 25, 50, 100, 200
+gaussian_noise read-noise sigma (counts of 4095 full scale) 0        10, 25, 50, 100, 200
 poisson_noise  photons at full scale (saturation counts)    inf      1000, 300, 100, 30, 10
 gaussian_blur  Gaussian sigma (pixels; x 0.645 um)          0        0.5, 1, 2, 4, 8
 brightness     exposure factor (counts x factor)            1        1.1, 1.25, 1.5, 2, 3
@@ -59,13 +65,15 @@ from typing import Any
 
 import numpy as np
 
-# BBBC006's full scale (12-bit data in 16-bit files), focal plane and z step, named once for the data set.
-from indexer.bbbc006.constants import FOCUS_Z, SATURATION, Z_STEP_UM
+from eval.intensity import REFERENCE_FULL_SCALE, scale_of
+
+# BBBC006's focal plane and z step, named once for the data set.
+from indexer.bbbc006.constants import FOCUS_Z, Z_STEP_UM
 
 #: Number of severity levels above the identity.
 N_LEVELS = 5
 
-PerturbFn = Callable[[np.ndarray, float, np.random.Generator, int], np.ndarray]
+PerturbFn = Callable[[np.ndarray, float, np.random.Generator, "float | None"], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ class Perturbation:
     levels : tuple of float
         The parameter at severities 1..5, from mild to severe.
     fn : callable
-        ``fn(image, value, rng, saturation) -> uint16 image``.
+        ``fn(image, value, rng, saturation) -> image`` of the input's pixel type.
     identity : float
         The parameter value that leaves the image unchanged (severity 0).
     """
@@ -106,19 +114,33 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _to_counts(x: np.ndarray, saturation: int) -> np.ndarray:
-    # Cameras report whole counts and clip at both ends of the ADC range.
-    return np.clip(np.rint(x), 0, saturation).astype(np.uint16)
+def _full_scale(image: np.ndarray, saturation: float | None) -> float:
+    # None: the image's own scale by the rules of eval.intensity (8-bit 255, 12-bit 4095, ...).
+    return float(scale_of([image]).full_scale if saturation is None else saturation)
 
 
-def _keep_saturated(out: np.ndarray, image: np.ndarray, saturation: int) -> np.ndarray:
+def _out_dtype(image: np.ndarray) -> np.dtype:
+    # The input's pixel type: 8-bit stays 8-bit, float stays float (signed integers as before: uint16).
+    if image.dtype.kind in "uf":
+        return image.dtype
+    return np.dtype(np.uint16)
+
+
+def _to_counts(x: np.ndarray, saturation: float, dtype: np.dtype) -> np.ndarray:
+    # Cameras report whole counts and clip at both ends of the ADC range; float data keeps its fractions.
+    if np.dtype(dtype).kind == "f":
+        return np.clip(x, 0, saturation).astype(dtype)
+    return np.clip(np.rint(x), 0, saturation).astype(dtype)
+
+
+def _keep_saturated(out: np.ndarray, image: np.ndarray, saturation: float) -> np.ndarray:
     # A clipped pixel's true signal is above full scale; noise would not bring it back into range.
     out[image >= saturation] = saturation
     return out
 
 
 def gaussian_noise(
-    image: np.ndarray, sigma: float, rng: np.random.Generator, saturation: int = SATURATION
+    image: np.ndarray, sigma: float, rng: np.random.Generator, saturation: float | None = None
 ) -> np.ndarray:
     """Add zero-mean Gaussian read noise to the raw counts.
 
@@ -127,28 +149,31 @@ def gaussian_noise(
     image : np.ndarray
         2-D camera image in counts (uint16 for BBBC006).
     sigma : float
-        Noise standard deviation in counts; 0 returns a copy of ``image``.
+        Noise standard deviation in counts of a 12-bit full scale (4095), scaled by ``saturation / 4095``
+        (on BBBC006, counts); 0 returns a copy of ``image``.
     rng : np.random.Generator
         The only source of randomness.
-    saturation : int
-        Full-scale count; the result is clipped to ``[0, saturation]`` and saturated pixels stay saturated.
+    saturation : float, optional
+        Full scale (default: the image's own, :func:`eval.intensity.scale_of`); the result is clipped to
+        ``[0, saturation]`` and saturated pixels stay saturated.
 
     Returns
     -------
     np.ndarray
-        uint16 image of the same shape.
+        Image of the same shape and pixel type.
     """
     image = _check_image(image)
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     if sigma == 0:
         return image.copy()
-    noisy = image.astype(np.float64) + rng.normal(0.0, sigma, image.shape)
-    return _keep_saturated(_to_counts(noisy, saturation), image, saturation)
+    full = _full_scale(image, saturation)
+    noisy = image.astype(np.float64) + rng.normal(0.0, sigma * full / REFERENCE_FULL_SCALE, image.shape)
+    return _keep_saturated(_to_counts(noisy, full, _out_dtype(image)), image, full)
 
 
 def poisson_noise(
-    image: np.ndarray, photons: float, rng: np.random.Generator, saturation: int = SATURATION
+    image: np.ndarray, photons: float, rng: np.random.Generator, saturation: float | None = None
 ) -> np.ndarray:
     """Shot noise of a smaller photon budget: scale to photons, draw Poisson, scale back.
 
@@ -160,27 +185,29 @@ def poisson_noise(
         Photons collected at full scale (``saturation`` counts); ``inf`` returns a copy of ``image``.
     rng : np.random.Generator
         The only source of randomness.
-    saturation : int
-        Full-scale count; the result is clipped to ``[0, saturation]`` and saturated pixels stay saturated.
+    saturation : float, optional
+        Full scale (default: the image's own, :func:`eval.intensity.scale_of`); the result is clipped to
+        ``[0, saturation]`` and saturated pixels stay saturated.
 
     Returns
     -------
     np.ndarray
-        uint16 image of the same shape, quantised to steps of ``saturation / photons`` counts.
+        Image of the same shape and pixel type, quantised to steps of ``saturation / photons``.
     """
     image = _check_image(image)
     if not photons > 0:
         raise ValueError(f"photons must be > 0, got {photons}")
     if math.isinf(photons):
         return image.copy()
-    gain = photons / saturation  # photons per count
-    expected = np.clip(image.astype(np.float64), 0, saturation) * gain
+    full = _full_scale(image, saturation)
+    gain = photons / full  # photons per count
+    expected = np.clip(image.astype(np.float64), 0, full) * gain
     counts = rng.poisson(expected) / gain
-    return _keep_saturated(_to_counts(counts, saturation), image, saturation)
+    return _keep_saturated(_to_counts(counts, full, _out_dtype(image)), image, full)
 
 
 def gaussian_blur(
-    image: np.ndarray, sigma: float, rng: np.random.Generator | None = None, saturation: int = SATURATION
+    image: np.ndarray, sigma: float, rng: np.random.Generator | None = None, saturation: float | None = None
 ) -> np.ndarray:
     """Gaussian blur, a simple model of defocus (``scipy.ndimage.gaussian_filter``, reflect borders).
 
@@ -192,13 +219,13 @@ def gaussian_blur(
         Standard deviation in pixels (BBBC006: 0.645 um per pixel); 0 returns a copy of ``image``.
     rng : np.random.Generator, optional
         Unused (the blur is deterministic); accepted so every perturbation has one signature.
-    saturation : int
-        Full-scale count; the result is clipped to ``[0, saturation]``.
+    saturation : float, optional
+        Full scale (default: the image's own); the result is clipped to ``[0, saturation]``.
 
     Returns
     -------
     np.ndarray
-        uint16 image of the same shape.
+        Image of the same shape and pixel type.
     """
     image = _check_image(image)
     if sigma < 0:
@@ -208,11 +235,11 @@ def gaussian_blur(
     from scipy import ndimage  # scipy is the optional "eval" extra; the module imports without it
 
     blurred = ndimage.gaussian_filter(image.astype(np.float64), sigma=sigma, mode="reflect")
-    return _to_counts(blurred, saturation)
+    return _to_counts(blurred, _full_scale(image, saturation), _out_dtype(image))
 
 
 def brightness(
-    image: np.ndarray, factor: float, rng: np.random.Generator | None = None, saturation: int = SATURATION
+    image: np.ndarray, factor: float, rng: np.random.Generator | None = None, saturation: float | None = None
 ) -> np.ndarray:
     """Scale the exposure: counts times ``factor``, clipped at saturation as the camera clips.
 
@@ -224,24 +251,24 @@ def brightness(
         Exposure factor (> 0); 1 returns a copy of ``image``. The ladder over-exposes (factor > 1).
     rng : np.random.Generator, optional
         Unused (deterministic); accepted so every perturbation has one signature.
-    saturation : int
-        Full-scale count; the result is clipped to ``[0, saturation]``.
+    saturation : float, optional
+        Full scale (default: the image's own); the result is clipped to ``[0, saturation]``.
 
     Returns
     -------
     np.ndarray
-        uint16 image of the same shape.
+        Image of the same shape and pixel type.
     """
     image = _check_image(image)
     if not factor > 0:
         raise ValueError(f"factor must be > 0, got {factor}")
     if factor == 1:
         return image.copy()
-    return _to_counts(image.astype(np.float64) * factor, saturation)
+    return _to_counts(image.astype(np.float64) * factor, _full_scale(image, saturation), _out_dtype(image))
 
 
 def contrast(
-    image: np.ndarray, gamma: float, rng: np.random.Generator | None = None, saturation: int = SATURATION
+    image: np.ndarray, gamma: float, rng: np.random.Generator | None = None, saturation: float | None = None
 ) -> np.ndarray:
     """Gamma curve on the full-scale-normalised counts: ``saturation * (I / saturation) ** gamma``.
 
@@ -253,25 +280,27 @@ def contrast(
         Exponent (> 0); 1 returns a copy of ``image``; < 1 lifts dim structure.
     rng : np.random.Generator, optional
         Unused (deterministic); accepted so every perturbation has one signature.
-    saturation : int
-        Full-scale count; also the normaliser, so 0 and ``saturation`` are fixed points.
+    saturation : float, optional
+        Full scale (default: the image's own); also the normaliser, so 0 and ``saturation`` are fixed
+        points.
 
     Returns
     -------
     np.ndarray
-        uint16 image of the same shape.
+        Image of the same shape and pixel type.
     """
     image = _check_image(image)
     if not gamma > 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
     if gamma == 1:
         return image.copy()
-    unit = np.clip(image.astype(np.float64), 0, saturation) / saturation
-    return _to_counts(saturation * unit**gamma, saturation)
+    full = _full_scale(image, saturation)
+    unit = np.clip(image.astype(np.float64), 0, full) / full
+    return _to_counts(full * unit**gamma, full, _out_dtype(image))
 
 
 def translate_crop(
-    image: np.ndarray, keep: float, rng: np.random.Generator, saturation: int = SATURATION
+    image: np.ndarray, keep: float, rng: np.random.Generator, saturation: float | None = None
 ) -> np.ndarray:
     """Keep a window of ``keep`` of each side at a seeded random offset (crop plus translation).
 
@@ -283,13 +312,14 @@ def translate_crop(
         Fraction of each side kept, in (0, 1]; 1 returns a copy of ``image``.
     rng : np.random.Generator
         Draws the window's offset, uniform over all offsets where it fits.
-    saturation : int
-        Full-scale count; the window is clipped to ``[0, saturation]``.
+    saturation : float, optional
+        Full scale (default: the image's own); the window is clipped to ``[0, saturation]``.
 
     Returns
     -------
     np.ndarray
-        uint16 image of shape ``(round(keep * height), round(keep * width))``, at least 1 x 1.
+        Image of the input's pixel type, of shape ``(round(keep * height), round(keep * width))``, at
+        least 1 x 1.
     """
     image = _check_image(image)
     if not 0 < keep <= 1:
@@ -300,14 +330,18 @@ def translate_crop(
     ch, cw = max(1, round(h * keep)), max(1, round(w * keep))
     y = int(rng.integers(0, h - ch + 1))
     x = int(rng.integers(0, w - cw + 1))
-    return _to_counts(image[y : y + ch, x : x + cw], saturation)
+    return _to_counts(image[y : y + ch, x : x + cw], _full_scale(image, saturation), _out_dtype(image))
 
 
 PERTURBATIONS: dict[str, Perturbation] = {
     p.name: p
     for p in (
         Perturbation(
-            "gaussian_noise", "read-noise sigma (counts)", (10, 25, 50, 100, 200), gaussian_noise, 0.0
+            "gaussian_noise",
+            "read-noise sigma (counts of a 4095 full scale)",
+            (10, 25, 50, 100, 200),
+            gaussian_noise,
+            0.0,
         ),
         Perturbation(
             "poisson_noise", "photons at full scale", (1000, 300, 100, 30, 10), poisson_noise, math.inf
@@ -387,7 +421,7 @@ def apply(
     image: np.ndarray,
     severity: int,
     rng: np.random.Generator,
-    saturation: int = SATURATION,
+    saturation: float | None = None,
 ) -> np.ndarray:
     """Perturb a raw 2-D image at one severity.
 
@@ -401,13 +435,15 @@ def apply(
         0..5; 0 returns an identical copy (same dtype, bit for bit) and draws nothing from ``rng``.
     rng : np.random.Generator
         The only source of randomness; see :func:`perturbation_rng`.
-    saturation : int
-        Full-scale count (BBBC006: 4095).
+    saturation : float, optional
+        Full scale of the image type (:func:`eval.intensity.scale_of`; BBBC006: 4095). Default: the image's
+        own by those rules; pass the scale of its type so that a dim image of a brighter set is not
+        mistaken for another bit depth.
 
     Returns
     -------
     np.ndarray
-        uint16 image in ``[0, saturation]``; same shape except for ``translate_crop``.
+        Image of the input's pixel type in ``[0, saturation]``; same shape except for ``translate_crop``.
 
     Raises
     ------

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from eval import gallery, metrics, perturb
+from eval import gallery, intensity, metrics, perturb
 from eval.summary import summarise
 from indexer.bbbc006.constants import FOCUS_Z
 from indexer.core.errors import ConfigError, DecodeError, MaeError
@@ -239,11 +239,16 @@ def run_robustness(
     clean_hits = retriever.search_vectors(clean_vec, opts)
     qs = [_Query(r, excl.excluded[r.id], _ids(h)) for r, h in zip(queries, clean_hits)]
     nn_scale, spread = _index_scale(records.ids(), store, config.seed)
+    # Each image type's full scale (8, 12, 16 bits, float): the perturbations are relative to it.
+    kinds = [r.source for r in queries]
+    scales = intensity.scales_by_type(
+        raws, kinds, [intensity.declared_full_scale_at(r.path) for r in queries]
+    )
 
     synthetic = [p for p in config.perturbations if p != NATURAL]
     tick = _Progress(progress, len(synthetic) * len(config.severities) + (NATURAL in config.perturbations))
     rows, perturbed_vectors, examples = _synthetic_rows(
-        retriever, qs, raws, clean_vec, opts, nn_scale, n_index, config, synthetic, tick
+        retriever, qs, raws, scales, clean_vec, opts, nn_scale, n_index, config, synthetic, tick
     )
     if NATURAL in config.perturbations:
         rows.extend(_defocus_rows(retriever, catalog, qs, clean_vec, config, nn_scale, opts, n_index))
@@ -263,7 +268,10 @@ def run_robustness(
         examples=examples,
         ann_recall=_ann_recall(store, exact, clean_vec, config.k),
         config=config,
-        gallery=_gallery_facts(qs, queries, skipped, excl, n_index, spread, config),
+        gallery={
+            **_gallery_facts(qs, queries, skipped, excl, n_index, spread, config),
+            "intensity_scales": intensity.describe(scales, kinds),
+        },
         skipped_queries=unreadable,
     )
 
@@ -327,7 +335,7 @@ def _index_scale(ids: np.ndarray, store: VectorStore, seed: int) -> tuple[float,
     return nn_scale, spread
 
 
-def _synthetic_rows(retriever, qs, raws, clean_vec, opts, nn_scale, n_index, config, synthetic, tick):
+def _synthetic_rows(retriever, qs, raws, scales, clean_vec, opts, nn_scale, n_index, config, synthetic, tick):
     """One row per query, synthetic perturbation and severity; with the perturbed vectors and the first
     query's perturbed image of each (perturbation, severity)."""
     rows: list[dict[str, Any]] = []
@@ -336,8 +344,14 @@ def _synthetic_rows(retriever, qs, raws, clean_vec, opts, nn_scale, n_index, con
     for name in synthetic:
         for sev in config.severities:
             images = [
-                perturb.apply(name, raw, sev, perturb.perturbation_rng(config.seed, q.record.id, name, sev))
-                for raw, q in zip(raws, qs)
+                perturb.apply(
+                    name,
+                    raw,
+                    sev,
+                    perturb.perturbation_rng(config.seed, q.record.id, name, sev),
+                    sc.full_scale,
+                )
+                for raw, q, sc in zip(raws, qs, scales)
             ]
             examples[(name, sev)] = images[0]
             vec = retriever.embed_arrays(images)

@@ -308,7 +308,8 @@ def normalize_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "normalize_eps",
             type=click.FloatRange(min=0.0),
             default=None,
-            help="Whitening ridge added to each covariance eigenvalue [default: 1e-6].",
+            help="Whitening ridge added to each covariance eigenvalue, as a fraction of the mean eigenvalue "
+            "of the directions the fit set spans [default: 1].",
         ),
         click.option(
             "--fit-on",

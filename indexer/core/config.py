@@ -282,6 +282,9 @@ class NormalizeSpec:
         return {
             "kind": self.kind,
             "eps": self.eps if self.kind == "whiten" else None,
+            # A whitening ridge relative to the spectrum (indexer.vectors.normalize); a record without one
+            # was written before it, and its eps is absolute.
+            **({"ridge": "relative"} if self.kind == "whiten" else {}),
             "fit_on": fit_on_text(self.fit_on),
         }
 

@@ -102,7 +102,10 @@ def fit_and_write(
             f"--fit-on {record['fit_on']} matches {len(chosen)} of the {len(records)} images: the "
             "normalisation needs at least 2 to fit on"
         )
-    transform = fit_transform(chosen, record["kind"], record.get("eps") or 0.0)
+    # A record without a ridge rule was written before the relative ridge: its eps is absolute.
+    transform = fit_transform(
+        chosen, record["kind"], record.get("eps") or 0.0, record.get("ridge", "absolute")
+    )
     data = encode_transform(transform)
     fitted = fitted_record(transform, record.get("fit_on"))
     for store in stores:

@@ -22,6 +22,8 @@ def encode_transform(transform: EmbeddingTransform) -> bytes:
     arrays = {"mean": transform.mean, "eps": np.float64(transform.eps), "n_fit": np.int64(transform.n_fit)}
     if transform.matrix is not None:
         arrays["matrix"] = transform.matrix
+    if transform.ridge != "absolute":  # a file without it is one fitted before the relative ridge
+        arrays["ridge"] = np.str_(transform.ridge)
     buf = io.BytesIO()
     np.savez(buf, kind=np.str_(transform.kind), **arrays)
     return buf.getvalue()
@@ -36,6 +38,7 @@ def decode_transform(data: bytes) -> EmbeddingTransform:
             matrix=z["matrix"].astype(np.float64) if "matrix" in z.files else None,
             eps=float(z["eps"]),
             n_fit=int(z["n_fit"]),
+            ridge=str(z["ridge"]) if "ridge" in z.files else "absolute",
         )
 
 
@@ -50,7 +53,10 @@ def describe_normalize(record: dict[str, Any]) -> str:
     kind = record.get("kind", "none")
     if kind == "none":
         return "none"
-    parts = [f"eps {record['eps']:g}"] if kind == "whiten" and record.get("eps") is not None else []
+    parts = []
+    if kind == "whiten" and record.get("eps") is not None:
+        relative = record.get("ridge") == "relative"
+        parts = [f"eps {record['eps']:g}" + (" x mean eigenvalue" if relative else "")]
     if not record.get("sha256"):
         return f"{kind} ({', '.join(parts + ['not fitted yet: the first build stopped before its fit'])})"
     subset = f"the {record['fit_on']} subset, " if record.get("fit_on") else "all "
@@ -63,6 +69,7 @@ def fitted_record(transform: EmbeddingTransform, fit_on: str | None) -> dict[str
     return {
         "kind": transform.kind,
         "eps": transform.eps,
+        **({"ridge": transform.ridge} if transform.kind == "whiten" else {}),
         "fit_on": fit_on,
         "n_fit": transform.n_fit,
         "sha256": transform.fingerprint(),

@@ -37,7 +37,8 @@ def test_manifest_records_the_transform_in_both_stores(whitened, redis_config):
     transform = decode_transform(data)
     assert record == {
         "kind": "whiten",
-        "eps": 1e-6,
+        "eps": 1.0,
+        "ridge": "relative",
         "fit_on": None,
         "n_fit": 14,
         "sha256": transform.fingerprint(),
@@ -150,13 +151,17 @@ def test_info_prints_the_normalisation_in_text_and_json(whitened, tmp_path, tiny
     text = CliRunner().invoke(index_main, ["info", "--index", str(whitened)])
     assert text.exit_code == 0, text.output
     line = next(x for x in text.output.splitlines() if x.startswith("normalize:"))
-    assert line == f"normalize:  whiten (eps 1e-06, fitted on all 14 vectors, sha256 {fingerprint[:12]})"
+    assert (
+        line
+        == f"normalize:  whiten (eps 1 x mean eigenvalue, fitted on all 14 vectors, sha256 {fingerprint[:12]})"
+    )
     d = json.loads(
         CliRunner().invoke(index_main, ["info", "--index", str(whitened), "--format", "json"]).stdout
     )
     assert d["normalize"] == {
         "kind": "whiten",
-        "eps": 1e-6,
+        "eps": 1.0,
+        "ridge": "relative",
         "fit_on": None,
         "n_fit": 14,
         "sha256": fingerprint,

@@ -37,7 +37,7 @@ def test_center_subtracts_the_fit_mean_like_sklearn():
 
 def test_whitened_covariance_is_identity_on_the_fit_set():
     x = _correlated(2000, 16)
-    t = fit_transform(x, "whiten", eps=1e-9)
+    t = fit_transform(x, "whiten", eps=0.0)
     white = (x - t.mean) @ t.matrix
     np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(16), atol=1e-5)
     assert np.linalg.cond(np.cov(x, rowvar=False)) > 100  # the input was far from white
@@ -53,12 +53,13 @@ def test_whiten_matches_sklearn_pca_whitening_up_to_rotation():
 
 def test_ridge_bounds_directions_the_fit_set_does_not_span():
     x = _correlated(8, 20)  # 8 vectors span 7 of 20 directions
-    with pytest.raises(ConfigError, match="needs a ridge"):
-        fit_transform(x, "whiten", eps=0.0)
-    small = fit_transform(x, "whiten", eps=1e-6)
-    white_cov = np.cov((x - small.mean) @ small.matrix, rowvar=False)
+    with pytest.raises(ConfigError, match="absolute ridge must be > 0"):
+        fit_transform(x, "whiten", eps=0.0, ridge="absolute")
+    exact = fit_transform(x, "whiten", eps=0.0)  # relative: the unspanned axes are projected out
+    white_cov = np.cov((x - exact.mean) @ exact.matrix, rowvar=False)
     eig = np.linalg.eigvalsh(white_cov)
     assert eig.max() <= 1.0 + 1e-9 and np.sum(eig > 0.99) == 7  # spanned axes white, the rest at 0
+    assert np.sum(np.linalg.norm(exact.matrix, axis=0) > 0) == 7
     # A huge ridge scales every axis alike: whitening turns into centering.
     huge = fit_transform(x, "whiten", eps=1e9)
     center = fit_transform(x, "center")
@@ -101,7 +102,7 @@ def test_fit_on_syntax():
 def test_manifest_handshake_names_the_field():
     assert settle_normalize(NormalizeSpec(), None) == {"kind": "none"}
     new = settle_normalize(NormalizeSpec(kind="whiten", fit_on=parse_fit_on(["well=A01"])), None)
-    assert new == {"kind": "whiten", "eps": 1e-6, "fit_on": "well=A01"}
+    assert new == {"kind": "whiten", "eps": 1.0, "ridge": "relative", "fit_on": "well=A01"}
     stored = {"normalize": {**new, "n_fit": 4, "sha256": "ab"}}
     assert settle_normalize(NormalizeSpec(), stored)["sha256"] == "ab"  # flags omitted: the index's own
     with pytest.raises(IndexMismatchError, match="normalize.kind: the index has 'whiten'"):
@@ -153,3 +154,83 @@ def test_describe_normalize_names_kind_ridge_subset_and_fingerprint():
     assert describe_normalize({"kind": "whiten", "eps": 0.01, "fit_on": None}) == (
         "whiten (eps 0.01, not fitted yet: the first build stopped before its fit)"
     )
+
+
+# --- the ridge is relative to the spectrum (issue 30) ------------------------------------------------------
+
+
+def _embedding_like(n_per: int, d: int = 192, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    # Unit vectors as a model gives them: one shared direction, three phenotypes a little apart, and
+    # per-image variation that falls off over a few dozen axes. Covariance eigenvalues ~1e-3 .. 1e-7.
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=d)
+    offsets = rng.normal(size=(3, d)) * 0.15
+    decay = np.exp(-np.arange(d) / 8.0)
+    basis = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    labels = np.repeat(np.arange(3), n_per)
+    x = shared + offsets[labels] + (rng.normal(size=(3 * n_per, d)) * decay) @ basis.T * 0.3
+    return normalize(x), labels
+
+
+def _nearest_same_label(v: np.ndarray, labels: np.ndarray) -> float:
+    sims = v @ v.T
+    np.fill_diagonal(sims, -np.inf)
+    return float((labels[sims.argmax(1)] == labels).mean())
+
+
+def test_whitening_fewer_vectors_than_dimensions_keeps_neighbours():
+    # 30 vectors in 192-d: before, the absolute ridge 1e-6 sat below most of the spanned eigenvalues, so
+    # whitening made the 30 fitted images nearly equidistant (nearest neighbour ~ chance, 1/3).
+    x, labels = _embedding_like(10)
+    eig = np.linalg.eigvalsh(np.cov(x, rowvar=False))
+    assert np.sum(eig > 1e-6) >= 20  # the spectrum the old absolute ridge whitened exactly
+    assert _nearest_same_label(x, labels) == 1.0
+    t = fit_transform(x, "whiten")
+    y = t.apply(x)
+    assert _nearest_same_label(y, labels) >= 0.9
+    off = (y @ y.T)[~np.eye(len(y), dtype=bool)]
+    assert off.std() > 0.1  # not a simplex of equidistant points (which has std 0)
+
+
+def test_a_query_is_projected_onto_the_fitted_directions():
+    x, _ = _embedding_like(10)
+    t = fit_transform(x, "whiten")
+    centred = x - x.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=True)
+    outside = vt[-1]  # a direction no fitted vector has any of
+    query = x[:1] + 0.05 * outside  # an outside image: a little of an unfitted direction
+    # Its unfitted part is dropped: it comes out as the fitted image itself (before: x ~1,000 and swamped).
+    np.testing.assert_allclose(t.apply(query), t.apply(x[:1]), atol=1e-5)
+
+
+def test_fit_on_no_more_vectors_than_dimensions_warns_with_a_hint(caplog):
+    x, _ = _embedding_like(10)
+    with caplog.at_level("WARNING", logger="indexer.vectors.normalize"):
+        fit_transform(x, "whiten")
+    assert "fitted on 30 vectors of 192 dimensions" in caplog.text and "--normalize center" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="indexer.vectors.normalize"):
+        fit_transform(_correlated(100, 12), "whiten")
+    assert caplog.text == ""
+
+
+def test_transform_files_fitted_with_the_absolute_ridge_still_load_and_match():
+    import io
+
+    x = _correlated(50, 6)
+    old = fit_transform(x, "whiten", eps=1e-6, ridge="absolute")
+    # The file format of indexes made before: no ridge field.
+    buf = io.BytesIO()
+    np.savez(buf, kind=np.str_("whiten"), mean=old.mean, eps=np.float64(1e-6), n_fit=np.int64(50),
+             matrix=old.matrix)  # fmt: skip
+    back = decode_transform(buf.getvalue())
+    assert back.ridge == "absolute" and back.fingerprint() == old.fingerprint()
+    # ... and its fingerprint is the one those manifests recorded (kind|eps|n_fit, mean, matrix).
+    import hashlib
+
+    h = hashlib.sha256(b"whiten|1e-06|50")
+    h.update(old.mean.tobytes())
+    h.update(old.matrix.tobytes())
+    assert back.fingerprint() == h.hexdigest()
+    new = decode_transform(encode_transform(fit_transform(x, "whiten")))
+    assert new.ridge == "relative"
