@@ -279,8 +279,9 @@ def precision(index_dir, queries, k, seed, with_compile, device, out, verbose):
     import json
 
     from eval.precision import run_precision
+    from eval.queries import choose_queries, read_queries
     from eval.report import format_table
-    from eval.robustness import RobustnessConfig, choose_queries, read_queries
+    from eval.robustness import RobustnessConfig
     from indexer.stores import open_stores
     from retriever.catalog import Catalog
     from retriever.search import Retriever

@@ -89,7 +89,7 @@ def compare_one(
             f"image {record.id} has {candidates} candidates once its relatives are excluded, fewer than "
             f"k + 1 = {k + 1}: lower k, or choose a milder exclude"
         )
-    raw = load_image(record.path, record.id)  # as eval.robustness.read_queries reads it
+    raw = load_image(record.path, record.id)  # as eval.queries.read_queries reads it
     if max_pixels is not None and raw.size > max_pixels:
         raise ConfigError(
             f"image {record.id} has {raw.size / 2**20:.1f} M pixels; the live panel perturbs images of at "

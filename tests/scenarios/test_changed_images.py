@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from eval.robustness import read_queries
+from eval.queries import read_queries
 from indexer.core.config import ModelConfig
 from indexer.core.errors import DecodeError
 from indexer.images.sources import load_image
