@@ -36,17 +36,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.intervals import cluster_bootstrap
+from eval.phenotype import average_precisions, chance_map, map_interval, precision_at_k
+from indexer.core.config import ModelConfig, PreprocessConfig, SourceConfig
+from indexer.images.decode import decode_tiff
+from indexer.images.sources import iter_sources
+from indexer.model.encoder import ViTMAEEncoder, resolve_preprocess
+from indexer.model.preprocess import normalise_intensity, preprocess_image, to_model_input
+from indexer.vectors.normalize import check_kind, fit_transform
 
-from bench.common import print_table  # noqa: E402
-from eval.intervals import cluster_bootstrap  # noqa: E402
-from eval.phenotype import average_precisions, chance_map, map_interval, precision_at_k  # noqa: E402
-from indexer.core.config import ModelConfig, PreprocessConfig, SourceConfig  # noqa: E402
-from indexer.images.decode import decode_tiff  # noqa: E402
-from indexer.images.sources import iter_sources  # noqa: E402
-from indexer.model.encoder import ViTMAEEncoder, resolve_preprocess  # noqa: E402
-from indexer.model.preprocess import normalise_intensity, preprocess_image, to_model_input  # noqa: E402
-from indexer.vectors.normalize import check_kind, fit_transform  # noqa: E402
+
+def print_table(title: str, rows: list[tuple], headers: tuple) -> None:
+    """Print an aligned plain-text table."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
 def embed(model: str, images: list[np.ndarray], view: str = "squash") -> np.ndarray:

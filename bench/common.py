@@ -76,18 +76,6 @@ def best_of(fn: Callable[[], object], repeat: int = 1) -> float:
     return min(times)
 
 
-def print_table(title: str, rows: list[tuple], headers: tuple) -> None:
-    """Print an aligned plain-text table (for bench_phenotype.py, an evaluation that leaves bench/ for
-    ``mae-eval phenotype``; the groups return rows instead)."""
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    print(f"\n{title}")
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
-    print("  ".join("-" * w for w in widths))
-    for r in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-
-
 @contextmanager
 def redis_url(given: str | None = None, prefix: str = "mae-bench-redis-") -> Iterator[str]:
     """The Redis URL a benchmark runs against: ``given`` as it is, or a private Redis Stack server on a
