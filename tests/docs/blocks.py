@@ -99,7 +99,9 @@ def same_output(shown: tuple[str, ...], printed: str, tol: float = 0.02) -> list
     return missing
 
 
-_TIMING = re.compile(r"in [\d.]+ s \([\d.]+ img/s, [^)]*\)")
+#: The timing and the device and precision after it, which may explain itself in parentheses of its own
+#: ("cpu fp32 (auto: hidden size 192 < 384, ...)").
+_TIMING = re.compile(r"in [\d.]+ s \([\d.]+ img/s, (?:[^()]|\([^()]*\))*\)")
 
 
 def _norm(line: str) -> list[str]:

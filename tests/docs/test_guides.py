@@ -51,7 +51,13 @@ EXPECTED = {
         ("mae-index verify --index runs/damaged", 0, [r"^images: 30$", r"^OK$"]),
     ],
     "robustness.md": [("mae-eval robustness", 0, [r"Report: .*report.html"])],
+    "export.md": [
+        ("mae-index export", 0, [r"Wrote runs/quickstart\.parquet: 30 images x 192 features \(parquet\)"]),
+        ("python -c", 0, [r"^\(30, 202\)$", r"^\s*well\s+site\s+channel\s+z\s+f0$"]),
+        ("mae-index export", 0, [r"Wrote runs/quickstart-wells\.csv: 27 well profiles x 192 features"]),
+    ],
     "explorer.md": [
+        ("mae-index map", 0, [r"Laid out 30 images \(opentsne\)", r"runs/quickstart/map\.npz"]),
         ("mae-search serve", 0, [r"Serving 30 images"]),
         ("curl -s http://127.0.0.1", 0, [r'"status": "ok"', r'"count": 30']),
         ("curl -s -X POST", 0, [r'"hits"', r'"score": 1\.0']),
@@ -97,6 +103,11 @@ def test_first_steps(guide, quickstart, reader):
     _check(guide, ran)
     if guide == "robustness.md":
         assert (reader.root / "runs" / "quickstart-report" / "report.html").is_file()
+    if guide == "export.md":
+        header = (reader.root / "runs" / "quickstart-wells.csv").read_text().splitlines()[0]
+        assert header.startswith("plate,well,channel,count,f0,f1,"), header
+    if guide == "explorer.md":
+        assert (reader.root / "runs" / "quickstart" / "map.npz").is_file()
     if guide == "pretraining.md":
         assert (reader.root / "runs" / "reconstruction.png").stat().st_size > 1000
         assert (
@@ -105,10 +116,12 @@ def test_first_steps(guide, quickstart, reader):
         )
 
 
-def test_own_data_prints_what_the_guide_shows(reader):
+def test_own_data_prints_what_the_guide_shows(tmp_path):
+    # A folder of its own: the README's own-data test builds the same runs/own in the shared one, and a
+    # second build there would print "Indexed 0 images" (whichever order the tests run in).
     steps = first_steps("own-data.md")
     assert steps[0].text == "cat examples/own-data/plate.csv" and len(steps) == 5
-    ran = reader.run_all([c.text for c in steps])
+    ran = Workdir(tmp_path / "reader").run_all([c.text for c in steps])
     for step, r in zip(steps, ran):
         assert r.rc == 0, f"{r.command}\n{r.output[-3000:]}"
         assert not same_output(step.shown, r.output), (

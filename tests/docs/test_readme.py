@@ -131,7 +131,7 @@ def test_own_data_indexes_with_its_csv(reader):
     assert "index now holds 7" in build.output  # five files: the stack's three planes are three images
     rows = [line.split() for line in query.output.splitlines() if re.match(r"\s+\d+\s+\d\.\d{4}\s", line)]
     # Filtered by the CSV's phenotype column: the two "dense" images only, both in A01.
-    assert [(r[0], r[2]) for r in rows] == [("1", "A01"), ("2", "A01")]
+    assert [(r[0], r[3]) for r in rows] == [("1", "A01"), ("2", "A01")]  # rank, score, percentile, well
     assert {r[-1].rsplit("/", 1)[-1] for r in rows} == {
         "A01_dense_nuclei_8bit.tif",
         "A01_dense_actin_float.tif",
