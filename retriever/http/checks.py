@@ -104,6 +104,6 @@ def lost_index(e: BaseException) -> StoreUnavailableError | None:
     if type(e).__name__ == "ResponseError" and ("no such index" in text or "unknown index name" in text):
         return StoreUnavailableError(
             "Redis has no such index any more (restarted empty, or dropped?): rebuild its copy from the "
-            "index folder with `mae-index sync --index DIR`, then restart the server"
+            "index folder with `mae-index repair --index DIR --redis-url URL`, then restart the server"
         )
     return None
