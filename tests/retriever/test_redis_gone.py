@@ -36,7 +36,7 @@ def test_health_and_queries_answer_503_when_redis_lost_the_index(redis_config, t
         out = json.loads(resp.body)
         assert resp.status == 503, (path, out)  # b690aef: 500
         text = json.dumps(out)
-        assert "no such index" in text and "mae-index sync" in text, out
+        assert "no such index" in text and "mae-index repair" in text, out
 
 
 @pytest.mark.redis
