@@ -223,7 +223,7 @@ def _html(result: dict[str, Any]) -> str:
 
     import matplotlib
 
-    from eval.report import _png
+    from eval.figures import png as _png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
