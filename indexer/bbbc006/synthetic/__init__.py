@@ -11,9 +11,10 @@ How an image is made:
 1. Each well draws a phenotype (one of :data:`PHENOTYPE_CLASSES`, plus per-well jitter) from
    ``(seed, well)``; both sites of a well share it. Other families (:data:`PHENOTYPE_FAMILIES`:
    ``nuclear`` size/shape, ``actin`` fibre orientation vs cortex, ``clustering``) have classes that
-   differ only in morphology: each site's noise-free image is mapped, rank by rank, onto the family's
-   reference intensity distribution (times the well's brightness), so first-order statistics cannot
-   tell the classes apart.
+   differ only in morphology: each site's stain (before the optics) is scaled by one factor per channel
+   so that its mean over the stained area (nuclei for Hoechst, cells for phalloidin) is the family's
+   reference class's (times the well's brightness); the optics and the dark, camera-like gaps are the
+   classic family's, so brightness inside the cells cannot tell the classes apart.
 2. Each site draws its geometry once from ``(seed, well, site)``: colonies (a thresholded smooth random
    field), nuclei placed inside them, each cell's territory (a weighted Voronoi tessellation cut by
    the colony), actin fibres, rounded bright mitotic cells. This gives a noise-free in-focus image

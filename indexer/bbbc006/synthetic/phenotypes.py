@@ -41,8 +41,8 @@ class Phenotype:
         Fraction of cells that are rounded, bright and mitotic.
     family : str
         The family of :data:`PHENOTYPE_FAMILIES` the class belongs to. Every family but ``classic``
-        maps each site's noise-free image onto the family's reference intensity distribution, so its
-        classes differ only in shape and texture.
+        scales each site's stain so that it holds the family's reference stain per stained area (nuclei
+        for Hoechst, cells for phalloidin), so its classes differ only in shape, texture and layout.
     nuclear_aspect : float or None
         Aspect ratio of every interphase nucleus (area kept); None draws 1.0-1.6 per nucleus.
     aligned_fibres : bool
@@ -78,9 +78,10 @@ _CLASSES: tuple[Phenotype, ...] = (
 )  # fmt: skip
 PHENOTYPE_CLASSES: tuple[str, ...] = tuple(p.phenotype_class for p in _CLASSES)
 
-# Families whose classes share the intensity distribution (the renderer maps every site onto the
-# family's reference histogram) and differ only in morphology, so that a statistic of intensities
-# alone cannot tell them apart and a model has to see shape or texture.
+# Families whose classes hold the same stain per stained area (the renderer scales each site's stain
+# to the family's reference, before the optics, so gaps stay camera-dark) and differ only in
+# morphology, so that brightness alone cannot tell them apart and a model has to see shape, texture or
+# layout. The share of empty field still shows in a histogram (clustering): that is morphology too.
 _BASE = {"intensity_scale": 1.0, "mitotic_fraction": 0.03}
 _NUCLEAR = (
     # Nuclear size and shape at fixed total DNA: count x area is the same in the three classes.
@@ -117,7 +118,7 @@ _FAMILIES: dict[str, tuple[Phenotype, ...]] = {
     "clustering": _CLUSTERING,
 }
 #: Phenotype families: ``classic`` (the default: classes that differ in counts, size *and* brightness)
-#: and three whose classes differ only in morphology at the same intensity distribution.
+#: and three whose classes differ only in morphology at the same stain per stained area.
 PHENOTYPE_FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
 assert PHENOTYPE_FAMILIES == _FAMILY_NAMES  # the config validates against the same names
 
@@ -135,7 +136,7 @@ def family_classes(family: str) -> tuple[str, ...]:
 
 
 def reference_phenotype(family: str) -> Phenotype:
-    """The class whose intensity distribution every site of ``family`` is mapped onto (its first)."""
+    """The class whose stain per stained area every site of ``family`` is scaled to (its first)."""
     return _FAMILIES[check_family(family)][0]
 
 

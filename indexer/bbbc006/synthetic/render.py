@@ -16,7 +16,6 @@ from indexer.bbbc006.constants import (
     DEFAULT_PLATE,
     FOCUS_Z,
     HEIGHT,
-    SATURATION,
     SITES,
     WIDTH,
     Z_SLICES,
@@ -32,7 +31,6 @@ from indexer.bbbc006.synthetic.cells import (
 )
 from indexer.bbbc006.synthetic.optics import (
     CONTRAST_LOSS_PER_SLICE,
-    OFFSET,
     Blurrer,
     blur,
     blur_wide,
@@ -72,11 +70,22 @@ class RenderedSite:
     images: Mapping[tuple[int, int], np.ndarray]
 
 
-def _clean_site(ph: Phenotype, rng: np.random.Generator) -> tuple[dict[int, np.ndarray], Cells, float]:
-    """Draw one site and return its noise-free in-focus images (ADU above offset) per channel.
+@dataclass(frozen=True)
+class _Stain:
+    """The stain signal of one site before the optics (ADU above offset, in focus), per channel.
 
-    Also returns the cells drawn and the confluence measured.
+    ``compartment`` marks where each stain lives: the nuclei for Hoechst (1), the cell territories for
+    phalloidin (2).
     """
+
+    signal: dict[int, np.ndarray]
+    compartment: dict[int, np.ndarray]
+    cells: Cells
+    confluence: float
+
+
+def _stain_site(ph: Phenotype, rng: np.random.Generator) -> _Stain:
+    """Draw one site: its cells and the stain each channel holds, before any blur or background."""
     shape = (HEIGHT, WIDTH)
     colony_field = smooth_noise(rng, shape, 45.0, factor=4)
     # Sites of one well differ in how much of the field the colonies cover; near 1 there are no gaps
@@ -104,6 +113,7 @@ def _clean_site(ph: Phenotype, rng: np.random.Generator) -> tuple[dict[int, np.n
         cell_actin = border_px = np.zeros(shape)
     texture = smooth_noise(rng, shape, 1.5)
     ragged = np.clip(1.0 + 0.6 * smooth_noise(rng, shape, 5.0, factor=2), 0.2, None)
+    nuclei = nucleus > 0.5
     nucleus = nucleus * territory
     cyto = (
         1000.0 * cell_actin * (1.0 + 0.2 * texture) * (1.0 - 0.5 * nucleus + 0.8 * nucleus * (1.0 - nucleus))
@@ -114,56 +124,62 @@ def _clean_site(ph: Phenotype, rng: np.random.Generator) -> tuple[dict[int, np.n
     dots = 1500.0 * puncta(rng, territory, int(rng.poisson(0.5 * len(cells.y))))
     mito = 4800.0 * mitotic_bodies(cells, texture)
     actin = np.maximum(cyto + cortex + rim + fibres + dots, mito) * ph.intensity_scale
-    # Cells are several µm thick, so even the best plane holds out-of-focus light: mix in a slightly
-    # blurred copy. Out-of-focus glow of the neighbours fills small holes in a cell sheet (real dense
-    # fields have no dark pixels), stray light and autofluorescence lift wide gaps a little.
-    actin = 0.6 * actin + 0.4 * blur(actin, 2.5)
-    actin += 60.0 + 0.25 * blur_wide(actin, 6.0, factor=2) + 0.12 * blur_wide(actin, 25.0)
-
     hoechst = 1500.0 * dna * ph.intensity_scale
-    hoechst += 25.0 + 0.06 * blur_wide(hoechst, 20.0)
-    return {1: hoechst, 2: actin}, cells, float(territory.mean())
+    return _Stain({1: hoechst, 2: actin}, {1: nuclei, 2: territory}, cells, float(territory.mean()))
 
 
-_N_QUANTILES = 4097
-_FAMILY_CEILING = (SATURATION - OFFSET) / 1.25
+def _in_focus(signal: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """The noise-free in-focus image (ADU above offset) of each channel's stain: what the optics and the
+    background add, the same for every family."""
+    out = {}
+    if 1 in signal:
+        hoechst = signal[1]
+        out[1] = hoechst + (25.0 + 0.06 * blur_wide(hoechst, 20.0))
+    if 2 in signal:
+        # Cells are several µm thick, so even the best plane holds out-of-focus light: mix in a slightly
+        # blurred copy. Out-of-focus glow of the neighbours fills small holes in a cell sheet (real dense
+        # fields have no dark pixels), stray light and autofluorescence lift wide gaps a little.
+        actin = 0.6 * signal[2] + 0.4 * blur(signal[2], 2.5)
+        actin += 60.0 + 0.25 * blur_wide(actin, 6.0, factor=2) + 0.12 * blur_wide(actin, 25.0)
+        out[2] = actin
+    return out
+
+
+def _stain_amount(stain: _Stain) -> dict[int, float]:
+    """Each channel's stain amount: its mean signal over the compartment it stains (nuclei, cells)."""
+    return {
+        c: float(im[stain.compartment[c]].mean()) if stain.compartment[c].any() else 0.0
+        for c, im in stain.signal.items()
+    }
 
 
 @lru_cache(maxsize=8)
-def _reference_quantiles(family: str) -> dict[int, np.ndarray]:
-    """Quantiles of the noise-free images of one fixed site of the family's reference class, per channel.
+def _reference_amount(family: str) -> dict[int, float]:
+    """Stain amounts of one fixed site of the family's reference class (brightness 1), per channel.
 
     Drawn from a stream of its own (never a data set's), so every seed shares the same target.
     """
     ph = reference_phenotype(family)
-    clean, _, _ = _clean_site(ph, _rng(0, _STREAM_REFERENCE, PHENOTYPE_FAMILIES.index(family)))
-    grid = np.linspace(0.0, 1.0, _N_QUANTILES)
-    # Capped below saturation with room for the brightest wells (+25 %), so clipping at 4095 does not
-    # make a bright well's distribution differ from a dim one's.
-    return {c: np.minimum(np.quantile(im, grid), _FAMILY_CEILING) for c, im in clean.items()}
-
-
-def _match_histogram(image: np.ndarray, quantiles: np.ndarray, scale: float) -> np.ndarray:
-    """Give ``image`` the distribution ``quantiles`` (times ``scale``), keeping the order of its pixels.
-
-    Rank-based (stable, so ties keep their raster order): the output has exactly the reference's
-    first-order statistics and the image's own spatial layout.
-    """
-    order = np.argsort(image, axis=None, kind="stable")
-    ranks = np.empty(image.size)
-    ranks[order] = (np.arange(image.size) + 0.5) / image.size
-    grid = np.linspace(0.0, 1.0, quantiles.size)
-    return (np.interp(ranks, grid, quantiles) * scale).reshape(image.shape)
+    return _stain_amount(_stain_site(ph, _rng(0, _STREAM_REFERENCE, PHENOTYPE_FAMILIES.index(family))))
 
 
 def _family_site(ph: Phenotype, rng: np.random.Generator) -> tuple[dict[int, np.ndarray], Cells, float]:
-    """:func:`_clean_site`, then (outside the classic family) each channel mapped onto the family's
-    reference intensity distribution scaled by the well's brightness, so classes differ only in shape."""
-    clean, cells, confluence = _clean_site(ph, rng)
+    """Draw one site and return its noise-free in-focus images (ADU above offset) per channel, the cells
+    drawn and the confluence measured.
+
+    Outside the classic family each channel's stain is first scaled by one factor so that its stain
+    amount is the reference class's times the well's brightness: the classes then hold the same stain
+    per stained area and differ only in shape, while the optics and the camera-like background (dark
+    gaps) stay those of the classic family.
+    """
+    stain = _stain_site(ph, rng)
+    signal = stain.signal
     if ph.family != "classic":
-        ref = _reference_quantiles(ph.family)
-        clean = {c: _match_histogram(im, ref[c], ph.intensity_scale) for c, im in clean.items()}
-    return clean, cells, confluence
+        ref, own = _reference_amount(ph.family), _stain_amount(stain)
+        signal = {
+            c: im * (ref[c] * ph.intensity_scale / own[c]) if own[c] > 0 else im for c, im in signal.items()
+        }
+    return _in_focus(signal), stain.cells, stain.confluence
 
 
 def render_site(well: str, site: int, *, seed: int = 0, channels: Sequence[int] = (1, 2),

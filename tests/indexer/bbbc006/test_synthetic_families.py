@@ -1,6 +1,7 @@
-"""Phenotype families that differ only in morphology: same first-order intensity statistics between
-classes (measured on rendered images), different nuclear size/shape, actin orientation/texture or
-clustering; deterministic per seed; the classic family (the default) renders the same bytes as before."""
+"""Phenotype families that differ only in morphology: the same stain per stained area in every class
+and the classic camera background (measured on rendered images), different nuclear size/shape, actin
+orientation/texture or clustering; deterministic per seed; the classic family (the default) renders
+the same bytes as before."""
 
 from __future__ import annotations
 
@@ -60,17 +61,62 @@ def test_classic_is_the_default_and_renders_the_same_bytes():
     assert SyntheticConfig("x", wells=("A01",)).family == "classic"
 
 
+def _masks(family: str, well: str) -> dict[int, np.ndarray]:
+    """Where each stain lives in site 1 of ``well`` under seed 0: nuclei (Hoechst), cells (phalloidin)."""
+    from indexer.bbbc006.synthetic.render import _stain_site
+    from indexer.bbbc006.synthetic.spec import _STREAM_SITE, _rng, _well_index
+
+    ph = well_phenotype(well, 0, family)
+    row, col = _well_index(well)
+    return _stain_site(ph, _rng(0, _STREAM_SITE, row, col, 1)).compartment
+
+
+def _dark(image: np.ndarray, confluence: float) -> dict[str, float]:
+    """The 1st and 5th percentiles, and the median of the pixels outside the cells (the darkest
+    ``1 - confluence`` of the image)."""
+    return {
+        "p1": float(np.percentile(image, 1)),
+        "p5": float(np.percentile(image, 5)),
+        "gap": float(np.percentile(image, 50.0 * (1.0 - confluence))),
+    }
+
+
+@pytest.fixture(scope="module")
+def classic_dark() -> dict[str, dict[int, dict[str, float]]]:
+    sites = {k: render_site(w, 1, seed=0, channels=(1, 2)) for k, w in _one_well_per_class("classic").items()}
+    return {k: {c: _dark(s.images[(c, 16)], s.truth.confluence) for c in (1, 2)} for k, s in sites.items()}
+
+
 @pytest.mark.parametrize("family", ["nuclear", "actin", "clustering"])
-def test_classes_of_a_family_share_first_order_statistics(renders, family):
+def test_family_backgrounds_are_the_classic_camera_background(renders, classic_dark, family):
+    # Before, each site was rank-mapped onto the family's reference histogram, which lifted the gaps of
+    # a clustering-tight field to 1,400-2,000 ADU; now the gaps sit at the camera offset plus the same
+    # faint glow as in classic images.
+    for k, site in renders[family].items():
+        # Hoechst: the space between nuclei is dark in every class and family.
+        dark = _dark(site.images[(1, 16)], site.truth.confluence)
+        for stat, value in dark.items():
+            ref = [d[1][stat] for d in classic_dark.values()]
+            assert min(ref) - 6 <= value <= max(ref) + 6, (k, 1, stat, value, ref)
+        # Phalloidin: a field with wide gaps looks like the classic sparse field (a third of it empty).
+        if site.truth.confluence < 0.8:
+            dark = _dark(site.images[(2, 16)], site.truth.confluence)
+            for stat, value in dark.items():
+                assert abs(value - classic_dark["sparse"][2][stat]) < 15, (k, 2, stat, value)
+
+
+@pytest.mark.parametrize("family", ["nuclear", "actin", "clustering"])
+def test_classes_of_a_family_hold_the_same_stain_per_stained_area(renders, family):
+    # The stain amount (mean signal over the nuclei for Hoechst, over the cells for phalloidin,
+    # measured on the camera image) is the reference class's times the well's brightness in every class.
+    wells = _one_well_per_class(family)
     for channel in (1, 2):
-        stats = []
-        for site in renders[family].values():
-            counts = (site.images[(channel, 16)].astype(float) - OFFSET) / site.truth.intensity_scale
-            stats.append((counts.mean(), counts.std()))
-        means, stds = np.array(stats).T
-        assert means.max() / means.min() < 1.01, (family, channel, means)
-        assert stds.max() / stds.min() < 1.05, (family, channel, stds)
-    # In the classic family the same statistics differ between classes by far more.
+        amount = []
+        for k, site in renders[family].items():
+            counts = site.images[(channel, 16)].astype(float) - OFFSET
+            amount.append(counts[_masks(family, wells[k])[channel]].mean() / site.truth.intensity_scale)
+        assert max(amount) / min(amount) < 1.07, (family, channel, amount)
+    # In the classic family even the mean brightness of the field differs between classes by over 20 %.
     classic = [render_site(w, 1, seed=0, channels=(2,)) for w in _one_well_per_class("classic").values()]
     m = [((s.images[(2, 16)].astype(float) - OFFSET) / s.truth.intensity_scale).mean() for s in classic]
     assert max(m) / min(m) > 1.2
