@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.core.errors import DecodeError
-from indexer.images.sources import load_image
+from indexer.images.sources import image_bands, load_image
 from retriever import render, score_context
 from retriever.browse import browse
 from retriever.catalog import Catalog
@@ -116,13 +116,15 @@ class Renderer:
         cached = self.cache.get(key)
         if cached is not None:
             return cached, None
-        try:
-            image = load_image(rec.path, image_id)  # a file, a zip member or one plane of a stack
+        try:  # a file, a zip member or one plane of a stack
+            if size is None:
+                data = render.render_png(load_image(rec.path, image_id), self.intensity)
+            else:  # strip by strip: a 64 MP thumbnail held 610 MB at once, now the file and one band
+                data = render.render_bands(image_bands(rec.path, image_id), self.intensity, size)
         except (OSError, DecodeError) as e:
             reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             log.warning("image %d (%r) cannot be shown: %s", image_id, rec.path, reason)
             return render.placeholder_png(size or 256), reason
-        data = render.render_png(image, self.intensity, size)
         self.cache.put(key, data)
         return data, None
 
