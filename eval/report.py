@@ -20,6 +20,7 @@ from eval.figures import png, report_figures
 from eval.robustness import RobustnessResult
 from indexer.core.atomic import atomic_write_json, atomic_write_text
 from indexer.core.csv_safe import escape_formula
+from retriever.reports import REPORT_FILES
 
 HEADLINE = (
     "self_at_1",
@@ -77,6 +78,7 @@ def report_dict(result: RobustnessResult, index_meta: dict[str, Any]) -> dict[st
             "ann_recall_at_k": result.ann_recall,
             "ann_recall_interval": _ann_interval(result),
             "summary": result.summary(),
+            "files": list(REPORT_FILES),  # what the explorer may serve of this folder, nothing else
         }
     )
 

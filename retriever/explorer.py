@@ -15,7 +15,7 @@ Everything is added to the query server's :class:`~retriever.http.app.App` by :f
 ``GET /api/record/{id}`` one record, the other channel(s) of its site and z, and its z stack
 ``POST /api/plate``      ``{"id" | "image", "plate", "channel", "site"}`` -> best similarity per well
 ``GET /api/config``      backends, report folders, whether live robustness is available
-``GET /reports/{i}/{f}`` a file of the i-th report folder (no path from the client: an index and a name)
+``GET /reports/{i}/{f}`` a file the i-th report wrote (:mod:`retriever.reports`): an index and a name
 ======================  =======================================================================
 
 Only ids in the index are served; the source path always comes from the index, never from a request.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import mimetypes
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.core.errors import DecodeError
-from indexer.images.sources import load_image
+from indexer.images.sources import image_bands, load_image
 from retriever import render, score_context
 from retriever.browse import browse
 from retriever.catalog import Catalog
@@ -46,6 +45,9 @@ from retriever.http.app import App, ClientError, Request, Response, json_respons
 from retriever.http.checks import check_filter, is_decimal
 from retriever.http.service import QueryService
 from retriever.lru import SizedLRU
+from retriever.reports import find_reports, read_report_file, report_index_uid
+
+__all__ = ["Catalog", "ImageCache", "Renderer", "find_reports", "register", "report_index_uid"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,6 @@ CSP = (
 REPORT_CSP = (
     "default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
 )
-_REPORT_TYPES = {".html", ".png", ".svg", ".csv", ".json", ".txt", ".md"}
 
 
 def _sec_headers(csp: str = CSP) -> list[tuple[str, str]]:
@@ -115,51 +116,17 @@ class Renderer:
         cached = self.cache.get(key)
         if cached is not None:
             return cached, None
-        try:
-            image = load_image(rec.path, image_id)  # a file, a zip member or one plane of a stack
+        try:  # a file, a zip member or one plane of a stack
+            if size is None:
+                data = render.render_png(load_image(rec.path, image_id), self.intensity)
+            else:  # strip by strip: a 64 MP thumbnail held 610 MB at once, now the file and one band
+                data = render.render_bands(image_bands(rec.path, image_id), self.intensity, size)
         except (OSError, DecodeError) as e:
             reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             log.warning("image %d (%r) cannot be shown: %s", image_id, rec.path, reason)
             return render.placeholder_png(size or 256), reason
-        data = render.render_png(image, self.intensity, size)
         self.cache.put(key, data)
         return data, None
-
-
-def report_index_uid(folder: Path) -> str | None:
-    """The ``index_uid`` of the index a ``mae-eval`` report folder was made from (its report.json's
-    ``index.index_uid``); None when it does not say (an older report) or cannot be read."""
-    try:
-        index = json.loads((Path(folder) / "report.json").read_text(encoding="utf-8")).get("index") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
-    uid = index.get("index_uid") if isinstance(index, dict) else None
-    return uid if isinstance(uid, str) else None
-
-
-def find_reports(index_dir: Path | None, extra: list[Path], index_uid: str | None = None) -> list[Path]:
-    """Report folders: those given, and any folder beside the index holding ``report.html`` that was made
-    from this index (its report.json's ``index_uid`` is ``index_uid``): a folder of several indexes and
-    their reports lists each index's own."""
-    found = [Path(p).resolve() for p in extra]
-    if index_dir is not None:
-        parent = Path(index_dir).resolve().parent
-        try:
-            found += sorted(
-                d
-                for d in parent.iterdir()
-                if d.is_dir()
-                and (d / "report.html").is_file()
-                and index_uid is not None
-                and report_index_uid(d) == index_uid
-            )
-        except OSError:
-            pass
-    out = []
-    for d in found:
-        if d not in out:
-            out.append(d)
-    return out
 
 
 def register(
@@ -175,11 +142,14 @@ def register(
     reports = reports or []
     static = {p.name: p for p in WEB_DIR.iterdir() if p.is_file()} if WEB_DIR.is_dir() else {}
 
-    def file_response(path: Path, cache: str = "no-cache", csp: str = CSP) -> Response:
+    def file_response(
+        path: Path, cache: str = "no-cache", csp: str = CSP, data: bytes | None = None
+    ) -> Response:
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
             ctype += "; charset=utf-8"
-        return Response(path.read_bytes(), 200, ctype, [("Cache-Control", cache), *_sec_headers(csp)])
+        body = path.read_bytes() if data is None else data
+        return Response(body, 200, ctype, [("Cache-Control", cache), *_sec_headers(csp)])
 
     def page(req: Request) -> Response:
         return file_response(static["index.html"])
@@ -308,16 +278,10 @@ def register(
         if not is_decimal(num) or int(num) >= len(reports):
             raise ClientError(HTTPStatus.NOT_FOUND, "no such report folder")
         name = name or "report.html"
-        folder = reports[int(num)]
-        target = (folder / name).resolve()
-        if (
-            "/" in name
-            or target.parent != folder
-            or target.suffix.lower() not in _REPORT_TYPES
-            or not target.is_file()
-        ):
+        data = read_report_file(reports[int(num)], name)  # only the files the report itself wrote
+        if data is None:
             raise ClientError(HTTPStatus.NOT_FOUND, f"no such report file: {name[:80]}")
-        return file_response(target, csp=REPORT_CSP)
+        return file_response(Path(name), csp=REPORT_CSP, data=data)
 
     app.add("GET", "/", page, None)
     app.add("GET", "/index.html", page, None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -28,8 +29,13 @@ def window(image: np.ndarray, config: IntensityConfig) -> tuple[float, float]:
     if not np.issubdtype(flat.dtype, np.integer):
         lo, hi = np.percentile(flat, [config.low, config.high])
         return float(lo), float(hi)
-    cdf = np.cumsum(np.bincount(flat.astype(np.int64, copy=False)))
-    n = flat.size
+    return window_of_counts(np.bincount(flat.astype(np.int64, copy=False)), config)
+
+
+def window_of_counts(counts: np.ndarray, config: IntensityConfig) -> tuple[float, float]:
+    """The percentile window of an integer image from its histogram (``counts[v]``: pixels of value v)."""
+    cdf = np.cumsum(counts)
+    n = int(cdf[-1])
     out = []
     for q in (config.low / 100.0, config.high / 100.0):
         pos = q * (n - 1)
@@ -87,6 +93,48 @@ def render_png(image: np.ndarray, config: IntensityConfig, size: int | None = No
     if size is not None:
         image = downscale(image, size)
     return png_gray8(to_uint8(image, low, high))
+
+
+#: Pixels per histogram step: np.bincount copies its input to int64, so a band goes in slices.
+_HIST_SLICE = 1 << 18
+
+
+def render_bands(bands: Iterable[tuple[int, np.ndarray, tuple[int, int]]], config: IntensityConfig,
+                 size: int) -> bytes:  # fmt: skip
+    """:func:`render_png` of an image given as bands of rows (:func:`indexer.images.bands.iter_bands`),
+    holding one band at a time: the window from a histogram summed band by band (the same full-resolution
+    window), the shrink from block sums. A float image (one band) goes through :func:`render_png`.
+
+    Raises
+    ------
+    ValueError
+        If ``bands`` is empty.
+    """
+    counts = acc = None
+    f = hh = ww = 0
+    for y0, band, (h, w) in bands:
+        if band.dtype.kind == "f":
+            return render_png(band, config, size)
+        if acc is None:
+            f = max(1, math.ceil(max(h, w) / size))
+            hh, ww = (h // f) * f, (w // f) * f
+            acc = np.zeros((hh // f, ww // f), np.float64)
+            counts = np.zeros(1 << (8 * band.dtype.itemsize), np.int64)
+        if config.mode == "percentile":
+            flat = band.reshape(-1)
+            for i in range(0, flat.size, _HIST_SLICE):
+                counts += np.bincount(flat[i : i + _HIST_SLICE], minlength=counts.size)
+        rows = min(band.shape[0], hh - y0)
+        if rows <= 0:
+            continue
+        sums = band[:rows, :ww].reshape(rows, ww // f, f).sum(axis=2, dtype=np.float64)
+        out_rows = (y0 + np.arange(rows)) // f
+        starts = np.flatnonzero(np.r_[True, out_rows[1:] != out_rows[:-1]])
+        acc[out_rows[starts]] += np.add.reduceat(sums, starts, axis=0)
+    if acc is None:
+        raise ValueError("no pixels")
+    low, high = window_of_counts(counts, config) if config.mode == "percentile" else window(acc[:0], config)
+    return png_gray8(to_uint8((acc / (f * f)).astype(np.float32), low, high))
 
 
 def placeholder_png(size: int = 128) -> bytes:

@@ -226,40 +226,50 @@ def iter_planes(
     limits = limits or DEFAULT_LIMITS
     try:
         with open_tiff(data) as tif:
-            if len(tif.pages) == 0:
-                raise DecodeError("not a readable TIFF: no image found (truncated or damaged file?)")
-            if len(tif.pages) == 1 and not _claimed_planes(tif) > 1:
-                if only not in (None, 0):
+            for page, index, z, channel in selected_pages(tif, len(data), limits, only, single):
+                if z is None and channel is None and index == 0 and len(tif.pages) == 1:
+                    image = _libtiff_pixels(data, tuple(page.shape), page.dtype)
+                    if image is None:
+                        image = page.asarray(maxworkers=1)  # parallelism comes from the callers' workers
+                    yield Plane(_check_pixels(image), 0)
                     return
-                page = tif.pages[0]
-                shape = tuple(page.shape)
-                if len(shape) != 2:
-                    raise DecodeError(f"not a single-channel image (shape {shape}); expected height x width")
-                check_size(shape, page.dtype.itemsize, len(data), limits)
-                image = _libtiff_pixels(data, shape, page.dtype)
-                if image is None:
-                    image = page.asarray(maxworkers=1)  # parallelism comes from the callers' workers
-                yield Plane(_check_pixels(image), 0)
-                return
-            axes, shape, pages = _layout(tif, len(data), limits)
-            if single:
-                raise DecodeError(
-                    f"a stack of {len(pages)} planes; a query is one plane: give one plane's file, or the "
-                    "id of an indexed plane (mae-index build indexes each plane as one image)"
-                )
-            lead = axes[:-2]
-            for index, position in enumerate(np.ndindex(*shape[:-2])):
-                if only is not None and index != only:
-                    continue
-                where = dict(zip(lead, position))
-                z = next((int(v) for a, v in where.items() if PLANE_AXES[a] == "z"), None)
-                channel = f"c{where['C']}" if "C" in where else None
-                image = pages[index].asarray(maxworkers=1)
+                image = page.asarray(maxworkers=1)
                 yield Plane(_check_pixels(image, f"plane {index}: "), index, z, channel)
     except DecodeError:
         raise
     except Exception as e:  # tifffile raises many types for damaged files
         raise _unreadable(e) from e
+
+
+def selected_pages(tif, file_bytes: int, limits: DecodeLimits, only: int | None, single: bool) -> Iterator:
+    """``(page, index, z, channel)`` of each plane :func:`iter_planes` decodes (``only``: that plane alone;
+    ``single``: refuse a stack), every size and layout checked from the header, no pixel decoded."""
+    if len(tif.pages) == 0:
+        raise DecodeError("not a readable TIFF: no image found (truncated or damaged file?)")
+    if len(tif.pages) == 1 and not _claimed_planes(tif) > 1:
+        if only not in (None, 0):
+            return
+        page = tif.pages[0]
+        shape = tuple(page.shape)
+        if len(shape) != 2:
+            raise DecodeError(f"not a single-channel image (shape {shape}); expected height x width")
+        check_size(shape, page.dtype.itemsize, file_bytes, limits)
+        yield page, 0, None, None
+        return
+    axes, shape, pages = _layout(tif, file_bytes, limits)
+    if single:
+        raise DecodeError(
+            f"a stack of {len(pages)} planes; a query is one plane: give one plane's file, or the "
+            "id of an indexed plane (mae-index build indexes each plane as one image)"
+        )
+    lead = axes[:-2]
+    for index, position in enumerate(np.ndindex(*shape[:-2])):
+        if only is not None and index != only:
+            continue
+        where = dict(zip(lead, position))
+        z = next((int(v) for a, v in where.items() if PLANE_AXES[a] == "z"), None)
+        channel = f"c{where['C']}" if "C" in where else None
+        yield pages[index], index, z, channel
 
 
 def decode_planes(data: bytes, limits: DecodeLimits | None = None) -> list[Plane]:

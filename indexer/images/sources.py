@@ -415,20 +415,56 @@ def load_image(path: str, expected_id: int | None = None) -> np.ndarray:
         If the file is no longer a usable image; :class:`ChangedImageError` if its bytes are no longer
         those of image ``expected_id``.
     """
-    from indexer.images.decode import content_id, decode_plane, decode_tiff, plane_id
+    from indexer.images.decode import decode_plane, decode_tiff
+
+    data, index = _read_checked(path, expected_id)
+    if index is None:
+        return decode_tiff(data)
+    plane = decode_plane(data, index)  # that plane's page alone, not the stack
+    if plane is None:
+        raise FileNotFoundError(2, f"the file has no plane {index}", path)
+    return plane.image
+
+
+def image_bands(path: str, expected_id: int | None = None) -> Iterator:
+    """The image :func:`load_image` reads, as bands of rows decoded one at a time
+    (:func:`indexer.images.bands.iter_bands`): what a thumbnail of a large image needs.
+
+    Raises
+    ------
+    FileNotFoundError, DecodeError
+        As :func:`load_image`; the file is read and its id checked before this returns, decode errors
+        come while iterating.
+    """
+    from indexer.images.bands import iter_bands
+
+    data, index = _read_checked(path, expected_id)
+
+    def bands() -> Iterator:
+        found = False
+        for band in iter_bands(data, index):
+            found = True
+            yield band
+        if not found:
+            raise FileNotFoundError(2, f"the file has no plane {index}", path)
+
+    return bands()
+
+
+def _read_checked(path: str, expected_id: int | None) -> tuple[bytes, int | None]:
+    """The bytes of the file behind ``path`` and the plane it names (None: the whole file), their id
+    checked against ``expected_id``."""
+    from indexer.images.decode import content_id, plane_id
 
     m = _PLANE_RE.match(path)
     if m and not Path(path).is_file():
         index = int(m.group(2))
         data = read_path(m.group(1))
         _check_same(path, expected_id, lambda: plane_id(content_id(data), index))
-        plane = decode_plane(data, index)  # that plane's page alone, not the stack
-        if plane is None:
-            raise FileNotFoundError(2, f"the file has no plane {index}", path)
-        return plane.image
+        return data, index
     data = read_path(path)
     _check_same(path, expected_id, lambda: content_id(data))
-    return decode_tiff(data)
+    return data, None
 
 
 class ChangedImageError(DecodeError):

@@ -75,6 +75,8 @@ def test_cli_report_is_reproducible_and_complete(index_dir, tmp_path):
     assert html.count("data:image/png;base64,") >= 4 and "Headline" in html
     assert (tmp_path / "a" / "summary.csv").read_text().startswith("perturbation,severity")
     assert "self_at_1" in a.output
+    # What the explorer may serve of the folder (retriever.reports) is exactly what the report wrote.
+    assert sorted(rep["files"]) == sorted(p.name for p in (tmp_path / "a").iterdir())
 
 
 def test_unknown_perturbation_is_a_config_error():
