@@ -120,7 +120,9 @@ class Renderer:
             if size is None:
                 data = render.render_png(load_image(rec.path, image_id), self.intensity)
             else:  # strip by strip: a 64 MP thumbnail held 610 MB at once, now the file and one band
-                data = render.render_bands(image_bands(rec.path, image_id), self.intensity, size)
+                # A pyramid level only where the window is fixed: a percentile window is the full plane's.
+                level = None if self.intensity.mode == "percentile" else size
+                data = render.render_bands(image_bands(rec.path, image_id, level), self.intensity, size)
         except (OSError, DecodeError) as e:
             reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             log.warning("image %d (%r) cannot be shown: %s", image_id, rec.path, reason)

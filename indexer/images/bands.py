@@ -33,9 +33,14 @@ READ_BYTES = 1 << 20
 Band = tuple[int, np.ndarray, tuple[int, int]]
 
 
-def iter_bands(data: bytes, index: int | None = None, limits: DecodeLimits | None = None) -> Iterator[Band]:
+def iter_bands(
+    data: bytes, index: int | None = None, limits: DecodeLimits | None = None, min_side: int | None = None
+) -> Iterator[Band]:
     """``(first_row, band, (height, width))`` of plane ``index`` (None: a single-plane file, as
     :func:`~indexer.images.decode.decode_tiff`), top to bottom; nothing if the file has no such plane.
+
+    With ``min_side``, a plane with a pyramid (SubIFDs) is read from its smallest level whose longer
+    side is still at least ``min_side``: a truly reduced read, its height and width those of the level.
 
     The same checks as :func:`~indexer.images.decode.iter_planes` come first, from the header. A float
     plane is one band (decoded whole, as before: its NaN check needs every pixel).
@@ -51,12 +56,36 @@ def iter_bands(data: bytes, index: int | None = None, limits: DecodeLimits | Non
     try:
         with open_tiff(data) as tif:
             for page, i, _z, _c in selected_pages(tif, len(data), limits, index, index is None):
-                yield from _page_bands(data, page, f"plane {i}: " if index is not None else "")
+                level = _level(page.aspage(), min_side) if min_side else page
+                yield from _page_bands(data, level, f"plane {i}: " if index is not None else "")
                 return
     except DecodeError:
         raise
     except Exception as e:  # tifffile raises many types for damaged files
         raise _unreadable(e) from e
+
+
+def _level(page, min_side: int):
+    """The smallest SubIFD of ``page`` (a reduced copy of it, as pyramidal TIFFs hold) that is one plane
+    of its pixel type, no larger than it and at least ``min_side`` on its longer side; else ``page``."""
+    best = page
+    try:
+        levels = list(page.pages or []) if page.subifds else []
+    except Exception:  # damaged SubIFDs: the full plane is still there
+        return page
+    for level in levels:
+        level = level.aspage()
+        shape = tuple(level.shape)
+        if (
+            len(shape) == 2
+            and level.dtype == page.dtype
+            and shape[0] <= page.shape[0]
+            and shape[1] <= page.shape[1]
+            and max(shape) >= min_side
+            and shape[0] * shape[1] < best.shape[0] * best.shape[1]
+        ):
+            best = level
+    return best
 
 
 def _page_bands(data: bytes, page, where: str) -> Iterator[Band]:

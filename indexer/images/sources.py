@@ -426,9 +426,10 @@ def load_image(path: str, expected_id: int | None = None) -> np.ndarray:
     return plane.image
 
 
-def image_bands(path: str, expected_id: int | None = None) -> Iterator:
+def image_bands(path: str, expected_id: int | None = None, min_side: int | None = None) -> Iterator:
     """The image :func:`load_image` reads, as bands of rows decoded one at a time
-    (:func:`indexer.images.bands.iter_bands`): what a thumbnail of a large image needs.
+    (:func:`indexer.images.bands.iter_bands`; ``min_side``: from a pyramid level where the file has
+    one): what a thumbnail of a large image needs.
 
     Raises
     ------
@@ -442,7 +443,7 @@ def image_bands(path: str, expected_id: int | None = None) -> Iterator:
 
     def bands() -> Iterator:
         found = False
-        for band in iter_bands(data, index):
+        for band in iter_bands(data, index, min_side=min_side):
             found = True
             yield band
         if not found:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 import tracemalloc
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from PIL import Image
 from indexer.core.config import IntensityConfig
 from indexer.images.decode import content_id, plane_id
 from retriever import explorer, render
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -34,10 +39,22 @@ class _Paths:
 
 def _image(h, w, dtype=np.uint16, seed=0):
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
+    y, x = np.ogrid[0:h, 0:w]
     top = 255 if dtype == np.uint8 else 3000
-    img = top / 2 * (1 + np.sin(x / 37.0) * np.cos(y / 23.0)) + rng.normal(0, top / 40, (h, w))
-    return np.clip(img, 0, top).astype(dtype)
+    img = np.sin(x / np.float32(37.0)) * np.cos(y / np.float32(23.0))
+    img += rng.standard_normal((h, w), dtype=np.float32) / 20
+    return np.clip((img + 1) * (top / 2), 0, top).astype(dtype)
+
+
+def _write_big(path) -> None:
+    """An 8000 x 8000 16-bit deflate TIFF in 16-row strips, written by a child process: making it here
+    would raise this process's peak RSS, which later tests' children inherit (vfork) and measure."""
+    code = (
+        "import sys, numpy as np, tifffile; from tests.retriever.test_thumbnails import _image; "
+        "tifffile.imwrite(sys.argv[1], _image(8000, 8000), compression='zlib', "
+        "compressionargs={'level': 1}, rowsperstrip=16, photometric='minisblack')"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, cwd=REPO, timeout=300)
 
 
 def _pixels(png: bytes) -> np.ndarray:
@@ -94,9 +111,7 @@ def test_a_64_megapixel_thumbnail_holds_one_band_not_the_plane(tmp_path):
     allocations (the file, the 128 MB plane, a 512 MB int64 copy for the histogram) in 1.5 s.
     After: the file and one 16-row strip at a time."""
     path = tmp_path / "big.tif"
-    tifffile.imwrite(
-        path, _image(8000, 8000), compression="zlib", compressionargs={"level": 1}, rowsperstrip=16
-    )
+    _write_big(path)
     size_mb = path.stat().st_size / 2**20
     image_id = content_id(path.read_bytes())
     renderer = explorer.Renderer(_Paths({image_id: str(path)}), IntensityConfig(), explorer.ImageCache())
@@ -111,3 +126,31 @@ def test_a_64_megapixel_thumbnail_holds_one_band_not_the_plane(tmp_path):
     assert problem is None and _pixels(png).shape == (160, 160)
     print(f"8000x8000 thumbnail: {seconds:.2f} s, peak {peak_mb:.0f} MB, file {size_mb:.0f} MB")
     assert peak_mb - size_mb < 32, (peak_mb, size_mb)
+
+
+def test_a_pyramid_tiff_thumbnail_reads_its_smallest_fitting_level(tmp_path):
+    """Before: a fixed-window thumbnail of a 4096 x 4096 pyramidal TIFF decoded the full level (32 MB).
+    After: its 256 x 256 SubIFD alone; a percentile window still reads the full plane (its histogram)."""
+    full = _image(4096, 4096)
+    levels = [full[::4, ::4].copy(), full[::16, ::16].copy()]  # 1024 and 256 a side
+    path = tmp_path / "pyramid.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(full, subifds=2, compression="zlib", tile=(256, 256), photometric="minisblack")
+        for level in levels:
+            tw.write(level, subfiletype=1, compression="zlib", tile=(256, 256), photometric="minisblack")
+    image_id, size_mb = content_id(path.read_bytes()), path.stat().st_size / 2**20
+    fixed = IntensityConfig(mode="fixed", window=(100, 2500))
+    renderer = explorer.Renderer(_Paths({image_id: str(path)}), fixed, explorer.ImageCache())
+    tracemalloc.start()
+    try:
+        png, problem = renderer.png(image_id, 160)
+        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert problem is None
+    np.testing.assert_array_equal(_pixels(png), _pixels(render.render_png(levels[1], fixed, 160)))
+    assert _pixels(png).shape == (128, 128) and peak_mb - size_mb < 4, (peak_mb, size_mb)
+    assert _pixels(renderer.png(image_id, 1000)[0]).shape == (512, 512)  # the 1024 level, halved
+    by_percentile = explorer.Renderer(_Paths({image_id: str(path)}), IntensityConfig(), explorer.ImageCache())
+    want = _pixels(render.render_png(full, IntensityConfig(), 160))
+    assert np.abs(_pixels(by_percentile.png(image_id, 160)[0]).astype(int) - want).max() <= 1
