@@ -4,7 +4,8 @@ Everything is added to the query server's :class:`~retriever.http.app.App` by :f
 
 ======================  =======================================================================
 ``GET /``                the page (``retriever/web/index.html``); ``GET /static/NAME`` its files
-``GET /thumb/{id}``      PNG thumbnail (``?size=32..512``, default 160), the index's intensity window
+``GET /thumb/{id}``      PNG thumbnail (``?size=32..512``, default 160), the index's intensity window;
+                         decoded strip by strip (:mod:`indexer.images.bands`), never the whole plane
 ``GET /image/{id}``      PNG at full resolution (``?size=`` to shrink)
 ``GET /api/facets``      plates, wells, sites, channels, z values and each tag key's values, with counts
 ``POST /api/browse``     ``{"where", "offset", "limit", "seed"}`` -> a page of the images a filter keeps

@@ -98,7 +98,8 @@ def _page_bands(data: bytes, page, where: str) -> Iterator[Band]:
         raise DecodeError(f"{where}image too small ({w}x{h}); at least {MIN_SIDE} px a side")
     dtype = np.dtype(page.dtype).newbyteorder(page.parent.byteorder)
     offset = page.dataoffsets[0] if page.dataoffsets else 0
-    if page.compression == 1 and page.is_contiguous and offset + h * w * dtype.itemsize <= len(data):
+    plain = page.compression == 1 and page.fillorder == 1 and page.bitspersample == 8 * dtype.itemsize
+    if plain and page.is_contiguous and offset + h * w * dtype.itemsize <= len(data):
         plane = np.frombuffer(data, dtype, h * w, offset).reshape(h, w)  # a view: nothing decoded
         for y in range(0, h, VIEW_ROWS):
             yield y, plane[y : y + VIEW_ROWS], (h, w)
