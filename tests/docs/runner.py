@@ -100,6 +100,11 @@ class Workdir:
             try:
                 status, body = self.get("/health")
                 json.loads(body)
+                # The server may answer before its "Serving ..." line reaches the log: wait for it a little.
+                for _ in range(60):
+                    if "Serving" in log.read_text():
+                        break
+                    time.sleep(0.5)
                 return Ran(command, 0, log.read_text())
             except OSError:
                 time.sleep(0.5)

@@ -91,12 +91,14 @@ def test_a_build_under_a_3gb_cap_rejects_lying_and_huge_stacks_and_indexes_the_r
     for p in real_images[:2]:
         shutil.copy(p, data / p.name)
     model = REPO / "examples" / "models" / "mae-tiny-bbbc006"  # 224 px: 200 KB per prepared plane
-    # The child reports its own peak (RUSAGE_SELF, at exit): RUSAGE_CHILDREN here would be the largest of
-    # every child this test session has waited for, another test's build included.
+    # The child reports its own peak at exit: VmHWM, its address space's high-water mark. Not getrusage:
+    # RUSAGE_CHILDREN is the largest of every child this test session has waited for, and a child's
+    # RUSAGE_SELF keeps the pytest process's RSS from before its exec (Linux carries it over).
     code = (
-        f"import atexit, resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({CAP}, {CAP})); "
-        "atexit.register(lambda: print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-        "file=sys.stderr)); sys.argv[0] = 'mae-index'; from indexer.cli import main; main()"
+        f"import atexit, re, resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({CAP}, {CAP})); "
+        "atexit.register(lambda: print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', "
+        "open('/proc/self/status').read()).group(1), file=sys.stderr)); "
+        "sys.argv[0] = 'mae-index'; from indexer.cli import main; main()"
     )
     args = [sys.executable, "-c", code, "build", str(data), "--index", str(tmp_path / "idx"), "--model",
             str(model), "--device", "cpu", "--workers", "2", "--no-progress", "--format", "json"]  # fmt: skip

@@ -347,7 +347,12 @@ def test_a_normalize_job_killed_while_staging_leaves_no_vector_and_its_rerun_fin
     stores = _stores(idx, encoder, redis_config)
     for store in stores:  # raw vectors are staged only: no store holds a vector its manifest did not make
         assert store.count() == 0 and store.read_transform() is None
-        assert store.read_manifest()["normalize"] == {"kind": "whiten", "eps": 1e-6, "fit_on": None}
+        assert store.read_manifest()["normalize"] == {
+            "kind": "whiten",
+            "eps": 1.0,
+            "ridge": "relative",
+            "fit_on": None,
+        }
     _close(stores)
     # The re-run, without --normalize: the index's own (not yet fitted) record; the staged vectors are used.
     again = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, timeout=600)

@@ -136,6 +136,7 @@ def test_a_normalize_spec_round_trips_through_its_manifest_record():
     assert NormalizeSpec(kind="whiten", eps=1e-3).to_record() == {
         "kind": "whiten",
         "eps": 1e-3,
+        "ridge": "relative",  # a new whitening's ridge is a fraction of the spectrum (issue 30)
         "fit_on": None,
     }
     with pytest.raises(ConfigError, match="--normalize-eps"):
