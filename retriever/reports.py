@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
+
+from indexer.core.safe_files import open_regular
 
 #: What ``mae-eval robustness`` writes (:func:`eval.report.write_report`); figures are inside the HTML.
 REPORT_FILES = ("report.html", "report.json", "rows.csv", "summary.csv")
@@ -84,10 +85,9 @@ def read_report_file(folder: Path, name: str) -> bytes | None:
     if name not in listed_files(folder):
         return None
     try:
-        fd = os.open(Path(folder) / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
+        # One opener for untrusted folders: no link followed, regular files only, no wait on a FIFO.
+        fd = open_regular(Path(folder) / name, follow=False)
+    except OSError:  # NotARegularFile is one
         return None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
         return f.read()
