@@ -1,18 +1,17 @@
 """The local engine: sources -> worker threads (read, hash, decode, preprocess) -> batches -> encoder
--> writer thread (stores). Memory is bounded by the number of images in flight, not the data-set size.
+-> writer thread (stores). Memory is bounded by the files and prepared planes in flight
+(:mod:`indexer.ingest.stream`), not by the data-set size or a stack's plane count.
 
 This module only wires the stages and times them; the plan and the books (indexed, skipped, rejected,
 duplicates) are :mod:`indexer.ingest.plan`'s, shared with the Ray engine, one item's work is
-:func:`indexer.ingest.prepare.prepare_item`, and the writer thread is :mod:`indexer.ingest.writer`'s.
+:func:`indexer.ingest.prepare.prepare_planes`, and the writer thread is :mod:`indexer.ingest.writer`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +21,8 @@ from indexer.core.errors import ConfigError, MaeError
 from indexer.core.records import ImageRecord
 from indexer.images.sources import SourceItem
 from indexer.ingest.plan import BuildSummary, Ledger, make_plan, write_rejected
-from indexer.ingest.prepare import Prepared, prepare_item
+from indexer.ingest.prepare import Prepared, prepare_planes
+from indexer.ingest.stream import PlaneBudget, stream_planes
 from indexer.ingest.turns import Turns
 from indexer.ingest.writer import StoreWriter, queue_vectors
 from indexer.model.encoder import Encoder, load_encoder
@@ -53,23 +53,10 @@ def model_threads(wanted: int) -> int:
     return torch.get_num_threads()
 
 
-def _bounded_map(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator:
-    """Ordered ``map`` over a thread pool with at most ``window`` items in flight (bounded memory)."""
-    with ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix="mae-decode", initializer=_single_threaded_torch
-    ) as pool:
-        pending: queue.SimpleQueue[Future] = queue.SimpleQueue()
-        in_flight = 0
-        it = iter(items)
-        for item in it:
-            pending.put(pool.submit(fn, item))
-            in_flight += 1
-            if in_flight >= window:
-                yield pending.get().result()
-                in_flight -= 1
-        while in_flight:
-            yield pending.get().result()
-            in_flight -= 1
+def plane_window(config: BuildConfig) -> int:
+    """How many files a build starts ahead of the model, and how many prepared planes it holds at once
+    across them (:class:`~indexer.ingest.stream.PlaneBudget`; the batch being filled comes on top)."""
+    return max(2 * config.batch_size, 4 * config.workers)
 
 
 def fit_and_write(
@@ -212,15 +199,19 @@ def build_index(
             queue_vectors(writer, vectors, records, plan.transform)
         batch.clear()
 
-    window = max(2 * config.batch_size, 4 * config.workers)
+    # Files started ahead, and prepared planes held, across all files (a stack is many planes).
+    window = plane_window(config)
+    budget = PlaneBudget(window, head_slack=config.batch_size)
 
-    def work(item: SourceItem) -> list[Prepared]:
-        with turns.decode():
-            return prepare_item(item, pre, plan.existing, on_device)
+    def work(item: SourceItem) -> Iterator[Prepared]:
+        return prepare_planes(item, pre, plan.existing, on_device)
 
     done = 0
     try:
-        for planes in _bounded_map(work, plan.items, config.workers, window):
+        streams = stream_planes(
+            work, plan.items, config.workers, window, budget, turns.decode, _single_threaded_torch
+        )
+        for planes in streams:
             for prepared in planes:  # one per plane: a stack gives several images
                 timings["read_decode_preprocess"] += prepared.seconds
                 if prepared.rejected is not None:

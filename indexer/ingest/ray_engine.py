@@ -251,7 +251,7 @@ def _stream(
                  for n, it in enumerate(plan.items)]  # fmt: skip
         ds = ray.data.from_items(items)
         ds = ds.map_batches(_prepare_batch, fn_kwargs={"pre": plan.preprocess.to_dict(),
-                                                      "existing": run.skip},
+                                                      "existing": run.skip, "rows": config.batch_size},
                             batch_size=config.batch_size)  # fmt: skip
         actors, threads = ray_config.actors_and_threads(ray.cluster_resources())
         ds = ds.map_batches(_Embed, fn_constructor_args=(run.model, threads, plan.preprocess.to_dict(), run.transform),

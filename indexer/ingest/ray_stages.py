@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +31,38 @@ def _zip_member(path: str) -> tuple[str, str] | None:
     return (path[: cut + 4], path[cut + 5 :]) if cut >= 0 and not Path(path).is_file() else None
 
 
-def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[int]) -> dict[str, Any]:
-    """Stage 2, a CPU task: read, hash, decode and preprocess each row with the local engine's code.
+def _prepare_batch(
+    batch: dict[str, np.ndarray], pre: dict, existing: frozenset[int], rows: int = 32
+) -> Iterator[dict[str, Any]]:
+    """Stage 2, a CPU task: read, hash, decode and preprocess each row with the local engine's code,
+    yielding an output batch every ``rows`` planes.
 
-    Metadata comes from the driver (parsed once, as the local build parses it); each zip is opened once
-    per task, not once per member.
+    Why yield: a task of 32 files of 1,000 planes each would otherwise hold 32,000 prepared planes (6 GB
+    at 224 px) before handing one on; yielded batches go to Ray's object store, whose backpressure
+    bounds what waits for the model. Metadata comes from the driver (parsed once, as the local build
+    parses it); each zip is opened once per task, not once per member.
     """
     import zipfile
 
     from indexer.core.records import ImageMeta
     from indexer.images.sources import SourceItem, file_path
-    from indexer.ingest.prepare import prepare_item
+    from indexer.ingest.prepare import prepare_planes
 
     config = PreprocessConfig.from_dict(pre)
-    out: dict[str, list] = {k: [] for k in ("order", "part", "id", "path", "pixels", "status", "stage", "reason",
-                                            "t_prepare", "meta")}  # fmt: skip
+    columns = (
+        "order",
+        "part",
+        "id",
+        "path",
+        "pixels",
+        "shape",
+        "status",
+        "stage",
+        "reason",
+        "t_prepare",
+        "meta",
+    )
+    out: dict[str, list] = {k: [] for k in columns}
     archives: dict[str, zipfile.ZipFile] = {}
 
     def reader(path: str):
@@ -67,22 +85,29 @@ def _prepare_batch(batch: dict[str, np.ndarray], pre: dict, existing: frozenset[
             tags = tuple(json.loads(meta.get("tags") or "{}").items())
             item = SourceItem(path, reader(path), ImageMeta(**fields, tags=tags))
             # One row per plane; ``part`` keeps a plane's place in its file: rows may come back out of order.
-            for part, p in enumerate(prepare_item(item, config, existing, on_device=False)):
+            for part, p in enumerate(prepare_planes(item, config, existing, on_device=False)):
                 out["order"].append(int(order))
                 out["part"].append(part)
                 out["id"].append(p.record.id)
                 out["path"].append(p.record.path)
-                out["pixels"].append(p.pixels.numpy() if p.pixels is not None else np.zeros((0,), np.float32))
+                # Bytes and a shape, not arrays: a task's batches are joined into one block, and Ray cannot
+                # join a batch of same-shaped planes (a tensor column) with one holding a rejected row.
+                out["pixels"].append(p.pixels.numpy().tobytes() if p.pixels is not None else b"")
+                out["shape"].append(list(p.pixels.shape) if p.pixels is not None else [0])
                 out["status"].append("rejected" if p.rejected else "skipped" if p.skipped else "ok")
                 out["stage"].append(p.rejected.stage if p.rejected else "")
                 out["reason"].append(p.rejected.reason if p.rejected else "")
                 out["t_prepare"].append(p.seconds)
                 record = {f: getattr(p.record, f) for f in RECORD_FIELDS if f != "path"}
                 out["meta"].append({**record, "tags": json.dumps(dict(p.record.tags))})
+                if len(out["order"]) >= rows:
+                    yield out
+                    out = {k: [] for k in columns}
+        if out["order"]:
+            yield out
     finally:
         for zf in archives.values():
             zf.close()
-    return out
 
 
 class _Embed:
@@ -119,7 +144,11 @@ class _Embed:
         ok = [i for i, s in enumerate(batch["status"]) if s == "ok"]
         vectors = np.zeros((len(batch["status"]), self.encoder.dim), dtype=np.float32)
         if ok:
-            planes = torch.from_numpy(np.stack([batch["pixels"][i] for i in ok]))
+            planes = torch.from_numpy(
+                np.stack(
+                    [np.frombuffer(batch["pixels"][i], np.float32).reshape(batch["shape"][i]) for i in ok]
+                )
+            )
             embedded = self.encoder.embed(standardise(planes, self.pre))
             vectors[ok] = embedded if self.transform is None else self.transform.apply(embedded)
         out = {k: batch[k] for k in ("order", "part", "id", "path", "status", "stage", "reason", "meta",

@@ -113,3 +113,41 @@ def test_a_build_under_a_3gb_cap_rejects_lying_and_huge_stacks_and_indexes_the_r
     assert "claims 1000 planes but it holds 3 pages" in reasons["claims1000.ome.tif"]
     assert "100000 pages; the limit is 1000 planes per file" in reasons["pages100k.tif"]
     assert peak_mb < 1200, peak_mb  # b690aef: MemoryError at the 3 GB cap (OOM-killed without one)
+
+
+def _peak_build_mb(tmp_path, name: str, stacks: int, planes: int) -> tuple[float, dict]:
+    """Build ``stacks`` honest stacks of ``planes`` pages each in a subprocess; its peak RSS (MB) and summary."""
+    data = tmp_path / name
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(stacks):
+        pixels = rng.integers(0, 255, (planes, 16, 16), dtype=np.uint8)
+        tifffile.imwrite(data / f"stack{i}.tif", pixels, photometric="minisblack", metadata=None)
+    model = REPO / "examples" / "models" / "mae-tiny-bbbc006"  # 224 px: 200 KB per prepared plane
+    code = (
+        "import atexit, re, sys; atexit.register(lambda: print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', "
+        "open('/proc/self/status').read()).group(1), file=sys.stderr)); "
+        "sys.argv[0] = 'mae-index'; from indexer.cli import main; main()"
+    )
+    args = [sys.executable, "-c", code, "build", str(data), "--index", str(tmp_path / f"idx-{name}"), "--model",
+            str(model), "--device", "cpu", "--workers", "2", "--batch-size", "16", "--no-progress",
+            "--format", "json"]  # fmt: skip
+    r = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return int(r.stderr.rsplit("PEAK_KB", 1)[1].split()[0]) / 1024, json.loads(r.stdout)
+
+
+def test_a_build_of_large_stacks_holds_a_bounded_number_of_prepared_planes(tmp_path):
+    """Item 2 across files: the build's window counted files, and each file's planes were all prepared
+    before the model took one, so 4 stacks of 400 planes (within the 1,000-plane limit) held up to 1,600
+    prepared planes (320 MB at 224 px) at once. Now each plane takes a slot of a budget of
+    ``max(2 x batch, 4 x workers)`` planes across files, whatever the stacks' sizes.
+
+    Peak RSS over the same build of 4 stacks of 10 planes: before (c59f047) 346 MB with stacks of 400
+    (289 MB with 300); after 65 MB with stacks of 300 and 105 MB with 900 (a working set, flat in the
+    plane count).
+    """
+    small, small_summary = _peak_build_mb(tmp_path, "small", 4, 10)
+    large, large_summary = _peak_build_mb(tmp_path, "large", 4, 400)
+    assert (small_summary["indexed"], large_summary["indexed"]) == (40, 1600)
+    assert large - small < 150, (small, large)

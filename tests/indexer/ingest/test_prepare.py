@@ -71,10 +71,47 @@ def test_ray_prepare_task_opens_each_zip_once_and_takes_metadata_from_the_driver
         "path": np.array(paths, dtype=object),
         "meta": np.array(metas, dtype=object),
     }
-    out = ray_stages._prepare_batch(batch, PRE.to_dict(), frozenset())
+    parts = list(ray_stages._prepare_batch(batch, PRE.to_dict(), frozenset(), rows=2))
+    # Output batches of at most 2 planes: a task never holds all its files' prepared planes at once.
+    assert [len(part["order"]) for part in parts] == [2, 2, 1]
+    out = {k: [v for part in parts for v in part[k]] for k in parts[0]}
     assert opened == [str(archive)]
     assert out["status"] == ["ok"] * 5
     assert [m["well"] for m in out["meta"]] == [f"B0{i}" for i in range(5)]
     assert {m["z"] for m in out["meta"]} == {7}
     assert all(json.loads(m["tags"]) == {"k": "v"} for m in out["meta"])
     assert Path(out["path"][0]).name == real_images[0].name
+
+
+def test_a_stack_streams_its_planes_and_a_bad_plane_keeps_the_good_ones_before_it(tmp_path):
+    """A stack's planes come one at a time (a 1,000-plane stack is never held prepared at once); plane 2
+    holding NaN rejects the file after planes 0 and 1, and says so. Before (c59f047): the whole stack was
+    prepared first, and one bad plane rejected all of it."""
+    import tifffile
+
+    from indexer.ingest.prepare import prepare_planes
+
+    stack = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
+    good, bad = tmp_path / "good.tif", tmp_path / "bad.tif"
+    tifffile.imwrite(good, stack, photometric="minisblack", metadata=None)
+    stack[2, 5, 5] = np.nan
+    tifffile.imwrite(bad, stack, photometric="minisblack", metadata=None)
+
+    steps = prepare_planes(SourceItem(str(good), good.read_bytes, ImageMeta()), PRE, frozenset(), False)
+    first = next(steps)  # made before the later planes are decoded
+    rest = list(steps)
+    assert [p.record.path for p in [first, *rest]] == [f"{good}#{i}" for i in range(4)]
+    assert all(p.pixels is not None and p.rejected is None for p in [first, *rest])
+
+    out = prepare_item(SourceItem(str(bad), bad.read_bytes, ImageMeta()), PRE, frozenset(), False)
+    assert [p.record.path for p in out[:2]] == [f"{bad}#0", f"{bad}#1"]
+    assert all(p.pixels is not None for p in out[:2]) and len(out) == 3
+    assert out[2].rejected is not None and out[2].rejected.path == str(bad)
+    assert (
+        "plane 2" in out[2].rejected.reason
+        and "the 2 planes before it were indexed" in out[2].rejected.reason
+    )
+    # A re-run skips the planes it indexed and stops at the bad one again.
+    seen = frozenset(p.record.id for p in out[:2])
+    again = prepare_item(SourceItem(str(bad), bad.read_bytes, ImageMeta()), PRE, seen, False)
+    assert [p.skipped for p in again[:2]] == [True, True] and again[2].rejected is not None

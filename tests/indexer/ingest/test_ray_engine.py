@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tifffile
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
@@ -49,6 +50,11 @@ def test_ray_equals_local_in_both_stores_and_rejects_a_corrupt_file(
     # and the shipped synthetic look-alike: 10 images over three z-folders, both channels
     for folder in SYNTH_DIR.glob("BBBC006_v1_images_z_*"):
         shutil.copytree(folder, tmp_path / "data" / "synthetic" / folder.name)
+    # Stacks: a task yields its planes in batches; one whose plane 7 holds NaN keeps planes 0-6 (as local).
+    stack = np.random.default_rng(1).random((12, 32, 32)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "data" / "stack12.tif", stack, photometric="minisblack", metadata=None)
+    stack[7, 0, 0] = np.nan
+    tifffile.imwrite(tmp_path / "data" / "nan-at-7.tif", stack[:10], photometric="minisblack", metadata=None)
     local = _stores(tmp_path / "local", encoder)
     build_index(_config(data.parent, tmp_path / "local", encoder), local, encoder=encoder)
     local[0].close()
@@ -56,15 +62,19 @@ def test_ray_equals_local_in_both_stores_and_rejects_a_corrupt_file(
     s = run_ray_build(
         _config(data.parent, tmp_path / "ray", encoder, redis_config), TWO_ACTORS, stores, encoder
     )
-    assert (s.indexed, len(s.rejected), s.index_count) == (30, 1, 30)
-    assert {r.z for r in stores[0].get(stores[0].ids())} == {13, 16, 24}
+    assert (s.indexed, len(s.rejected), s.index_count) == (30 + 12 + 7, 2, 49)
+    assert {r.z for r in stores[0].get(stores[0].ids()) if "#" not in r.path} == {13, 16, 24}
     a, b = FaissStore(tmp_path / "local", read_only=True), FaissStore(tmp_path / "ray", read_only=True)
     assert np.array_equal(a.ids(), b.ids())
     np.testing.assert_allclose(b.get_vectors(b.ids()), a.get_vectors(a.ids()), atol=1e-5)
     assert a.get(a.ids()) == b.get(b.ids())
     with open(tmp_path / "ray" / "rejected.csv", newline="") as f:
-        (row,) = list(csv.DictReader(f))
-    assert row["path"].endswith("corrupt.tif") and row["stage"] == "decode"
+        rows = {r["path"].rsplit("/", 1)[1]: r for r in csv.DictReader(f)}
+    assert rows["corrupt.tif"]["stage"] == "decode"
+    assert (
+        "plane 7" in rows["nan-at-7.tif"]["reason"]
+        and "the 7 planes before it" in rows["nan-at-7.tif"]["reason"]
+    )
     assert verify_stores(stores[1], b).ok
     assert not list((tmp_path / "ray" / SHARD_DIR).glob("*.parquet"))
 

@@ -15,16 +15,20 @@ from indexer.stores.faiss.store import FaissStore
 
 
 def _intervals(monkeypatch, encoder):
-    """Record when each decode and each forward ran, as (start, end) pairs."""
+    """Record when each decode (each plane a worker prepares) and each forward ran, as (start, end) pairs."""
     decodes, forwards, lock = [], [], threading.Lock()
-    real_prepare, real_embed = local.prepare_item, encoder.embed
+    real_prepare, real_embed = local.prepare_planes, encoder.embed
 
     def prepare(*args, **kwargs):
-        t0 = time.perf_counter()
-        out = real_prepare(*args, **kwargs)
-        with lock:
-            decodes.append((t0, time.perf_counter()))
-        return out
+        steps = real_prepare(*args, **kwargs)
+        while True:
+            t0 = time.perf_counter()
+            plane = next(steps, None)
+            if plane is None:
+                return
+            with lock:
+                decodes.append((t0, time.perf_counter()))
+            yield plane
 
     def embed(pixels):
         t0 = time.perf_counter()
@@ -32,7 +36,7 @@ def _intervals(monkeypatch, encoder):
         forwards.append((t0, time.perf_counter()))
         return out
 
-    monkeypatch.setattr(local, "prepare_item", prepare)
+    monkeypatch.setattr(local, "prepare_planes", prepare)
     monkeypatch.setattr(encoder, "embed", embed)
     return decodes, forwards
 
