@@ -53,7 +53,7 @@ class UnixRowEnds:
         return self._f.write(row[: -len(_RFC_END)] + "\n" if row.endswith(_RFC_END) else row)
 
 
-def writer(f: TextIO):
+def writer(f: TextIO) -> Any:
     """A ``csv.writer`` onto ``f`` (opened with ``newline=""``): values holding ``\\r``/``\\n`` quoted.
 
     The caller escapes formula cells (:func:`escape_formula`) of text that is the user's.
@@ -66,7 +66,7 @@ def dict_writer(f: TextIO, fieldnames: Sequence[str], **kwargs: Any) -> csv.Dict
     return csv.DictWriter(UnixRowEnds(f), fieldnames, dialect="excel", lineterminator=_RFC_END, **kwargs)
 
 
-def escape_frame(frame):
+def escape_frame(frame: Any) -> Any:
     """A copy of the DataFrame ``frame`` with the formula cells of its text columns escaped."""
     frame = frame.copy()
     for c in frame.columns:
@@ -75,7 +75,7 @@ def escape_frame(frame):
     return frame
 
 
-def frame_to_csv(frame, path: Path) -> None:
+def frame_to_csv(frame: Any, path: Path) -> None:
     """Write the DataFrame ``frame`` (no index) to ``path`` as :func:`writer` writes rows."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         frame.to_csv(UnixRowEnds(f), index=False, quoting=csv.QUOTE_MINIMAL, lineterminator=_RFC_END)
