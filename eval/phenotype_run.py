@@ -204,17 +204,17 @@ def run_phenotype(store, config: PhenotypeConfig, catalog=None) -> dict[str, Any
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> None:
     """``phenotype.json``, ``phenotype.csv`` and ``phenotype.html`` (the comparison plot) in ``out_dir``."""
-    import csv
+    from indexer.core.csv_safe import dict_writer, escape_formula
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "phenotype.json").write_text(json.dumps(result, indent=1))
     cols = ("embedding", "label", "map", "map_low", "map_high", "chance", "n_queries", "n_groups")
-    with open(out_dir / "phenotype.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+    with open(out_dir / "phenotype.csv", "w", newline="", encoding="utf-8") as f:
+        w = dict_writer(f, cols, extrasaction="ignore")
         w.writeheader()
-        for row in result["overall"]:
-            w.writerow({**row, "label": "(all)"})
-        w.writerows(result["by_label"])
+        rows = [*({**row, "label": "(all)"} for row in result["overall"]), *result["by_label"]]
+        # Labels are a --metadata table's values: a formula is made inert, a line break quoted.
+        w.writerows({k: escape_formula(v) for k, v in row.items()} for row in rows)
     (out_dir / "phenotype.html").write_text(_html(result))
 
 

@@ -6,7 +6,6 @@ index, seed and options give a byte-identical file. Plots are matplotlib PNGs em
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import json
@@ -19,7 +18,7 @@ from eval import intervals, perturb
 from eval.figures import png, report_figures
 from eval.robustness import RobustnessResult
 from indexer.core.atomic import atomic_write_json, atomic_write_text
-from indexer.core.csv_safe import escape_formula
+from indexer.core.csv_safe import dict_writer, escape_formula
 from retriever.reports import REPORT_FILES
 
 HEADLINE = (
@@ -156,7 +155,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         cols = list(rows[0].keys())
         for r in rows:
             cols += [c for c in r if c not in cols]
-        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w = dict_writer(buf, cols)  # a path or tag holding \r or \n is quoted
         w.writeheader()
         w.writerows({k: escape_formula(v) for k, v in r.items()} for r in _clean(rows))  # paths, tags
     atomic_write_text(path, buf.getvalue())

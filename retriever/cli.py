@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import sys
@@ -19,7 +18,7 @@ from indexer.cli.options import (
     setup_logging,
     verbose_option,
 )
-from indexer.core.csv_safe import escape_formula
+from indexer.core.csv_safe import dict_writer, escape_formula
 from indexer.core.errors import ConfigError, DecodeError, MaeError
 from indexer.core.records import Hit, MetadataFilter
 from indexer.stores import open_stores
@@ -85,7 +84,7 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
     if fmt == "csv":
         rows = [{**r, "tags": ";".join(f"{k}={v}" for k, v in (r.get("tags") or {}).items())} for r in rows]
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=OUTPUT_FIELDS, extrasaction="ignore", lineterminator="\n")
+        w = dict_writer(buf, OUTPUT_FIELDS, extrasaction="ignore")  # a path holding \r or \n is quoted
         w.writeheader()
         # Paths and tags are the user's text: a file named =HYPERLINK(...) must not run in a spreadsheet.
         w.writerows({k: escape_formula(v) for k, v in r.items()} for r in rows)

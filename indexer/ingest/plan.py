@@ -9,7 +9,6 @@ so the local and the Ray engine give the same summary. No store client, FAISS, p
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.core import csv_safe
 from indexer.core.atomic import atomic_write
 from indexer.core.config import BuildConfig, NormalizeSpec, PreprocessConfig, fit_on_text
 from indexer.core.csv_safe import escape_formula
@@ -495,7 +495,7 @@ def write_rejected(index_dir: Path, rejected: Sequence[Rejected]) -> None:
 
     def write(p: Path) -> None:
         with open(p, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
+            w = csv_safe.writer(f)  # a path holding \r or \n is quoted, not split over two rows
             w.writerow(["path", "stage", "reason"])
             for r in rejected:
                 w.writerow([escape_formula(r.path), r.stage, escape_formula(r.reason)])

@@ -13,7 +13,7 @@ left out and counted.
 
 Reading goes through the :class:`~indexer.stores.base.VectorStore` protocol a chunk at a time; writing is
 atomic (a temporary file beside the target, then a rename). CSV text cells that a spreadsheet would run
-as formulas are escaped (:func:`indexer.core.csv_safe.escape_formula`).
+as formulas are escaped and values holding a line break are quoted (:mod:`indexer.core.csv_safe`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.core.atomic import atomic_write
-from indexer.core.csv_safe import escape_formula
+from indexer.core.csv_safe import escape_frame, frame_to_csv
 from indexer.core.errors import ConfigError
 from indexer.core.records import RECORD_FIELDS
 from indexer.stores.base import VectorStore
@@ -132,11 +132,7 @@ def _frame(profiles: Profiles, escape: bool):
     """Metadata and ``f0..`` columns in one DataFrame (text cells escaped for spreadsheets if ``escape``)."""
     import pandas as pd
 
-    meta = profiles.meta.copy()
-    if escape:
-        for c in meta.columns:
-            if meta[c].dtype == object:
-                meta[c] = meta[c].map(escape_formula)
+    meta = escape_frame(profiles.meta) if escape else profiles.meta.copy()
     features = pd.DataFrame(profiles.vectors, columns=profiles.feature_names(), index=meta.index)
     return pd.concat([meta, features], axis=1)
 
@@ -176,4 +172,4 @@ def write_profiles(profiles: Profiles, fmt: str, out: Path) -> None:
         atomic_write(out, lambda p: frame.to_parquet(p, index=False))
     else:
         frame = _frame(profiles, escape=True)
-        atomic_write(out, lambda p: frame.to_csv(p, index=False))
+        atomic_write(out, lambda p: frame_to_csv(frame, p))

@@ -15,6 +15,7 @@ from indexer.bbbc006.names import parse_path, z_folder_name
 from indexer.bbbc006.synthetic.phenotypes import GROUND_TRUTH_COLUMNS, SiteTruth
 from indexer.bbbc006.synthetic.render import render_site
 from indexer.bbbc006.synthetic.spec import SyntheticConfig, image_path
+from indexer.core.csv_safe import dict_writer
 from indexer.core.errors import ConfigError
 from indexer.images.decode import SYNTHETIC_MARKER
 
@@ -114,7 +115,7 @@ def _write_ground_truth(path: Path, truths: Sequence[SiteTruth]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=GROUND_TRUTH_COLUMNS, lineterminator="\n")
+            writer = dict_writer(f, GROUND_TRUTH_COLUMNS)
             writer.writeheader()
             for key in sorted(rows):
                 writer.writerow(rows[key])
