@@ -185,8 +185,9 @@ def read_shard(
     if theirs and index_uid and theirs != index_uid:
         return (
             f"shard {SHARDS}/{path.name} {FOREIGN} (index uid {theirs}; this folder's manifest says "
-            f"{index_uid}): it was copied from another index folder; move it out of {SHARDS}/ (`repair` then "
-            "rebuilds this folder from the rest), or copy that whole folder instead"
+            f"{index_uid}): it was copied from another index folder (or manifest.json was replaced since it was "
+            f"written); move it out of {SHARDS}/ and `repair` rebuilds this folder from the rest, or copy that "
+            "index's whole folder, manifest included"
         )
     if expected is not None and expected.bytes != size:
         return (

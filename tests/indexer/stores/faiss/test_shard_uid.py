@@ -94,8 +94,9 @@ def test_another_indexs_shard_copied_in_is_damage_and_repair_moves_nothing(tmp_p
         # c59f047: [] and 9 images, 3 of them b's
         assert store.damage == [
             f"shard shards/part-000002.parquet belongs to another index (index uid {'b' * 32}; this folder's "
-            f"manifest says {'a' * 32}): it was copied from another index folder; move it out of shards/ "
-            "(`repair` then rebuilds this folder from the rest), or copy that whole folder instead"
+            f"manifest says {'a' * 32}): it was copied from another index folder (or manifest.json was replaced "
+            "since it was written); move it out of shards/ and `repair` rebuilds this folder from the rest, or "
+            "copy that index's whole folder, manifest included"
         ]
         assert store.count() == 6 and store.ids().max() == 5  # the sound shards are served
     before = _names(tmp_path / "a")
