@@ -23,7 +23,7 @@ from indexer.core.atomic import atomic_write_json, file_sha256, temp_file_pid
 from indexer.core.errors import StoreUnavailableError
 from indexer.core.safe_files import read_bounded_text
 from indexer.stores.faiss.kinds import DEFAULT_KIND
-from indexer.stores.faiss.shards import FOREIGN, SHARDS, ShardInfo  # FOREIGN: repair imports it from here
+from indexer.stores.faiss.shards import FOREIGN, SHARDS, ShardInfo
 from indexer.stores.lock import pid_alive
 
 MANIFEST = "manifest.json"
