@@ -65,13 +65,13 @@ def repair_index(index_dir: Path, redis: RedisConfig | None = None, wait: bool =
     RepairReport
         Nothing is rewritten when the folder is sound.
     """
-    from indexer.stores.faiss.state import FOREIGN
+    from indexer.stores.faiss.shards import FOREIGN, UNMARKED
     from indexer.stores.faiss.store import FaissStore
 
     store = FaissStore(index_dir, allow_damage=True, wait=wait)
     try:
         report = RepairReport(damage=store.check(full=True))
-        foreign = [d for d in report.damage if FOREIGN in d]
+        foreign = [d for d in report.damage if FOREIGN in d or UNMARKED in d]
         if foreign:  # rebuilding from another index's shards would make them this index's
             raise IndexDamagedError(f"not repaired: {foreign[0]}")
         if redis is not None and not report.damage:

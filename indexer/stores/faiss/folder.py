@@ -39,6 +39,7 @@ from indexer.stores.faiss.shards import (
     read_shard,
     read_vectors,
     shard_paths,
+    unmarked_problem,
     write_shard,
 )
 from indexer.stores.faiss.state import (
@@ -54,6 +55,7 @@ from indexer.stores.faiss.state import (
     remove_stale_temp_files,
     snapshot_covers,
     state_document,
+    stored_index_uid,
     write_state,
 )
 from indexer.stores.lock import FolderLock
@@ -114,6 +116,9 @@ class ShardFolder:
         self.damage: list[str] = []
         self.durable = 0  # images a crash would keep: written to shards
         self.snapshot = Snapshot()
+        #: The manifest's index uid, which every shard written carries (read once, on open; follows
+        #: :meth:`write_manifest`).
+        self.index_uid: str | None = None
         self._shard_info: dict[str, ShardInfo] = {}
         self._lock: FolderLock | None = None
         if not read_only:
@@ -137,7 +142,10 @@ class ShardFolder:
 
     def read_shards(self, state: FolderState) -> OpenedShards:
         """Read every sound shard into :attr:`records` (a missing or damaged one is noted in
-        :attr:`damage` and skipped) and what ``index.faiss`` covers of them."""
+        :attr:`damage` and skipped: another index's, and one without a uid after one with this folder's)
+        and what ``index.faiss`` covers of them."""
+        self.index_uid = stored_index_uid(self.directory)
+        marked: str | None = None  # the first shard carrying this folder's uid
         paths = shard_paths(self.directory)
         shards = [p.name for p in paths]
         self.damage.extend(
@@ -147,7 +155,12 @@ class ShardFolder:
         last_covered = state.snapshot_shards[-1] if covered else None
         prefix_ids: set[int] = set()
         for p in paths:
-            parsed = read_shard(p, state.shards.get(p.name), self.dim)
+            parsed = read_shard(p, state.shards.get(p.name), self.dim, self.index_uid)
+            if not isinstance(parsed, str) and self.index_uid:
+                if parsed.index_uid:
+                    marked = marked or p.name
+                elif marked:
+                    parsed = unmarked_problem(p.name, marked, self.index_uid)
             if isinstance(parsed, str):
                 self.damage.append(parsed)
             else:
@@ -223,7 +236,7 @@ class ShardFolder:
             The disk is full; no shard was added.
         """
         try:
-            info = write_shard(self.directory, table)
+            info = write_shard(self.directory, table, self.index_uid)
         except (OSError, RuntimeError) as e:
             if disk_full(e):
                 raise StoreFullError(
@@ -302,6 +315,8 @@ class ShardFolder:
         self.check_writable()
         try:
             atomic_write_json(self.directory / MANIFEST, seal_manifest({**manifest, "faiss": settings}))
+            uid = manifest.get("index_uid")
+            self.index_uid = uid if isinstance(uid, str) else None  # what stored_index_uid now reads
         except OSError as e:
             if disk_full(e):
                 raise StoreFullError(

@@ -2,9 +2,11 @@
 
 A shard is ``shards/part-NNNNNN.parquet``: one row per id with its float32 vector, a ``deleted`` flag
 (a tombstone hides every earlier row of its id) and the record's metadata columns. Shards are written
-once, atomically, and never changed; a later shard overrides an earlier one per id. Nothing here knows
-about the search index or the state file: this is the I/O of one shard, and the pure bookkeeping of
-which row holds an id's current vector.
+once, atomically, and never changed; a later shard overrides an earlier one per id. Each new shard
+carries its folder's index uid (the manifest's ``index_uid``) in its parquet schema metadata
+(:data:`UID_KEY`), read with the footer, so that another index's shard copied into a folder is told
+apart without reading its rows. Nothing here knows about the search index, the manifest or the state
+file: this is the I/O of one shard, and the pure bookkeeping of which row holds an id's current vector.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ STR_FIELDS = ("path", "plate", "well", "row", "channel", "source")
 INT_FIELDS = ("column", "site", "z")
 # Two stores of one folder in one process: the folder lock does not tell them apart, this does.
 _SHARD_NAMES = threading.Lock()
+#: The parquet schema metadata key of a shard's index uid (shards written before it have none).
+UID_KEY = b"mae.index_uid"
+#: What a shard or state file of another index does; ``repair`` refuses a folder where it is found.
+FOREIGN = "belongs to another index"
+#: What a shard without a uid does among shards that carry the folder's; ``repair`` refuses it too.
+UNMARKED = "carries no index uid"
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,8 @@ class ShardContents:
     meta: dict[str, list]
     tags: list[str | None]
     deleted: np.ndarray
+    #: The index uid the shard carries (``None``: written before shards carried one).
+    index_uid: str | None = None
 
     @property
     def records(self) -> list[ImageRecord]:
@@ -142,7 +152,9 @@ def shard_paths(directory: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if SHARD_RE.match(p.name))
 
 
-def read_shard(path: Path, expected: ShardInfo | None, dim: int | None) -> ShardContents | str:
+def read_shard(
+    path: Path, expected: ShardInfo | None, dim: int | None, index_uid: str | None = None
+) -> ShardContents | str:
     """Read one shard's ids, deleted flags and metadata (not its vectors).
 
     Parameters
@@ -153,6 +165,9 @@ def read_shard(path: Path, expected: ShardInfo | None, dim: int | None) -> Shard
         What the state file recorded of it (``None``: nothing); its size and row count must match.
     dim
         The folder's vector dimension, when known; the shard's must match.
+    index_uid
+        The folder's index uid, when known; a shard carrying another is damaged (told from the footer,
+        before any row is read). A shard carrying none is accepted here (:func:`unmarked_problem`).
 
     Returns
     -------
@@ -162,13 +177,26 @@ def read_shard(path: Path, expected: ShardInfo | None, dim: int | None) -> Shard
     import pyarrow.parquet as pq
 
     size = path.stat().st_size
+    try:
+        schema = pq.read_schema(path)  # the footer only
+    except Exception:  # reported below, after the sizes (a truncated shard says so)
+        schema = None
+    theirs = shard_uid(schema) if schema is not None else None
+    if theirs and index_uid and theirs != index_uid:
+        return (
+            f"shard {SHARDS}/{path.name} {FOREIGN} (index uid {theirs}; this folder's manifest says "
+            f"{index_uid}): it was copied from another index folder (or manifest.json was replaced since it was "
+            f"written); move it out of {SHARDS}/ and `repair` rebuilds this folder from the rest, or copy that "
+            "index's whole folder, manifest included"
+        )
     if expected is not None and expected.bytes != size:
         return (
             f"shard {SHARDS}/{path.name} has {size} bytes, the state file says {expected.bytes} "
             f"(truncated or overwritten; it held {expected.rows} rows)"
         )
     try:
-        schema = pq.read_schema(path)
+        if schema is None:
+            schema = pq.read_schema(path)  # raises again: reported as unreadable
         table = pq.read_table(path, columns=[n for n in schema.names if n != "vector"])
         ids = table.column("id").to_numpy().astype(np.int64)
         deleted = table.column("deleted").to_numpy(zero_copy_only=False).astype(bool)
@@ -183,7 +211,29 @@ def read_shard(path: Path, expected: ShardInfo | None, dim: int | None) -> Shard
     if dim is not None and len(ids) and shard_dim != dim:
         return f"shard {SHARDS}/{path.name} holds {shard_dim}-d vectors, not {dim}-d"
     info = ShardInfo(path.name, size, len(ids), expected.sha256 if expected is not None else None)
-    return ShardContents(info, ids, shard_dim, meta, tags, deleted)
+    return ShardContents(info, ids, shard_dim, meta, tags, deleted, theirs)
+
+
+def shard_uid(schema) -> str | None:
+    """The index uid a shard's pyarrow ``schema`` carries (:data:`UID_KEY`), or None."""
+    raw = (schema.metadata or {}).get(UID_KEY)
+    return raw.decode("utf-8", "replace") if raw else None
+
+
+def unmarked_problem(name: str, marked: str, index_uid: str) -> str:
+    """The damage of shard ``name``, which carries no index uid, after shard ``marked`` that carries the
+    folder's ``index_uid``.
+
+    Every shard written since shards carry uids carries the folder's, and shards are numbered in the
+    order they were written: an old folder's shards come before its new ones, never after. One without
+    a uid after one with it was copied in from an older folder (or written by an older
+    mae-microscopy), and nothing says whose images it holds.
+    """
+    return (
+        f"shard {SHARDS}/{name} {UNMARKED}, though {SHARDS}/{marked} before it carries this folder's "
+        f"({index_uid}): it was copied in from an older index folder; move it out of {SHARDS}/ if it is not "
+        "this index's, or rebuild the index"
+    )
 
 
 def describe_shard(path: Path) -> ShardInfo:
@@ -212,9 +262,9 @@ def read_ids(path: Path) -> np.ndarray:
     return pq.read_table(path, columns=["id"]).column("id").to_numpy()
 
 
-def write_shard(directory: Path, table) -> ShardInfo:
-    """Write ``table`` atomically as the next shard of the index folder ``directory``; return its size,
-    rows and checksum.
+def write_shard(directory: Path, table, index_uid: str | None = None) -> ShardInfo:
+    """Write ``table`` atomically as the next shard of the index folder ``directory``, carrying the
+    folder's ``index_uid`` when it has one; return its size, rows and checksum.
 
     The name is allocated while this process holds the folder's write lock, so two writers never pick
     the same one (the thread lock covers two stores of one folder in one process).
@@ -225,6 +275,9 @@ def write_shard(directory: Path, table) -> ShardInfo:
         The write failed (:func:`disk_full` tells a full disk); no shard was added.
     """
     import pyarrow.parquet as pq
+
+    if index_uid:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), UID_KEY: index_uid.encode()})
 
     def write(p: Path) -> None:
         pq.write_table(table, p)

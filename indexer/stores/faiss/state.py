@@ -23,7 +23,7 @@ from indexer.core.atomic import atomic_write_json, file_sha256, temp_file_pid
 from indexer.core.errors import StoreUnavailableError
 from indexer.core.safe_files import read_bounded_text
 from indexer.stores.faiss.kinds import DEFAULT_KIND
-from indexer.stores.faiss.shards import SHARDS, ShardInfo
+from indexer.stores.faiss.shards import FOREIGN, SHARDS, ShardInfo
 from indexer.stores.lock import pid_alive
 
 MANIFEST = "manifest.json"
@@ -149,10 +149,6 @@ def write_state(directory: Path, document: dict[str, Any]) -> None:
     """Write ``index.state.json`` atomically, with the folder's index uid (from its manifest)."""
     uid = stored_index_uid(directory)
     atomic_write_json(Path(directory) / INDEX_STATE, {**document, **({"index_uid": uid} if uid else {})})
-
-
-#: What :func:`foreign_state_problem` says; ``repair`` refuses a folder where it is found.
-FOREIGN = "belongs to another index"
 
 
 def foreign_state_problem(state: dict[str, Any], uid: str | None) -> str | None:
