@@ -5,12 +5,13 @@ spreadsheets skip before those) is read by Excel, LibreOffice and Google Sheets 
 or a metadata tag such as ``=HYPERLINK(...)`` would run when the CSV is opened. The OWASP rule is to
 prefix such a cell with a single quote, which the spreadsheet shows as text and hides.
 
-A value may also hold a line break: Linux file names may hold ``\\r`` and ``\\n``, and so may a tag of a
-``--metadata`` table. Python 3.10/3.11's ``csv`` (and pandas' ``to_csv``, which uses it) quotes only the
-characters of its line terminator, so with ``lineterminator="\\n"`` a bare ``\\r`` is written unquoted and
-every reader (a spreadsheet, ``pandas.read_csv``, ``csv.reader``) splits the row there. The writers here
-use the RFC 4180 dialect (``\\r\\n``), which quotes any value holding ``\\r`` or ``\\n``, and end each row
-with ``\\n`` as the project's CSVs always have (:class:`UnixRowEnds`).
+A value may also hold a line break: Linux file names may hold ``\\r`` and ``\\n`` (a ``--metadata`` tag
+may not: the table reader refuses control characters). Python 3.10/3.11's ``csv`` (and pandas'
+``to_csv``, which uses it) quotes only the characters of its line terminator, so with
+``lineterminator="\\n"`` a bare ``\\r`` is written unquoted and every reader (a spreadsheet,
+``pandas.read_csv``, ``csv.reader``) splits the row there. The writers here use the RFC 4180 dialect
+(``\\r\\n``), which quotes any value holding ``\\r`` or ``\\n``, and end each row with ``\\n`` as the
+project's CSVs always have (:class:`UnixRowEnds`).
 """
 
 from __future__ import annotations

@@ -380,6 +380,14 @@ def settle_manifest(
     model = record_model_paths(encoder.info, config.index_dir)
     manifest = build_manifest(model, config.model.pooling, pre.to_dict(), encoder.dim)
     manifests = [store.read_manifest() for store in stores]
+    if stores and manifests[0] is None and stores[0].count():
+        # Its vectors' model and preprocessing are unknown, and a new manifest would give the folder a
+        # new index uid under which its shards read as another index's.
+        raise IndexMismatchError(
+            f"the index at {store_location(stores[0])} holds {stores[0].count()} images but no manifest: "
+            "the model and preprocessing that made them are unknown. Restore its manifest.json, or build "
+            "into a new --index folder"
+        )
     for store, have in zip(stores, manifests):
         check_compatible(have, manifest, store_location(store))
     manifest["normalize"] = settle_normalize(config.normalize, stored)

@@ -88,3 +88,20 @@ def test_another_indexs_shards_fail_verify_and_repair(two_indexes, tmp_path, cop
     assert len(json.loads(q.stdout)) == served  # c59f047 (shards only): 4, two of them the other index's
     assert any("shards/part-000001.parquet belongs to another index" in m and f"Serving the {served} images" in m
                for m in caplog.messages)  # fmt: skip
+
+
+def test_a_build_into_a_folder_that_lost_its_manifest_is_refused_before_any_work(
+    two_indexes, tmp_path, tiny_model_dir
+):
+    """Before (c59f047): the build wrote a fresh manifest over the unknown vectors and exit 0 (after this
+    item, the old shards then read as another index's: a damaged folder). Now: refused, nothing written."""
+    ours, _ = two_indexes
+    folder = tmp_path / "lost"
+    shutil.copytree(ours, folder)
+    (folder / "manifest.json").unlink()
+    before = _listing(folder)
+    data = ours.parent / "data"
+    r = _cli("build", data, "--index", folder, "--model", tiny_model_dir, "--device", "cpu", "--no-progress")
+    assert r.exit_code == 1 and "holds 4 images but no manifest" in r.output, r.output
+    assert "Restore its manifest.json" in r.output
+    assert _listing(folder) == before
