@@ -322,7 +322,7 @@ def compute_dataset_window(items: Sequence[SourceItem], low: float, high: float)
     EmptyBuildError
         No image, or none of the sampled ones decodes.
     """
-    from indexer.images.decode import decode_planes
+    from indexer.images.decode import decode_plane
     from indexer.model.preprocess import dataset_window, sample_pixels
 
     if not items:
@@ -332,9 +332,11 @@ def compute_dataset_window(items: Sequence[SourceItem], low: float, high: float)
     samples = []
     for item in chosen:
         try:
-            samples.append(sample_pixels(decode_planes(item.read())[0].image))
+            plane = decode_plane(item.read(), 0)  # a stack's first page alone, not its thousand planes
         except (DecodeError, OSError):
             continue
+        if plane is not None:
+            samples.append(sample_pixels(plane.image))
     if not samples:
         raise EmptyBuildError(
             f"none of the {len(chosen)} images sampled for the data-set intensity window (--intensity "
