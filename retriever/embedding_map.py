@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.core.errors import IndexDamagedError
 from indexer.stores.record_table import CODED_FIELDS, INT_COLUMNS
 from indexer.vectors.layout import EmbeddingMap, ids_fingerprint, load_map
 from retriever.catalog import Catalog
@@ -47,6 +48,7 @@ class MapView:
         self.directory = directory
         self._lock = threading.Lock()
         self._map: EmbeddingMap | None = None
+        self._damage: str | None = None
         self._read = False
         self._stale: bool | None = None
         self._points: bytes | None = None
@@ -56,7 +58,10 @@ class MapView:
         """The stored map, or ``None`` where the index folder holds none."""
         with self._lock:
             if not self._read:
-                self._map = load_map(self.directory) if self.directory is not None else None
+                try:
+                    self._map = load_map(self.directory) if self.directory is not None else None
+                except IndexDamagedError as e:  # served as "no map", with the reason and the fix
+                    self._damage = str(e)
                 self._read = True
             return self._map
 
@@ -64,7 +69,10 @@ class MapView:
         """Whether there is a map, its size, how it was made, and whether it is stale."""
         emap = self.map()
         if emap is None:
-            return {"available": False, "hint": "no embedding map yet: run `mae-index map --index DIR`"}
+            return {
+                "available": False,
+                "hint": self._damage or "no embedding map yet: run `mae-index map --index DIR`",
+            }
         if self._stale is None:
             self._stale = emap.is_stale(ids_fingerprint(self.catalog.ids()))
         out = {"available": True, "points": int(len(emap.ids)), "method": emap.method, "stale": self._stale,

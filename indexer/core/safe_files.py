@@ -83,8 +83,12 @@ def read_bounded(path: Path | str, limit: int = MAX_INDEX_JSON_BYTES) -> bytes:
     """
     fd = open_regular(path)
     with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
+        size = os.fstat(fd).st_size
+        # read(n) allocates n bytes before reading: ask for the file's size, not the limit.
+        data = f.read(min(size, limit) + 1)
+        if len(data) > size and len(data) <= limit:  # it grew since fstat
+            data += f.read(limit + 1 - len(data))
+    if len(data) > limit or size > limit:
         raise NotARegularFile(f"{path} is over {limit} bytes; not a file this index wrote (refused)")
     return data
 

@@ -20,13 +20,16 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from indexer.core.atomic import atomic_write
-from indexer.core.errors import ConfigError
+from indexer.core.errors import ConfigError, IndexDamagedError
+from indexer.core.limits import MAX_INDEX_JSON_BYTES
+from indexer.core.safe_files import read_bounded
 
 MAP_FILE = "map.npz"
 #: The most points laid out; more are sampled (seeded). ~2 min of CPU per 50k points.
@@ -109,14 +112,39 @@ def save_map(directory: Path, emap: EmbeddingMap) -> Path:
 
 
 def load_map(directory: Path) -> EmbeddingMap | None:
-    """The map stored in ``directory`` (``None`` where there is none)."""
+    """The map stored in ``directory`` (``None`` where there is none).
+
+    The index folder is untrusted (shared, or copied from elsewhere): the file is read only when it is a
+    regular file within :data:`~indexer.core.limits.MAX_INDEX_JSON_BYTES`, its arrays only when they
+    unpack within that too (a few KB of deflated zeros may claim gigabytes), and their shapes are checked.
+
+    Raises
+    ------
+    IndexDamagedError
+        ``map.npz`` is a link to a special file, too large, not an ``.npz`` this project wrote, or holds
+        arrays of the wrong shapes.
+    """
     path = Path(directory) / MAP_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
-    with np.load(path, allow_pickle=False) as f:
-        return EmbeddingMap(ids=f["ids"].astype(np.int64), xy=f["xy"].astype(np.float32),
-                            fingerprint=str(f["fingerprint"]), method=str(f["method"]),
-                            seconds=float(f["seconds"]))  # fmt: skip
+    try:
+        data = read_bounded(path)
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            unpacked = sum(info.file_size for info in zf.infolist())
+        if unpacked > MAX_INDEX_JSON_BYTES:
+            raise ValueError(f"its arrays unpack to {unpacked} bytes, over {MAX_INDEX_JSON_BYTES}")
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            emap = EmbeddingMap(ids=f["ids"].astype(np.int64), xy=f["xy"].astype(np.float32),
+                                fingerprint=str(f["fingerprint"]), method=str(f["method"]),
+                                seconds=float(f["seconds"]))  # fmt: skip
+        if emap.ids.ndim != 1 or emap.xy.shape != (len(emap.ids), 2):
+            raise ValueError(f"ids of shape {emap.ids.shape} and xy of shape {emap.xy.shape}")
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+        raise IndexDamagedError(
+            f"{path} is damaged ({str(e).splitlines()[0][:200]}): make it again with `mae-index map --index "
+            f"{directory}`"
+        ) from e
+    return emap
 
 
 def make_map(store, directory: Path, seed: int = 0, max_points: int = MAX_POINTS) -> EmbeddingMap:

@@ -69,3 +69,67 @@ def test_sample_and_scale_and_fingerprint():
     assert layout.ids_fingerprint([3, 1, 2]) == layout.ids_fingerprint(np.array([1, 2, 3]))
     assert layout.ids_fingerprint([1, 2]) != layout.ids_fingerprint([1, 2, 3])
     assert layout.layout_2d(np.ones((2, 4), np.float32)).shape == (2, 2)
+
+
+def _bomb_npz(path, n: int) -> None:
+    """A map.npz whose ``ids`` member claims ``n`` int64 zeros, deflated to a few hundred KB."""
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.int64))
+    header["shape"] = (n,)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("ids.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            chunk = bytes(2**22)
+            for _ in range(n * 8 // len(chunk)):
+                f.write(chunk)
+        for name, value in (("xy", np.zeros((1, 2), np.float32)), ("fingerprint", np.array("x")),
+                            ("method", np.array("tsne")), ("seconds", np.array(1.0))):  # fmt: skip
+            with zf.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, value)
+
+
+def test_a_damaged_or_planted_map_is_refused_with_the_fix_not_a_500(tmp_path):
+    """The index folder is untrusted. Before (c59f047): a 600 KB map.npz of deflated zeros claiming 512 MB
+    was unpacked (512 MB traced), a garbage or mis-shaped one raised from numpy (a 500 on /api/map), a
+    link to a FIFO was silently no map. Now each is IndexDamagedError naming `mae-index map`, and the
+    explorer's /api/map says so."""
+    import os
+    import tracemalloc
+
+    import pytest
+
+    from indexer.core.errors import IndexDamagedError
+
+    path = tmp_path / layout.MAP_FILE
+    _bomb_npz(path, 2**26)
+    assert path.stat().st_size < 2_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(IndexDamagedError, match=r"unpack to 5368\d{5} bytes, over 67108864"):
+            layout.load_map(tmp_path)
+        assert tracemalloc.get_traced_memory()[1] < 32 * 2**20
+    finally:
+        tracemalloc.stop()
+
+    path.write_bytes(b"PK\x03\x04 not a zip at all")
+    with pytest.raises(IndexDamagedError, match="mae-index map --index"):
+        layout.load_map(tmp_path)
+    np.savez(
+        path, ids=np.arange(3), xy=np.zeros((2, 2), np.float32), fingerprint="f", method="m", seconds=1.0
+    )
+    with pytest.raises(IndexDamagedError, match=r"xy of shape \(2, 2\)"):
+        layout.load_map(tmp_path)
+    path.unlink()
+    os.mkfifo(tmp_path / "fifo")
+    path.symlink_to(tmp_path / "fifo")
+    with pytest.raises(IndexDamagedError, match="a FIFO"):
+        layout.load_map(tmp_path)
+    path.unlink()
+    assert layout.load_map(tmp_path) is None  # no map at all is not damage
+
+    from retriever.embedding_map import MapView
+
+    path.write_bytes(b"garbage")
+    meta = MapView(catalog=None, directory=tmp_path).meta()
+    assert meta["available"] is False and "damaged" in meta["hint"] and "mae-index map" in meta["hint"]
