@@ -35,6 +35,9 @@ MB = 1024 * 1024
 #: Largest JSON file of an index folder read (manifest.json, index.state.json, shard books): theirs are
 #: kilobytes to a few megabytes; a link to /dev/zero or a planted huge file is refused, not read to OOM.
 MAX_INDEX_JSON_BYTES = 64 * MB
+#: Largest fitted normalisation (``normalize.npz``), on disk and unpacked: a mean and a float64 whitening
+#: matrix are 13 MB at 1,280 dimensions (ViT-MAE huge) and 134 MB at 4,096; a planted file is refused.
+MAX_TRANSFORM_BYTES = 256 * MB
 #: Ranges of the numeric fields a ``--metadata`` table may give (inclusive): sites and z-planes count
 #: from 0 or 1; a million of either is far beyond any plate, and well inside every store's integers.
 METADATA_NUMBER_RANGES = {"site": (0, 1_000_000), "z": (0, 1_000_000)}

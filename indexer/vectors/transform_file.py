@@ -9,11 +9,13 @@ changed or missing file is refused instead of silently giving incomparable vecto
 from __future__ import annotations
 
 import io
+import zipfile
 from typing import Any
 
 import numpy as np
 
 from indexer.core.errors import IndexMismatchError
+from indexer.core.limits import MAX_TRANSFORM_BYTES
 from indexer.vectors.normalize import EmbeddingTransform
 
 
@@ -30,7 +32,22 @@ def encode_transform(transform: EmbeddingTransform) -> bytes:
 
 
 def decode_transform(data: bytes) -> EmbeddingTransform:
-    """The transform held in ``.npz`` bytes (see :func:`encode_transform`)."""
+    """The transform held in ``.npz`` bytes (see :func:`encode_transform`).
+
+    Raises
+    ------
+    ValueError
+        Not an ``.npz``, or its arrays unpack beyond :data:`~indexer.core.limits.MAX_TRANSFORM_BYTES` (a
+        few KB of deflated zeros may claim gigabytes; the checksum is of the unpacked arrays, so the size
+        is checked first).
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            unpacked = sum(info.file_size for info in zf.infolist())
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"not an .npz file ({e})") from e
+    if unpacked > MAX_TRANSFORM_BYTES:
+        raise ValueError(f"its arrays unpack to {unpacked} bytes, over {MAX_TRANSFORM_BYTES}")
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         return EmbeddingTransform(
             kind=str(z["kind"]),

@@ -29,7 +29,9 @@ from indexer.core.errors import (
     StoreFullError,
     StoreUnavailableError,
 )
+from indexer.core.limits import MAX_TRANSFORM_BYTES
 from indexer.core.records import ImageRecord
+from indexer.core.safe_files import read_bounded
 from indexer.stores.faiss.shards import (
     SHARDS,
     ShardInfo,
@@ -328,7 +330,9 @@ class ShardFolder:
     def read_transform(self) -> bytes | None:
         """The fitted normalisation (``normalize.npz`` beside the manifest), or ``None``."""
         p = self.directory / TRANSFORM
-        return p.read_bytes() if p.is_file() else None
+        if not p.exists() and not p.is_symlink():
+            return None
+        return read_bounded(p, MAX_TRANSFORM_BYTES)  # a regular file of bounded size: never /dev/zero
 
     def write_transform(self, data: bytes) -> None:
         """Write the fitted normalisation atomically as ``normalize.npz``."""

@@ -109,6 +109,44 @@ def test_a_changed_transform_is_refused(whitened):
         Retriever.open(FaissStore(whitened, read_only=True), device="cpu", lazy=True)
 
 
+def test_a_planted_transform_is_refused_before_it_is_unpacked(whitened):
+    """The folder is untrusted and the checksum is of the unpacked arrays. Before (c59f047): a 300 KB
+    normalize.npz of deflated zeros claiming a 1 GiB matrix was unpacked, and only then did the checksum
+    say "changed since the build"; one linked to /dev/zero was silently "missing". Now: refused from the zip directory and the file type."""
+    import os
+    import tracemalloc
+    import zipfile
+
+    from indexer.core.errors import IndexDamagedError
+
+    path = whitened / "normalize.npz"
+    path.unlink()
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1)))
+    header["shape"] = (2**14, 2**13)  # 1 GiB of float64
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, value in (("kind", np.str_("whiten")), ("mean", np.zeros(8)), ("eps", np.array(1e-6)),
+                            ("n_fit", np.array(14))):  # fmt: skip
+            with zf.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, value)
+        with zf.open("matrix.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for _ in range(2**30 // 2**22):
+                f.write(bytes(2**22))
+    assert path.stat().st_size < 3_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(IndexMismatchError, match=r"unreadable: its arrays unpack to 10737\d+ bytes"):
+            Retriever.open(FaissStore(whitened, read_only=True), device="cpu", lazy=True)
+        assert tracemalloc.get_traced_memory()[1] < 64 * 2**20
+    finally:
+        tracemalloc.stop()
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    with pytest.raises(IndexDamagedError, match="a device, not a regular file"):
+        Retriever.open(FaissStore(whitened, read_only=True), device="cpu", lazy=True)
+    assert os.path.islink(path)
+
+
 def test_fit_on_a_subset_and_center(tmp_path, tiny_model_dir, real_images, redis_config):
     idx = tmp_path / "c"
     r = _build(real_images, idx, tiny_model_dir, redis_config, "--normalize", "center", "--fit-on", "site=1")
