@@ -90,6 +90,9 @@ def test_resume_imports_shards_of_a_killed_run_and_embeds_only_the_rest(
     import pyarrow.parquet as pq
 
     (idx / SHARD_DIR).mkdir(parents=True)
+    # The killed run had written its manifest before Ray started (a folder holding images without one is
+    # refused: its vectors' model would be unknown).
+    shutil.copy(tmp_path / "probe" / "manifest.json", idx / "manifest.json")
     pq.write_table(
         records_to_table(probe.get_vectors(ids), probe.get(ids)), idx / SHARD_DIR / "part-killed.parquet"
     )
@@ -109,18 +112,35 @@ def test_resume_imports_shards_of_a_killed_run_and_embeds_only_the_rest(
 
 
 def _processes(fragment: str) -> list[int]:
-    """PIDs whose command line (Ray sets it to the actor's name) contains ``fragment``."""
+    """PIDs of this test session's own processes (descendants of this one: the cluster fixture starts
+    its nodes, and they their workers) whose command line (Ray sets it to the actor's name) contains
+    ``fragment``. Only descendants: on a shared machine another session's Ray workers carry the same name.
+    """
+    import os
     from pathlib import Path
 
-    pids = []
+    parent, cmdline = {}, {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if fragment in (d / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(d.name))
-            except OSError:
+                # The field after the parenthesised command name (which may hold spaces) is the state, then
+                # the parent's pid.
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline[int(d.name)] = (d / "cmdline").read_bytes().decode(errors="replace")
+            except (OSError, IndexError, ValueError):
                 continue
-    return pids
+    me = os.getpid()
+
+    def ours(pid: int) -> bool:
+        seen = set()
+        while pid > 1 and pid not in seen:
+            if pid == me:
+                return True
+            seen.add(pid)
+            pid = parent.get(pid, 0)
+        return False
+
+    return [pid for pid, cmd in cmdline.items() if fragment in cmd and pid != me and ours(pid)]
 
 
 def _copies(real_images, root, n):
