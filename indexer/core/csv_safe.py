@@ -68,12 +68,13 @@ def dict_writer(f: TextIO, fieldnames: Sequence[str], **kwargs: Any) -> csv.Dict
 
 
 def escape_frame(frame: Any) -> Any:
-    """A copy of the DataFrame ``frame`` with the formula cells of its text columns escaped."""
+    """A copy of the DataFrame ``frame`` with the formula cells of its text columns escaped, and of its
+    header: a column named for a user's tag key (``+cmd``) is a cell too."""
     frame = frame.copy()
     for c in frame.columns:
         if frame[c].dtype == object:
             frame[c] = frame[c].map(escape_formula)
-    return frame
+    return frame.rename(columns=escape_formula)
 
 
 def frame_to_csv(frame: Any, path: Path) -> None:
