@@ -21,6 +21,7 @@ from indexer.cli.options import (
 from indexer.core.csv_safe import dict_writer, escape_formula
 from indexer.core.errors import ConfigError, DecodeError, MaeError
 from indexer.core.records import Hit, MetadataFilter
+from indexer.core.terminal import printable
 from indexer.stores import open_stores
 from indexer.stores.binding import describe_identity, store_identity
 
@@ -103,14 +104,15 @@ def format_rows(rows: list[dict], fmt: str, answered_by: str | None = None) -> s
     for r, row in zip(rows, cells):
         if r["query"] != current:
             current = r["query"]
-            lines.append(f"query: {current}")
+            lines.append(f"query: {printable(str(current))}")
             lines.append(("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths))).rstrip())
         lines.append(("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths))).rstrip())
     return "\n".join(lines)
 
 
 def _cell(value, column: str) -> str:
-    """One table cell: a score to 4 decimals, a percentile whole, tags as ``key=value;...``, None as empty."""
+    """One table cell: a score to 4 decimals, a percentile whole, tags as ``key=value;...``, None as empty;
+    a control character of a file name shown as its escape (a terminal would run it)."""
     if value is None:
         return ""
     if column == "score":
@@ -118,8 +120,8 @@ def _cell(value, column: str) -> str:
     if column == "percentile":
         return f"{value:.0f}"
     if column == "tags":
-        return ";".join(f"{k}={v}" for k, v in value.items())
-    return str(value)
+        return printable(";".join(f"{k}={v}" for k, v in value.items()))
+    return printable(str(value))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -221,14 +223,14 @@ def query(images, index_dir, ids, k, well, site, channel, z_slices, plate, tags,
             names += [f"id:{i}" for i in ids]
             results += retriever.search_ids(list(ids), options)
         for warning in retriever.filter_warnings(where):
-            click.echo(f"Warning: {warning}", err=True)
+            click.echo(f"Warning: {printable(warning)}", err=True)
         identity = store_identity(stores.primary)
         context = score_context.try_load_or_compute(stores.primary, index_dir)
     rows = hits_to_rows(names, results, identity, context)
     click.echo(format_rows(rows, fmt, describe_identity(identity)))
     if failures:
         for f in failures:
-            click.echo(f"Error: {f.path}: {f.reason}", err=True)
+            click.echo(f"Error: {printable(f.path)}: {printable(f.reason)}", err=True)
         click.echo(f"Error: {len(failures)} of {len(images)} query images could not be used.", err=True)
         # 2 when every bad query is a path that cannot be read (a usage error), else 1 (bad content).
         sys.exit(2 if all(f.missing for f in failures) else 1)

@@ -14,8 +14,16 @@ from typing import Any
 import click
 
 from indexer.core.errors import ConfigError, MaeError
+from indexer.core.terminal import printable_message
 
 REDIS_URL_ENV = "MAE_REDIS_URL"
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with the control characters of file names shown as escapes (:mod:`indexer.core.terminal`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable_message(super().format(record))
 
 
 def setup_logging(verbose: int, floor: int = 0) -> None:
@@ -25,7 +33,9 @@ def setup_logging(verbose: int, floor: int = 0) -> None:
     chatter (faiss's loader trying AVX512 and AVX2 builds) shows only with the user's own ``-v``.
     """
     level = logging.WARNING - 10 * min(max(verbose, floor), 2)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("faiss.loader").setLevel(logging.NOTSET if verbose else logging.WARNING)
     try:
         from transformers.utils import logging as hf_logging
@@ -44,10 +54,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except ConfigError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {printable_message(str(e))}", err=True)
             sys.exit(2)
         except MaeError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {printable_message(str(e))}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
