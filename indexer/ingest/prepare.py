@@ -118,7 +118,8 @@ def prepare_planes(
         given += 1
     if given:
         # Those planes are on their way to the stores already; a re-run skips them and stops here again.
-        reason = f"{reason} (the {given} plane{'s' if given > 1 else ''} before it {'were' if given > 1 else 'was'} indexed)"
+        planes = f"{given} plane{'s' if given > 1 else ''}"
+        reason = f"{reason} (the {planes} before it {'are' if given > 1 else 'is'} indexed)"
     rec = ImageRecord(id=-1, path=item.path)
     yield Prepared(rec, rejected=Rejected(item.path, stage, reason), seconds=time.perf_counter() - t0)
 

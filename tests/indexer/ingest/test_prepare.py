@@ -108,8 +108,7 @@ def test_a_stack_streams_its_planes_and_a_bad_plane_keeps_the_good_ones_before_i
     assert all(p.pixels is not None for p in out[:2]) and len(out) == 3
     assert out[2].rejected is not None and out[2].rejected.path == str(bad)
     assert (
-        "plane 2" in out[2].rejected.reason
-        and "the 2 planes before it were indexed" in out[2].rejected.reason
+        "plane 2" in out[2].rejected.reason and "the 2 planes before it are indexed" in out[2].rejected.reason
     )
     # A re-run skips the planes it indexed and stops at the bad one again.
     seen = frozenset(p.record.id for p in out[:2])
