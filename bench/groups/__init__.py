@@ -9,7 +9,7 @@ from types import ModuleType
 
 #: Every group, in the order ``list`` and ``report`` show them.
 NAMES = ("decode", "build", "forward", "memory", "store_write", "build_timeline", "plan_memory",
-         "stacks", "query", "transport", "server_rss", "catalog", "explorer", "faiss_kinds", "redis",
+         "stacks", "query", "transport", "server_rss", "perturb_victim", "catalog", "explorer", "faiss_kinds", "redis",
          "redis_scale", "ray", "rehearsal")  # fmt: skip
 
 
