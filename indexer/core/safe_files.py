@@ -9,8 +9,10 @@ at a size limit; the lock file is opened without following links at all.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import zipfile
 from pathlib import Path
 
 from indexer.core.errors import IndexDamagedError
@@ -96,3 +98,21 @@ def read_bounded(path: Path | str, limit: int = MAX_INDEX_JSON_BYTES) -> bytes:
 def read_bounded_text(path: Path | str, limit: int = MAX_INDEX_JSON_BYTES) -> str:
     """:func:`read_bounded` decoded as UTF-8."""
     return read_bounded(path, limit).decode("utf-8")
+
+
+def check_npz_size(data: bytes, limit: int) -> None:
+    """Check, from its zip directory, that the ``.npz`` in ``data`` unpacks within ``limit`` bytes: a few KB
+    of deflated zeros may claim gigabytes, which numpy would allocate before reading them.
+
+    Raises
+    ------
+    ValueError
+        Not a zip file, or its members unpack beyond ``limit``.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            unpacked = sum(info.file_size for info in zf.infolist())
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"not an .npz file ({e})") from e
+    if unpacked > limit:
+        raise ValueError(f"its arrays unpack to {unpacked} bytes, over {limit}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 from indexer.core.atomic import atomic_write
 from indexer.core.errors import ConfigError, IndexDamagedError
 from indexer.core.limits import MAX_INDEX_JSON_BYTES
-from indexer.core.safe_files import read_bounded
+from indexer.core.safe_files import check_npz_size, read_bounded
 
 MAP_FILE = "map.npz"
 #: The most points laid out; more are sampled (seeded). ~2 min of CPU per 50k points.
@@ -129,17 +128,14 @@ def load_map(directory: Path) -> EmbeddingMap | None:
         return None
     try:
         data = read_bounded(path)
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            unpacked = sum(info.file_size for info in zf.infolist())
-        if unpacked > MAX_INDEX_JSON_BYTES:
-            raise ValueError(f"its arrays unpack to {unpacked} bytes, over {MAX_INDEX_JSON_BYTES}")
+        check_npz_size(data, MAX_INDEX_JSON_BYTES)
         with np.load(io.BytesIO(data), allow_pickle=False) as f:
             emap = EmbeddingMap(ids=f["ids"].astype(np.int64), xy=f["xy"].astype(np.float32),
                                 fingerprint=str(f["fingerprint"]), method=str(f["method"]),
                                 seconds=float(f["seconds"]))  # fmt: skip
         if emap.ids.ndim != 1 or emap.xy.shape != (len(emap.ids), 2):
             raise ValueError(f"ids of shape {emap.ids.shape} and xy of shape {emap.xy.shape}")
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise IndexDamagedError(
             f"{path} is damaged ({str(e).splitlines()[0][:200]}): make it again with `mae-index map --index "
             f"{directory}`"

@@ -9,13 +9,13 @@ changed or missing file is refused instead of silently giving incomparable vecto
 from __future__ import annotations
 
 import io
-import zipfile
 from typing import Any
 
 import numpy as np
 
 from indexer.core.errors import IndexMismatchError
 from indexer.core.limits import MAX_TRANSFORM_BYTES
+from indexer.core.safe_files import check_npz_size
 from indexer.vectors.normalize import EmbeddingTransform
 
 
@@ -41,13 +41,7 @@ def decode_transform(data: bytes) -> EmbeddingTransform:
         few KB of deflated zeros may claim gigabytes; the checksum is of the unpacked arrays, so the size
         is checked first).
     """
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            unpacked = sum(info.file_size for info in zf.infolist())
-    except zipfile.BadZipFile as e:
-        raise ValueError(f"not an .npz file ({e})") from e
-    if unpacked > MAX_TRANSFORM_BYTES:
-        raise ValueError(f"its arrays unpack to {unpacked} bytes, over {MAX_TRANSFORM_BYTES}")
+    check_npz_size(data, MAX_TRANSFORM_BYTES)
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         return EmbeddingTransform(
             kind=str(z["kind"]),

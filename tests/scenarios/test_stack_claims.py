@@ -90,20 +90,7 @@ def test_a_build_under_a_3gb_cap_rejects_lying_and_huge_stacks_and_indexes_the_r
     (data / "pages100k.tif").write_bytes(many_pages(100_000))
     for p in real_images[:2]:
         shutil.copy(p, data / p.name)
-    model = REPO / "examples" / "models" / "mae-tiny-bbbc006"  # 224 px: 200 KB per prepared plane
-    # The child reports its own peak at exit: VmHWM, its address space's high-water mark. Not getrusage:
-    # RUSAGE_CHILDREN is the largest of every child this test session has waited for, and a child's
-    # RUSAGE_SELF keeps the pytest process's RSS from before its exec (Linux carries it over).
-    code = (
-        f"import atexit, re, resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({CAP}, {CAP})); "
-        "atexit.register(lambda: print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', "
-        "open('/proc/self/status').read()).group(1), file=sys.stderr)); "
-        "sys.argv[0] = 'mae-index'; from indexer.cli import main; main()"
-    )
-    args = [sys.executable, "-c", code, "build", str(data), "--index", str(tmp_path / "idx"), "--model",
-            str(model), "--device", "cpu", "--workers", "2", "--no-progress", "--format", "json"]  # fmt: skip
-    r = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
-    peak_mb = int(r.stderr.rsplit("PEAK_KB", 1)[1].split()[0]) / 1024
+    r, peak_mb = _build_in_child(data, tmp_path / "idx", cap=CAP)
     summary = json.loads(r.stdout)
     assert r.returncode == 0, r.stderr
     assert (summary["indexed"], summary["rejected"], summary["complete"]) == (2, 3, False)
@@ -115,26 +102,38 @@ def test_a_build_under_a_3gb_cap_rejects_lying_and_huge_stacks_and_indexes_the_r
     assert peak_mb < 1200, peak_mb  # b690aef: MemoryError at the 3 GB cap (OOM-killed without one)
 
 
-def _peak_build_mb(tmp_path, name: str, stacks: int, planes: int) -> tuple[float, dict]:
-    """Build ``stacks`` honest stacks of ``planes`` pages each in a subprocess; its peak RSS (MB) and summary."""
-    data = tmp_path / name
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(stacks):
-        pixels = rng.integers(0, 255, (planes, 16, 16), dtype=np.uint8)
-        tifffile.imwrite(data / f"stack{i}.tif", pixels, photometric="minisblack", metadata=None)
-    model = REPO / "examples" / "models" / "mae-tiny-bbbc006"  # 224 px: 200 KB per prepared plane
+def _build_in_child(
+    data, index, *extra: str, cap: int | None = None
+) -> tuple[subprocess.CompletedProcess, float]:
+    """``mae-index build data --index index`` (tiny model, 2 workers, JSON summary) in a child process,
+    under an address-space ``cap`` if given; the finished process and its peak RSS in MB.
+
+    The child reports its own peak at exit: VmHWM, its address space's high-water mark. Not getrusage:
+    RUSAGE_CHILDREN is the largest of every child this test session has waited for, and a child's
+    RUSAGE_SELF keeps the pytest process's RSS from before its exec (Linux carries it over).
+    """
+    limit = f"resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap})); " if cap else ""
     code = (
-        "import atexit, re, sys; atexit.register(lambda: print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', "
+        f"import atexit, re, resource, sys; {limit}"
+        "atexit.register(lambda: print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', "
         "open('/proc/self/status').read()).group(1), file=sys.stderr)); "
         "sys.argv[0] = 'mae-index'; from indexer.cli import main; main()"
     )
-    args = [sys.executable, "-c", code, "build", str(data), "--index", str(tmp_path / f"idx-{name}"), "--model",
-            str(model), "--device", "cpu", "--workers", "2", "--batch-size", "16", "--no-progress",
-            "--format", "json"]  # fmt: skip
+    model = REPO / "examples" / "models" / "mae-tiny-bbbc006"  # 224 px: 200 KB per prepared plane
+    args = [sys.executable, "-c", code, "build", str(data), "--index", str(index), "--model", str(model),
+            "--device", "cpu", "--workers", "2", "--no-progress", "--format", "json", *extra]  # fmt: skip
     r = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+    return r, int(r.stderr.rsplit("PEAK_KB", 1)[1].split()[0]) / 1024
+
+
+def _peak_build_mb(tmp_path, name: str, stacks: int, planes: int) -> tuple[float, dict]:
+    """Build ``stacks`` honest stacks of ``planes`` pages each in a subprocess; its peak RSS (MB) and summary."""
+    from bench.groups.stacks import write_stacks
+
+    write_stacks(tmp_path / name, stacks, planes)
+    r, peak_mb = _build_in_child(tmp_path / name, tmp_path / f"idx-{name}", "--batch-size", "16")
     assert r.returncode == 0, r.stderr
-    return int(r.stderr.rsplit("PEAK_KB", 1)[1].split()[0]) / 1024, json.loads(r.stdout)
+    return peak_mb, json.loads(r.stdout)
 
 
 def test_a_build_of_large_stacks_holds_a_bounded_number_of_prepared_planes(tmp_path):
